@@ -1,0 +1,246 @@
+"""The dynamic batcher: plain asyncio, testable without a server.
+
+Requests wait in one FIFO queue per model version. Whenever a worker (a model
+instance) is idle and the queue is not empty, the batcher forms a batch:
+
+* it takes queued requests in order while their rows fit in ``max_batch_size`` and
+  their batch key matches the first one's (requests whose non-batch shapes differ
+  cannot be concatenated); a request is never split;
+* it dispatches at once when the batch is full, when the next request would not fit,
+  or when the rows so far make a preferred batch size (the largest one reachable);
+* otherwise it waits for more requests until the oldest has waited
+  ``max_queue_delay_us``, counted from that request's arrival.
+
+While a batch computes, new requests queue up, so the next batch forms during compute.
+The loop never dies: each batch runs behind an exception boundary, results are set only
+on futures that are not done, and cancelled or timed-out requests are dropped before
+compute. Time is ``time.monotonic_ns``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any
+
+from .config import BatchPolicy
+from .errors import ModelError, ServingError, Unavailable
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DROPPED = 0, 1, 2
+
+
+class Pending:
+    """One request in the queue."""
+
+    __slots__ = ("payload", "rows", "key", "future", "enqueued_ns", "dispatched_ns", "state", "timer")
+
+    def __init__(self, payload: Any, rows: int, key: Hashable, future: asyncio.Future[Any]) -> None:
+        self.payload = payload
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.enqueued_ns = time.monotonic_ns()
+        self.dispatched_ns = 0
+        self.state = QUEUED
+        self.timer: asyncio.TimerHandle | None = None
+
+
+# A worker computes one batch and returns one result per request, in order; a result
+# that is an exception fails only its own request.
+Worker = Callable[[list[Pending]], Awaitable[Sequence[Any]]]
+
+
+class Batcher:
+    def __init__(self, policy: BatchPolicy, workers: Sequence[Worker], name: str = "") -> None:
+        if not workers:
+            raise ValueError("a batcher needs at least one worker")
+        self.policy = policy
+        self.name = name
+        self._workers = list(workers)
+        self._idle = list(range(len(workers)))
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._queued = 0  # live (QUEUED) entries; dropped ones leave the deque lazily
+        self._wakeup = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting in the queue (Triton's pending request count)."""
+        return self._queued
+
+    @property
+    def busy(self) -> bool:
+        return self._queued > 0 or bool(self._running)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
+
+    async def submit(self, payload: Any, rows: int = 1, key: Hashable = None, timeout_us: int = 0) -> Any:
+        """Queue one request and wait for its result.
+
+        Raises `Unavailable` when the queue is full, when the request waited longer than
+        ``timeout_us`` (0: no limit), or when the batcher is stopping.
+        """
+        if self._closed:
+            raise Unavailable(f"model '{self.name}' is shutting down; retry on another replica")
+        if rows > self.policy.max_batch_size > 0:
+            raise ValueError(f"{rows} rows exceed max_batch_size {self.policy.max_batch_size}")
+        limit = self.policy.max_queue_size
+        if limit and self._queued >= limit:
+            raise Unavailable(f"model '{self.name}' is overloaded: its queue holds {limit} requests "
+                              "(max_queue_size); retry later or add replicas")
+        loop = asyncio.get_running_loop()
+        item = Pending(payload, rows, key, loop.create_future())
+        if timeout_us > 0:
+            item.timer = loop.call_later(timeout_us / 1e6, self._expire, item, timeout_us)
+        self._queue.append(item)
+        self._queued += 1
+        self._wakeup.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._drop(item)
+            raise
+
+    def _drop(self, item: Pending) -> None:
+        if item.state == QUEUED:
+            item.state = DROPPED
+            self._queued -= 1
+        if item.timer is not None:
+            item.timer.cancel()
+
+    def _expire(self, item: Pending, timeout_us: int) -> None:
+        if item.state == QUEUED and not item.future.done():
+            item.future.set_exception(Unavailable(
+                f"request timed out after waiting {timeout_us} us in the queue of model '{self.name}'; "
+                "retry, raise the timeout, or add replicas"))
+        self._drop(item)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                while not self._idle or not self._queued:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                batch = self._take_batch()
+                if batch is None:
+                    await self._wait_for_more(loop)
+                    continue
+                worker = self._idle.pop()
+                task = loop.create_task(self._run(worker, batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("batcher %s: unexpected error while forming a batch; continuing", self.name)
+
+    def _candidates(self) -> tuple[list[Pending], bool]:
+        """Live requests that could join the next batch, and whether the batch is complete."""
+        policy = self.policy
+        chosen: list[Pending] = []
+        rows = 0
+        for item in self._queue:
+            if item.state != QUEUED:
+                continue
+            if chosen and (not policy.dynamic or item.key != chosen[0].key
+                           or rows + item.rows > policy.max_batch_size):
+                return chosen, True  # the next request cannot join: dispatch now
+            chosen.append(item)
+            rows += item.rows
+            if not policy.dynamic or rows >= policy.max_batch_size:
+                return chosen, True
+        return chosen, False
+
+    def _take_batch(self) -> list[Pending] | None:
+        """Pop the next batch off the queue, or None when it is worth waiting for more."""
+        chosen, complete = self._candidates()
+        if not chosen:
+            return None
+        policy = self.policy
+        if not complete and policy.preferred_sizes:
+            rows, best = 0, 0
+            for index, item in enumerate(chosen):
+                rows += item.rows
+                if rows in policy.preferred_sizes:
+                    best = index + 1
+            if best:
+                chosen, complete = chosen[:best], True
+        if not complete:
+            waited_us = (time.monotonic_ns() - chosen[0].enqueued_ns) // 1000
+            if waited_us < policy.max_queue_delay_us:
+                return None
+        taken = 0
+        now = time.monotonic_ns()
+        while taken < len(chosen):
+            item = self._queue.popleft()
+            if item.state != QUEUED:
+                continue
+            item.state = RUNNING
+            item.dispatched_ns = now
+            if item.timer is not None:
+                item.timer.cancel()
+            taken += 1
+        self._queued -= taken
+        return chosen
+
+    async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
+        oldest = next(item for item in self._queue if item.state == QUEUED)
+        deadline_ns = oldest.enqueued_ns + self.policy.max_queue_delay_us * 1000
+        delay = max(deadline_ns - time.monotonic_ns(), 0) / 1e9
+        self._wakeup.clear()
+        timer = loop.call_later(delay, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+
+    async def _run(self, worker: int, batch: list[Pending]) -> None:
+        try:
+            live = [item for item in batch if not item.future.done()]  # cancelled since dispatch
+            if not live:
+                return
+            try:
+                results = await self._workers[worker](live)
+            except ServingError as exc:
+                results = [exc] * len(live)
+            except Exception as exc:  # noqa: BLE001 - a worker must not kill the loop
+                log.exception("batcher %s: worker failed on a batch of %d requests", self.name, len(live))
+                results = [ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")] * len(live)
+            if len(results) != len(live):
+                results = [ModelError(f"model '{self.name}' returned {len(results)} results for "
+                                      f"{len(live)} requests")] * len(live)
+            for item, result in zip(live, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+        finally:
+            self._idle.append(worker)
+            self._wakeup.set()
+
+    async def stop(self) -> None:
+        """Refuse new work, fail what is still queued, and wait for running batches."""
+        self._closed = True
+        for item in self._queue:
+            if item.state == QUEUED and not item.future.done():
+                item.future.set_exception(Unavailable(f"model '{self.name}' was unloaded before this request ran"))
+            self._drop(item)
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)

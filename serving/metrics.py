@@ -1,0 +1,285 @@
+"""Every metric, on a registry the server creates and passes in.
+
+The hot path only bumps plain numbers on a `ModelStats`; one collector turns them into
+Triton's ``nv_inference_*`` series at scrape time, and the same numbers answer the v2
+statistics endpoint, so the two can never disagree. Latency and batch-size histograms
+are prometheus-client histograms. The prediction distribution (`PredictionStats`) is
+kept as numpy bucket counts, updated once per batch off the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .config import ModelSpec
+
+LABELS = ("model", "version")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+MAX_CLASS_LABELS = 100  # classes past this index share the label "other": bounded cardinality
+
+
+class PredictionStats:
+    """The distribution of one model version's outputs, as bucket counts."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._lock = threading.Lock()
+        class_outputs = spec.class_outputs()
+        self.values: dict[str, tuple[np.ndarray, np.ndarray, list[float]]] = {}
+        self.classes: dict[str, tuple[tuple[str, ...] | None, np.ndarray]] = {}
+        self.confidence: dict[str, tuple[np.ndarray, list[float]]] = {}
+        for output in spec.outputs:
+            if output.datatype in ("BYTES", "BOOL"):
+                continue
+            edges = np.asarray(spec.prediction_buckets(output.name), dtype=np.float64)
+            self.values[output.name] = (edges, np.zeros(len(edges) + 1, dtype=np.int64), [0.0])
+            if output.name in class_outputs:
+                n = len(output.labels) if output.labels else MAX_CLASS_LABELS
+                self.classes[output.name] = (output.labels, np.zeros(min(n, MAX_CLASS_LABELS) + 1, dtype=np.int64))
+                self.confidence[output.name] = (np.zeros(len(CONFIDENCE_BUCKETS) + 1, dtype=np.int64), [0.0])
+        self._confidence_edges = np.asarray(CONFIDENCE_BUCKETS)
+
+    def observe(self, outputs: dict[str, np.ndarray]) -> None:
+        """Count one batch of outputs (host arrays of the declared datatypes)."""
+        for name, (edges, counts, total) in self.values.items():
+            array = outputs.get(name)
+            if array is None or array.size == 0:
+                continue
+            values = array.astype(np.float64, copy=False).reshape(-1) if array.dtype != np.uint16 else \
+                (array.astype(np.uint32) << 16).view(np.float32).astype(np.float64).reshape(-1)
+            finite = values[np.isfinite(values)]
+            hist = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
+            with self._lock:
+                counts += hist
+                total[0] += float(finite.sum())
+            if name in self.classes:
+                # scores lie along the last axis; every other axis indexes predictions
+                self._observe_classes(name, values.reshape(-1, array.shape[-1] if array.ndim else 1))
+
+    def _observe_classes(self, name: str, scores: np.ndarray) -> None:
+        labels, class_counts = self.classes[name]
+        conf_counts, conf_total = self.confidence[name]
+        top = np.argmax(scores, axis=1)
+        confidence = scores[np.arange(len(top)), top]
+        finite = np.isfinite(confidence)
+        top, confidence = np.minimum(top[finite], len(class_counts) - 1), confidence[finite]
+        with self._lock:
+            class_counts += np.bincount(top, minlength=len(class_counts))
+            conf_counts += np.bincount(np.searchsorted(self._confidence_edges, confidence, side="left"),
+                                       minlength=len(conf_counts))
+            conf_total[0] += float(confidence.sum())
+
+    def class_label(self, name: str, index: int) -> str:
+        labels, counts = self.classes[name]
+        if index == len(counts) - 1:
+            return "other"  # classes past the labels file or past MAX_CLASS_LABELS
+        return labels[index] if labels else str(index)
+
+
+class ModelStats:
+    """Counters of one model version, in Triton's terms (durations in nanoseconds)."""
+
+    def __init__(self, spec: ModelSpec, version: int, histograms: Histograms) -> None:
+        self.model = spec.name
+        self.version = str(version)
+        self.success = [0, 0]  # [count, ns]
+        self.fail = [0, 0]
+        self.fail_reasons: Counter[str] = Counter()
+        self.queue = [0, 0]
+        self.compute_input = [0, 0]
+        self.compute_infer = [0, 0]
+        self.compute_output = [0, 0]
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batch_stats: dict[int, list[int]] = {}  # rows -> [count, input_ns, infer_ns, output_ns]
+        self.predictions = PredictionStats(spec)
+        labels = (self.model, self.version)
+        self._request_seconds = histograms.request.labels(*labels)
+        self._queue_seconds = histograms.queue.labels(*labels)
+        self._compute_seconds = histograms.compute.labels(*labels)
+        self._batch_size = histograms.batch_size.labels(*labels)
+        self.pending: Callable[[], int] = lambda: 0
+
+    def record_batch(self, queue_ns: list[int], rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One executed batch of ``len(queue_ns)`` requests holding ``rows`` rows."""
+        requests = len(queue_ns)
+        self.execution_count += 1
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)
+        for stat, ns in ((self.compute_input, input_ns), (self.compute_infer, infer_ns),
+                         (self.compute_output, output_ns)):
+            stat[0] += requests
+            stat[1] += ns * requests
+        self.queue[0] += requests
+        self.queue[1] += sum(queue_ns)
+        entry = self.batch_stats.setdefault(rows, [0, 0, 0, 0])
+        entry[0] += 1
+        entry[1] += input_ns
+        entry[2] += infer_ns
+        entry[3] += output_ns
+        for ns in queue_ns:
+            self._queue_seconds.observe(ns / 1e9)
+        self._compute_seconds.observe((input_ns + infer_ns + output_ns) / 1e9)
+        self._batch_size.observe(rows)
+
+    def record_request(self, duration_ns: int, reason: str | None = None) -> None:
+        """One finished request; ``reason`` is None on success, else Triton's failure reason."""
+        if reason is None:
+            self.success[0] += 1
+            self.success[1] += duration_ns
+            self._request_seconds.observe(duration_ns / 1e9)
+        else:
+            self.fail[0] += 1
+            self.fail[1] += duration_ns
+            self.fail_reasons[reason] += 1
+
+    def to_triton(self) -> dict[str, Any]:
+        """This version's entry of the v2 statistics endpoint, in Triton's shape."""
+        def pair(stat: list[int]) -> dict[str, int]:
+            return {"count": stat[0], "ns": stat[1]}
+        return {
+            "name": self.model,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": pair(self.success), "fail": pair(self.fail), "queue": pair(self.queue),
+                "compute_input": pair(self.compute_input), "compute_infer": pair(self.compute_infer),
+                "compute_output": pair(self.compute_output),
+                "cache_hit": {"count": 0, "ns": 0}, "cache_miss": {"count": 0, "ns": 0},
+            },
+            "batch_stats": [
+                {"batch_size": size, "compute_input": {"count": e[0], "ns": e[1]},
+                 "compute_infer": {"count": e[0], "ns": e[2]}, "compute_output": {"count": e[0], "ns": e[3]}}
+                for size, e in sorted(self.batch_stats.items())
+            ],
+        }
+
+
+class Histograms:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.request = Histogram("serving_request_duration_seconds", "End-to-end time of successful inference "
+                                 "requests, from decoded request to result", LABELS, registry=registry,
+                                 buckets=LATENCY_BUCKETS)
+        self.queue = Histogram("serving_queue_duration_seconds", "Time requests waited in the batcher's queue",
+                               LABELS, registry=registry, buckets=LATENCY_BUCKETS)
+        self.compute = Histogram("serving_compute_duration_seconds", "Time to compute one batch (input, "
+                                 "inference, output)", LABELS, registry=registry, buckets=LATENCY_BUCKETS)
+        self.batch_size = Histogram("serving_batch_size", "Rows per executed batch", LABELS, registry=registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+
+    def remove(self, model: str, version: str) -> None:
+        for histogram in (self.request, self.queue, self.compute, self.batch_size):
+            try:
+                histogram.remove(model, version)
+            except KeyError:
+                pass
+
+
+_COUNTERS = (
+    ("nv_inference_request_success", "Number of successful inference requests", lambda s: s.success[0]),
+    ("nv_inference_count", "Number of inferences performed (rows, not requests)", lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Number of batches executed", lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
+     lambda s: s.success[1] // 1000),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
+     lambda s: s.queue[1] // 1000),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+     lambda s: s.compute_input[1] // 1000),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
+     lambda s: s.compute_infer[1] // 1000),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
+     lambda s: s.compute_output[1] // 1000),
+)
+
+
+def _counter(name: str, doc: str) -> Metric:
+    # Triton's counters carry no _total suffix; build the family by hand to keep its names.
+    return Metric(name, doc, "counter")
+
+
+class ModelCollector(Collector):
+    """Exposes every registered `ModelStats` as Triton's series and the prediction distribution."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], ModelStats] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        models = list(self.models.values())
+        for name, doc, value in _COUNTERS:
+            family = _counter(name, doc)
+            for stats in models:
+                family.add_sample(name, {"model": stats.model, "version": stats.version}, value(stats))
+            yield family
+        failure = _counter("nv_inference_request_failure", "Number of failed inference requests, by reason")
+        pending = Metric("nv_inference_pending_request_count", "Instantaneous number of requests waiting in "
+                         "the batcher's queue", "gauge")
+        for stats in models:
+            labels = {"model": stats.model, "version": stats.version}
+            for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
+                failure.add_sample(failure.name, {**labels, "reason": reason}, stats.fail_reasons[reason])
+            pending.add_sample(pending.name, labels, stats.pending())
+        yield failure
+        yield pending
+        yield from self._predictions(models)
+
+    def _predictions(self, models: list[ModelStats]) -> Iterator[Metric]:
+        values = HistogramMetricFamily("serving_prediction_value", "Distribution of output values",
+                                       labels=("model", "version", "output"))
+        classes = _counter("serving_predicted_class", "Top-1 predicted class of class-score outputs")
+        confidence = HistogramMetricFamily("serving_prediction_confidence", "Top-1 score of class-score outputs",
+                                           labels=("model", "version", "output"))
+        for stats in models:
+            p = stats.predictions
+            with p._lock:  # noqa: SLF001 - a consistent snapshot
+                for output, (edges, counts, total) in p.values.items():
+                    values.add_metric([stats.model, stats.version, output], _buckets(edges, counts), total[0])
+                for output, (_labels, counts) in p.classes.items():
+                    for index, count in enumerate(counts.tolist()):
+                        if count:
+                            classes.add_sample("serving_predicted_class_total",
+                                               {"model": stats.model, "version": stats.version, "output": output,
+                                                "class": p.class_label(output, index)}, count)
+                for output, (counts, total) in p.confidence.items():
+                    confidence.add_metric([stats.model, stats.version, output],
+                                          _buckets(p._confidence_edges, counts), total[0])  # noqa: SLF001
+        yield values
+        yield classes
+        yield confidence
+
+
+def _buckets(edges: np.ndarray, counts: np.ndarray) -> list[tuple[str, float]]:
+    cumulative = np.cumsum(counts).tolist()
+    out = [(repr(float(edge)), float(cumulative[i])) for i, edge in enumerate(edges.tolist())]
+    out.append(("+Inf", float(cumulative[-1])))
+    return out
+
+
+class Metrics:
+    """The server's metrics: the registry plus the per-model-version statistics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.histograms = Histograms(self.registry)
+        self.collector = ModelCollector()
+        self.registry.register(self.collector)
+
+    def add_model(self, spec: ModelSpec, version: int) -> ModelStats:
+        stats = ModelStats(spec, version, self.histograms)
+        self.collector.models[(spec.name, str(version))] = stats
+        return stats
+
+    def remove_model(self, stats: ModelStats) -> None:
+        self.collector.models.pop((stats.model, stats.version), None)
+        self.histograms.remove(stats.model, stats.version)

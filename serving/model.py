@@ -1,0 +1,98 @@
+"""The handler API: `serving.Model`, and loading a handler class from a model repository."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import ModelSpec
+
+
+class Model:
+    """Base class of a model handler: subclass it in ``<repo>/<model>/<version>/model.py``.
+
+    The runtime creates one object per model instance, sets ``name``, ``version``,
+    ``config`` (the parsed config.pbtxt), ``parameters`` (its ``parameters`` map),
+    ``path`` (the version directory) and ``device`` (a ``torch.device``), then calls
+    `load` once, on a worker thread.
+
+    `predict` receives a whole dynamic batch: numeric inputs as torch tensors already on
+    ``self.device``, concatenated along dim 0 when ``max_batch_size > 0``; BYTES inputs as
+    numpy object arrays of ``bytes``. It returns a dict of tensors or numpy arrays, one per
+    output in config.pbtxt, with the same leading dimension; the runtime moves them to the
+    host and splits them back per request. ``async def predict`` works too; a plain
+    ``def predict`` runs on a thread of its own instance, never on the event loop.
+
+    Example::
+
+        import serving, torch
+
+        class Classifier(serving.Model):
+            def load(self) -> None:
+                self.net = torch.jit.load(self.path / "weights.pt", map_location=self.device)
+
+            def predict(self, inputs):
+                return {"PROBS": self.net(inputs["PIXELS"]).softmax(-1)}
+    """
+
+    name: str
+    version: int
+    config: ModelSpec
+    parameters: dict[str, str]
+    path: Path
+    device: torch.device
+
+    def __init__(self, *, name: str, version: int, config: ModelSpec, path: Path, device: torch.device) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.parameters = dict(config.parameters)
+        self.path = path
+        self.device = device
+
+    def load(self) -> None:
+        """Load weights and whatever else predict needs. Raise to mark the model unavailable."""
+
+    def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Compute the outputs of one batch; see the class docstring."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(inputs)")
+
+    def unload(self) -> None:
+        """Release what load acquired; called once when the version is unloaded."""
+
+
+def load_handler_class(model_file: Path, model_name: str, version: int) -> type[Model]:
+    """Import ``model.py`` and return the one `serving.Model` subclass it defines."""
+    if not model_file.is_file():
+        raise ConfigError(f"{model_file} is missing: a python-backend version directory needs it")
+    module_name = f"serving_handlers.{model_name}.v{version}"
+    spec = importlib.util.spec_from_file_location(module_name, model_file)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {model_file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ConfigError(f"importing {model_file} failed: {type(exc).__name__}: {exc}") from exc
+    classes = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and issubclass(obj, Model) and obj is not Model
+               and obj.__module__ == module_name]
+    if len(classes) != 1:
+        sys.modules.pop(module_name, None)
+        found = ", ".join(c.__name__ for c in classes) or "none"
+        raise ConfigError(f"{model_file} must define exactly one serving.Model subclass (found: {found})")
+    return classes[0]
+
+
+def forget_handler_module(model_name: str, version: int) -> None:
+    sys.modules.pop(f"serving_handlers.{model_name}.v{version}", None)

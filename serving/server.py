@@ -1,0 +1,139 @@
+"""The composition root: build every part from the settings, start, report readiness, stop.
+
+Production (`serve`) and the tests start servers the same way::
+
+    server = await serving.server.start(settings)   # listening, models loaded
+    ...
+    await server.stop()                              # drain, unload, close
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .dataplane import DataPlane
+from .device import configure_threads, resolve_device
+from .errors import ConfigError
+from .http import HttpTransport, metrics_app
+from .metrics import Metrics
+from .repository import Repository
+from .settings import Settings
+
+log = logging.getLogger("serving")
+
+
+class Server:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.repository: Repository | None = None
+        self.dataplane: DataPlane | None = None
+        self.http_port = 0
+        self.metrics_port = 0
+        self._runners: list[web.AppRunner] = []
+        self._force = asyncio.Event()
+
+    async def start(self) -> None:
+        """Listen, then load the models; readiness turns true once every model has been tried."""
+        settings = self.settings
+        if not settings.model_repository.is_dir():
+            raise ConfigError(f"--model-repository {settings.model_repository} is not a directory")
+        device = resolve_device(settings.device)
+        threads = configure_threads(settings.cpu_threads)
+        self.repository = Repository(settings.model_repository, device, self.metrics)
+        self.dataplane = DataPlane(self.repository, __version__)
+        http = HttpTransport(self.dataplane, settings.max_request_bytes)
+        self.http_port = await self._listen(http.app(), settings.http_port, handler_cancellation=True)
+        self.metrics_port = await self._listen(metrics_app(self.metrics.registry), settings.metrics_port)
+        log.info("listening http=%s:%d grpc=off metrics=%s:%d", settings.host, self.http_port, settings.host,
+                 self.metrics_port, extra={"http_port": self.http_port, "metrics_port": self.metrics_port})
+        await self.repository.load_all()
+        self.dataplane.started = True
+        ready = self.dataplane.ready()
+        log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
+                 len(self.repository.models), settings.model_repository, device, threads)
+
+    async def _listen(self, app: web.Application, port: int, **kwargs: Any) -> int:
+        runner = web.AppRunner(app, access_log=None, **kwargs)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    def force_stop(self) -> None:
+        """Stop waiting for in-flight requests (a second SIGTERM or Ctrl-C)."""
+        self._force.set()
+
+    async def stop(self) -> None:
+        """Drain: readiness false, new requests 503, in-flight ones finish; then unload and close."""
+        if self.dataplane is not None:
+            self.dataplane.start_drain()
+            if self.dataplane.in_flight:
+                log.info("draining %d in-flight request(s), up to %.0fs", self.dataplane.in_flight,
+                         self.settings.exit_timeout_secs)
+            force = asyncio.ensure_future(self._force.wait())
+            idle = asyncio.ensure_future(self.dataplane.wait_idle(self.settings.exit_timeout_secs))
+            await asyncio.wait([force, idle], return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+            if not (idle.done() and idle.result()):
+                idle.cancel()
+                log.warning("stopping with %d request(s) still in flight", self.dataplane.in_flight)
+        if self.repository is not None:
+            await self.repository.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        log.info("stopped")
+
+
+async def start(settings: Settings, registry: CollectorRegistry | None = None) -> Server:
+    """Start a server and return it once its models have been loaded."""
+    server = Server(settings, registry)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    return server
+
+
+async def serve_until_signal(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain; a second signal stops without waiting."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    server = Server(settings)
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("%s again: stopping without waiting", signal.Signals(signum).name)
+            server.force_stop()
+        else:
+            log.info("%s: draining", signal.Signals(signum).name)
+            stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    starting = asyncio.ensure_future(server.start())
+    signalled = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait([starting, signalled], return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if starting.done() and starting.exception() is not None:
+        exc = starting.exception()
+        log.error("cannot start: %s", exc, exc_info=None if isinstance(exc, ConfigError) else exc)
+        status = 1
+    elif not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+    else:
+        await signalled
+    signalled.cancel()
+    await server.stop()
+    return status

@@ -1,0 +1,115 @@
+"""Typed settings: the only place that reads argv and the environment.
+
+Flags follow Triton's names; each flag also has a ``SERVING_*`` environment variable
+(``--http-port`` ↔ ``SERVING_HTTP_PORT``). A flag given on the command line wins over
+the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+MiB = 1024 * 1024
+ENV_PREFIX = "SERVING_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything `serve` is configured with, parsed once at start-up."""
+
+    model_repository: Path
+    host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    device: str = "auto"
+    cpu_threads: int = 0  # 0: one per CPU core, less one for the event loop
+    max_request_bytes: int = 64 * MiB
+    exit_timeout_secs: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+def _device(value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0..65535 (0 picks a free port)")
+    return port
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or a positive integer")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description="Serve the models of a model repository over the KServe v2 protocol.",
+        epilog="Every flag can also be set with a SERVING_* environment variable, "
+        "e.g. --http-port as SERVING_HTTP_PORT. Flags win over the environment.",
+    )
+    add = parser.add_argument
+    add("--model-repository", type=Path, help="directory of <model>/config.pbtxt and <model>/<version>/ (required)")
+    add("--host", help="address to listen on (default 0.0.0.0)")
+    add("--http-port", type=_port, help="KServe v2 HTTP port (default 8000; 0 picks a free port)")
+    add("--grpc-port", type=_port, help="KServe v2 gRPC port (default 8001; 0 picks a free port)")
+    add("--metrics-port", type=_port, help="Prometheus /metrics port (default 8002; 0 picks a free port)")
+    add("--device", type=_device, help="auto (a GPU when present), cpu, cuda or cuda:N (default auto)")
+    add("--cpu-threads", type=_non_negative_int,
+        help="torch's intra-op threads for CPU compute; 0 (default) uses the cores less one, which the event "
+             "loop keeps")
+    add("--max-request-bytes", type=_positive_int,
+        help="largest request body accepted; larger ones get 413 (default 67108864, 64 MiB)")
+    add("--exit-timeout-secs", type=float,
+        help="on SIGTERM, how long in-flight and queued requests may take to finish (default 30)")
+    add("--log-format", choices=LOG_FORMATS, help="text or json, one object a line (default text)")
+    add("--log-level", choices=LOG_LEVELS, help="debug, info, warning or error (default info)")
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from argv and the environment; exits with a usage message on error."""
+    parser = build_parser()
+    environ = os.environ if environ is None else environ
+    args = parser.parse_args(argv)
+    values: dict[str, object] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest)
+        if value is None:
+            raw = environ.get(ENV_PREFIX + action.dest.upper())
+            if raw is not None and raw != "":
+                try:
+                    value = action.type(raw) if action.type else raw  # type: ignore[operator]
+                except (ValueError, argparse.ArgumentTypeError) as exc:
+                    parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: {exc}")
+                if action.choices and value not in action.choices:
+                    parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: choose from {', '.join(action.choices)}")
+        if value is not None:
+            values[action.dest] = value
+    if "model_repository" not in values:
+        parser.error("--model-repository (or SERVING_MODEL_REPOSITORY) is required")
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The traffic-mirroring sidecar (see the README); the proxy itself arrives with its issue."""
