@@ -17,7 +17,7 @@ import numpy as np
 from .config import ModelSpec, TensorSpec
 from .errors import InvalidInput, NotFound, ServingError, Unavailable
 from .repository import Repository
-from .types import InferRequest, InferResponse, Tensor
+from .types import InferRequest, InferResponse, Tensor, Work
 
 SERVER_NAME = "shadowserve"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "schedule_policy")
@@ -159,7 +159,8 @@ class DataPlane:
         try:
             arrays, rows, key = check_inputs(spec, request)
             selected = self._selected_outputs(spec, request)
-            outputs = await model.batcher.submit(arrays, rows, key, self._timeout_us(spec, request))
+            work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected))
+            outputs = await model.batcher.submit(work, rows, key, self._timeout_us(spec, request))
             reason = None
         except ServingError as exc:
             reason = exc.reason

@@ -14,11 +14,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from .codecs import decode_infer_request, encode_infer_response, error_body
 from .dataplane import DataPlane
 from .errors import InvalidInput, PayloadTooLarge, ServingError
+from .metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class HttpTransport:
 def metrics_app(registry: CollectorRegistry) -> web.Application:
     """The Prometheus endpoint: text exposition format 0.0.4, as Triton serves it."""
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -92,7 +92,7 @@ class ModelInstance:
         rows = sum(item.rows for item in batch)
         inputs: dict[str, Any] = {}
         for tensor in spec.inputs:
-            arrays = [item.payload[tensor.name] for item in batch if tensor.name in item.payload]
+            arrays = [item.payload.inputs[tensor.name] for item in batch if tensor.name in item.payload.inputs]
             if not arrays:
                 continue  # an optional input no request of this batch gave
             array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -110,8 +110,10 @@ class ModelInstance:
         host: dict[str, np.ndarray] = {}
         for tensor in spec.outputs:
             if tensor.name not in outputs:
-                raise ModelError(f"model '{spec.name}': predict returned no output '{tensor.name}' "
-                                 f"(it returned {', '.join(map(str, outputs)) or 'nothing'})")
+                if any(item.payload.outputs is None or tensor.name in item.payload.outputs for item in batch):
+                    raise ModelError(f"model '{spec.name}': predict returned no output '{tensor.name}' "
+                                     f"(it returned {', '.join(map(str, outputs)) or 'nothing'})")
+                continue  # no request of this batch asked for it
             array = to_numpy(outputs[tensor.name], tensor.name, tensor.datatype)
             if spec.max_batch_size:
                 if array.ndim == 0 or array.shape[0] != rows:

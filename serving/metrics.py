@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -264,6 +264,23 @@ def _buckets(edges: np.ndarray, counts: np.ndarray) -> list[tuple[str, float]]:
     out = [(repr(float(edge)), float(cumulative[i])) for i, edge in enumerate(edges.tolist())]
     out.append(("+Inf", float(cumulative[-1])))
     return out
+
+
+_TRITON_COUNTERS = [name for name, _, _ in _COUNTERS] + ["nv_inference_request_failure"]
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition format (0.0.4), with Triton's counter names.
+
+    prometheus-client names every counter family ``<name>_total`` in its HELP and TYPE
+    lines; Triton's counters have no such suffix, so their headers are written back to
+    the names their samples carry, as Triton writes them.
+    """
+    text = generate_latest(registry)
+    for name in _TRITON_COUNTERS:
+        for kind in (b"HELP", b"TYPE"):
+            text = text.replace(b"# %s %s_total " % (kind, name.encode()), b"# %s %s " % (kind, name.encode()), 1)
+    return text
 
 
 class Metrics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Any
 
@@ -37,6 +38,7 @@ class Server:
         self.dataplane: DataPlane | None = None
         self.http_port = 0
         self.metrics_port = 0
+        self.abandoned = 0  # requests still running when the drain gave up
         self._runners: list[web.AppRunner] = []
         self._force = asyncio.Event()
 
@@ -61,7 +63,9 @@ class Server:
                  len(self.repository.models), settings.model_repository, device, threads)
 
     async def _listen(self, app: web.Application, port: int, **kwargs: Any) -> int:
-        runner = web.AppRunner(app, access_log=None, **kwargs)
+        # Our own drain waits for in-flight requests; aiohttp's shutdown then only closes
+        # connections, so it gets a short timeout.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, **kwargs)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
@@ -73,11 +77,15 @@ class Server:
         self._force.set()
 
     async def stop(self) -> None:
-        """Drain: readiness false, new requests 503, in-flight ones finish; then unload and close."""
+        """Drain: readiness false, new requests 503, in-flight ones finish; then unload and close.
+
+        When requests are still running after ``--exit-timeout-secs`` (or `force_stop`),
+        it returns at once with ``abandoned`` set, and the caller should exit the process.
+        """
         if self.dataplane is not None:
             self.dataplane.start_drain()
             if self.dataplane.in_flight:
-                log.info("draining %d in-flight request(s), up to %.0fs", self.dataplane.in_flight,
+                log.info("draining %d in-flight request(s), up to %gs", self.dataplane.in_flight,
                          self.settings.exit_timeout_secs)
             force = asyncio.ensure_future(self._force.wait())
             idle = asyncio.ensure_future(self.dataplane.wait_idle(self.settings.exit_timeout_secs))
@@ -85,7 +93,11 @@ class Server:
             force.cancel()
             if not (idle.done() and idle.result()):
                 idle.cancel()
-                log.warning("stopping with %d request(s) still in flight", self.dataplane.in_flight)
+                self.abandoned = self.dataplane.in_flight
+                log.warning("stopping with %d request(s) still in flight", self.abandoned)
+        if self.abandoned:
+            log.info("stopped, leaving %d request(s) behind", self.abandoned)
+            return  # work still runs on model threads: the caller exits the process
         if self.repository is not None:
             await self.repository.close()
         for runner in reversed(self._runners):
@@ -136,4 +148,9 @@ async def serve_until_signal(settings: Settings) -> int:
         await signalled
     signalled.cancel()
     await server.stop()
+    if server.abandoned:
+        # Model threads still compute the abandoned requests; the interpreter would join
+        # them at exit, so leave at once: --exit-timeout-secs is a promise to Kubernetes.
+        logging.shutdown()
+        os._exit(status)
     return status

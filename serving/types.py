@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -67,3 +67,10 @@ class InferResponse:
     outputs: list[Tensor]
     id: str | None = None
     parameters: dict[str, Any] | None = None
+
+
+class Work(NamedTuple):
+    """What a validated request hands the batcher."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: frozenset[str] | None  # the outputs the request asked for; None: all of them

@@ -1,0 +1,72 @@
+"""Shared fixtures: real servers started through `serving.server.start`, on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.server import Server, start
+from serving.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "models"
+
+
+class RunningServer:
+    """A server on its own event loop in a background thread, for synchronous clients."""
+
+    def __init__(self, repository: Path, **overrides: object) -> None:
+        settings = Settings(model_repository=repository, host="127.0.0.1", http_port=0, grpc_port=0,
+                            metrics_port=0, cpu_threads=1, **overrides)  # type: ignore[arg-type]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+        self.thread.start()
+        self.server: Server = self.call(start(settings))
+
+    def call(self, coroutine, timeout: float = 60):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.server.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def examples_server() -> Iterator[RunningServer]:
+    server = RunningServer(EXAMPLES)
+    yield server
+    server.stop()
+
+
+def write_model(repository: Path, name: str, config: str, versions: dict[int, dict[str, str | bytes]]) -> Path:
+    """Write ``<repository>/<name>/config.pbtxt`` and each version's files."""
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(textwrap.dedent(config))
+    for version, files in versions.items():
+        version_dir = model_dir / str(version)
+        version_dir.mkdir(exist_ok=True)
+        for filename, content in files.items():
+            path = version_dir / filename
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(textwrap.dedent(content))
+    return model_dir

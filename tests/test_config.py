@@ -1,0 +1,102 @@
+"""config.pbtxt: Triton's proto, validation with clear messages, the JSON form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import TORCHSCRIPT, parse_config
+from serving.errors import ConfigError
+
+BASE = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+
+
+def parse(text: str, name: str = "m", tmp: Path | None = None) -> object:
+    return parse_config(text, (tmp or Path("/nonexistent")) / name)
+
+
+def test_fields_are_typed_and_defaults_filled() -> None:
+    spec = parse(BASE + """
+    dynamic_batching {
+      max_queue_delay_microseconds: 100
+      preferred_batch_size: [ 4, 2 ]
+      default_queue_policy { max_queue_size: 10 default_timeout_microseconds: 500 allow_timeout_override: true }
+    }
+    instance_group [ { count: 2 kind: KIND_CPU } ]
+    parameters { key: "k" value { string_value: "v" } }
+    """)
+    assert spec.name == "m" and spec.platform == TORCHSCRIPT and spec.max_batch_size == 8
+    assert spec.inputs[0].datatype == "FP32" and spec.inputs[0].dims == (-1, 3)
+    assert spec.outputs[0].datatype == "BYTES"
+    b = spec.batching
+    assert (b.dynamic, b.max_queue_delay_us, b.preferred_sizes, b.max_queue_size, b.default_timeout_us,
+            b.allow_timeout_override) == (True, 100, (2, 4), 10, 500, True)
+    assert spec.instance_count == 2 and spec.instance_kind == "KIND_CPU"
+    assert spec.parameters == {"k": "v"}
+    assert spec.filename == "model.pt"
+    assert spec.proto.version_policy.latest.num_versions == 1
+
+
+def test_json_form_is_tritons_with_integers_as_numbers() -> None:
+    config = parse(BASE + "dynamic_batching { max_queue_delay_microseconds: 100 }").to_json()
+    assert config["name"] == "m" and config["max_batch_size"] == 8
+    assert config["input"][0]["dims"] == [-1, 3] and config["input"][0]["data_type"] == "TYPE_FP32"
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 100
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert config["platform"] == "pytorch_libtorch" and config["backend"] == "pytorch"
+
+
+@pytest.mark.parametrize("policy, available, expected", [
+    ("", [1, 3, 2], [3]),
+    ("version_policy { latest { num_versions: 2 } }", [1, 3, 2], [3, 2]),
+    ("version_policy { all { } }", [1, 3, 2], [3, 2, 1]),
+    ("version_policy { specific { versions: [ 1, 7 ] } }", [1, 3, 2], [1]),
+])
+def test_version_policy(policy: str, available: list[int], expected: list[int]) -> None:
+    assert parse(BASE + policy).selects_versions(available) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("this is not pbtxt", "not a valid ModelConfig"),
+    ('name: "other"' + BASE, "directory is 'm'"),
+    (BASE.replace('platform: "pytorch_libtorch"', 'platform: "onnxruntime_onnx"'), "unsupported platform"),
+    (BASE.replace('platform: "pytorch_libtorch"', ''), "unsupported platform"),
+    (BASE.replace("TYPE_FP32", "TYPE_INVALID"), "TYPE_INVALID"),
+    (BASE.replace("-1, 3", "0"), "dims"),
+    (BASE.replace("max_batch_size: 8", "max_batch_size: 0") + "dynamic_batching { preferred_batch_size: 4 }",
+     "needs max_batch_size > 0"),
+    (BASE + "dynamic_batching { preferred_batch_size: 16 }", "within 1..max_batch_size"),
+    (BASE + 'output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 1 ] } ]', "unique"),
+    (BASE + 'parameters { key: "class_scores" value { string_value: "NOPE" } }', "does not declare"),
+    (BASE + 'parameters { key: "prediction_buckets" value { string_value: "a,b" } }', "comma-separated numbers"),
+    ('platform: "pytorch_libtorch"', "at least one input"),
+])
+def test_invalid_configs_are_refused_with_a_reason(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(text)
+
+
+def test_labels_mark_class_outputs_and_buckets_are_configurable(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "labels.txt").write_text("cat\ndog\n")
+    spec = parse_config("""
+    backend: "python"
+    max_batch_size: 4
+    input [ { name: "X" data_type: TYPE_FP32 dims: [ 2 ] } ]
+    output [ { name: "P" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "labels.txt" },
+             { name: "Q" data_type: TYPE_FP32 dims: [ 2 ] } ]
+    parameters { key: "class_scores" value { string_value: "Q" } }
+    parameters { key: "prediction_buckets:Q" value { string_value: "1, 0, 2" } }
+    """, tmp_path / "m")
+    assert spec.outputs[0].labels == ("cat", "dog")
+    assert spec.class_outputs() == {"P", "Q"}
+    assert spec.prediction_buckets("Q") == (0.0, 1.0, 2.0)
+    assert spec.filename == "model.py"
+    with pytest.raises(ConfigError, match="label_filename"):
+        parse_config(BASE.replace("dims: [ 1 ]", 'dims: [ 1 ] label_filename: "missing.txt"'), tmp_path / "m")

@@ -1,0 +1,52 @@
+"""Flags with Triton's names, each with a SERVING_* environment variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.settings import Settings, parse
+
+
+def test_defaults_follow_triton() -> None:
+    settings = parse(["--model-repository", "repo"], {})
+    assert settings == Settings(model_repository=Path("repo"))
+    assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002)
+    assert settings.max_request_bytes == 64 * 1024 * 1024 and settings.exit_timeout_secs == 30
+
+
+def test_environment_fills_what_flags_leave_and_flags_win() -> None:
+    env = {"SERVING_MODEL_REPOSITORY": "/models", "SERVING_HTTP_PORT": "9000", "SERVING_LOG_FORMAT": "json",
+           "SERVING_DEVICE": "cuda:1", "SERVING_EXIT_TIMEOUT_SECS": "2.5"}
+    settings = parse(["--http-port", "0"], env)
+    assert settings.model_repository == Path("/models")
+    assert settings.http_port == 0  # the flag wins
+    assert settings.log_format == "json" and settings.device == "cuda:1" and settings.exit_timeout_secs == 2.5
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    ([], {}, "--model-repository"),
+    (["--model-repository", "r", "--http-port", "70000"], {}, "not a port"),
+    (["--model-repository", "r", "--device", "tpu"], {}, "not a device"),
+    (["--model-repository", "r"], {"SERVING_HTTP_PORT": "http"}, "SERVING_HTTP_PORT"),
+    (["--model-repository", "r"], {"SERVING_LOG_FORMAT": "xml"}, "choose from"),
+    (["--model-repository", "r", "--max-request-bytes", "0"], {}, "positive"),
+])
+def test_bad_settings_exit_with_a_usage_message(argv: list[str], env: dict[str, str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(argv, env)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["serving", "serving.serve"])
+def test_entrypoints_are_the_same_program(module: str) -> None:
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--model-repository", "--http-port", "--grpc-port", "--metrics-port", "--host", "--device",
+                 "--max-request-bytes", "--exit-timeout-secs", "--log-format", "--log-level", "SERVING_"):
+        assert flag in out.stdout
