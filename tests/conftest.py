@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import subprocess
+import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +75,35 @@ def write_model(repository: Path, name: str, config: str, versions: dict[int, di
             else:
                 path.write_text(textwrap.dedent(content))
     return model_dir
+
+
+class Serve:
+    """`python -m serving` in a subprocess, with its JSON log lines collected."""
+
+    def __init__(self, repository: Path, *flags: str, wait_ready: bool = True) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1",
+             "--http-port", "0", "--metrics-port", "0", "--log-format", "json", "--cpu-threads", "1", *flags],
+            stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            self.lines.append(json.loads(line))
+            if self.lines[-1]["message"].startswith("ready=") or (not wait_ready and len(self.lines) == 1):
+                break
+        start = next(entry for entry in self.lines if entry["message"].startswith("listening "))
+        self.http = f"http://127.0.0.1:{start['http_port']}"
+        assert re.search(r"http=127\.0\.0\.1:\d+ grpc=\S+ metrics=127\.0\.0\.1:\d+", start["message"])
+
+    def finish(self, timeout: float = 60) -> int:
+        out, _ = self.process.communicate(timeout=timeout)
+        self.lines += [json.loads(line) for line in _.splitlines()] if _ else []
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from .conftest import EXAMPLES, write_model
+from .conftest import EXAMPLES, Serve, write_model
 
 SLOW = '''
 import time
@@ -39,38 +38,6 @@ def slow_repository(root: Path, seconds: float) -> Path:
         parameters {{ key: "seconds" value {{ string_value: "{seconds}" }} }}
         """, {1: {"model.py": SLOW}})
     return root
-
-
-class Serve:
-    """`python -m serving` in a subprocess, with its JSON log lines collected."""
-
-    def __init__(self, repository: Path, *flags: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1",
-             "--http-port", "0", "--metrics-port", "0", "--log-format", "json", "--cpu-threads", "1", *flags],
-            stderr=subprocess.PIPE, text=True)
-        self.lines: list[dict] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()  # type: ignore[union-attr]
-            if not line:
-                break
-            self.lines.append(json.loads(line))
-            if self.lines[-1]["message"].startswith("ready="):
-                break
-        start = next(entry for entry in self.lines if entry["message"].startswith("listening "))
-        self.http = f"http://127.0.0.1:{start['http_port']}"
-        assert re.search(r"http=127\.0\.0\.1:\d+ grpc=\S+ metrics=127\.0\.0\.1:\d+", start["message"])
-
-    def finish(self, timeout: float = 60) -> int:
-        out, _ = self.process.communicate(timeout=timeout)
-        self.lines += [json.loads(line) for line in _.splitlines()] if _ else []
-        return self.process.returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def x_request(value: float) -> bytes:

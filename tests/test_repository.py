@@ -1,0 +1,93 @@
+"""Loading a repository: version policies, readiness while loading, device choice."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import tritonclient.http as httpclient
+
+from serving.errors import ConfigError
+
+from .conftest import RunningServer, Serve, write_model
+
+CONSTANT = '''
+import time
+import torch
+import serving
+
+
+class Constant(serving.Model):
+    def load(self):
+        time.sleep(float(self.parameters.get("load_seconds", "0")))
+
+    def predict(self, inputs):
+        return {"Y": torch.full_like(inputs["X"], float(self.version))}
+'''
+
+
+def constant_model(repo: Path, name: str, versions: list[int], extra: str = "") -> None:
+    write_model(repo, name, f"""
+        backend: "python"
+        max_batch_size: 2
+        input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+        output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+        {extra}
+        """, {v: {"model.py": CONSTANT} for v in versions})
+
+
+def version_answering(client: httpclient.InferenceServerClient, name: str, version: str = "") -> float:
+    inp = httpclient.InferInput("X", [1, 1], "FP32")
+    inp.set_data_from_numpy(torch.zeros(1, 1).numpy())
+    return float(client.infer(name, [inp], model_version=version).as_numpy("Y")[0, 0])
+
+
+def test_version_policies_choose_what_loads(tmp_path: Path) -> None:
+    constant_model(tmp_path, "latest", [1, 2, 10])
+    constant_model(tmp_path, "two", [1, 2, 3], "version_policy { latest { num_versions: 2 } }")
+    constant_model(tmp_path, "pinned", [1, 2, 3], "version_policy { specific { versions: [ 1 ] } }")
+    server = RunningServer(tmp_path)
+    try:
+        client = httpclient.InferenceServerClient(server.url)
+        assert client.get_model_metadata("latest")["versions"] == ["10"]  # numeric order, not text
+        assert version_answering(client, "latest") == 10.0
+        assert not client.is_model_ready("latest", "1")
+        assert client.get_model_metadata("two")["versions"] == ["2", "3"]
+        assert version_answering(client, "two", "2") == 2.0 and version_answering(client, "two") == 3.0
+        assert version_answering(client, "pinned") == 1.0
+        with pytest.raises(Exception, match="no loaded version 3"):
+            version_answering(client, "pinned", "3")
+    finally:
+        server.stop()
+
+
+def test_not_ready_until_every_model_has_loaded(tmp_path: Path) -> None:
+    constant_model(tmp_path, "slow_load", [1], 'parameters { key: "load_seconds" value { string_value: "1.5" } }')
+    serve = Serve(tmp_path, wait_ready=False)  # returns after the "listening" line
+    try:
+        assert urllib.request.urlopen(serve.http + "/v2/health/live", timeout=5).status == 200
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(serve.http + "/v2/health/ready", timeout=5)
+        assert not_ready.value.code == 503
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(serve.http + "/v2/health/ready", timeout=5).status == 200:
+                    break
+            except urllib.error.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("never became ready")
+    finally:
+        serve.process.terminate()
+        assert serve.finish() == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_without_one_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="torch sees none"):
+        RunningServer(tmp_path, device="cuda")
