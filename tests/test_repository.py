@@ -91,3 +91,40 @@ def test_not_ready_until_every_model_has_loaded(tmp_path: Path) -> None:
 def test_asking_for_a_gpu_without_one_is_a_clear_start_up_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="torch sees none"):
         RunningServer(tmp_path, device="cuda")
+
+
+ASYNC_HANDLER = '''
+import asyncio
+import serving
+
+
+class Doubler(serving.Model):
+    async def predict(self, inputs):
+        await asyncio.sleep(0.01)
+        return {"Y": inputs["X"] * 2}
+
+    def unload(self):
+        with open(self.parameters["unloaded"], "w") as marker:
+            marker.write(f"{self.name} {self.version}")
+'''
+
+
+def test_async_predict_and_unload_on_stop(tmp_path: Path) -> None:
+    marker = tmp_path / "unloaded.txt"
+    write_model(tmp_path / "repo", "doubler", f"""
+        backend: "python"
+        max_batch_size: 4
+        input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+        output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+        parameters {{ key: "unloaded" value {{ string_value: "{marker}" }} }}
+        """, {1: {"model.py": ASYNC_HANDLER}})
+    server = RunningServer(tmp_path / "repo")
+    try:
+        client = httpclient.InferenceServerClient(server.url)
+        inp = httpclient.InferInput("X", [2, 1], "FP32")
+        inp.set_data_from_numpy(torch.tensor([[1.5], [-2.0]]).numpy())
+        assert client.infer("doubler", [inp]).as_numpy("Y").tolist() == [[3.0], [-4.0]]
+        assert not marker.exists()
+    finally:
+        server.stop()
+    assert marker.read_text() == "doubler 1"
