@@ -66,6 +66,7 @@ class Batcher:
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued = 0  # live (QUEUED) entries; dropped ones leave the deque lazily
         self._wakeup = asyncio.Event()
+        self._settled = asyncio.Event()  # set whenever a batch ends or a queued request leaves
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -113,6 +114,7 @@ class Batcher:
         if item.state == QUEUED:
             item.state = DROPPED
             self._queued -= 1
+            self._settled.set()
         if item.timer is not None:
             item.timer.cancel()
 
@@ -228,8 +230,16 @@ class Batcher:
                 else:
                     item.future.set_result(result)
         finally:
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._idle.append(worker)
             self._wakeup.set()
+            self._settled.set()
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running (callers stop sending work first)."""
+        while self.busy:
+            self._settled.clear()
+            await self._settled.wait()
 
     async def stop(self) -> None:
         """Refuse new work, fail what is still queued, and wait for running batches."""

@@ -206,6 +206,20 @@ def parse_config(text: str, model_dir: Path) -> ModelSpec:
         config = text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as exc:
         raise ConfigError(f"config.pbtxt is not a valid ModelConfig: {exc}") from None
+    return spec_from_proto(config, model_dir)
+
+
+def parse_config_json(text: str, model_dir: Path) -> ModelSpec:
+    """A config given as JSON (the ``config`` override of a load request), as Triton accepts it."""
+    try:
+        config = json_format.Parse(text, pb.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"the config override is not a valid ModelConfig in JSON: {exc}") from None
+    return spec_from_proto(config, model_dir)
+
+
+def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
+    """Validate a ModelConfig and type it; fills Triton's defaults into the proto."""
     name = model_dir.name
     if config.name and config.name != name:
         raise ConfigError(f"config.pbtxt names the model '{config.name}' but its directory is '{name}'; "

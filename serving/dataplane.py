@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from .config import ModelSpec, TensorSpec
+from .control import ModelControl
 from .errors import InvalidInput, NotFound, ServingError, Unavailable
 from .repository import Repository
 from .types import InferRequest, InferResponse, Tensor, Work
 
 SERVER_NAME = "shadowserve"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "schedule_policy")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics", "schedule_policy")
 
 
 def _shape_matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
@@ -87,12 +88,14 @@ def _check_tensor(spec: ModelSpec, expected: TensorSpec, tensor: Tensor) -> None
 
 
 class DataPlane:
-    def __init__(self, repository: Repository, version: str) -> None:
+    def __init__(self, repository: Repository, control: ModelControl, version: str,
+                 strict_readiness: bool = True) -> None:
         self.repository = repository
+        self.control = control
         self.version = version
-        self.started = False  # every model that should load has been tried
+        self.started = False  # every model that should load at start-up has been tried
         self.draining = False
-        self.strict_readiness = True
+        self.strict_readiness = strict_readiness
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -105,7 +108,7 @@ class DataPlane:
     def ready(self) -> bool:
         if not self.started or self.draining:
             return False
-        return self.repository.all_ready() if self.strict_readiness else True
+        return self.control.startup_ready() if self.strict_readiness else True
 
     def metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
@@ -129,8 +132,11 @@ class DataPlane:
             "outputs": [{"name": t.name, "datatype": t.datatype, "shape": _full_dims(spec, t)} for t in spec.outputs],
         }
 
+    def model_spec(self, name: str, version: str | None = None) -> ModelSpec:
+        return self.repository.get(name, version).spec
+
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return self.repository.get(name, version).spec.to_json()
+        return self.model_spec(name, version).to_json()
 
     def model_stats(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         if name is None:
@@ -141,8 +147,20 @@ class DataPlane:
             models = [v for v in self.repository.entry(name).versions.values() if v.stats]
         return {"model_stats": [m.stats.to_triton() for m in models if m.stats is not None]}
 
-    def repository_index(self) -> list[dict[str, Any]]:
-        return self.repository.index()
+    # -- model control ---------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        return self.repository.index(ready_only)
+
+    async def load_model(self, name: str, config_json: str | None = None) -> None:
+        """Load or reload a model (``--model-control-mode explicit`` only)."""
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        await self.control.load(name, config_json)
+
+    async def unload_model(self, name: str) -> None:
+        """Drain and unload every version of a model (``--model-control-mode explicit`` only)."""
+        await self.control.unload(name)
 
     # -- inference -------------------------------------------------------------------------
 

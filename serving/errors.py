@@ -51,3 +51,10 @@ class ModelError(ServingError):
 
 class ConfigError(ServingError):
     """A model directory or config.pbtxt that cannot be loaded."""
+
+
+class Unsupported(ServingError):
+    """An operation this server does not allow in its configuration."""
+
+    http_status = 400
+    grpc_code = "UNIMPLEMENTED"

@@ -55,6 +55,20 @@ def _v2(handler: Handler) -> Handler:
     return wrapper
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """An optional JSON object body (the repository endpoints accept an empty one)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return body
+
+
 class HttpTransport:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
         self.dataplane = dataplane
@@ -71,6 +85,8 @@ class HttpTransport:
         get("/v2", self.metadata)
         get("/v2/models/stats", _v2(self.stats))
         post("/v2/repository/index", _v2(self.repository_index))
+        post("/v2/repository/models/{model}/load", _v2(self.load_model))
+        post("/v2/repository/models/{model}/unload", _v2(self.unload_model))
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             get(prefix, _v2(self.model_metadata))
             get(prefix + "/ready", self.model_ready)
@@ -107,7 +123,26 @@ class HttpTransport:
         return _json(self.dataplane.model_stats(info.get("model"), info.get("version")))
 
     async def repository_index(self, request: web.Request) -> web.Response:
-        return _json(self.dataplane.repository_index())
+        body = await _json_body(request)
+        return _json(self.dataplane.repository_index(bool(body.get("ready", False))))
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        parameters = (await _json_body(request)).get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be an object")
+        if any(key.startswith("file:") for key in parameters):
+            raise InvalidInput("loading model files through the load request is not supported; put them in the "
+                               "model repository")
+        config = parameters.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
+        await self.dataplane.load_model(request.match_info["model"], config)
+        return _json({})
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        await _json_body(request)
+        await self.dataplane.unload_model(request.match_info["model"])
+        return _json({})
 
     async def infer(self, request: web.Request) -> web.Response:
         length = request.content_length

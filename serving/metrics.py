@@ -298,5 +298,7 @@ class Metrics:
         return stats
 
     def remove_model(self, stats: ModelStats) -> None:
-        self.collector.models.pop((stats.model, stats.version), None)
-        self.histograms.remove(stats.model, stats.version)
+        key = (stats.model, stats.version)
+        if self.collector.models.get(key) is stats:  # not when a reload of the same version took over
+            del self.collector.models[key]
+            self.histograms.remove(stats.model, stats.version)

@@ -1,4 +1,4 @@
-"""The model repository: Triton's layout, scanned, loaded and tracked per version.
+"""The model repository: Triton's layout, loaded, reloaded and tracked per version.
 
 ```
 <repo>/<model>/config.pbtxt          Triton ModelConfig, protobuf text format
@@ -6,46 +6,32 @@
 <repo>/<model>/<version>/model.py    backend "python": a serving.Model subclass
 ```
 
-A broken model directory (bad config, missing file, an exception in ``load``) is
-logged, shown with its reason in the repository index, and leaves the other models
-serving.
+Loading a model that is already loaded is a reload: versions whose config and files
+are unchanged keep serving untouched; a changed or new version is loaded beside the old
+one, takes over once it is ready, and the old one then drains and unloads; versions the
+version policy no longer selects drain and unload. A broken model directory is logged,
+shown with its reason in the index, and leaves the other models serving; a failed reload
+leaves the previous load serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .batching import Batcher
-from .config import PYTHON, ModelSpec, parse_config
+from .config import ModelSpec, parse_config, parse_config_json
 from .errors import ConfigError, NotFound, ServingError, Unavailable
-from .instance import ModelInstance
-from .metrics import Metrics, ModelStats
-from .model import Model, forget_handler_module, load_handler_class
-from .torchscript import TorchScriptModel
+from .lifecycle import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion, fingerprint, retire_version, start_version
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
-
-
-@dataclasses.dataclass
-class ModelVersion:
-    """One version of a model, loaded and serving (or the reason it is not)."""
-
-    spec: ModelSpec
-    version: int
-    state: str = LOADING
-    reason: str = ""
-    instances: list[ModelInstance] = dataclasses.field(default_factory=list)
-    batcher: Batcher | None = None
-    stats: ModelStats | None = None
+__all__ = ["READY", "LOADING", "UNLOADING", "UNAVAILABLE", "ModelEntry", "ModelVersion", "Repository"]
 
 
 @dataclasses.dataclass
@@ -55,12 +41,12 @@ class ModelEntry:
     name: str
     spec: ModelSpec | None = None
     versions: dict[int, ModelVersion] = dataclasses.field(default_factory=dict)
-    reason: str = ""
-
+    reason: str = ""  # why the model as a whole is unavailable (its config, its versions)
+    failed_config: str | None = None  # the config text behind ``reason``
     default: ModelVersion | None = None  # the newest ready version: where unversioned requests go
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
-    def set_state(self, model: ModelVersion, state: str, reason: str = "") -> None:
-        model.state, model.reason = state, reason
+    def refresh(self) -> None:
         ready = [v for v in self.versions.values() if v.state == READY]
         self.default = max(ready, key=lambda v: v.version) if ready else None
 
@@ -76,98 +62,101 @@ class Repository:
         """Names of the model directories (those holding a config.pbtxt)."""
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a directory")
-        names = []
-        for path in sorted(self.root.iterdir()):
-            if path.is_dir() and not path.name.startswith("."):
-                if (path / "config.pbtxt").is_file():
-                    names.append(path.name)
-                else:
-                    log.warning("skipping %s: it has no config.pbtxt", path)
-        return names
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
 
-    async def load_all(self) -> None:
-        for name in self.scan():
-            await self.load(name)
+    # -- load and unload -------------------------------------------------------------------
 
-    async def load(self, name: str) -> ModelEntry:
-        """Load a model's versions as its version policy selects; failures are recorded, not raised."""
-        entry = self.models.setdefault(name, ModelEntry(name))
+    async def load(self, name: str, config_json: str | None = None, retry_failed: bool = True) -> bool:
+        """Load or reload a model as its version policy selects; True when anything changed.
+
+        Raises `NotFound` for a model the repository does not hold and `ConfigError` when
+        the config or any selected version fails to load (after loading the others).
+        With ``retry_failed=False`` (polling), what failed before and has not changed since
+        is not tried again.
+        """
         model_dir = self.root / name
-        try:
-            spec = parse_config((model_dir / "config.pbtxt").read_text(), model_dir)
-            available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-            wanted = spec.selects_versions(available)
-            if not wanted:
-                raise ConfigError(f"no version directory of {model_dir} matches its version_policy "
-                                  f"(found: {sorted(available) or 'none'}); add e.g. {model_dir}/1/")
-        except (ConfigError, OSError) as exc:
-            entry.reason = str(exc)
-            log.error("model %s is unavailable: %s", name, exc)
-            return entry
-        entry.spec, entry.reason = spec, ""
-        for version in wanted:
-            entry.versions[version] = ModelVersion(spec, version)
-        await asyncio.gather(*(self._load_version(entry, entry.versions[v], model_dir / str(v)) for v in wanted))
-        return entry
+        if not (model_dir / "config.pbtxt").is_file() and config_json is None:
+            raise NotFound(f"model '{name}' is not in the repository {self.root} (no {name}/config.pbtxt)")
+        entry = self.models.setdefault(name, ModelEntry(name))
+        async with entry.lock:
+            text = config_json
+            try:
+                if text is None:
+                    text = (model_dir / "config.pbtxt").read_text()
+                if not retry_failed and entry.failed_config == text:
+                    return False  # this config failed to parse before; it has not changed
+                try:
+                    spec = (parse_config_json(text, model_dir) if config_json is not None
+                            else parse_config(text, model_dir))
+                except ConfigError:
+                    entry.failed_config = text
+                    raise
+                entry.failed_config = None
+                available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+                wanted = spec.selects_versions(available)
+                if not wanted:
+                    raise ConfigError(f"no version directory of {model_dir} matches its version_policy "
+                                      f"(found: {sorted(available) or 'none'}); add e.g. {model_dir}/1/")
+            except (ConfigError, OSError) as exc:
+                entry.reason = str(exc)
+                raise ConfigError(f"failed to load model '{name}': {exc}") from None
+            entry.spec, entry.reason = spec, ""
+            return await self._apply(entry, spec, wanted, retry_failed)
 
-    async def _load_version(self, entry: ModelEntry, model: ModelVersion, path: Path) -> None:
-        spec = model.spec
-        loop = asyncio.get_running_loop()
-        stats = self.metrics.add_model(spec, model.version)
-        try:
-            handlers = await loop.run_in_executor(None, self._create_handlers, spec, model.version, path)
-        except Exception as exc:  # noqa: BLE001 - any failure marks only this version
-            self.metrics.remove_model(stats)
-            entry.set_state(model, UNAVAILABLE, str(exc) if isinstance(exc, ServingError)
-                            else f"load failed: {type(exc).__name__}: {exc}")
-            log.error("model %s version %d failed to load: %s", spec.name, model.version, model.reason,
-                      exc_info=None if isinstance(exc, ServingError) else exc)
-            return
-        model.instances = [ModelInstance(h, spec, stats, i) for i, h in enumerate(handlers)]
-        model.stats = stats
-        model.batcher = Batcher(spec.batching, model.instances, name=spec.name)
-        stats.pending = lambda: model.batcher.pending if model.batcher else 0
-        model.batcher.start()
-        entry.set_state(model, READY)
-        log.info("model %s version %d is ready (%s, %d instance(s) on %s, max_batch_size %d)", spec.name,
-                 model.version, spec.platform, len(handlers), self.device, spec.max_batch_size)
+    def _unchanged(self, current: ModelVersion | None, spec: ModelSpec, retry_failed: bool) -> bool:
+        """Whether a version can stay as it is: it serves (or failed) with this config and these files."""
+        if current is None or current.spec.proto != spec.proto or \
+                current.fingerprint != fingerprint(self.root / spec.name / str(current.version)):
+            return False
+        return current.state == READY or (current.state == UNAVAILABLE and current.reason != "unloaded"
+                                          and not retry_failed)
 
-    def _create_handlers(self, spec: ModelSpec, version: int, path: Path) -> list[Model]:
-        cls: type[Model] = (load_handler_class(path / spec.filename, spec.name, version)
-                            if spec.platform == PYTHON else TorchScriptModel)
-        handlers: list[Model] = []
-        try:
-            for _ in range(spec.instance_count):
-                handler = cls(name=spec.name, version=version, config=spec, path=path, device=self.device)
-                handler.load()
-                handlers.append(handler)
-        except BaseException:
-            for handler in handlers:
-                handler.unload()
-            raise
-        return handlers
+    async def _apply(self, entry: ModelEntry, spec: ModelSpec, wanted: list[int], retry_failed: bool) -> bool:
+        to_start = [v for v in wanted if not self._unchanged(entry.versions.get(v), spec, retry_failed)]
+        to_retire = [m for v, m in entry.versions.items() if v not in wanted and m.state == READY]
+        for version in to_start:
+            if entry.versions.get(version) is None or entry.versions[version].state != READY:
+                entry.versions[version] = ModelVersion(spec, version)  # LOADING, shown in the index
+        results = await asyncio.gather(*(start_version(spec, v, self.root / spec.name / str(v), self.device,
+                                                       self.metrics) for v in to_start), return_exceptions=True)
+        failures = []
+        for version, result in zip(to_start, results):
+            previous = entry.versions.get(version)
+            if isinstance(result, BaseException):
+                reason = str(result) if isinstance(result, ServingError) else \
+                    f"load failed: {type(result).__name__}: {result}"
+                failures.append(f"version {version}: {reason}")
+                log.error("model %s version %d failed to load: %s", spec.name, version, reason,
+                          exc_info=None if isinstance(result, ServingError) else result)
+                if previous is not None and previous.state == READY:
+                    log.warning("model %s version %d keeps serving its previous load", spec.name, version)
+                else:
+                    entry.versions[version] = ModelVersion(spec, version, state=UNAVAILABLE, reason=reason,
+                                                           fingerprint=fingerprint(self.root / spec.name / str(version)))
+                continue
+            entry.versions[version] = result
+            if previous is not None and previous.state == READY:
+                to_retire.append(previous)
+        for model in to_retire:
+            model.state = UNLOADING  # no longer routed; what it holds drains
+        entry.refresh()
+        await asyncio.gather(*(retire_version(m, self.metrics) for m in to_retire))
+        if failures:
+            raise ConfigError(f"failed to load model '{spec.name}': " + "; ".join(failures))
+        return bool(to_start or to_retire)
 
     async def unload(self, name: str) -> None:
+        """Stop routing to every version of a model, drain them, and unload them."""
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"model '{name}' is not in the repository")
-        await asyncio.gather(*(self._unload_version(entry, v) for v in entry.versions.values()))
-
-    async def _unload_version(self, entry: ModelEntry, model: ModelVersion) -> None:
-        if model.state != READY:
-            return
-        entry.set_state(model, UNLOADING)
-        if model.batcher is not None:
-            await model.batcher.stop()
-        loop = asyncio.get_running_loop()
-        for instance in model.instances:
-            await loop.run_in_executor(None, instance.unload)
-        if model.stats is not None:
-            self.metrics.remove_model(model.stats)
-        forget_handler_module(model.spec.name, model.version)
-        model.instances, model.batcher, model.stats = [], None, None
-        entry.set_state(model, UNAVAILABLE, "unloaded")
-        gc.collect()
+            raise NotFound(f"model '{name}' is not loaded")
+        async with entry.lock:
+            serving = [m for m in entry.versions.values() if m.state == READY]
+            for model in serving:
+                model.state = UNLOADING
+            entry.refresh()
+            await asyncio.gather(*(retire_version(m, self.metrics) for m in serving))
 
     async def close(self) -> None:
         await asyncio.gather(*(self.unload(name) for name in list(self.models)))
@@ -177,19 +166,18 @@ class Repository:
     def entry(self, name: str) -> ModelEntry:
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}'; GET /v2/repository/index (or the server log) lists the models")
+            raise NotFound(f"unknown model '{name}'; POST /v2/repository/index lists the models")
         return entry
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The version that serves a request: the newest ready one when ``version`` is empty."""
         entry = self.entry(name)
         if not version:
-            model = entry.default
-            if model is None:
+            if entry.default is None:
                 reasons = entry.reason or "; ".join(f"version {v.version}: {v.state.lower()} {v.reason}".strip()
                                                     for v in entry.versions.values()) or "not loaded"
                 raise Unavailable(f"model '{name}' is not ready: {reasons}")
-            return model
+            return entry.default
         if not version.isdigit():
             raise NotFound(f"model '{name}' has no version '{version}': versions are positive integers")
         model = entry.versions.get(int(version))
@@ -200,27 +188,21 @@ class Repository:
             raise Unavailable(f"model '{name}' version {version} is not ready: {model.state.lower()} {model.reason}")
         return model
 
-    def all_ready(self) -> bool:
-        return all(entry.default is not None and not entry.reason
-                   and all(v.state == READY for v in entry.versions.values())
-                   for entry in self.models.values())
-
-    def index(self) -> list[dict[str, Any]]:
-        """Triton's repository index: one row per model version (or per model that never parsed)."""
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: one row per model version (or per model without versions)."""
         rows: list[dict[str, Any]] = []
-        for name in sorted(set(self.models) | set(self._names_on_disk())):
+        try:
+            on_disk = set(self.scan())
+        except ConfigError:
+            on_disk = set()
+        for name in sorted(set(self.models) | on_disk):
             entry = self.models.get(name)
             if entry is None or not entry.versions:
-                rows.append({"name": name, "state": UNAVAILABLE,
-                             "reason": entry.reason if entry else "not loaded"})
+                rows.append({"name": name, "state": UNAVAILABLE, "reason": entry.reason if entry else "not loaded"})
                 continue
             for version in sorted(entry.versions):
                 model = entry.versions[version]
-                rows.append({"name": name, "version": str(version), "state": model.state, "reason": model.reason})
-        return rows
-
-    def _names_on_disk(self) -> list[str]:
-        try:
-            return [p.name for p in self.root.iterdir() if (p / "config.pbtxt").is_file()]
-        except OSError:
-            return []
+                # a READY version can carry the model's newer trouble: a reload that failed
+                rows.append({"name": name, "version": str(version), "state": model.state,
+                             "reason": model.reason or entry.reason})
+        return [row for row in rows if row["state"] == READY] if ready_only else rows

@@ -19,9 +19,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import __version__
+from .control import ModelControl
 from .dataplane import DataPlane
 from .device import configure_threads, resolve_device
 from .errors import ConfigError
+from .grpc import GrpcTransport
 from .http import HttpTransport, metrics_app
 from .metrics import Metrics
 from .repository import Repository
@@ -35,8 +37,11 @@ class Server:
         self.settings = settings
         self.metrics = Metrics(registry)
         self.repository: Repository | None = None
+        self.control: ModelControl | None = None
         self.dataplane: DataPlane | None = None
+        self.grpc: GrpcTransport | None = None
         self.http_port = 0
+        self.grpc_port = 0
         self.metrics_port = 0
         self.abandoned = 0  # requests still running when the drain gave up
         self._runners: list[web.AppRunner] = []
@@ -50,14 +55,21 @@ class Server:
         device = resolve_device(settings.device)
         threads = configure_threads(settings.cpu_threads)
         self.repository = Repository(settings.model_repository, device, self.metrics)
-        self.dataplane = DataPlane(self.repository, __version__)
+        self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,
+                                    settings.repository_poll_secs)
+        self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
         http = HttpTransport(self.dataplane, settings.max_request_bytes)
         self.http_port = await self._listen(http.app(), settings.http_port, handler_cancellation=True)
+        self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes)
+        self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
         self.metrics_port = await self._listen(metrics_app(self.metrics.registry), settings.metrics_port)
-        log.info("listening http=%s:%d grpc=off metrics=%s:%d", settings.host, self.http_port, settings.host,
-                 self.metrics_port, extra={"http_port": self.http_port, "metrics_port": self.metrics_port})
-        await self.repository.load_all()
+        host = settings.host
+        log.info("listening http=%s:%d grpc=%s:%d metrics=%s:%d", host, self.http_port, host, self.grpc_port,
+                 host, self.metrics_port,
+                 extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+        await self.control.start()
         self.dataplane.started = True
+        await self.grpc.update_health()
         ready = self.dataplane.ready()
         log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
                  len(self.repository.models), settings.model_repository, device, threads)
@@ -84,6 +96,8 @@ class Server:
         """
         if self.dataplane is not None:
             self.dataplane.start_drain()
+            if self.grpc is not None:
+                await self.grpc.update_health()
             if self.dataplane.in_flight:
                 log.info("draining %d in-flight request(s), up to %gs", self.dataplane.in_flight,
                          self.settings.exit_timeout_secs)
@@ -98,8 +112,12 @@ class Server:
         if self.abandoned:
             log.info("stopped, leaving %d request(s) behind", self.abandoned)
             return  # work still runs on model threads: the caller exits the process
+        if self.control is not None:
+            await self.control.stop()
         if self.repository is not None:
             await self.repository.close()
+        if self.grpc is not None:
+            await self.grpc.stop(grace=2.0)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

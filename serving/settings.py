@@ -17,6 +17,7 @@ MiB = 1024 * 1024
 ENV_PREFIX = "SERVING_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CONTROL_MODES = ("none", "explicit", "poll")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,10 @@ class Settings:
     exit_timeout_secs: float = 30.0
     log_format: str = "text"
     log_level: str = "info"
+    model_control_mode: str = "none"
+    load_model: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
+    strict_readiness: bool = True
 
 
 def _device(value: str) -> str:
@@ -54,6 +59,22 @@ def _non_negative_int(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or a positive integer")
     return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return number
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean: use true or false")
 
 
 def _positive_int(value: str) -> int:
@@ -86,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long in-flight and queued requests may take to finish (default 30)")
     add("--log-format", choices=LOG_FORMATS, help="text or json, one object a line (default text)")
     add("--log-level", choices=LOG_LEVELS, help="debug, info, warning or error (default info)")
+    add("--model-control-mode", choices=CONTROL_MODES,
+        help="none: load every model, refuse load/unload requests; explicit: load only --load-model, "
+             "accept load/unload requests; poll: load every model and re-scan the repository (default none)")
+    add("--load-model", action="append", type=str,
+        help="with --model-control-mode explicit, a model to load at start-up; repeatable, * for all "
+             "(SERVING_LOAD_MODEL takes a comma-separated list)")
+    add("--repository-poll-secs", type=_positive_float,
+        help="with --model-control-mode poll, seconds between repository scans (default 15)")
+    add("--strict-readiness", type=_bool,
+        help="true: ready only once every start-up model is ready; false: ready once loading has been "
+             "tried (default true)")
     return parser
 
 
@@ -101,7 +133,9 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         value = getattr(args, action.dest)
         if value is None:
             raw = environ.get(ENV_PREFIX + action.dest.upper())
-            if raw is not None and raw != "":
+            if raw is not None and raw != "" and isinstance(action, argparse._AppendAction):  # noqa: SLF001
+                value = [item.strip() for item in raw.split(",") if item.strip()]
+            elif raw is not None and raw != "":
                 try:
                     value = action.type(raw) if action.type else raw  # type: ignore[operator]
                 except (ValueError, argparse.ArgumentTypeError) as exc:
@@ -109,7 +143,9 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
                 if action.choices and value not in action.choices:
                     parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: choose from {', '.join(action.choices)}")
         if value is not None:
-            values[action.dest] = value
+            values[action.dest] = tuple(value) if isinstance(value, list) else value
     if "model_repository" not in values:
         parser.error("--model-repository (or SERVING_MODEL_REPOSITORY) is required")
+    if values.get("load_model") and values.get("model_control_mode", "none") != "explicit":
+        parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
     return Settings(**values)  # type: ignore[arg-type]

@@ -290,3 +290,22 @@ def test_stop_fails_queued_requests_and_refuses_new_ones() -> None:
         with pytest.raises(Unavailable, match="shutting down"):
             await batcher.submit("late")
     run(scenario())
+
+
+def test_drain_waits_for_queued_and_running_batches() -> None:
+    async def scenario() -> None:
+        worker = Recorder()
+        worker.release.clear()
+        batcher = Batcher(policy(max_batch_size=1), [worker])
+        batcher.start()
+        requests = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        draining = asyncio.ensure_future(batcher.drain())
+        await asyncio.sleep(0.01)
+        assert not draining.done()
+        worker.release.set()
+        await asyncio.wait_for(draining, 1)
+        assert all(r.done() for r in requests) and not batcher.busy
+        await batcher.drain()  # idle: returns at once
+        await batcher.stop()
+    run(scenario())

@@ -90,3 +90,30 @@ def test_bf16_in_json_is_rounded_from_floats(server: RunningServer) -> None:
     assert result["outputs"][0]["datatype"] == "BF16"
     expected = np.array([1.0, 3.14159, -0.0001], dtype=np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
     np.testing.assert_array_equal(np.array(result["outputs"][0]["data"], dtype=np.float32), expected)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_every_transport_gives_identical_outputs(server: RunningServer, datatype: str) -> None:
+    import tritonclient.grpc as grpcclient
+
+    data = sample(datatype)
+    got = {}
+    for transport, module, url in (("http-json", httpclient, server.url), ("http-binary", httpclient, server.url),
+                                   ("grpc", grpcclient, f"127.0.0.1:{server.server.grpc_port}")):
+        client = module.InferenceServerClient(url)
+        inp = module.InferInput(f"IN_{datatype}", list(data.shape), datatype)
+        out = module.InferRequestedOutput(f"OUT_{datatype}")
+        if module is httpclient:
+            as_json = transport == "http-json"
+            inp.set_data_from_numpy(data, binary_data=not as_json or datatype == "BF16")
+            out = httpclient.InferRequestedOutput(f"OUT_{datatype}", binary_data=not as_json)
+        else:
+            inp.set_data_from_numpy(data)
+        array = client.infer("identity", [inp], outputs=[out]).as_numpy(f"OUT_{datatype}")
+        if datatype == "BYTES":
+            got[transport] = [v.encode() if isinstance(v, str) else v for v in array.reshape(-1)]
+        else:
+            got[transport] = (array.shape, array.astype(data.dtype).tobytes())
+    assert got["http-json"] == got["http-binary"] == got["grpc"]
+    expected = data.reshape(-1).tolist() if datatype == "BYTES" else (data.shape, data.tobytes())
+    assert got["grpc"] == expected

@@ -1,0 +1,100 @@
+"""Model control, with Triton's modes.
+
+* ``none``: every model in the repository loads at start-up; the load and unload
+  requests are refused.
+* ``explicit``: only ``--load-model`` names load at start-up (``*`` for all); clients
+  load and unload through the repository API.
+* ``poll``: every model loads at start-up, and the repository is re-scanned every
+  ``--repository-poll-secs``: new models load, removed ones unload, and changed configs or
+  version directories reload; the load and unload requests are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .errors import ServingError, Unsupported
+from .repository import Repository
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "explicit", "poll")
+
+
+class ModelControl:
+    def __init__(self, repository: Repository, mode: str = "none", load_models: tuple[str, ...] = (),
+                 poll_secs: float = 15.0) -> None:
+        self.repository = repository
+        self.mode = mode
+        self.load_models = load_models
+        self.poll_secs = poll_secs
+        self.required: set[str] = set()  # models whose start-up load readiness waits for
+        self._poller: asyncio.Task[None] | None = None
+        self._last_error: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Load what the mode selects; failures are logged and kept in the index, not raised."""
+        on_disk = self.repository.scan()
+        if self.mode == "explicit" and "*" not in self.load_models:
+            names = list(dict.fromkeys(self.load_models))
+        else:
+            names = on_disk
+        self.required = set(names)
+        for name in names:
+            await self._load_logged(name)
+        if self.mode == "poll":
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
+
+    def startup_ready(self) -> bool:
+        """Every model the start-up selected has a ready version."""
+        return all(name in self.repository.models and self.repository.models[name].default is not None
+                   for name in self.required)
+
+    def _check_api(self, action: str) -> None:
+        if self.mode != "explicit":
+            raise Unsupported(f"explicit model {action} is not allowed when --model-control-mode is "
+                              f"{self.mode}; start serve with --model-control-mode explicit")
+
+    async def load(self, name: str, config_json: str | None = None) -> None:
+        self._check_api("load")
+        await self.repository.load(name, config_json)
+
+    async def unload(self, name: str) -> None:
+        self._check_api("unload")
+        await self.repository.unload(name)
+        self.required.discard(name)  # readiness no longer waits for it
+
+    async def _load_logged(self, name: str, retry_failed: bool = True) -> None:
+        try:
+            await self.repository.load(name, retry_failed=retry_failed)
+        except ServingError as exc:
+            if self._last_error.get(name) != str(exc):
+                log.error("%s", exc)
+            self._last_error[name] = str(exc)
+        else:
+            self._last_error.pop(name, None)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_secs)
+            try:
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - polling must go on
+                log.exception("polling the model repository failed; trying again in %gs", self.poll_secs)
+
+    async def poll_once(self) -> None:
+        """Bring the loaded models in line with the repository on disk."""
+        on_disk = set(self.repository.scan())
+        for name in sorted(set(self.repository.models) - on_disk):
+            if self.repository.models[name].default is not None:
+                log.info("model %s left the repository: unloading", name)
+                await self.repository.unload(name)
+            self.required.discard(name)
+        for name in sorted(on_disk):
+            await self._load_logged(name, retry_failed=False)
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)

@@ -1,0 +1,199 @@
+"""KServe v2 over gRPC (grpcio's asyncio server): a thin layer over the `DataPlane`.
+
+Implements ``inference.GRPCInferenceService`` from the stubs tritonclient ships, and the
+standard ``grpc.health.v1.Health`` service for Kubernetes' gRPC probes. Errors become
+status codes only here (`ServingError.grpc_code`), with the same messages as HTTP.
+The shared-memory, trace and log RPCs answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from .dataplane import DataPlane
+from .errors import InvalidInput, ServingError
+from .protobuf import decode_model_infer_request, encode_model_infer_response, parameter_value
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+SEND_LIMIT = 2**31 - 1  # what tritonclient sets on its side
+STREAM_IN_FLIGHT = 64  # requests of one stream computed ahead of the response being written
+
+T = TypeVar("T")
+
+
+def _status(error: ServingError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, error.grpc_code)
+
+
+def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Map errors to gRPC status codes."""
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            await context.abort(_status(exc), str(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:  # noqa: BLE001 - never a traceback to the client
+            log.exception("unhandled error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+        raise AssertionError("unreachable")  # context.abort raises
+    return wrapper
+
+
+def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
+    return method
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @_rpc
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @_rpc
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_rpc
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @_rpc
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict(self.dataplane.metadata(), pb.ServerMetadataResponse())
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict(self.dataplane.model_metadata(request.name, request.version),
+                                     pb.ModelMetadataResponse())
+
+    @_rpc
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        return pb.ModelConfigResponse(config=self.dataplane.model_spec(request.name, request.version).proto)
+
+    @_rpc
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.dataplane.model_stats(request.name or None, request.version or None)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    @_rpc
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        infer_request = decode_model_infer_request(request)
+        response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
+        return encode_model_infer_response(response)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Each request answered in order; up to STREAM_IN_FLIGHT of them compute ahead."""
+        answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await answers.put(asyncio.ensure_future(self._stream_one(request)))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await answers.get()) is not None:
+                yield await task
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                leftover = answers.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _stream_one(self, request: Any) -> Any:
+        try:
+            infer_request = decode_model_infer_request(request)
+            response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
+            return pb.ModelStreamInferResponse(infer_response=encode_model_infer_response(response))
+        except ServingError as exc:
+            return pb.ModelStreamInferResponse(
+                error_message=str(exc),
+                infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                      model_version=request.model_version, id=request.id))
+
+    @_rpc
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict({"models": self.dataplane.repository_index(request.ready)},
+                                     pb.RepositoryIndexResponse())
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        config = None
+        for key, value in request.parameters.items():
+            if key == "config":
+                config = parameter_value(value)
+            elif key.startswith("file:"):
+                raise InvalidInput("loading model files through the load request is not supported; put them "
+                                   "in the model repository")
+        await self.dataplane.load_model(request.model_name, config)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    SystemSharedMemoryStatus = _unimplemented("system shared memory")
+    SystemSharedMemoryRegister = _unimplemented("system shared memory")
+    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
+    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    TraceSetting = _unimplemented("the trace extension")
+    LogSettings = _unimplemented("the logging extension")
+
+
+class GrpcTransport:
+    """The gRPC server: the inference service and the health service, on one port."""
+
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", SEND_LIMIT),
+        ])
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+
+    async def start(self, host: str, port: int) -> int:
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+        await self.update_health()
+        await self.server.start()
+        return bound
+
+    async def update_health(self) -> None:
+        """Mirror the server's readiness into the health service (overall and per service)."""
+        status = health_pb2.HealthCheckResponse.SERVING if self.dataplane.ready() else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
