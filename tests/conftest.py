@@ -83,7 +83,8 @@ class Serve:
     def __init__(self, repository: Path, *flags: str, wait_ready: bool = True) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1",
-             "--http-port", "0", "--metrics-port", "0", "--log-format", "json", "--cpu-threads", "1", *flags],
+             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json",
+             "--cpu-threads", "1", *flags],
             stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
         deadline = time.monotonic() + 60
