@@ -56,12 +56,20 @@ Worker = Callable[[list[Pending]], Awaitable[Sequence[Any]]]
 
 
 class Batcher:
-    def __init__(self, policy: BatchPolicy, workers: Sequence[Worker], name: str = "") -> None:
+    """One queue, several workers.
+
+    ``groups`` names the device of each worker: a batch goes to an idle worker on the
+    device with the fewest batches running, so instances on several GPUs share the load.
+    """
+
+    def __init__(self, policy: BatchPolicy, workers: Sequence[Worker], name: str = "",
+                 groups: Sequence[Hashable] | None = None) -> None:
         if not workers:
             raise ValueError("a batcher needs at least one worker")
         self.policy = policy
         self.name = name
         self._workers = list(workers)
+        self._groups = list(groups) if groups is not None else [0] * len(workers)
         self._idle = list(range(len(workers)))
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued = 0  # live (QUEUED) entries; dropped ones leave the deque lazily
@@ -138,7 +146,7 @@ class Batcher:
                 if batch is None:
                     await self._wait_for_more(loop)
                     continue
-                worker = self._idle.pop()
+                worker = self._least_busy()
                 task = loop.create_task(self._run(worker, batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -146,6 +154,16 @@ class Batcher:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("batcher %s: unexpected error while forming a batch; continuing", self.name)
+
+    def _least_busy(self) -> int:
+        """Take an idle worker whose device runs the fewest batches (the lowest index on a tie)."""
+        busy: dict[Hashable, int] = {}
+        idle = set(self._idle)
+        for index, group in enumerate(self._groups):
+            busy[group] = busy.get(group, 0) + (index not in idle)
+        worker = min(self._idle, key=lambda index: (busy[self._groups[index]], index))
+        self._idle.remove(worker)
+        return worker
 
     def _candidates(self) -> tuple[list[Pending], bool]:
         """Live requests that could join the next batch, and whether the batch is complete."""

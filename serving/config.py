@@ -59,17 +59,58 @@ class BatchPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
+class InstanceGroup:
+    kind: str  # KIND_AUTO, KIND_GPU or KIND_CPU
+    count: int
+    gpus: tuple[int, ...] = ()  # KIND_GPU: these GPUs; empty: every visible GPU
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionOptions:
+    """How batches run, from config.pbtxt ``parameters``; every option is off by default."""
+
+    precision: str = "fp32"  # autocast dtype: fp16 or bf16
+    torch_compile: str = "off"  # a torch.compile mode, applied to a Python handler's predict
+    torch_compile_backend: str = "inductor"
+    cuda_graphs: bool = False  # capture one CUDA graph per batch-size bucket (GPU only)
+    warmup: bool = True  # run every batch-size bucket once at load when model_warmup is absent
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupInput:
+    datatype: str
+    dims: tuple[int, ...]
+    source: str  # zero_data, random_data or input_data_file
+    data_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupSample:
+    """One entry of Triton's ``model_warmup``."""
+
+    name: str
+    batch_size: int
+    inputs: dict[str, WarmupInput]
+    count: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     batching: BatchPolicy
-    instance_count: int
-    instance_kind: str
+    instance_groups: tuple[InstanceGroup, ...]
     parameters: dict[str, str]
     filename: str
     proto: pb.ModelConfig
+    execution: ExecutionOptions = ExecutionOptions()
+    warmup: tuple[WarmupSample, ...] = ()
 
     @property
     def max_batch_size(self) -> int:
@@ -78,6 +119,12 @@ class ModelSpec:
     @functools.cached_property
     def input_names(self) -> frozenset[str]:
         return frozenset(t.name for t in self.inputs)
+
+    def batch_buckets(self) -> tuple[int, ...]:
+        """Batch sizes worth preparing for: 1, the preferred sizes and max_batch_size."""
+        if self.max_batch_size == 0:
+            return (1,)
+        return tuple(sorted({1, self.max_batch_size, *self.batching.preferred_sizes}))
 
     def selects_versions(self, available: list[int]) -> list[int]:
         """The versions the version policy asks to load, newest first."""
@@ -176,6 +223,45 @@ def _tensor(model_dir: Path, item: Any, kind: str) -> TensorSpec:
     return TensorSpec(item.name, datatype, dims, reshape, bool(getattr(item, "optional", False)), labels)
 
 
+def _choice(parameters: dict[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = parameters.get(key, default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"parameter {key} is {value!r}; use one of {', '.join(choices)}")
+    return value
+
+
+def _execution_options(parameters: dict[str, str]) -> ExecutionOptions:
+    booleans = {"true": True, "false": False}
+    return ExecutionOptions(
+        precision=_choice(parameters, "precision", PRECISIONS, "fp32"),
+        torch_compile=_choice(parameters, "torch_compile", COMPILE_MODES, "off"),
+        torch_compile_backend=parameters.get("torch_compile_backend", "inductor").strip(),
+        cuda_graphs=booleans[_choice(parameters, "cuda_graphs", ("true", "false"), "false")],
+        warmup=booleans[_choice(parameters, "warmup", ("true", "false"), "true")],
+    )
+
+
+def _warmup(config: pb.ModelConfig, inputs: tuple[TensorSpec, ...]) -> tuple[WarmupSample, ...]:
+    names = {t.name for t in inputs}
+    samples = []
+    for warmup in config.model_warmup:
+        label = f"model_warmup '{warmup.name}'"
+        if config.max_batch_size and not 1 <= warmup.batch_size <= config.max_batch_size:
+            raise ConfigError(f"{label}: batch_size {warmup.batch_size} must be within 1..{config.max_batch_size}")
+        unknown = set(warmup.inputs) - names
+        if unknown:
+            raise ConfigError(f"{label} names inputs {sorted(unknown)} the config does not declare")
+        sample_inputs = {}
+        for input_name, item in warmup.inputs.items():
+            source = item.WhichOneof("input_data_type")
+            if source is None:
+                raise ConfigError(f"{label}, input '{input_name}': give zero_data, random_data or input_data_file")
+            sample_inputs[input_name] = WarmupInput(v2_datatype(item.data_type), tuple(int(d) for d in item.dims),
+                                                    source, item.input_data_file)
+        samples.append(WarmupSample(warmup.name, max(warmup.batch_size, 1), sample_inputs, max(warmup.count, 1)))
+    return tuple(samples)
+
+
 def _batch_policy(config: pb.ModelConfig) -> BatchPolicy:
     if config.max_batch_size < 0:
         raise ConfigError("max_batch_size must be 0 (no batching) or positive")
@@ -248,15 +334,13 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
         raise ConfigError("version_policy latest needs num_versions >= 1")
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_FILENAMES[platform]
-    count, kind = 0, "KIND_AUTO"
-    for group in config.instance_group:
-        count += max(group.count, 1)
-        kind = pb.ModelInstanceGroup.Kind.Name(group.kind)
+    groups = tuple(InstanceGroup(pb.ModelInstanceGroup.Kind.Name(g.kind), max(g.count, 1), tuple(g.gpus))
+                   for g in config.instance_group) or (InstanceGroup("KIND_AUTO", 1),)
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     spec = ModelSpec(
         name=name, platform=platform, inputs=inputs, outputs=outputs, batching=_batch_policy(config),
-        instance_count=max(count, 1), instance_kind=kind, parameters=parameters,
-        filename=config.default_model_filename, proto=config)
+        instance_groups=groups, parameters=parameters, filename=config.default_model_filename, proto=config,
+        execution=_execution_options(parameters), warmup=_warmup(config, inputs))
     output_names = {o.name for o in outputs}
     unknown = spec.class_outputs() - output_names
     if unknown:

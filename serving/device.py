@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 import numpy as np
 import torch
 
+from .config import ModelSpec
 from .errors import ConfigError, ModelError
 from .types import NUMPY_DTYPES
 
@@ -27,6 +29,79 @@ def resolve_device(setting: str) -> torch.device:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {setting}: only {torch.cuda.device_count()} GPU(s) are visible")
     return device
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where instances run: ``--device`` and each model's ``instance_group``, as Triton places them.
+
+    ``KIND_CPU`` groups run on the CPU. ``KIND_GPU`` and ``KIND_AUTO`` groups run ``count``
+    instances on each of their ``gpus`` (every visible GPU when the list is empty, or only
+    N with ``--device cuda:N``). Without a GPU, or with ``--device cpu``, they run on the
+    CPU; a ``KIND_GPU`` group says so in one warning.
+    """
+
+    setting: str = "auto"
+
+    def default(self) -> torch.device:
+        return resolve_device(self.setting)
+
+    def devices(self, spec: ModelSpec) -> list[torch.device]:
+        """One device per instance of the model."""
+        default = self.default()
+        cpu = torch.device("cpu")
+        devices: list[torch.device] = []
+        for group in spec.instance_groups:
+            if group.kind == "KIND_CPU" or default.type == "cpu":
+                if group.kind == "KIND_GPU":
+                    log.warning("model %s asks for KIND_GPU instances but %s; running them on the CPU", spec.name,
+                                "--device is cpu" if self.setting == "cpu" else "no GPU is visible")
+                devices += [cpu] * group.count
+                continue
+            count = torch.cuda.device_count()
+            gpus = group.gpus or ((default.index,) if self.setting.startswith("cuda") else tuple(range(count)))
+            missing = [g for g in gpus if g >= count]
+            if missing:
+                raise ConfigError(f"instance_group asks for GPU(s) {missing} but only {count} are visible "
+                                  "(CUDA_VISIBLE_DEVICES renumbers them from 0)")
+            for gpu in gpus:
+                devices += [torch.device("cuda", gpu)] * group.count
+        return devices
+
+
+class HostBuffers:
+    """Staging buffers on the host, reused from batch to batch (page-locked when CUDA is present).
+
+    `stage` concatenates a batch's arrays straight into the buffer of that name, growing it
+    only when a batch needs more room, so a steady stream of batches allocates nothing and
+    a copy to the GPU from it can run asynchronously.
+    """
+
+    def __init__(self, pin: bool | None = None) -> None:
+        self.pin = torch.cuda.is_available() if pin is None else pin
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.allocations = 0
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A writable view of ``shape`` on the buffer ``name``."""
+        needed = int(np.prod(shape)) * dtype.itemsize
+        current = self._buffers.get(name)
+        if current is None or current.numel() < needed:
+            self._buffers[name] = torch.empty(max(needed, 1), dtype=torch.uint8, pin_memory=self.pin)
+            self.allocations += 1
+        raw = self._buffers[name].numpy()[:needed]
+        return raw.view(dtype).reshape(shape)
+
+    def stage(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        """The arrays concatenated along dim 0, in the buffer ``name``."""
+        first = arrays[0]
+        rows = sum(a.shape[0] for a in arrays) if first.ndim else 1
+        out = self.buffer(name, (rows, *first.shape[1:]) if first.ndim else (), first.dtype)
+        if len(arrays) == 1:
+            np.copyto(out, first)
+        else:
+            np.concatenate(arrays, out=out)
+        return out
 
 
 def configure_threads(cpu_threads: int) -> int:

@@ -1,10 +1,12 @@
 """A model instance: one handler object with its own worker thread, computing whole batches.
 
-An instance is the batcher's worker: it concatenates the batch's inputs, moves them to
-the device, calls ``predict``, brings the outputs back to the host and splits them per
-request. A plain ``predict`` runs on the instance's own thread (torch releases the GIL
-while it computes, so the event loop keeps serving); an ``async def predict`` runs on
-the event loop.
+An instance is the batcher's worker. On its thread it gathers the batch's inputs, runs
+them through its `BatchExecutor` (device transfers, autocast, CUDA graphs) and splits
+the outputs back per request. torch releases the GIL while it computes, so the event
+loop keeps serving meanwhile; an ``async def predict`` runs on the event loop instead.
+
+Out of GPU memory, a batch is split in half and each half retried, down to single
+requests; only a request that fails alone gets the error.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import torch
 
 from .batching import Pending
 from .config import ModelSpec
-from .device import to_numpy, to_torch
-from .errors import ModelError, ServingError
+from .errors import ModelError, ServingError, Unavailable
+from .execution import BatchExecutor
 from .metrics import ModelStats
 from .model import Model
 
 log = logging.getLogger(__name__)
 
 Timings = tuple[int, int, int]  # input, infer, output (ns)
+Execution = tuple[list[Pending], Timings]  # one executed (sub-)batch
 
 
 class ModelInstance:
@@ -37,40 +40,77 @@ class ModelInstance:
         self.spec = spec
         self.stats = stats
         self.device = handler.device
-        self.label = f"{spec.name} v{handler.version} #{index}"
+        self.label = f"{spec.name} v{handler.version} #{index} on {self.device}"
         self.is_async = inspect.iscoroutinefunction(handler.predict)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{spec.name}-{index}")
+        self.executor = BatchExecutor(handler, spec)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{spec.name}-{index}",
+                                         initializer=self.executor.enter_thread)
 
     async def __call__(self, batch: list[Pending]) -> list[Any]:
         if self.is_async:
-            results, timings = await self._compute_async(batch)
+            results, executions = await self._compute_async(batch)
         else:
             loop = asyncio.get_running_loop()
-            results, timings = await loop.run_in_executor(self.executor, self._compute, batch)
-        self.stats.record_batch([item.dispatched_ns - item.enqueued_ns for item in batch],
-                                sum(item.rows for item in batch), *timings)
+            results, executions = await loop.run_in_executor(self.thread, self._compute, batch)
+        for items, timings in executions:
+            self.stats.record_batch([item.dispatched_ns - item.enqueued_ns for item in items],
+                                    sum(item.rows for item in items), *timings)
         return results
 
     # -- on the instance thread ----------------------------------------------------------
 
-    def _compute(self, batch: list[Pending]) -> tuple[list[Any], Timings]:
+    def _compute(self, batch: list[Pending]) -> tuple[list[Any], list[Execution]]:
+        executions: list[Execution] = []
+        try:
+            results = self._compute_once(batch, executions)
+        except torch.OutOfMemoryError:
+            self.stats.out_of_memory["split"] += 1
+            log.warning("model %s ran out of GPU memory on a batch of %d requests (%d rows); splitting it",
+                        self.label, len(batch), sum(item.rows for item in batch))
+            self._release_memory()
+            results = self._split(batch, executions)
+        return results, executions
+
+    def _split(self, batch: list[Pending], executions: list[Execution]) -> list[Any]:
+        if len(batch) == 1:
+            self.stats.out_of_memory["failed"] += 1
+            rows = batch[0].rows
+            return [Unavailable(f"model '{self.spec.name}' ran out of GPU memory on this request alone "
+                                f"({rows} rows); send fewer rows per request or retry later")]
+        half = len(batch) // 2
+        results: list[Any] = []
+        for part in (batch[:half], batch[half:]):
+            try:
+                results += self._compute_once(part, executions)
+            except torch.OutOfMemoryError:
+                self._release_memory()
+                results += self._split(part, executions)
+        return results
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _compute_once(self, batch: list[Pending], executions: list[Execution]) -> list[Any]:
         start = time.monotonic_ns()
-        inputs = self._assemble(batch)
+        rows = sum(item.rows for item in batch)
+        inputs = self.executor.to_device(self._gather(batch), rows)
         assembled = time.monotonic_ns()
         try:
-            with torch.inference_mode():
-                outputs = self.handler.predict(inputs)
-        except ServingError:
+            outputs = self.executor.run(inputs, rows)
+        except (ServingError, torch.OutOfMemoryError):
             raise
         except Exception as exc:
             raise self._failure(exc, len(batch)) from exc
         computed = time.monotonic_ns()
-        results = self._split(outputs, batch)
-        return results, (assembled - start, computed - assembled, time.monotonic_ns() - computed)
+        results = self._split_outputs(self.executor.to_host(outputs, self._wanted(batch)), batch, rows)
+        executions.append((batch, (assembled - start, computed - assembled, time.monotonic_ns() - computed)))
+        return results
 
-    async def _compute_async(self, batch: list[Pending]) -> tuple[list[Any], Timings]:
+    async def _compute_async(self, batch: list[Pending]) -> tuple[list[Any], list[Execution]]:
         start = time.monotonic_ns()
-        inputs = self._assemble(batch)
+        rows = sum(item.rows for item in batch)
+        inputs = self.executor.to_device(self._gather(batch), rows)
         assembled = time.monotonic_ns()
         try:
             outputs = await self.handler.predict(inputs)  # type: ignore[misc]
@@ -79,51 +119,43 @@ class ModelInstance:
         except Exception as exc:
             raise self._failure(exc, len(batch)) from exc
         computed = time.monotonic_ns()
-        results = self._split(outputs, batch)
-        return results, (assembled - start, computed - assembled, time.monotonic_ns() - computed)
+        results = self._split_outputs(self.executor.to_host(outputs, self._wanted(batch)), batch, rows)
+        return results, [(batch, (assembled - start, computed - assembled, time.monotonic_ns() - computed))]
 
     def _failure(self, exc: Exception, requests: int) -> ModelError:
         log.error("model %s failed on a batch of %d requests", self.label, requests, exc_info=exc)
         return ModelError(f"model '{self.spec.name}' version {self.handler.version} failed: "
                           f"{type(exc).__name__}: {exc}")
 
-    def _assemble(self, batch: list[Pending]) -> dict[str, Any]:
-        spec = self.spec
-        rows = sum(item.rows for item in batch)
-        inputs: dict[str, Any] = {}
-        for tensor in spec.inputs:
-            arrays = [item.payload.inputs[tensor.name] for item in batch if tensor.name in item.payload.inputs]
-            if not arrays:
-                continue  # an optional input no request of this batch gave
-            array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            if tensor.reshape is not None:
-                array = array.reshape(((rows,) if spec.max_batch_size else ()) + tensor.reshape)
-            inputs[tensor.name] = to_torch(array, tensor.datatype, self.device)
-        return inputs
+    def _gather(self, batch: list[Pending]) -> dict[str, list[np.ndarray]]:
+        gathered: dict[str, list[np.ndarray]] = {}
+        for item in batch:
+            for name, array in item.payload.inputs.items():
+                gathered.setdefault(name, []).append(array)
+        return gathered
 
-    def _split(self, outputs: Any, batch: list[Pending]) -> list[dict[str, np.ndarray]]:
+    def _wanted(self, batch: list[Pending]) -> set[str]:
+        wanted: set[str] = set()
+        for item in batch:
+            if item.payload.outputs is None:
+                return {t.name for t in self.spec.outputs}
+            wanted |= item.payload.outputs
+        return wanted
+
+    def _split_outputs(self, host: dict[str, np.ndarray], batch: list[Pending], rows: int) -> list[Any]:
         spec = self.spec
-        if not isinstance(outputs, dict):
-            raise ModelError(f"model '{spec.name}': predict returned {type(outputs).__name__}; "
-                             "it must return a dict of output name -> tensor")
-        rows = sum(item.rows for item in batch)
-        host: dict[str, np.ndarray] = {}
         for tensor in spec.outputs:
-            if tensor.name not in outputs:
-                if any(item.payload.outputs is None or tensor.name in item.payload.outputs for item in batch):
-                    raise ModelError(f"model '{spec.name}': predict returned no output '{tensor.name}' "
-                                     f"(it returned {', '.join(map(str, outputs)) or 'nothing'})")
-                continue  # no request of this batch asked for it
-            array = to_numpy(outputs[tensor.name], tensor.name, tensor.datatype)
+            array = host.get(tensor.name)
+            if array is None:
+                continue
             if spec.max_batch_size:
                 if array.ndim == 0 or array.shape[0] != rows:
                     raise ModelError(f"model '{spec.name}': output '{tensor.name}' has shape {list(array.shape)} "
                                      f"but the batch has {rows} rows; the first dimension must be the batch")
                 if tensor.reshape is not None:
-                    array = array.reshape((rows,) + tensor.dims)
+                    host[tensor.name] = array.reshape((rows,) + tensor.dims)
             elif tensor.reshape is not None:
-                array = array.reshape(tensor.dims)
-            host[tensor.name] = array
+                host[tensor.name] = array.reshape(tensor.dims)
         self.stats.predictions.observe(host)
         if not spec.max_batch_size:
             return [host]
@@ -135,8 +167,15 @@ class ModelInstance:
             offset = end
         return results
 
+    def warm_up(self, batches: list[dict[str, np.ndarray]]) -> None:
+        """Run batches through the device path once each, on the instance thread, uncounted."""
+        for arrays in batches:
+            rows = next(iter(arrays.values())).shape[0] if self.spec.max_batch_size else 1
+            outputs = self.executor.run(self.executor.to_device({k: [v] for k, v in arrays.items()}, rows), rows)
+            self.executor.to_host(outputs, set())
+
     def unload(self) -> None:
         try:
             self.handler.unload()
         finally:
-            self.executor.shutdown(wait=False)
+            self.thread.shutdown(wait=False)

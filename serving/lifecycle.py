@@ -17,10 +17,13 @@ import torch
 
 from .batching import Batcher
 from .config import PYTHON, ModelSpec
+from .device import Placement
+from .errors import ConfigError
 from .instance import ModelInstance
 from .metrics import Metrics, ModelStats
 from .model import Model, forget_handler_module, load_handler_class
 from .torchscript import TorchScriptModel
+from .warmup import warmup_batches
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,12 @@ def fingerprint(path: Path) -> Fingerprint:
                         for p in path.rglob("*") if p.is_file()))
 
 
-def _create_handlers(spec: ModelSpec, version: int, path: Path, device: torch.device) -> list[Model]:
+def _create_handlers(spec: ModelSpec, version: int, path: Path, devices: list[torch.device]) -> list[Model]:
     cls: type[Model] = (load_handler_class(path / spec.filename, spec.name, version)
                         if spec.platform == PYTHON else TorchScriptModel)
     handlers: list[Model] = []
     try:
-        for _ in range(spec.instance_count):
+        for device in devices:
             handler = cls(name=spec.name, version=version, config=spec, path=path, device=device)
             handler.load()
             handlers.append(handler)
@@ -67,21 +70,45 @@ def _create_handlers(spec: ModelSpec, version: int, path: Path, device: torch.de
     return handlers
 
 
-async def start_version(spec: ModelSpec, version: int, path: Path, device: torch.device,
+def _warm_up(instance: ModelInstance, batches: list[dict], explicit: bool) -> None:
+    try:
+        instance.warm_up(batches)
+    except Exception as exc:
+        if explicit:
+            raise ConfigError(f"model_warmup failed on {instance.label}: {type(exc).__name__}: {exc}") from exc
+        log.warning("warm-up of %s failed (%s: %s); it serves anyway, its first requests may be slow. "
+                    "Set parameter warmup to false, or give model_warmup samples it accepts", instance.label,
+                    type(exc).__name__, exc)
+
+
+async def start_version(spec: ModelSpec, version: int, path: Path, placement: Placement,
                         metrics: Metrics) -> ModelVersion:
-    """Load a version on a worker thread and start its batcher; raises when loading fails."""
+    """Load a version and warm it up on worker threads, then start its batcher; raises when loading fails."""
     model = ModelVersion(spec, version, fingerprint=fingerprint(path))
     loop = asyncio.get_running_loop()
-    handlers = await loop.run_in_executor(None, _create_handlers, spec, version, path, device)
-    model.stats = metrics.add_model(spec, version)
-    model.instances = [ModelInstance(h, spec, model.stats, i) for i, h in enumerate(handlers)]
-    model.batcher = Batcher(spec.batching, model.instances, name=spec.name)
-    batcher = model.batcher
-    model.stats.pending = lambda: batcher.pending
+    devices = placement.devices(spec)
+    handlers = await loop.run_in_executor(None, _create_handlers, spec, version, path, devices)
+    stats = metrics.add_model(spec, version)
+    try:
+        instances = [ModelInstance(h, spec, stats, i) for i, h in enumerate(handlers)]
+        batches, explicit = warmup_batches(spec, path.parent)
+        if batches:
+            await asyncio.gather(*(loop.run_in_executor(i.thread, _warm_up, i, batches, explicit)
+                                   for i in instances if not i.is_async))
+    except BaseException:
+        metrics.remove_model(stats)
+        for handler in handlers:
+            handler.unload()
+        raise
+    model.stats, model.instances = stats, instances
+    model.batcher = batcher = Batcher(spec.batching, instances, name=spec.name, groups=[str(d) for d in devices])
+    stats.pending = lambda: batcher.pending
     batcher.start()
     model.state = READY
-    log.info("model %s version %d is ready (%s, %d instance(s) on %s, max_batch_size %d)", spec.name, version,
-             spec.platform, len(handlers), device, spec.max_batch_size)
+    places = ", ".join(sorted({str(d) for d in devices}))
+    log.info("model %s version %d is ready (%s, %d instance(s) on %s, max_batch_size %d%s)", spec.name, version,
+             spec.platform, len(handlers), places, spec.max_batch_size,
+             f", warmed up with {len(batches)} batch(es)" if batches else "")
     return model
 
 

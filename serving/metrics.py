@@ -47,36 +47,49 @@ class PredictionStats:
                 self.classes[output.name] = (output.labels, np.zeros(min(n, MAX_CLASS_LABELS) + 1, dtype=np.int64))
                 self.confidence[output.name] = (np.zeros(len(CONFIDENCE_BUCKETS) + 1, dtype=np.int64), [0.0])
         self._confidence_edges = np.asarray(CONFIDENCE_BUCKETS)
+        self._bf16 = {o.name for o in spec.outputs if o.datatype == "BF16"}
 
     def observe(self, outputs: dict[str, np.ndarray]) -> None:
-        """Count one batch of outputs (host arrays of the declared datatypes)."""
+        """Count one batch of outputs (host arrays of the declared datatypes); runs per batch, off the loop."""
+        updates = []
         for name, (edges, counts, total) in self.values.items():
             array = outputs.get(name)
             if array is None or array.size == 0:
                 continue
-            values = array.astype(np.float64, copy=False).reshape(-1) if array.dtype != np.uint16 else \
-                (array.astype(np.uint32) << 16).view(np.float32).astype(np.float64).reshape(-1)
-            finite = values[np.isfinite(values)]
-            hist = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
-            with self._lock:
-                counts += hist
-                total[0] += float(finite.sum())
+            if array.dtype == np.uint16 and name in self._bf16:
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            values = array.reshape(-1)
+            if values.dtype.kind == "f" and values.dtype != edges.dtype:
+                edges = edges.astype(values.dtype)  # compare in the output's own precision, without a copy of it
+            summed = float(values.sum(dtype=np.float64))
+            if not np.isfinite(summed):  # rare: drop NaN and infinities instead of counting them
+                values = values[np.isfinite(values)]
+                summed = float(values.sum(dtype=np.float64))
+            hist = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(counts))
+            update = [(counts, hist, total, summed)]
             if name in self.classes:
                 # scores lie along the last axis; every other axis indexes predictions
-                self._observe_classes(name, values.reshape(-1, array.shape[-1] if array.ndim else 1))
+                update += self._classes_update(name, array.reshape(-1, array.shape[-1] if array.ndim else 1))
+            updates += update
+        with self._lock:
+            for counts, hist, total, summed in updates:
+                counts += hist
+                total[0] += summed
 
-    def _observe_classes(self, name: str, scores: np.ndarray) -> None:
+    def _classes_update(self, name: str, scores: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[float], float]]:
         labels, class_counts = self.classes[name]
         conf_counts, conf_total = self.confidence[name]
         top = np.argmax(scores, axis=1)
-        confidence = scores[np.arange(len(top)), top]
+        confidence = scores.max(axis=1)
         finite = np.isfinite(confidence)
-        top, confidence = np.minimum(top[finite], len(class_counts) - 1), confidence[finite]
-        with self._lock:
-            class_counts += np.bincount(top, minlength=len(class_counts))
-            conf_counts += np.bincount(np.searchsorted(self._confidence_edges, confidence, side="left"),
-                                       minlength=len(conf_counts))
-            conf_total[0] += float(confidence.sum())
+        if not finite.all():
+            top, confidence = top[finite], confidence[finite]
+        top = np.minimum(top, len(class_counts) - 1)
+        return [
+            (class_counts, np.bincount(top, minlength=len(class_counts)), [0.0], 0.0),
+            (conf_counts, np.bincount(np.searchsorted(self._confidence_edges, confidence, side="left"),
+                                      minlength=len(conf_counts)), conf_total, float(confidence.sum(dtype=np.float64))),
+        ]
 
     def class_label(self, name: str, index: int) -> str:
         labels, counts = self.classes[name]
@@ -102,6 +115,7 @@ class ModelStats:
         self.execution_count = 0
         self.last_inference_ms = 0
         self.batch_stats: dict[int, list[int]] = {}  # rows -> [count, input_ns, infer_ns, output_ns]
+        self.out_of_memory: Counter[str] = Counter()  # "split": batches split; "failed": requests failed alone
         self.predictions = PredictionStats(spec)
         labels = (self.model, self.version)
         self._request_seconds = histograms.request.labels(*labels)
@@ -230,8 +244,15 @@ class ModelCollector(Collector):
             for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
                 failure.add_sample(failure.name, {**labels, "reason": reason}, stats.fail_reasons[reason])
             pending.add_sample(pending.name, labels, stats.pending())
+        oom = _counter("serving_out_of_memory", "GPU out-of-memory events: batches split in half, and requests "
+                       "that failed alone")
+        for stats in models:
+            for outcome in ("split", "failed"):
+                oom.add_sample("serving_out_of_memory_total", {"model": stats.model, "version": stats.version,
+                                                                "outcome": outcome}, stats.out_of_memory[outcome])
         yield failure
         yield pending
+        yield oom
         yield from self._predictions(models)
 
     def _predictions(self, models: list[ModelStats]) -> Iterator[Metric]:

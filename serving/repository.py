@@ -22,9 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import ModelSpec, parse_config, parse_config_json
+from .device import Placement
 from .errors import ConfigError, NotFound, ServingError, Unavailable
 from .lifecycle import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion, fingerprint, retire_version, start_version
 from .metrics import Metrics
@@ -52,9 +51,9 @@ class ModelEntry:
 
 
 class Repository:
-    def __init__(self, root: Path, device: torch.device, metrics: Metrics) -> None:
+    def __init__(self, root: Path, placement: Placement, metrics: Metrics) -> None:
         self.root = root
-        self.device = device
+        self.placement = placement
         self.metrics = metrics
         self.models: dict[str, ModelEntry] = {}
 
@@ -118,7 +117,7 @@ class Repository:
         for version in to_start:
             if entry.versions.get(version) is None or entry.versions[version].state != READY:
                 entry.versions[version] = ModelVersion(spec, version)  # LOADING, shown in the index
-        results = await asyncio.gather(*(start_version(spec, v, self.root / spec.name / str(v), self.device,
+        results = await asyncio.gather(*(start_version(spec, v, self.root / spec.name / str(v), self.placement,
                                                        self.metrics) for v in to_start), return_exceptions=True)
         failures = []
         for version, result in zip(to_start, results):

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry
 from . import __version__
 from .control import ModelControl
 from .dataplane import DataPlane
-from .device import configure_threads, resolve_device
+from .device import Placement, configure_threads
 from .errors import ConfigError
+from .gpu import register_gpu_metrics
 from .grpc import GrpcTransport
 from .http import HttpTransport, metrics_app
 from .metrics import Metrics
@@ -52,9 +53,11 @@ class Server:
         settings = self.settings
         if not settings.model_repository.is_dir():
             raise ConfigError(f"--model-repository {settings.model_repository} is not a directory")
-        device = resolve_device(settings.device)
+        placement = Placement(settings.device)
+        device = placement.default()  # fails early on --device cuda without a GPU
         threads = configure_threads(settings.cpu_threads)
-        self.repository = Repository(settings.model_repository, device, self.metrics)
+        register_gpu_metrics(self.metrics.registry)
+        self.repository = Repository(settings.model_repository, placement, self.metrics)
         self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,
                                     settings.repository_poll_secs)
         self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)

@@ -43,6 +43,7 @@ class TorchScriptModel(Model):
             raise ConfigError(f"{file} is not a TorchScript archive (torch.jit.load failed: {exc}); "
                               "export it with torch.jit.script or torch.jit.trace and torch.jit.save") from None
         self.module.eval()
+        self.forward = self.module.forward  # skips nn.Module.__call__'s hook handling on every batch
         input_names = [i.name for i in self.config.inputs]
         arguments = [a.name for a in self.module.forward.schema.arguments[1:]]  # [0] is self
         self.by_keyword = bool(arguments) and set(input_names) <= set(arguments)
@@ -54,9 +55,9 @@ class TorchScriptModel(Model):
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if self.by_keyword:
-            result = self.module(**{name: inputs[name] for name in self.input_order if name in inputs})
+            result = self.forward(**{name: inputs[name] for name in self.input_order if name in inputs})
         else:
-            result = self.module(*(inputs[name] for name in self.input_order))
+            result = self.forward(*(inputs[name] for name in self.input_order))
         if isinstance(result, torch.Tensor):
             if len(self.output_order) != 1:
                 raise ModelError(f"forward returned one tensor but config.pbtxt declares "
@@ -72,4 +73,4 @@ class TorchScriptModel(Model):
         raise ModelError(f"forward returned {type(result).__name__}; expected a tensor, tuple, list or dict")
 
     def unload(self) -> None:
-        del self.module
+        del self.module, self.forward

@@ -309,3 +309,34 @@ def test_drain_waits_for_queued_and_running_batches() -> None:
         await batcher.drain()  # idle: returns at once
         await batcher.stop()
     run(scenario())
+
+
+def test_batches_go_to_the_least_busy_device() -> None:
+    async def scenario() -> list[str]:
+        started: list[str] = []
+        release = asyncio.Event()
+
+        def worker(name: str):  # type: ignore[no-untyped-def]
+            async def run(batch: list[Pending]) -> list[Any]:
+                started.append(name)
+                await release.wait()
+                return [p.payload for p in batch]
+            return run
+
+        # two instances on gpu0, two on gpu1: four concurrent batches spread two and two
+        names = ["gpu0-a", "gpu0-b", "gpu1-a", "gpu1-b"]
+        batcher = Batcher(BatchPolicy(max_batch_size=1, dynamic=False), [worker(n) for n in names],
+                          groups=["gpu0", "gpu0", "gpu1", "gpu1"])
+        batcher.start()
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        first_two = list(started)
+        tasks += [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 4)]
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*tasks)
+        await batcher.stop()
+        return first_two
+
+    first_two = run(scenario())
+    assert sorted(name[:4] for name in first_two) == ["gpu0", "gpu1"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import TORCHSCRIPT, parse_config
+from serving.config import TORCHSCRIPT, InstanceGroup, parse_config
 from serving.errors import ConfigError
 
 BASE = """
@@ -37,7 +37,7 @@ def test_fields_are_typed_and_defaults_filled() -> None:
     b = spec.batching
     assert (b.dynamic, b.max_queue_delay_us, b.preferred_sizes, b.max_queue_size, b.default_timeout_us,
             b.allow_timeout_override) == (True, 100, (2, 4), 10, 500, True)
-    assert spec.instance_count == 2 and spec.instance_kind == "KIND_CPU"
+    assert spec.instance_groups == (InstanceGroup("KIND_CPU", 2),)
     assert spec.parameters == {"k": "v"}
     assert spec.filename == "model.pt"
     assert spec.proto.version_policy.latest.num_versions == 1

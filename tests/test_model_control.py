@@ -133,8 +133,9 @@ def test_a_new_version_takes_over_under_traffic_without_dropping_a_request(tmp_p
     versioned_model(tmp_path, "m", [1], load_seconds=0.5)
     server = RunningServer(tmp_path, model_control_mode="explicit", load_model=("m",))
     try:
-        async def scenario() -> list[float]:
-            answers: list[float] = []
+        async def scenario() -> tuple[list[tuple[float, float]], float, float]:
+            answers: list[tuple[float, float]] = []  # (when the request was sent, the version that answered)
+            loop = asyncio.get_running_loop()
             async with aiohttpclient.InferenceServerClient(server.url) as aclient:
                 stop = asyncio.Event()
 
@@ -142,24 +143,28 @@ def test_a_new_version_takes_over_under_traffic_without_dropping_a_request(tmp_p
                     inp = aiohttpclient.InferInput("X", [1, 1], "FP32")
                     inp.set_data_from_numpy(np.zeros((1, 1), np.float32))
                     while not stop.is_set():
+                        sent = loop.time()
                         result = await aclient.infer("m", [inp])  # raises on any failed request
-                        answers.append(float(result.as_numpy("Y")[0, 0]))
+                        answers.append((sent, float(result.as_numpy("Y")[0, 0])))
 
                 workers = [asyncio.ensure_future(traffic()) for _ in range(8)]
                 await asyncio.sleep(0.3)
                 shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / "2")
+                load_started = loop.time()
                 await aclient.load_model("m")  # latest 1: version 2 loads (0.5 s), then 1 drains
+                load_done = loop.time()
                 await asyncio.sleep(0.3)
                 stop.set()
                 await asyncio.gather(*workers)
                 index = {row.get("version"): row["state"] for row in await aclient.get_model_repository_index()}
                 assert index == {"1": "UNAVAILABLE", "2": "READY"}
-            return answers
+            return answers, load_started, load_done
 
-        answers = asyncio.run(scenario())
-        switch = answers.index(2.0)
-        assert set(answers[:switch]) == {1.0} and set(answers[switch:]) == {2.0}
-        assert len(answers) > switch > 10
+        answers, load_started, load_done = asyncio.run(scenario())
+        assert {v for sent, v in answers if sent < load_started} == {1.0}
+        assert {v for sent, v in answers if sent > load_done} == {2.0}
+        during = [v for sent, v in answers if load_started <= sent <= load_done]
+        assert during.count(1.0) > 5  # the old version kept serving while the new one loaded
     finally:
         server.stop()
 

@@ -40,6 +40,7 @@ def model(repo: Path, name: str, log: Path, seconds: float, extra: str = "") -> 
         output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
         parameters {{ key: "seconds" value {{ string_value: "{seconds}" }} }}
         parameters {{ key: "log" value {{ string_value: "{log}" }} }}
+        parameters {{ key: "warmup" value {{ string_value: "false" }} }}
         {extra}
         """, {1: {"model.py": RECORDING}})
 

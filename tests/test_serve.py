@@ -36,6 +36,7 @@ def slow_repository(root: Path, seconds: float) -> Path:
         input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 1 ] }} ]
         output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
         parameters {{ key: "seconds" value {{ string_value: "{seconds}" }} }}
+        parameters {{ key: "warmup" value {{ string_value: "false" }} }}
         """, {1: {"model.py": SLOW}})
     return root
 

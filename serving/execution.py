@@ -1,0 +1,182 @@
+"""Running one batch on one instance's device: the part of an instance that knows about CUDA.
+
+On a GPU every instance has its own CUDA stream. Inputs are concatenated straight into
+page-locked host buffers that the instance reuses, copied to the device with
+``non_blocking=True`` on the stream; outputs come back the same way into page-locked
+buffers, with one synchronisation per batch. Optional, each off by default (config.pbtxt
+``parameters``):
+
+* ``precision`` ``fp16``/``bf16``: autocast; for models that keep their accuracy in half
+  precision and want tensor-core speed (bf16 also runs on CPUs).
+* ``torch_compile`` (a mode) with ``torch_compile_backend``: compiles a Python handler's
+  ``predict``; worth it for long-lived models with steady shapes, at the price of a slow
+  first batch per shape (warm-up pays it before readiness).
+* ``cuda_graphs``: one CUDA graph per batch-size bucket (1, the preferred sizes,
+  max_batch_size), a batch padded up to the next captured size; for small models whose
+  time goes to kernel launches. The handler must be capturable: no host synchronisation,
+  no shape-dependent control flow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ModelSpec
+from .device import HostBuffers, to_numpy, to_torch
+from .errors import ConfigError, ModelError
+from .model import Model
+from .torchscript import TorchScriptModel
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class BatchExecutor:
+    def __init__(self, handler: Model, spec: ModelSpec) -> None:
+        self.handler = handler
+        self.spec = spec
+        self.device = handler.device
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.inputs = HostBuffers(pin=True) if self.cuda else None
+        self.outputs = HostBuffers(pin=True) if self.cuda else None
+        options = spec.execution
+        self.autocast = AUTOCAST.get(options.precision)
+        self.predict: Callable[[dict[str, Any]], dict[str, Any]] = handler.predict
+        if options.torch_compile != "off":
+            if isinstance(handler, TorchScriptModel):
+                raise ConfigError("torch_compile applies to Python handlers; a TorchScript model is already "
+                                  "compiled (try cuda_graphs on a GPU instead)")
+            self.predict = torch.compile(handler.predict, mode=options.torch_compile,
+                                         backend=options.torch_compile_backend)
+        self.graphs: dict[int, _Graph] = {}
+        self.use_graphs = options.cuda_graphs and self.cuda
+        if options.cuda_graphs and not self.cuda:
+            log.warning("model %s: cuda_graphs needs a GPU instance; this one runs on %s without them",
+                        spec.name, self.device)
+        if self.use_graphs and (not spec.max_batch_size or any(t.datatype == "BYTES" for t in spec.inputs)):
+            raise ConfigError("cuda_graphs needs max_batch_size > 0 and numeric inputs")
+
+    def enter_thread(self) -> None:
+        """Set the instance thread's torch state once: inference mode and the instance's stream.
+
+        Both are thread-local in torch; setting them once for the thread that runs every
+        batch of this instance saves entering them per batch.
+        """
+        torch.inference_mode().__enter__()  # never left: this thread only ever runs inference
+        if self.stream is not None:
+            torch.cuda.set_stream(self.stream)
+
+    def to_device(self, arrays: dict[str, list[np.ndarray]], rows: int) -> dict[str, Any]:
+        """Concatenate each input's arrays (staged in reused host buffers on a GPU) onto the device."""
+        inputs: dict[str, Any] = {}
+        for tensor in self.spec.inputs:
+            parts = arrays.get(tensor.name)
+            if not parts:
+                continue  # an optional input no request of this batch gave
+            if self.inputs is not None and tensor.datatype != "BYTES":
+                array = self.inputs.stage(tensor.name, parts)
+            else:
+                array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if tensor.reshape is not None:
+                array = array.reshape(((rows,) if self.spec.max_batch_size else ()) + tensor.reshape)
+            inputs[tensor.name] = to_torch(array, tensor.datatype, self.device)
+        return inputs
+
+    def run(self, inputs: dict[str, Any], rows: int) -> Any:
+        """Call predict (or replay its CUDA graph) on device inputs, on the instance thread."""
+        if self.use_graphs:
+            return self._graph(rows).replay(inputs, rows)
+        if self.autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                return self.predict(inputs)
+        return self.predict(inputs)
+
+    def to_host(self, outputs: dict[str, Any], wanted: set[str]) -> dict[str, np.ndarray]:
+        """The outputs on the host as numpy arrays of their declared datatypes, one sync per batch."""
+        if not isinstance(outputs, dict):
+            raise ModelError(f"model '{self.spec.name}': predict returned {type(outputs).__name__}; "
+                             "it must return a dict of output name -> tensor")
+        staged: dict[str, Any] = {}
+        for tensor in self.spec.outputs:
+            value = outputs.get(tensor.name)
+            if value is None:
+                if tensor.name in wanted:
+                    raise ModelError(f"model '{self.spec.name}': predict returned no output '{tensor.name}' "
+                                     f"(it returned {', '.join(map(str, outputs)) or 'nothing'})")
+                continue
+            if self.outputs is not None and isinstance(value, torch.Tensor) and value.device.type == "cuda":
+                pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True) if value.numel() == 0 else \
+                    torch.from_numpy(self.outputs.buffer(tensor.name, tuple(value.shape), _np_dtype(value)))
+                with torch.cuda.stream(self.stream):  # type: ignore[arg-type]
+                    pinned.copy_(value, non_blocking=True)
+                value = pinned
+            staged[tensor.name] = value
+        if self.stream is not None:
+            self.stream.synchronize()
+        host = {}
+        for tensor in self.spec.outputs:
+            if tensor.name in staged:
+                array = to_numpy(staged[tensor.name], tensor.name, tensor.datatype)
+                if self.outputs is not None:
+                    array = array.copy()  # the staging buffer is reused by the next batch
+                host[tensor.name] = array
+        return host
+
+    def _graph(self, rows: int) -> _Graph:
+        bucket = next((b for b in self.spec.batch_buckets() if b >= rows), self.spec.max_batch_size)
+        if bucket not in self.graphs:
+            self.graphs[bucket] = _Graph(self, bucket)
+        return self.graphs[bucket]
+
+
+def _np_dtype(tensor: torch.Tensor) -> np.dtype:
+    if tensor.dtype == torch.bfloat16:
+        return np.dtype(np.uint16)
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+
+
+class _Graph:
+    """predict captured for one batch size; smaller batches are padded up to it."""
+
+    def __init__(self, executor: BatchExecutor, rows: int) -> None:
+        spec, device = executor.spec, executor.device
+        self.rows = rows
+        self.static = {}
+        for tensor in spec.inputs:
+            dims = tensor.reshape if tensor.reshape is not None else tensor.dims
+            if -1 in dims:
+                raise ConfigError(f"cuda_graphs needs fixed input shapes; input '{tensor.name}' has dims "
+                                  f"{list(dims)}")
+            sample = to_torch(np.zeros((1,), dtype=np.float32), "FP32", torch.device("cpu"))
+            dtype = _torch_dtype(tensor.datatype, sample)
+            self.static[tensor.name] = torch.zeros((rows, *dims), dtype=dtype, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm the allocator and cuDNN autotuning before capture
+                executor.predict(self.static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=executor.stream):
+            self.outputs = executor.predict(self.static)
+
+    def replay(self, inputs: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+        for name, static in self.static.items():
+            if name in inputs:
+                static[:rows].copy_(inputs[name], non_blocking=True)
+        self.graph.replay()
+        return {name: value[:rows] for name, value in self.outputs.items()}
+
+
+def _torch_dtype(datatype: str, sample: Any) -> torch.dtype:
+    from .types import NUMPY_DTYPES
+    if datatype == "BF16":
+        return torch.bfloat16
+    return torch.from_numpy(np.zeros(1, dtype=NUMPY_DTYPES[datatype])).dtype

@@ -1,0 +1,76 @@
+"""Warm-up batches, run once per instance at load so the first real request is not slow.
+
+Triton's ``model_warmup`` in config.pbtxt is honoured when present (``zero_data``,
+``random_data``, or ``input_data_file`` read from ``<model>/warmup/``). Otherwise every
+batch-size bucket (1, the preferred sizes, max_batch_size) runs once with zeros, unless
+the ``warmup`` parameter is ``false``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .codecs import deserialize_bytes
+from .config import ModelSpec, WarmupInput
+from .errors import ConfigError
+from .types import NUMPY_DTYPES
+
+Batch = dict[str, np.ndarray]
+
+
+def _array(name: str, item: WarmupInput, shape: tuple[int, ...], model_dir: Path, rng: np.random.Generator) -> np.ndarray:
+    dtype = NUMPY_DTYPES[item.datatype]
+    count = int(np.prod(shape))
+    if item.source == "input_data_file":
+        path = model_dir / "warmup" / item.data_file
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"warm-up input '{name}': cannot read {path}: {exc}") from None
+        if item.datatype == "BYTES":
+            return deserialize_bytes(raw, count, name).reshape(shape)
+        if len(raw) != count * dtype.itemsize:
+            raise ConfigError(f"warm-up input '{name}': {path} has {len(raw)} bytes, shape {list(shape)} of "
+                              f"{item.datatype} needs {count * dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    if item.datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = [b"" if item.source == "zero_data" else rng.bytes(8) for _ in range(count)]
+        return array.reshape(shape)
+    if item.source == "zero_data":
+        return np.zeros(shape, dtype=dtype)
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if item.datatype == "BF16":
+        return np.full(shape, 0x3F80, dtype=np.uint16)  # 1.0
+    return rng.integers(0, 2, size=shape).astype(dtype)
+
+
+def warmup_batches(spec: ModelSpec, model_dir: Path) -> tuple[list[Batch], bool]:
+    """The batches to warm up with, and whether config.pbtxt asked for them explicitly."""
+    rng = np.random.default_rng(0)
+    if spec.warmup:
+        batches = []
+        for sample in spec.warmup:
+            batch = {}
+            for name, item in sample.inputs.items():
+                shape = ((sample.batch_size,) if spec.max_batch_size else ()) + item.dims
+                batch[name] = _array(name, item, shape, model_dir, rng)
+            batches += [batch] * sample.count
+        return batches, True
+    if not spec.execution.warmup:
+        return [], False
+    batches = []
+    for rows in spec.batch_buckets():
+        batch = {}
+        for tensor in spec.inputs:
+            dims = tuple(1 if d == -1 else d for d in tensor.dims)
+            shape = ((rows,) if spec.max_batch_size else ()) + dims
+            batch[tensor.name] = _array(tensor.name, WarmupInput(tensor.datatype, dims, "zero_data"), shape,
+                                        model_dir, rng)
+        batches.append(batch)
+    return batches, False
