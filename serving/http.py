@@ -7,7 +7,7 @@ traceback.
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON = "application/json"
-Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -36,26 +35,7 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(body=error_body(message), status=status, content_type=JSON)
 
 
-def _v2(handler: Handler) -> Handler:
-    """Map errors to v2 error responses."""
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except ServingError as exc:
-            return _error(exc.http_status, str(exc))
-        except web.HTTPRequestEntityTooLarge as exc:
-            return _error(413, f"request body too large ({exc.text}); raise --max-request-bytes "
-                               "or send smaller requests")
-        except web.HTTPException:
-            raise
-        except Exception:  # noqa: BLE001 - never a traceback to the client
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return _error(500, "internal server error; the server log has the details")
-    return wrapper
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
     """An optional JSON object body (the repository endpoints accept an empty one)."""
     raw = await request.read()
     if not raw.strip():
@@ -69,64 +49,114 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+Endpoint = Callable[..., Awaitable[web.Response]]
+
+
 class HttpTransport:
+    """The v2 endpoints on aiohttp's low-level server, with a router of its own.
+
+    aiohttp's Application adds a URL dispatcher that tries resources one by one, and
+    request objects with more to set up; the v2 paths are few and fixed, so `route`
+    splits the path once and picks the endpoint directly.
+    """
+
     def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
+        get, post = "GET", "POST"
+        self._fixed: dict[tuple[str, ...], tuple[str, Endpoint]] = {
+            (): (get, self.metadata),
+            ("health", "live"): (get, self.live),
+            ("health", "ready"): (get, self.ready),
+            ("models", "stats"): (get, self.stats),
+            ("repository", "index"): (post, self.repository_index),
+        }
+        self._model_actions: dict[str, tuple[str, Endpoint]] = {
+            "infer": (post, self.infer), "": (get, self.model_metadata), "ready": (get, self.model_ready),
+            "config": (get, self.model_config), "stats": (get, self.stats),
+        }
+        self._repository_actions: dict[str, Endpoint] = {"load": self.load_model, "unload": self.unload_model}
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes)
-        get, post = app.router.add_get, app.router.add_post
-        # infer first: the router tries resources in the order they were added
-        post("/v2/models/{model}/infer", _v2(self.infer))
-        post("/v2/models/{model}/versions/{version}/infer", _v2(self.infer))
-        get("/v2/health/live", self.live)
-        get("/v2/health/ready", self.ready)
-        get("/v2", self.metadata)
-        get("/v2/models/stats", _v2(self.stats))
-        post("/v2/repository/index", _v2(self.repository_index))
-        post("/v2/repository/models/{model}/load", _v2(self.load_model))
-        post("/v2/repository/models/{model}/unload", _v2(self.unload_model))
-        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            get(prefix, _v2(self.model_metadata))
-            get(prefix + "/ready", self.model_ready)
-            get(prefix + "/config", _v2(self.model_config))
-            get(prefix + "/stats", _v2(self.stats))
-        return app
+    def server(self) -> web.Server:
+        """The request handler, for a ``web.ServerRunner``; hung-up clients cancel their handler."""
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                                   client_max_size=self.max_request_bytes)
+        return web.Server(self.handle, request_factory=make_request, handler_cancellation=True)
 
-    async def live(self, request: web.Request) -> web.Response:
+    def route(self, method: str, path: str) -> tuple[Endpoint, tuple[str, ...]] | web.Response:
+        """The endpoint and its arguments (model, version), or the 404/405 to answer."""
+        parts = path.strip("/").split("/")
+        if parts[0] != "v2":
+            return _error(404, f"no endpoint at {path}; the KServe v2 endpoints are under /v2")
+        rest = tuple(parts[1:]) if parts[1:] != [""] else ()
+        args: tuple[str, ...] = ()
+        found = self._fixed.get(rest)
+        if found is None and len(rest) >= 2 and rest[0] == "models":
+            model, tail = rest[1], rest[2:]
+            version = ""
+            if len(tail) >= 2 and tail[0] == "versions":
+                version, tail = tail[1], tail[2:]
+            if len(tail) <= 1:
+                found = self._model_actions.get(tail[0] if tail else "")
+                args = (model, version)
+        elif found is None and len(rest) == 4 and rest[:2] == ("repository", "models"):
+            action = self._repository_actions.get(rest[3])
+            found = ("POST", action) if action else None
+            args = (rest[2],)
+        if found is None:
+            return _error(404, f"no endpoint at {path}; see the KServe v2 protocol for the paths")
+        allowed, endpoint = found
+        if method != allowed:
+            return _error(405, f"{path} takes {allowed}, not {method}")
+        return endpoint, args
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route, call the endpoint, and map errors to v2 error responses (never a traceback)."""
+        routed = self.route(request.method, request.path)
+        if isinstance(routed, web.Response):
+            return routed
+        endpoint, args = routed
+        try:
+            return await endpoint(request, *args)
+        except ServingError as exc:
+            return _error(exc.http_status, str(exc))
+        except web.HTTPRequestEntityTooLarge as exc:
+            return _error(413, f"request body too large ({exc.text}); raise --max-request-bytes "
+                               "or send smaller requests")
+        except Exception:  # noqa: BLE001 - never a traceback to the client
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return _error(500, "internal server error; the server log has the details")
+
+    async def live(self, request: web.BaseRequest) -> web.Response:
         live = self.dataplane.live()
         return _json({"live": live}, 200 if live else 503)
 
-    async def ready(self, request: web.Request) -> web.Response:
+    async def ready(self, request: web.BaseRequest) -> web.Response:
         ready = self.dataplane.ready()
         return _json({"ready": ready}, 200 if ready else 503)
 
-    async def metadata(self, request: web.Request) -> web.Response:
+    async def metadata(self, request: web.BaseRequest) -> web.Response:
         return _json(self.dataplane.metadata())
 
-    async def model_metadata(self, request: web.Request) -> web.Response:
-        info = request.match_info
-        return _json(self.dataplane.model_metadata(info["model"], info.get("version")))
+    async def model_metadata(self, request: web.BaseRequest, model: str, version: str) -> web.Response:
+        return _json(self.dataplane.model_metadata(model, version))
 
-    async def model_ready(self, request: web.Request) -> web.Response:
-        info = request.match_info
-        ready = self.dataplane.model_ready(info["model"], info.get("version"))
-        return _json({"name": info["model"], "ready": ready}, 200 if ready else 503)
+    async def model_ready(self, request: web.BaseRequest, model: str, version: str) -> web.Response:
+        ready = self.dataplane.model_ready(model, version)
+        return _json({"name": model, "ready": ready}, 200 if ready else 503)
 
-    async def model_config(self, request: web.Request) -> web.Response:
-        info = request.match_info
-        return _json(self.dataplane.model_config(info["model"], info.get("version")))
+    async def model_config(self, request: web.BaseRequest, model: str, version: str) -> web.Response:
+        return _json(self.dataplane.model_config(model, version))
 
-    async def stats(self, request: web.Request) -> web.Response:
-        info = request.match_info
-        return _json(self.dataplane.model_stats(info.get("model"), info.get("version")))
+    async def stats(self, request: web.BaseRequest, model: str | None = None, version: str = "") -> web.Response:
+        return _json(self.dataplane.model_stats(model, version or None))
 
-    async def repository_index(self, request: web.Request) -> web.Response:
+    async def repository_index(self, request: web.BaseRequest) -> web.Response:
         body = await _json_body(request)
         return _json(self.dataplane.repository_index(bool(body.get("ready", False))))
 
-    async def load_model(self, request: web.Request) -> web.Response:
+    async def load_model(self, request: web.BaseRequest, model: str) -> web.Response:
         parameters = (await _json_body(request)).get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput("'parameters' must be an object")
@@ -136,15 +166,15 @@ class HttpTransport:
         config = parameters.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
-        await self.dataplane.load_model(request.match_info["model"], config)
+        await self.dataplane.load_model(model, config)
         return _json({})
 
-    async def unload_model(self, request: web.Request) -> web.Response:
+    async def unload_model(self, request: web.BaseRequest, model: str) -> web.Response:
         await _json_body(request)
-        await self.dataplane.unload_model(request.match_info["model"])
+        await self.dataplane.unload_model(model)
         return _json({})
 
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.BaseRequest, model: str, version: str) -> web.Response:
         length = request.content_length
         if length is not None and length > self.max_request_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_request_bytes} "
@@ -159,8 +189,7 @@ class HttpTransport:
         else:
             header_length_value = None
         infer_request = decode_infer_request(body, header_length_value)
-        info = request.match_info
-        response = await self.dataplane.infer(info["model"], info.get("version"), infer_request)
+        response = await self.dataplane.infer(model, version, infer_request)
         default = bool(infer_request.parameters.get("binary_data_output", False))
         if infer_request.outputs is None:
             binary = [default] * len(response.outputs)

@@ -3,12 +3,14 @@
 The hot path only bumps plain numbers on a `ModelStats`; one collector turns them into
 Triton's ``nv_inference_*`` series at scrape time, and the same numbers answer the v2
 statistics endpoint, so the two can never disagree. Latency and batch-size histograms
-are prometheus-client histograms. The prediction distribution (`PredictionStats`) is
-kept as numpy bucket counts, updated once per batch off the event loop.
+are plain bucket counts (`Buckets`), and the prediction distribution (`PredictionStats`)
+numpy bucket counts updated once per batch off the event loop; both are exported as real
+Prometheus histograms by the same collector.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,8 +26,28 @@ from .config import ModelSpec
 
 LABELS = ("model", "version")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 MAX_CLASS_LABELS = 100  # classes past this index share the label "other": bounded cardinality
+
+
+class Buckets:
+    """A latency or size histogram as plain counts: observed on the event loop, exported at scrape time.
+
+    prometheus-client's Histogram takes a lock and several calls per observation; on the
+    request path that costs more than everything else the runtime does for a request.
+    """
+
+    __slots__ = ("edges", "counts", "sum")
+
+    def __init__(self, edges: tuple[float, ...]) -> None:
+        self.edges = edges
+        self.counts = [0] * (len(edges) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.edges, value)] += 1
+        self.sum += value
 
 
 class PredictionStats:
@@ -101,7 +123,7 @@ class PredictionStats:
 class ModelStats:
     """Counters of one model version, in Triton's terms (durations in nanoseconds)."""
 
-    def __init__(self, spec: ModelSpec, version: int, histograms: Histograms) -> None:
+    def __init__(self, spec: ModelSpec, version: int) -> None:
         self.model = spec.name
         self.version = str(version)
         self.success = [0, 0]  # [count, ns]
@@ -117,11 +139,10 @@ class ModelStats:
         self.batch_stats: dict[int, list[int]] = {}  # rows -> [count, input_ns, infer_ns, output_ns]
         self.out_of_memory: Counter[str] = Counter()  # "split": batches split; "failed": requests failed alone
         self.predictions = PredictionStats(spec)
-        labels = (self.model, self.version)
-        self._request_seconds = histograms.request.labels(*labels)
-        self._queue_seconds = histograms.queue.labels(*labels)
-        self._compute_seconds = histograms.compute.labels(*labels)
-        self._batch_size = histograms.batch_size.labels(*labels)
+        self.request_seconds = Buckets(LATENCY_BUCKETS)
+        self.queue_seconds = Buckets(LATENCY_BUCKETS)
+        self.compute_seconds = Buckets(LATENCY_BUCKETS)
+        self.batch_size = Buckets(BATCH_BUCKETS)
         self.pending: Callable[[], int] = lambda: 0
 
     def record_batch(self, queue_ns: list[int], rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
@@ -142,16 +163,16 @@ class ModelStats:
         entry[2] += infer_ns
         entry[3] += output_ns
         for ns in queue_ns:
-            self._queue_seconds.observe(ns / 1e9)
-        self._compute_seconds.observe((input_ns + infer_ns + output_ns) / 1e9)
-        self._batch_size.observe(rows)
+            self.queue_seconds.observe(ns / 1e9)
+        self.compute_seconds.observe((input_ns + infer_ns + output_ns) / 1e9)
+        self.batch_size.observe(rows)
 
     def record_request(self, duration_ns: int, reason: str | None = None) -> None:
         """One finished request; ``reason`` is None on success, else Triton's failure reason."""
         if reason is None:
             self.success[0] += 1
             self.success[1] += duration_ns
-            self._request_seconds.observe(duration_ns / 1e9)
+            self.request_seconds.observe(duration_ns / 1e9)
         else:
             self.fail[0] += 1
             self.fail[1] += duration_ns
@@ -179,26 +200,6 @@ class ModelStats:
                 for size, e in sorted(self.batch_stats.items())
             ],
         }
-
-
-class Histograms:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.request = Histogram("serving_request_duration_seconds", "End-to-end time of successful inference "
-                                 "requests, from decoded request to result", LABELS, registry=registry,
-                                 buckets=LATENCY_BUCKETS)
-        self.queue = Histogram("serving_queue_duration_seconds", "Time requests waited in the batcher's queue",
-                               LABELS, registry=registry, buckets=LATENCY_BUCKETS)
-        self.compute = Histogram("serving_compute_duration_seconds", "Time to compute one batch (input, "
-                                 "inference, output)", LABELS, registry=registry, buckets=LATENCY_BUCKETS)
-        self.batch_size = Histogram("serving_batch_size", "Rows per executed batch", LABELS, registry=registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
-
-    def remove(self, model: str, version: str) -> None:
-        for histogram in (self.request, self.queue, self.compute, self.batch_size):
-            try:
-                histogram.remove(model, version)
-            except KeyError:
-                pass
 
 
 _COUNTERS = (
@@ -253,7 +254,17 @@ class ModelCollector(Collector):
         yield failure
         yield pending
         yield oom
+        yield from self._histograms(models)
         yield from self._predictions(models)
+
+    def _histograms(self, models: list[ModelStats]) -> Iterator[Metric]:
+        for name, doc, attribute in _HISTOGRAMS:
+            family = HistogramMetricFamily(name, doc, labels=LABELS)
+            for stats in models:
+                buckets: Buckets = getattr(stats, attribute)
+                family.add_metric([stats.model, stats.version], _buckets(np.asarray(buckets.edges),
+                                                                         np.asarray(buckets.counts)), buckets.sum)
+            yield family
 
     def _predictions(self, models: list[ModelStats]) -> Iterator[Metric]:
         values = HistogramMetricFamily("serving_prediction_value", "Distribution of output values",
@@ -287,6 +298,14 @@ def _buckets(edges: np.ndarray, counts: np.ndarray) -> list[tuple[str, float]]:
     return out
 
 
+_HISTOGRAMS = (
+    ("serving_request_duration_seconds", "End-to-end time of successful inference requests, from decoded "
+     "request to result", "request_seconds"),
+    ("serving_queue_duration_seconds", "Time requests waited in the batcher's queue", "queue_seconds"),
+    ("serving_compute_duration_seconds", "Time to compute one batch (input, inference, output)", "compute_seconds"),
+    ("serving_batch_size", "Rows per executed batch", "batch_size"),
+)
+
 _TRITON_COUNTERS = [name for name, _, _ in _COUNTERS] + ["nv_inference_request_failure"]
 
 
@@ -309,12 +328,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.histograms = Histograms(self.registry)
         self.collector = ModelCollector()
         self.registry.register(self.collector)
 
     def add_model(self, spec: ModelSpec, version: int) -> ModelStats:
-        stats = ModelStats(spec, version, self.histograms)
+        stats = ModelStats(spec, version)
         self.collector.models[(spec.name, str(version))] = stats
         return stats
 
@@ -322,4 +340,3 @@ class Metrics:
         key = (stats.model, stats.version)
         if self.collector.models.get(key) is stats:  # not when a reload of the same version took over
             del self.collector.models[key]
-            self.histograms.remove(stats.model, stats.version)

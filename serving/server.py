@@ -45,7 +45,7 @@ class Server:
         self.grpc_port = 0
         self.metrics_port = 0
         self.abandoned = 0  # requests still running when the drain gave up
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._force = asyncio.Event()
 
     async def start(self) -> None:
@@ -62,10 +62,12 @@ class Server:
                                     settings.repository_poll_secs)
         self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
         http = HttpTransport(self.dataplane, settings.max_request_bytes)
-        self.http_port = await self._listen(http.app(), settings.http_port, handler_cancellation=True)
+        self.http_port = await self._listen(web.ServerRunner(http.server(), access_log=None, shutdown_timeout=2.0),
+                                            settings.http_port)
         self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes)
         self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
-        self.metrics_port = await self._listen(metrics_app(self.metrics.registry), settings.metrics_port)
+        self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics.registry), access_log=None,
+                                                             shutdown_timeout=2.0), settings.metrics_port)
         host = settings.host
         log.info("listening http=%s:%d grpc=%s:%d metrics=%s:%d", host, self.http_port, host, self.grpc_port,
                  host, self.metrics_port,
@@ -77,10 +79,9 @@ class Server:
         log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
                  len(self.repository.models), settings.model_repository, device, threads)
 
-    async def _listen(self, app: web.Application, port: int, **kwargs: Any) -> int:
-        # Our own drain waits for in-flight requests; aiohttp's shutdown then only closes
-        # connections, so it gets a short timeout.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, **kwargs)
+    async def _listen(self, runner: web.BaseRunner, port: int) -> int:
+        # Our own drain waits for in-flight requests; aiohttp's shutdown (shutdown_timeout)
+        # then only closes connections, so it gets a short timeout.
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
