@@ -1,0 +1,187 @@
+"""``shadowserve-drift`` (also ``python -m sidecar.drift``): profiles, drift reports, shadow
+comparison. Exit status: 0 pass, 1 drift or disagreement found (with ``--fail-on``), 2 usage
+or data error."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sidecar.drift.errors import DriftError
+from sidecar.drift.html import write_html
+from sidecar.drift.jobs import compare_records, profile_records, report_records
+from sidecar.drift.profile import Profile
+from sidecar.drift.progress import ProgressBar
+from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
+from sidecar.drift.render import Report, table, write_json
+from sidecar.drift.settings import CATEGORICAL_TESTS, NUMERIC_TESTS, DriftSettings
+
+PASS, FOUND, ERROR = 0, 1, 2
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 (UTC when no zone is given), or a duration before now: ``90m``, ``24h``, ``7d``."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO 8601 time nor a duration like 7d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=VALUE, e.g. wasserstein=0.2") from None
+
+
+def _window_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="only records of this model (required when the records hold several)")
+    parser.add_argument("--since", type=parse_time, help="records from this time on (ISO 8601 or e.g. 7d ago)")
+    parser.add_argument("--until", type=parse_time, help="records before this time")
+
+
+def _common(parser: argparse.ArgumentParser, *, decisions: bool = True) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on standard error (default: when it is a terminal)")
+    parser.add_argument("--bins", type=int, default=10, help="bins fitted on the reference (default 10)")
+    parser.add_argument("--max-elements", type=int, default=64,
+                        help="tensors with more elements per row are pooled into one column (default 64)")
+    if not decisions:
+        return
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    parser.add_argument("--fail-on", action="append", choices=("drift", "disagreement"), default=[],
+                        help="exit 1 when this is found (repeatable): the CI gate")
+    group = parser.add_argument_group("decisions (defaults in docs/drift.md)")
+    group.add_argument("--small-sample", type=int, help="p-value tests up to this many values (default 1000)")
+    group.add_argument("--alpha", type=float, help="significance level of p-value tests (default 0.05)")
+    group.add_argument("--correction", choices=("bonferroni", "none"), help="multiple-testing correction")
+    group.add_argument("--numeric-test", choices=NUMERIC_TESTS, help="test for numeric columns (default auto)")
+    group.add_argument("--categorical-test", choices=CATEGORICAL_TESTS, help="test for class columns (default auto)")
+    group.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="NAME=VALUE",
+                       help="wasserstein (0.1), js (0.1) or psi (0.2)")
+    group.add_argument("--psi-epsilon", type=float, help="share given to empty bins in PSI (default 1e-4)")
+    group.add_argument("--max-nonfinite-increase", type=float, help="rise in NaN/inf share that is drift (0.01)")
+    group.add_argument("--max-disagreement", type=float, help="top-1 disagreement rate allowed (default 0.05)")
+    group.add_argument("--max-mad", type=float, help="mean abs difference over std allowed (default 0.1)")
+    group.add_argument("--min-spearman", type=float, help="lowest Spearman correlation allowed (default 0.9)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shadowserve-drift", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    profile = commands.add_parser("profile", help="build a reference profile from records")
+    profile.add_argument("--records", type=Path, required=True, help="a directory of segments, or one segment")
+    profile.add_argument("--out", type=Path, required=True, help="the profile file to write (JSON)")
+    profile.add_argument("--upstream", default=PRIMARY, help="whose predictions: primary (default) or a shadow")
+    profile.add_argument("--no-inputs", action="store_true", help="leave recorded inputs out")
+    _window_options(profile)
+    _common(profile, decisions=False)
+    merge = commands.add_parser("merge", help="merge profiles of parts of a window into one")
+    merge.add_argument("profiles", type=Path, nargs="+")
+    merge.add_argument("--out", type=Path, required=True)
+    report = commands.add_parser("report", help="window drift: reference vs current")
+    report.add_argument("--reference", type=Path, required=True, help="a profile file, or records")
+    report.add_argument("--current", type=Path, required=True, help="records of the current window")
+    report.add_argument("--reference-since", type=parse_time, help="reference records from this time on")
+    report.add_argument("--reference-until", type=parse_time, help="reference records before this time")
+    report.add_argument("--upstream", default=PRIMARY, help="whose predictions: primary (default) or a shadow")
+    report.add_argument("--no-inputs", action="store_true", help="leave recorded inputs out")
+    _window_options(report)
+    _common(report)
+    compare = commands.add_parser("compare", help="primary vs shadow on the same requests")
+    compare.add_argument("--records", type=Path, required=True)
+    compare.add_argument("--shadow", required=True, help="the shadow's name (its upstream in the records)")
+    compare.add_argument("--labels", type=Path, help="Parquet or CSV with request_id and label: adds McNemar's test")
+    _window_options(compare)
+    _common(compare)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> DriftSettings:
+    overrides: dict[str, Any] = {"bins": args.bins}
+    for name in ("small_sample", "alpha", "correction", "numeric_test", "categorical_test", "psi_epsilon",
+                 "max_nonfinite_increase", "max_disagreement", "max_mad", "min_spearman"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    if getattr(args, "threshold", None):
+        overrides["thresholds"] = dict(args.threshold)
+    return DriftSettings().with_overrides(overrides)
+
+
+def _progress(args: argparse.Namespace, paths: list[Path], label: str) -> ProgressBar:
+    total = sum(count_rows(segment_files(p)) for p in paths)
+    return ProgressBar(total, label, force=args.progress)
+
+
+def _finish(report: Report, args: argparse.Namespace, title: str) -> int:
+    print(table(report))
+    if args.json:
+        write_json(report, args.json)
+    if args.html:
+        write_html(report, args.html, title)
+    found = {"drift": report.drift, "disagreement": getattr(report, "disagreement", False)}
+    return FOUND if any(found[f] for f in args.fail_on) else PASS
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "merge":
+        merged = Profile.load(args.profiles[0])
+        for path in args.profiles[1:]:
+            merged = merged.merge(Profile.load(path))
+        merged.save(args.out)
+        print(f"merged {len(args.profiles)} profiles ({merged.predictions():,} predictions) into {args.out}")
+        return PASS
+    settings = settings_from(args)
+    options = {"settings": settings, "max_elements": args.max_elements}
+    if args.command == "profile":
+        bar = _progress(args, [args.records], "profile")
+        profile = profile_records(Window(args.records, args.model, args.since, args.until), upstream=args.upstream,
+                                  inputs=not args.no_inputs, progress=bar, **options)
+        bar.close()
+        profile.save(args.out)
+        print(f"profiled {profile.source['records']:,} records, {len(profile.columns)} columns, into {args.out}")
+        return PASS
+    if args.command == "report":
+        current = Window(args.current, args.model, args.since, args.until)
+        reference: Profile | Window
+        if args.reference.is_file() and args.reference.suffix != ".parquet":
+            reference = Profile.load(args.reference)
+            bar = _progress(args, [args.current], "report")
+        else:
+            reference = Window(args.reference, args.model, args.reference_since, args.reference_until)
+            bar = _progress(args, [args.reference, args.current], "report")
+        report = report_records(reference, current, upstream=args.upstream, inputs=not args.no_inputs,
+                                progress=bar, **options)
+        bar.close()
+        return _finish(report, args, f"Drift of {args.current}")
+    bar = _progress(args, [args.records], "compare")
+    result = compare_records(Window(args.records, args.model, args.since, args.until), args.shadow,
+                             labels=args.labels, progress=bar, **options)
+    bar.close()
+    return _finish(result, args, f"Primary vs {args.shadow}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DriftError as error:
+        print(f"shadowserve-drift: error: {error}", file=sys.stderr)
+        return ERROR
+    except OSError as error:
+        print(f"shadowserve-drift: error: {error}", file=sys.stderr)
+        return ERROR
