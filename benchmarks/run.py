@@ -128,6 +128,18 @@ def start_noop(workdir: Path) -> tuple[ServerProcess, System]:
     return process, System("noop", "no-op aiohttp + uvloop", "hey", base)
 
 
+def start_noop_grpc(workdir: Path) -> tuple[ServerProcess, System]:
+    port = free_port()
+    process = ServerProcess("no-op gRPC", [sys.executable, str(PROGRAMS / "noop_grpc_server.py"), "--port", str(port)],
+                            workdir / "noop-grpc.log")
+    try:
+        process.wait_log(r"listening on", timeout=60)
+    except BaseException:
+        process.stop()
+        raise
+    return process, System("noop-grpc", "no-op grpc.aio + uvloop", "grpc", f"127.0.0.1:{port}")
+
+
 def start_peer(peer: peers.Peer, workdir: Path) -> tuple[ServerProcess, System]:
     version = peers.ensure_installed(peer)
     process, base = peers.STARTERS[peer.name](MODEL_FILE, workdir, torch_threads())
@@ -162,7 +174,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         processes.append(process)
         process, noop = start_noop(workdir)
         processes.append(process)
-        systems += [*serve_systems, noop]
+        process, noop_grpc = start_noop_grpc(workdir)
+        processes.append(process)
+        systems += [*serve_systems, noop, noop_grpc]
         for peer in peers.PEERS if args.peers else ():
             say(f"starting {peer.label} ...")
             try:
@@ -235,6 +249,9 @@ def render(args: argparse.Namespace, raw: dict) -> str:
     grpc, binary = medians.get(("serve-grpc", top)), medians.get(("serve-binary", top))
     if grpc and binary and binary.rps == binary.rps and binary.rps > 0:
         lines.append(f"- serve, gRPC / HTTP binary (both tritonclient aio clients): **{grpc.rps / binary.rps:.2f}**")
+    floor = medians.get(("noop-grpc", top))
+    if grpc and floor and floor.rps == floor.rps and floor.rps > 0:
+        lines.append(f"- serve, gRPC / no-op grpc.aio floor (same client): **{grpc.rps / floor.rps:.2f}**")
     for key, label in (("serve", CLIENTS["hey"]), ("serve-binary", CLIENTS["binary"]), ("serve-grpc", CLIENTS["grpc"])):
         sums = raw["batches"].get(key)
         if sums and sum(c for _, c in sums):
