@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .codecs import decode_infer_request, encode_infer_response, error_body
 from .dataplane import DataPlane
 from .errors import InvalidInput, PayloadTooLarge, ServingError
-from .metrics import exposition
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +202,11 @@ class HttpTransport:
                             headers={HEADER_LENGTH: str(json_length)})
 
 
-def metrics_app(registry: CollectorRegistry) -> web.Application:
+def metrics_app(metrics: Metrics) -> web.Application:
     """The Prometheus endpoint: text exposition format 0.0.4, as Triton serves it."""
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=await metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", handler)
     return app

@@ -156,7 +156,7 @@ class ModelInstance:
                     host[tensor.name] = array.reshape((rows,) + tensor.dims)
             elif tensor.reshape is not None:
                 host[tensor.name] = array.reshape(tensor.dims)
-        self.stats.predictions.observe(host)
+        self.stats.predictions.submit(host)
         if not spec.max_batch_size:
             return [host]
         results = []

@@ -10,9 +10,11 @@ Prometheus histograms by the same collector.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +30,7 @@ LABELS = ("model", "version")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+MAX_PENDING_BATCHES = 256  # batches waiting to be counted into the prediction distribution
 MAX_CLASS_LABELS = 100  # classes past this index share the label "other": bounded cardinality
 
 
@@ -51,10 +54,19 @@ class Buckets:
 
 
 class PredictionStats:
-    """The distribution of one model version's outputs, as bucket counts."""
+    """The distribution of one model version's outputs, as bucket counts.
 
-    def __init__(self, spec: ModelSpec) -> None:
+    `submit` hands a batch's outputs to one background thread per server, beside the
+    request path: the batch's responses do not wait for the counting. At most
+    ``MAX_PENDING_BATCHES`` batches wait to be counted; more are dropped and counted in
+    ``serving_prediction_stats_dropped_total``.
+    """
+
+    def __init__(self, spec: ModelSpec, worker: ThreadPoolExecutor | None = None) -> None:
         self._lock = threading.Lock()
+        self._worker = worker
+        self._pending = 0
+        self.dropped = 0
         class_outputs = spec.class_outputs()
         self.values: dict[str, tuple[np.ndarray, np.ndarray, list[float]]] = {}
         self.classes: dict[str, tuple[tuple[str, ...] | None, np.ndarray]] = {}
@@ -70,6 +82,27 @@ class PredictionStats:
                 self.confidence[output.name] = (np.zeros(len(CONFIDENCE_BUCKETS) + 1, dtype=np.int64), [0.0])
         self._confidence_edges = np.asarray(CONFIDENCE_BUCKETS)
         self._bf16 = {o.name for o in spec.outputs if o.datatype == "BF16"}
+
+    def submit(self, outputs: dict[str, np.ndarray]) -> None:
+        """Count one batch of outputs beside the request path (at once when there is no worker)."""
+        if not self.values:
+            return
+        if self._worker is None:
+            self.observe(outputs)
+            return
+        with self._lock:
+            if self._pending >= MAX_PENDING_BATCHES:
+                self.dropped += 1
+                return
+            self._pending += 1
+        self._worker.submit(self._observe_pending, outputs)
+
+    def _observe_pending(self, outputs: dict[str, np.ndarray]) -> None:
+        try:
+            self.observe(outputs)
+        finally:
+            with self._lock:
+                self._pending -= 1
 
     def observe(self, outputs: dict[str, np.ndarray]) -> None:
         """Count one batch of outputs (host arrays of the declared datatypes); runs per batch, off the loop."""
@@ -123,7 +156,7 @@ class PredictionStats:
 class ModelStats:
     """Counters of one model version, in Triton's terms (durations in nanoseconds)."""
 
-    def __init__(self, spec: ModelSpec, version: int) -> None:
+    def __init__(self, spec: ModelSpec, version: int, worker: ThreadPoolExecutor | None = None) -> None:
         self.model = spec.name
         self.version = str(version)
         self.success = [0, 0]  # [count, ns]
@@ -138,7 +171,7 @@ class ModelStats:
         self.last_inference_ms = 0
         self.batch_stats: dict[int, list[int]] = {}  # rows -> [count, input_ns, infer_ns, output_ns]
         self.out_of_memory: Counter[str] = Counter()  # "split": batches split; "failed": requests failed alone
-        self.predictions = PredictionStats(spec)
+        self.predictions = PredictionStats(spec, worker)
         self.request_seconds = Buckets(LATENCY_BUCKETS)
         self.queue_seconds = Buckets(LATENCY_BUCKETS)
         self.compute_seconds = Buckets(LATENCY_BUCKETS)
@@ -251,9 +284,16 @@ class ModelCollector(Collector):
             for outcome in ("split", "failed"):
                 oom.add_sample("serving_out_of_memory_total", {"model": stats.model, "version": stats.version,
                                                                 "outcome": outcome}, stats.out_of_memory[outcome])
+        dropped = _counter("serving_prediction_stats_dropped", "Batches left out of the prediction distribution "
+                           "because its counting fell behind")
+        for stats in models:
+            dropped.add_sample("serving_prediction_stats_dropped_total", {"model": stats.model,
+                                                                         "version": stats.version},
+                               stats.predictions.dropped)
         yield failure
         yield pending
         yield oom
+        yield dropped
         yield from self._histograms(models)
         yield from self._predictions(models)
 
@@ -328,11 +368,19 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="prediction-stats")
         self.collector = ModelCollector()
         self.registry.register(self.collector)
 
+    async def exposition(self) -> bytes:
+        """The text exposition, written on the counting thread: after every batch submitted before it."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, exposition, self.registry)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
     def add_model(self, spec: ModelSpec, version: int) -> ModelStats:
-        stats = ModelStats(spec, version)
+        stats = ModelStats(spec, version, self.worker)
         self.collector.models[(spec.name, str(version))] = stats
         return stats
 

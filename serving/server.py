@@ -66,7 +66,7 @@ class Server:
                                             settings.http_port)
         self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes)
         self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
-        self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics.registry), access_log=None,
+        self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics), access_log=None,
                                                              shutdown_timeout=2.0), settings.metrics_port)
         host = settings.host
         log.info("listening http=%s:%d grpc=%s:%d metrics=%s:%d", host, self.http_port, host, self.grpc_port,
@@ -125,6 +125,7 @@ class Server:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        self.metrics.close()
         log.info("stopped")
 
 
