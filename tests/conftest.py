@@ -100,8 +100,14 @@ class Serve:
         assert re.search(r"http=127\.0\.0\.1:\d+ grpc=\S+ metrics=127\.0\.0\.1:\d+", start["message"])
 
     def finish(self, timeout: float = 60) -> int:
-        out, _ = self.process.communicate(timeout=timeout)
-        self.lines += [json.loads(line) for line in _.splitlines()] if _ else []
+        """Wait for the exit and collect the remaining log lines.
+
+        Reads through the same text stream as ``readline`` did (communicate() would read the
+        pipe underneath and lose what that stream had already buffered).
+        """
+        self.process.wait(timeout=timeout)
+        rest = self.process.stderr.read()  # type: ignore[union-attr]
+        self.lines += [json.loads(line) for line in rest.splitlines() if line.strip()]
         return self.process.returncode
 
     def kill(self) -> None:

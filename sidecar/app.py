@@ -1,0 +1,252 @@
+"""The composition root: build every part from the settings, listen, reload, drain and stop.
+
+Production (``sidecar``, ``python -m sidecar``) and the tests start the sidecar the same way::
+
+    sidecar = await sidecar.app.start(settings, config)   # listening
+    ...
+    await sidecar.stop()                                  # drain, finish shadows, flush records
+
+On SIGTERM (or SIGINT): readiness turns false at once; the sidecar keeps proxying while
+the primary drains (until the primary is no longer ready and no request is in flight,
+for up to ``--drain-timeout-secs``), then stops listening, gives pending shadow copies
+``--shadow-drain-secs`` before cancelling them, writes every queued record, finishes the
+segment and exits 0. A second signal skips the waiting. SIGHUP re-reads ``--config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from . import logs
+from .config import Config, ConfigError, load, restart_only_changes
+from .grpc_proxy import GrpcProxy
+from .health import Health
+from .metrics import Metrics
+from .proxy import HttpProxy
+from .recorder import Recorder
+from .reload import ConfigWatcher
+from .runtime import Runtime, build, close, retire
+from .settings import Settings, parse
+
+log = logging.getLogger("sidecar")
+
+RECORDER_FLUSH_SECS = 30.0
+READY_POLL_SECS = 0.25
+
+
+class Sidecar:
+    """A running sidecar: the proxies, the runtime in force, the recorder and the metrics."""
+
+    def __init__(self, settings: Settings, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = Metrics(registry)
+        self.recorder = Recorder(config.recording, self.metrics)
+        self.runtime: Runtime = None  # type: ignore[assignment]  # set by start()
+        self.health = Health(lambda: self.runtime)
+        self.http = HttpProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health)
+        self.grpc = GrpcProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health)
+        self.watcher = ConfigWatcher(settings, self.apply, self.metrics) if settings.config_file else None
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self._http_runner: web.BaseRunner | None = None
+        self._metrics_runner: web.BaseRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # retiring runtimes
+        self._watching: asyncio.Future[None] | None = None
+        self._force = asyncio.Event()
+        self._stopped = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.runtime = build(self.config, self.metrics)
+        self.recorder.start()
+        # aiohttp's own cap on a body read whole is lifted: the proxy reads a body whole only
+        # up to the runtime's buffer limit and streams larger ones.
+        server = web.Server(self.http.handle, handler_cancellation=True,
+                            request_factory=self.http.request_factory(1 << 62))
+        self._http_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
+        self.http_port = await self._listen(self._http_runner, settings.listen.host, settings.listen.port)
+        if settings.grpc_listen is not None:
+            self.grpc_port = await self.grpc.start(settings.grpc_listen.host, settings.grpc_listen.port)
+        self._metrics_runner = web.AppRunner(self._metrics_app(), access_log=None, handle_signals=False)
+        self.metrics_port = await self._listen(self._metrics_runner, settings.listen.host, settings.metrics_port)
+        if self.watcher is not None:
+            self._watching = asyncio.ensure_future(self.watcher.run())
+        host = settings.listen.host
+        grpc_where = f"{settings.grpc_listen.host}:{self.grpc_port}" if settings.grpc_listen else "off"
+        log.info("listening http=%s:%d grpc=%s metrics=%s:%d", host, self.http_port, grpc_where, host,
+                 self.metrics_port, extra={"http_port": self.http_port, "grpc_port": self.grpc_port or None,
+                                           "metrics_port": self.metrics_port})
+        self._describe(self.config)
+
+    async def _listen(self, runner: web.BaseRunner, host: str, port: int) -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        return int(runner.addresses[0][1])
+
+    def _metrics_app(self) -> web.Application:
+        registry = self.metrics.registry
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", self.http.handle)
+        app.router.add_get("/readyz", self.http.handle)
+        return app
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _describe(self, config: Config) -> None:
+        shadows = ", ".join(f"{s.name}={s.http or s.grpc}@{s.fraction:g}" for s in config.shadows) or "none"
+        recording = config.recording.dir if config.recording.dir is not None else "off"
+        log.info("primary=%s grpc=%s shadows: %s; recording: %s", config.primary.http, config.primary.grpc or "off",
+                 shadows, recording)
+
+    async def apply(self, config: Config) -> None:
+        """Put a new configuration in force for the next requests; nothing in flight is disturbed."""
+        ignored = restart_only_changes(self.config, config)
+        if ignored:
+            log.warning("%s changed in %s; these take effect at the next restart", ", ".join(ignored),
+                        self.settings.config_file)
+        previous = self.runtime
+        self.runtime = build(config, self.metrics, previous)
+        self.recorder.policy = config.recording
+        self.config = config
+        log.info("configuration reloaded")
+        self._describe(config)
+        self._spawn(retire(previous, self.runtime, self.settings.shadow_drain_secs))
+
+    def force_stop(self) -> None:
+        """Stop waiting: a second SIGTERM or Ctrl-C."""
+        self._force.set()
+
+    async def _wait_drained(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._force.is_set():
+            if self.http.in_flight == 0 and self.grpc.in_flight == 0:
+                ready, _ = await self.health.primary_ready()
+                if not ready:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info("the primary is still ready after %gs; stopping anyway", timeout)
+                return
+            waits = [asyncio.ensure_future(self._force.wait())]
+            await asyncio.wait(waits, timeout=min(READY_POLL_SECS, left))
+            for waiter in waits:
+                waiter.cancel()
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Drain (see the module docstring), then close everything; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.draining = True
+        timeout = self.settings.drain_timeout_secs if drain_timeout is None else drain_timeout
+        if self.runtime is not None and timeout > 0:
+            log.info("draining: not ready; proxying until the primary has drained (up to %gs)", timeout)
+            await self._wait_drained(timeout)
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+        await self.grpc.stop(0 if self._force.is_set() else 1.0)
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+        if self.runtime is not None:
+            grace = 0.0 if self._force.is_set() else self.settings.shadow_drain_secs
+            await close(self.runtime, grace)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        flushed = await asyncio.get_running_loop().run_in_executor(None, self.recorder.stop, RECORDER_FLUSH_SECS)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        log.info("stopped%s", "" if flushed else " (some records were lost)")
+
+
+async def start(settings: Settings, config: Config | None = None,
+                registry: CollectorRegistry | None = None) -> Sidecar:
+    """Start a sidecar (``config`` defaults to the settings' file and flags) and return it, listening."""
+    sidecar = Sidecar(settings, config if config is not None else load(settings), registry)
+    try:
+        await sidecar.start()
+    except BaseException:
+        await sidecar.stop(drain_timeout=0)
+        raise
+    return sidecar
+
+
+async def serve_until_signal(settings: Settings, config: Config) -> int:
+    """Run until SIGTERM or SIGINT, then drain and stop; a second signal stops without waiting."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    sidecar = Sidecar(settings, config)
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("%s again: stopping without waiting", signal.Signals(signum).name)
+            sidecar.force_stop()
+        else:
+            log.info("%s: draining", signal.Signals(signum).name)
+            stopping.set()
+
+    def on_hangup() -> None:
+        if sidecar.watcher is None:
+            log.warning("SIGHUP: there is no --config file to re-read")
+        else:
+            sidecar.watcher.trigger()
+
+    # Handlers first: a signal during start-up is honoured, not fatal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    try:
+        await sidecar.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await sidecar.stop(drain_timeout=0)
+        return 1
+    # What start-up allocated lives as long as the process: keep it out of the collector's
+    # full passes, which would otherwise walk it and pause requests.
+    gc.freeze()
+    await stopping.wait()
+    await sidecar.stop()
+    return 0
+
+
+def _run(settings: Settings, config: Config) -> int:
+    """Run on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve_until_signal(settings, config))
+    if hasattr(uvloop, "run"):
+        return uvloop.run(serve_until_signal(settings, config))
+    uvloop.install()  # uvloop before 0.18 has no run()
+    return asyncio.run(serve_until_signal(settings, config))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``sidecar`` command."""
+    settings = parse(argv)
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        config = load(settings)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        sys.exit(2)
+    sys.exit(_run(settings, config))

@@ -1,0 +1,208 @@
+"""Start-up settings: the only place that reads argv and the environment.
+
+Every flag also has a ``SIDECAR_*`` environment variable (``--record-dir`` ↔
+``SIDECAR_RECORD_DIR``); a flag wins over the environment. ``--shadow`` repeats; in the
+environment, ``SIDECAR_SHADOW`` holds several shadows separated by commas or spaces.
+What can change at run time (upstreams, shadows, sampling, what is recorded) lives in
+the configuration file (`sidecar.config`); flags given here override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ENV_PREFIX = "SIDECAR_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Address:
+    """A listen address; port 0 picks a free port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowFlag:
+    """One ``--shadow NAME=URL[@FRACTION]``: a shadow with an HTTP upstream."""
+
+    name: str
+    url: str
+    fraction: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the sidecar is started with, parsed once.
+
+    ``primary``, ``primary_grpc``, ``shadows`` and ``record_dir`` are overrides: ``None``
+    (or empty) leaves the value to the configuration file, then to the default.
+    """
+
+    listen: Address = Address("0.0.0.0", 8080)
+    grpc_listen: Address | None = Address("0.0.0.0", 8081)  # None: no gRPC listener
+    metrics_port: int = 9090
+    config_file: Path | None = None
+    primary: str | None = None
+    primary_grpc: str | None = None
+    shadows: tuple[ShadowFlag, ...] = ()
+    record_dir: Path | None = None
+    drain_timeout_secs: float = 30.0
+    shadow_drain_secs: float = 5.0
+    config_poll_secs: float = 2.0
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+def parse_address(value: str, default_host: str = "0.0.0.0") -> Address:
+    """``HOST:PORT``, ``:PORT`` or ``[V6]:PORT``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (port 0..65535; 0 picks a free port)")
+    host = host.strip("[]") or default_host
+    return Address(host, int(port))
+
+
+def _grpc_listen(value: str) -> Address | str:
+    return "off" if value.lower() == "off" else parse_address(value)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0..65535 (0 picks a free port)")
+    return port
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a number of seconds, 0 or more")
+    return number
+
+
+def _positive_seconds(value: str) -> float:
+    number = _seconds(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0 seconds")
+    return number
+
+
+def parse_shadow(value: str) -> ShadowFlag:
+    """``NAME=URL[@FRACTION]``, e.g. ``v2=http://10.0.0.7:8000@0.25``."""
+    name, sep, rest = value.partition("=")
+    if not sep or not _NAME.match(name) or not rest:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not NAME=URL[@FRACTION]: e.g. v2=http://127.0.0.1:9000@0.5 (a name of letters, digits, "
+            "'.', '_' or '-')")
+    url, fraction = rest, 1.0
+    head, at, tail = rest.rpartition("@")
+    if at:
+        try:
+            fraction = float(tail)
+        except ValueError:
+            pass  # an '@' of the URL itself (user@host): no fraction given
+        else:
+            url = head
+    if not 0.0 <= fraction <= 1.0:
+        raise argparse.ArgumentTypeError(f"shadow {name!r}: fraction {tail} is outside 0..1")
+    if not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"shadow {name!r}: {url!r} is not an http:// or https:// URL")
+    return ShadowFlag(name, url.rstrip("/"), fraction)
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _target(value: str) -> str:
+    parse_address(value, default_host="127.0.0.1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Proxy KServe v2 traffic to the primary model server, mirror it to shadow models and record "
+                    "the primary/shadow pairs.",
+        epilog="Every flag can also be set with a SIDECAR_* environment variable, e.g. --record-dir as "
+               "SIDECAR_RECORD_DIR; SIDECAR_SHADOW takes several shadows separated by commas. Flags win over the "
+               "environment, which wins over the --config file.",
+    )
+    add = parser.add_argument
+    add("--listen", type=parse_address, help="HTTP listen address (default 0.0.0.0:8080)")
+    add("--grpc-listen", type=_grpc_listen, help="gRPC listen address, or off (default 0.0.0.0:8081)")
+    add("--primary", type=_url, help="the primary's HTTP URL (default http://127.0.0.1:8000)")
+    add("--primary-grpc", type=_target, help="the primary's gRPC HOST:PORT (default 127.0.0.1:8001)")
+    add("--shadow", type=parse_shadow, action="append", dest="shadows", metavar="NAME=URL[@FRACTION]",
+        help="mirror requests to this shadow (repeatable; FRACTION 0..1, default 1); gRPC upstreams and other "
+             "options of a shadow go in the --config file")
+    add("--record-dir", type=Path, help="write primary/shadow records as Parquet segments here (default: off)")
+    add("--metrics-port", type=_port, help="port of /metrics, /healthz and /readyz (default 9090)")
+    add("--config", type=Path, dest="config_file",
+        help="YAML or JSON configuration file, re-read when it changes (and on SIGHUP)")
+    add("--config-poll-secs", type=_positive_seconds, help="how often the --config file is checked (default 2)")
+    add("--drain-timeout-secs", type=_seconds,
+        help="on SIGTERM, how long to keep proxying while the primary drains (default 30)")
+    add("--shadow-drain-secs", type=_seconds,
+        help="on SIGTERM, how long pending shadow requests may take before they are cancelled (default 5)")
+    add("--log-format", choices=LOG_FORMATS, help="text or json, one object a line (default text)")
+    add("--log-level", choices=LOG_LEVELS, help="debug, info, warning or error (default info)")
+    return parser
+
+
+def env_name(action: argparse.Action) -> str:
+    """The environment variable of a flag: ``--record-dir`` ↔ ``SIDECAR_RECORD_DIR``."""
+    return ENV_PREFIX + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
+
+
+def _from_env(parser: argparse.ArgumentParser, action: argparse.Action, raw: str) -> object:
+    name = env_name(action)
+    try:
+        if action.dest == "shadows":
+            return [parse_shadow(item) for item in re.split(r"[,\s]+", raw.strip()) if item]
+        value = action.type(raw) if action.type else raw  # type: ignore[operator]
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        parser.error(f"{name}={raw!r}: {exc}")
+    if action.choices and value not in action.choices:
+        parser.error(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
+    return value
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from argv and the environment; exits with a usage message on error."""
+    parser = build_parser()
+    environ = os.environ if environ is None else environ
+    args = parser.parse_args(argv)
+    values: dict[str, object] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest)
+        if value is None:
+            raw = environ.get(env_name(action))
+            if raw:
+                value = _from_env(parser, action, raw)
+        if value is not None:
+            values[action.dest] = tuple(value) if action.dest == "shadows" else value
+    if values.get("grpc_listen") == "off":
+        values["grpc_listen"] = None
+    shadows = values.get("shadows", ())
+    names = [shadow.name for shadow in shadows]  # type: ignore[attr-defined]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        parser.error(f"--shadow {', '.join(duplicates)} given more than once; give each shadow a distinct name")
+    return Settings(**values)  # type: ignore[arg-type]

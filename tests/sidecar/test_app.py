@@ -1,0 +1,154 @@
+"""``python -m sidecar`` as a process: start-up errors, SIGHUP, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from aiohttp import web
+
+from .support import ROOT, LoopThread, SidecarProcess, Stub, free_port, read_records, wait_until
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_help_names_the_environment_variables() -> None:
+    done = subprocess.run([sys.executable, "-m", "sidecar", "--help"], capture_output=True, text=True, cwd=ROOT,
+                          check=True)
+    assert "SIDECAR_" in done.stdout and "--shadow NAME=URL[@FRACTION]" in done.stdout
+
+
+def test_an_invalid_configuration_file_stops_the_start_with_its_message(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("shadows: [{name: a}]")
+    process = SidecarProcess("--config", str(path), "--listen", "127.0.0.1:0", wait=False)
+    assert process.finish(30) == 2
+    assert any("give an 'http' URL" in entry["message"] for entry in process.lines)
+
+
+def test_a_port_in_use_is_an_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = SidecarProcess("--listen", f"127.0.0.1:{port}", "--grpc-listen", "off", "--metrics-port", "0",
+                                 wait=False)
+        assert process.finish(30) == 1
+    assert any(entry["message"].startswith("cannot start") for entry in process.lines)
+
+
+def test_sighup_rereads_the_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("shadows: []")
+    process = SidecarProcess("--config", str(path), "--config-poll-secs", "3600", "--listen", "127.0.0.1:0",
+                             "--grpc-listen", "off", "--metrics-port", "0", "--drain-timeout-secs", "0")
+    try:
+        path.write_text("shadows: [{name: late, http: 'http://127.0.0.1:1', fraction: 0.5}]")
+        process.process.send_signal(signal.SIGHUP)
+        process.wait_log("configuration reloaded")
+        process.process.send_signal(signal.SIGTERM)
+        assert process.finish(30) == 0
+    finally:
+        process.kill()
+    assert any("late=http://127.0.0.1:1@0.5" in e["message"] for e in process.lines), process.lines
+
+
+class Pod:
+    """A primary that drains like ``serve`` (ready until told, one slow request) and a shadow that hangs."""
+
+    def __init__(self) -> None:
+        self.loop = LoopThread("pod")
+        self.ready = True
+        self.entered = threading.Event()
+        self.release = asyncio.Event()
+        self.primary = Stub(self._primary, self.loop)
+        self.shadow = Stub(self._shadow, self.loop)
+
+    def _primary(self, app: web.Application) -> None:
+        async def ready(request: web.Request) -> web.Response:
+            return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+
+        async def infer(request: web.Request) -> web.Response:
+            await request.read()
+            self.entered.set()
+            await self.release.wait()
+            return web.json_response({"model_name": "m", "model_version": "1", "id": "slow", "outputs": [
+                {"name": "OUT", "datatype": "FP32", "shape": [1], "data": [0.5]}]})
+
+        app.router.add_get("/v2/health/ready", ready)
+        app.router.add_get("/v2/models/m", ready)
+        app.router.add_post("/v2/models/m/infer", infer)
+
+    def _shadow(self, app: web.Application) -> None:
+        async def hang(request: web.Request) -> web.Response:
+            await asyncio.sleep(3600)
+            return web.Response()
+        app.router.add_post("/v2/models/m/infer", hang)
+
+    def close(self) -> None:
+        self.loop.loop.call_soon_threadsafe(self.release.set)
+        self.primary.stop()
+        self.shadow.stop()
+        self.loop.close()
+
+
+def test_sigterm_drains_with_the_primary_then_cancels_shadows_flushes_and_exits_0(tmp_path: Path) -> None:
+    pod = Pod()
+    records = tmp_path / "records"
+    env = {**os.environ, "SIDECAR_PRIMARY": pod.primary.url, "SIDECAR_SHADOW": f"hang={pod.shadow.url}"}
+    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
+                             "--record-dir", str(records), "--drain-timeout-secs", "30", "--shadow-drain-secs", "1",
+                             env=env)
+    answers: list[tuple[int, bytes]] = []
+    try:
+        assert status(f"{process.metrics}/readyz") == 200
+
+        def slow_request() -> None:
+            request = urllib.request.Request(f"http://{process.http}/v2/models/m/infer", data=b'{"id": "slow", '
+                                             b'"inputs": []}', method="POST")
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers.append((response.status, response.read()))
+
+        client = threading.Thread(target=slow_request)
+        client.start()
+        assert pod.entered.wait(30)
+        process.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: status(f"{process.metrics}/readyz") == 503, 10, "readiness to turn false")
+        assert status(f"http://{process.http}/v2/models/m") == 200  # still proxying while the primary drains
+        pod.ready = False  # the primary drains: not ready, its in-flight request still running
+        pod.loop.loop.call_soon_threadsafe(pod.release.set)
+        client.join(30)
+        assert answers and answers[0][0] == 200 and b'"id":"slow"' in answers[0][1].replace(b" ", b"")
+        assert process.finish(30) == 0
+    finally:
+        process.kill()
+        pod.close()
+    messages = [entry["message"] for entry in process.lines]
+    assert any(m.startswith("draining") for m in messages) and messages[-1] == "stopped"
+    (record,) = read_records(records).values()
+    assert record["request_id"] == "slow" and record["primary"]["status"] == 200
+    assert record["shadows"][0]["error"] == "cancelled"  # the hanging copy, cancelled after --shadow-drain-secs
+
+
+def test_sigterm_with_nothing_in_flight_and_the_primary_gone_exits_at_once() -> None:
+    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
+                             "--primary", f"http://127.0.0.1:{free_port()}")
+    try:
+        process.process.send_signal(signal.SIGTERM)
+        assert process.finish(10) == 0
+    finally:
+        process.kill()

@@ -1,0 +1,75 @@
+"""Flags and SIDECAR_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.settings import Address, Settings, ShadowFlag, parse, parse_shadow
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = parse([], environ={})
+    assert settings == Settings()
+    assert settings.listen == Address("0.0.0.0", 8080)
+    assert settings.grpc_listen == Address("0.0.0.0", 8081)
+    assert settings.metrics_port == 9090
+    assert settings.primary is None and settings.shadows == ()  # left to the file, then the defaults
+
+
+def test_every_flag() -> None:
+    settings = parse(["--listen", "127.0.0.1:0", "--grpc-listen", "off", "--primary", "http://model:8000/",
+                      "--primary-grpc", "model:8001", "--shadow", "v2=http://v2:8000@0.25", "--shadow",
+                      "v3=http://v3:8000", "--record-dir", "rec", "--metrics-port", "0", "--config", "c.yaml",
+                      "--drain-timeout-secs", "3", "--shadow-drain-secs", "1.5", "--log-format", "json"],
+                     environ={})
+    assert settings.listen == Address("127.0.0.1", 0)
+    assert settings.grpc_listen is None
+    assert settings.primary == "http://model:8000"
+    assert settings.primary_grpc == "model:8001"
+    assert settings.shadows == (ShadowFlag("v2", "http://v2:8000", 0.25), ShadowFlag("v3", "http://v3:8000", 1.0))
+    assert settings.record_dir == Path("rec")
+    assert settings.config_file == Path("c.yaml")
+    assert (settings.drain_timeout_secs, settings.shadow_drain_secs, settings.log_format) == (3.0, 1.5, "json")
+
+
+def test_environment_and_flags_win() -> None:
+    environ = {"SIDECAR_LISTEN": ":9000", "SIDECAR_PRIMARY": "http://env:8000", "SIDECAR_RECORD_DIR": "/r",
+               "SIDECAR_SHADOW": "a=http://a:1@0.5, b=http://b:2", "SIDECAR_GRPC_LISTEN": "off",
+               "SIDECAR_CONFIG": "/etc/sidecar/config.yaml", "SIDECAR_SHADOW_DRAIN_SECS": "0.5"}
+    settings = parse(["--primary", "http://flag:8000"], environ=environ)
+    assert settings.listen == Address("0.0.0.0", 9000)
+    assert settings.primary == "http://flag:8000"
+    assert settings.record_dir == Path("/r")
+    assert settings.grpc_listen is None
+    assert settings.config_file == Path("/etc/sidecar/config.yaml") and settings.shadow_drain_secs == 0.5
+    assert [s.name for s in settings.shadows] == ["a", "b"] and settings.shadows[0].fraction == 0.5
+    assert parse(["--shadow", "c=http://c:3"], environ=environ).shadows == (ShadowFlag("c", "http://c:3"),)
+
+
+def test_shadow_url_with_user_info_keeps_its_at_sign() -> None:
+    assert parse_shadow("v2=http://user:pw@host:8000") == ShadowFlag("v2", "http://user:pw@host:8000", 1.0)
+    assert parse_shadow("v2=http://user@host:8000@0.1") == ShadowFlag("v2", "http://user@host:8000", 0.1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shadow", "v2=http://x@1.5"], "outside 0..1"),
+    (["--shadow", "noequals"], "NAME=URL[@FRACTION]"),
+    (["--shadow", "v2=ftp://x"], "not an http"),
+    (["--shadow", "a=http://x", "--shadow", "a=http://y"], "more than once"),
+    (["--listen", "8080"], "not HOST:PORT"),
+    (["--primary", "localhost:8000"], "not an http"),
+    (["--metrics-port", "70000"], "not a port"),
+])
+def test_invalid_flags_exit_with_a_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv, environ={})
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_invalid_environment_names_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse([], environ={"SIDECAR_METRICS_PORT": "many"})
+    assert "SIDECAR_METRICS_PORT='many'" in capsys.readouterr().err
