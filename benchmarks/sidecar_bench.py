@@ -294,7 +294,8 @@ def run(args: argparse.Namespace) -> str:
             listen[label], metrics_port = free_port(), free_port()
             metrics[label] = f"http://127.0.0.1:{metrics_port}/metrics"
             start(label, [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{listen[label]}", "--grpc-listen",
-                          "off", "--metrics-port", str(metrics_port), "--drain-timeout-secs", "0", *flags],
+                          "off", "--admin-listen", "off", "--metrics-port", str(metrics_port),
+                          "--drain-timeout-secs", "0", *flags],
                   f"http://127.0.0.1:{metrics_port}/readyz")
         model_systems = [("direct to serve", ports["serve"])] + [(label, listen[label]) for label in sidecars
                                                                  if "no-op" not in label]

@@ -11,6 +11,8 @@ the primary drains (until the primary is no longer ready and no request is in fl
 for up to ``--drain-timeout-secs``), then stops listening, gives pending shadow copies
 ``--shadow-drain-secs`` before cancelling them, writes every queued record, finishes the
 segment and exits 0. A second signal skips the waiting. SIGHUP re-reads ``--config``.
+The admin API (`sidecar.admin`) listens on ``--admin-listen``; the canary's controller
+(`sidecar.rollout`) and the live drift windows (`sidecar.livedrift`) outlive reloads.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import logs
+from .admin import admin_app
 from .config import Config, ConfigError, load, restart_only_changes
 from .grpc_proxy import GrpcProxy
 from .health import Health
+from .livedrift import LiveDriftHub
 from .metrics import Metrics
 from .proxy import HttpProxy
 from .recorder import Recorder
 from .reload import ConfigWatcher
+from .rollout import Controller
 from .runtime import Runtime, build, close, retire
 from .settings import Settings, parse
 
@@ -51,15 +56,18 @@ class Sidecar:
         self.settings = settings
         self.config = config
         self.metrics = Metrics(registry)
-        self.recorder = Recorder(config.recording, self.metrics)
+        self.canary = Controller(self.metrics)
+        self.recorder = Recorder(config.recording, self.metrics, self.canary.pairs)
         self.runtime: Runtime = None  # type: ignore[assignment]  # set by start()
         self.health = Health(lambda: self.runtime)
-        self.http = HttpProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health)
-        self.grpc = GrpcProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health)
+        self.http = HttpProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health, self.canary)
+        self.grpc = GrpcProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health, self.canary)
         self.watcher = ConfigWatcher(settings, self.apply, self.metrics) if settings.config_file else None
-        self.http_port = self.grpc_port = self.metrics_port = 0
+        self.http_port = self.grpc_port = self.metrics_port = self.admin_port = 0
         self._http_runner: web.BaseRunner | None = None
         self._metrics_runner: web.BaseRunner | None = None
+        self._admin_runner: web.BaseRunner | None = None
+        self._analysing: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # retiring runtimes
         self._watching: asyncio.Future[None] | None = None
         self._force = asyncio.Event()
@@ -67,7 +75,11 @@ class Sidecar:
 
     async def start(self) -> None:
         settings = self.settings
+        if self.config.drift is not None:
+            self.recorder.drift = LiveDriftHub.load(self.config.drift, self.metrics)
         self.runtime = build(self.config, self.metrics)
+        self.canary.configure(self.config.canary)
+        self._analysing = asyncio.ensure_future(self.canary.run())
         self.recorder.start()
         # aiohttp's own cap on a body read whole is lifted: the proxy reads a body whole only
         # up to the runtime's buffer limit and streams larger ones.
@@ -79,13 +91,33 @@ class Sidecar:
             self.grpc_port = await self.grpc.start(settings.grpc_listen.host, settings.grpc_listen.port)
         self._metrics_runner = web.AppRunner(self._metrics_app(), access_log=None, handle_signals=False)
         self.metrics_port = await self._listen(self._metrics_runner, settings.listen.host, settings.metrics_port)
+        token = settings.admin_bearer()
+        admin = settings.admin_listen
+        if admin is not None:
+            self._admin_runner = web.AppRunner(admin_app(self.canary, self.status, token), access_log=None,
+                                               handle_signals=False)
+            try:
+                self.admin_port = await self._listen(self._admin_runner, admin.host, admin.port)
+            except OSError as exc:
+                if settings.admin_required:
+                    raise
+                # Only the default address: several sidecars on one host (not in a pod) still start.
+                log.warning("admin API off: cannot listen on its default address %s (%s); give --admin-listen "
+                            "HOST:PORT, or off", admin, exc.strerror or exc)
+                admin = None
         if self.watcher is not None:
             self._watching = asyncio.ensure_future(self.watcher.run())
         host = settings.listen.host
         grpc_where = f"{settings.grpc_listen.host}:{self.grpc_port}" if settings.grpc_listen else "off"
-        log.info("listening http=%s:%d grpc=%s metrics=%s:%d", host, self.http_port, grpc_where, host,
-                 self.metrics_port, extra={"http_port": self.http_port, "grpc_port": self.grpc_port or None,
-                                           "metrics_port": self.metrics_port})
+        admin_where = f"{admin.host}:{self.admin_port}" if admin is not None else "off"
+        log.info("listening http=%s:%d grpc=%s metrics=%s:%d admin=%s", host, self.http_port, grpc_where, host,
+                 self.metrics_port, admin_where,
+                 extra={"http_port": self.http_port, "grpc_port": self.grpc_port or None,
+                        "metrics_port": self.metrics_port, "admin_port": self.admin_port or None})
+        if admin is not None:
+            log.info("admin API on http://%s:%d/sidecar/status%s", admin.host, self.admin_port,
+                     " (bearer token required)" if token else "",
+                     extra={"admin_port": self.admin_port})
         self._describe(self.config)
 
     async def _listen(self, runner: web.BaseRunner, host: str, port: int) -> int:
@@ -114,11 +146,33 @@ class Sidecar:
     def _describe(self, config: Config) -> None:
         shadows = ", ".join(f"{s.name}={s.http or s.grpc}@{s.fraction:g}" for s in config.shadows) or "none"
         recording = config.recording.dir if config.recording.dir is not None else "off"
-        log.info("primary=%s grpc=%s shadows: %s; recording: %s", config.primary.http, config.primary.grpc or "off",
-                 shadows, recording)
+        canary = config.canary
+        described = (f"{canary.http or canary.grpc}@{self.canary.weight:g}%"
+                     f"{' with analysis' if canary.analysis else ''}" if canary is not None else "none")
+        drift = config.drift.profile if config.drift is not None else "off"
+        log.info("primary=%s grpc=%s shadows: %s; canary: %s; recording: %s; live drift: %s", config.primary.http,
+                 config.primary.grpc or "off", shadows, described, recording, drift)
+
+    def status(self) -> dict[str, Any]:
+        """The admin API's ``GET /sidecar/status``: the canary, live drift and the upstreams."""
+        config, hub = self.config, self.recorder.drift
+        return {
+            "canary": self.canary.status(),
+            "drift": hub.status() if hub is not None else None,
+            "primary": {"http": config.primary.http, "grpc": config.primary.grpc},
+            "shadows": [{"name": s.name, "http": s.http, "grpc": s.grpc, "fraction": s.fraction}
+                        for s in config.shadows],
+            "recording": str(config.recording.dir) if config.recording.dir is not None else None,
+        }
 
     async def apply(self, config: Config) -> None:
-        """Put a new configuration in force for the next requests; nothing in flight is disturbed."""
+        """Put a new configuration in force for the next requests; nothing in flight is disturbed.
+
+        A live drift profile that cannot be read raises `ConfigError` before anything changes.
+        """
+        hub = self.recorder.drift
+        if config.drift != self.config.drift:
+            hub = LiveDriftHub.load(config.drift, self.metrics) if config.drift is not None else None
         ignored = restart_only_changes(self.config, config)
         if ignored:
             log.warning("%s changed in %s; these take effect at the next restart", ", ".join(ignored),
@@ -126,7 +180,9 @@ class Sidecar:
         previous = self.runtime
         self.runtime = build(config, self.metrics, previous)
         self.recorder.policy = config.recording
+        self.recorder.drift = hub
         self.config = config
+        self.canary.configure(config.canary)
         log.info("configuration reloaded")
         self._describe(config)
         self._spawn(retire(previous, self.runtime, self.settings.shadow_drain_secs))
@@ -161,9 +217,10 @@ class Sidecar:
         if self.runtime is not None and timeout > 0:
             log.info("draining: not ready; proxying until the primary has drained (up to %gs)", timeout)
             await self._wait_drained(timeout)
-        if self._watching is not None:
-            self._watching.cancel()
-            await asyncio.gather(self._watching, return_exceptions=True)
+        for task in (self._watching, self._analysing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.grpc.stop(0 if self._force.is_set() else 1.0)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
@@ -173,8 +230,10 @@ class Sidecar:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         flushed = await asyncio.get_running_loop().run_in_executor(None, self.recorder.stop, RECORDER_FLUSH_SECS)
-        if self._metrics_runner is not None:
-            await self._metrics_runner.cleanup()
+        await self.canary.close()
+        for runner in (self._metrics_runner, self._admin_runner):
+            if runner is not None:
+                await runner.cleanup()
         log.info("stopped%s", "" if flushed else " (some records were lost)")
 
 
@@ -216,6 +275,10 @@ async def serve_until_signal(settings: Settings, config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await sidecar.start()
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        await sidecar.stop(drain_timeout=0)
+        return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         await sidecar.stop(drain_timeout=0)

@@ -4,18 +4,28 @@ Top-1 is the argmax of the last dimension for class scores (a float output whose
 dimension is over 1), and the value itself for integer, BOOL and BYTES outputs; a
 float output with one value per row has no top-1, only the difference. The offline drift
 job computes the full statistics; these are the live signal on /metrics.
+
+A record served by the primary compares each shadow with the primary; a record served by
+the canary compares the canary with the primary's answer to the copy (the shadow entry
+named ``primary``), into the ``sidecar_canary_*`` series, and leaves the shadows alone (a
+shadow compared with the canary says nothing about the shadow). Both also go to the
+canary analysis (`pairs`), which picks the source it judges by.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from .metrics import Metrics
+from .routing import CANARY, PRIMARY
 from .tables import Record
 from .tensors import TensorValue
+
+Pairs = Callable[[str, int, "int | None", "float | None"], None]  # source, rows, agreeing rows, mean abs diff
 
 _FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
@@ -70,20 +80,26 @@ def compare(primary: list[TensorValue], shadow: list[TensorValue]) -> list[Compa
 
 
 class Agreement:
-    """Feeds the agreement metrics from finished records."""
+    """Feeds the agreement metrics (and the canary analysis, through ``pairs``) from finished records."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, pairs: Pairs | None = None) -> None:
         self.metrics = metrics
+        self.pairs = pairs
 
     def observe(self, record: Record) -> None:
-        primary = record.primary.outputs
-        if primary is None:
+        served = record.primary.outputs
+        if served is None:
+            return
+        if record.primary.upstream == CANARY:
+            copy = next((s for s in record.shadows if s.upstream == PRIMARY and s.outputs is not None), None)
+            if copy is not None:
+                self._canary(record.model, copy.outputs, served)  # type: ignore[arg-type]
             return
         m = self.metrics
         for shadow in record.shadows:
-            if shadow.outputs is None:
+            if shadow.outputs is None or shadow.upstream == PRIMARY:
                 continue
-            for result in compare(primary, shadow.outputs):
+            for result in compare(served, shadow.outputs):
                 if result.problem is not None:
                     m.mismatches.labels(shadow.upstream, record.model, result.problem).inc()
                     continue
@@ -93,3 +109,19 @@ class Agreement:
                     m.top1_agree_rows.labels(*labels).inc(result.agree)
                 if result.mean_abs_diff is not None:
                     m.abs_diff.labels(*labels).observe(result.mean_abs_diff)
+                if self.pairs is not None:
+                    self.pairs(shadow.upstream, result.rows, result.agree, result.mean_abs_diff)
+
+    def _canary(self, model: str, primary: list[TensorValue], canary: list[TensorValue]) -> None:
+        m = self.metrics
+        for result in compare(primary, canary):
+            if result.problem is not None:
+                m.mismatches.labels(CANARY, model, result.problem).inc()
+                continue
+            if result.agree is not None:
+                m.canary_compared_rows.labels(model, result.output).inc(result.rows)
+                m.canary_agree_rows.labels(model, result.output).inc(result.agree)
+            if result.mean_abs_diff is not None:
+                m.canary_abs_diff.labels(model, result.output).observe(result.mean_abs_diff)
+            if self.pairs is not None:
+                self.pairs("copies", result.rows, result.agree, result.mean_abs_diff)

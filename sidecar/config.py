@@ -1,4 +1,4 @@
-"""The run-time configuration: upstreams, shadows, sampling and recording, as typed frozen objects.
+"""The run-time configuration: upstreams, shadows, canary, sampling, recording and live drift, as typed objects.
 
 It comes from the ``--config`` file (YAML or JSON; re-read when it changes), with the
 start-up flags laid over it. A file that does not parse or validate raises
@@ -17,12 +17,15 @@ configuration::
         max_body_size: 64MiB
         headers: {set: {x-shadow: "true"}, remove: [authorization, cookie]}
     recording: {dir: /records, inputs: sampled, inputs_fraction: 0.1, max_input_size: 1MiB}
+    canary: {http: http://classifier-v2:8000, grpc: classifier-v2:8001, weight: 10, sticky_header: x-user-id}
+    drift: {profile: /etc/shadowserve/reference.json, window: 10000}
+
+The ``canary`` section (its analysis included) is described in `sidecar.canary_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -31,16 +34,18 @@ from typing import Any
 
 import yaml
 
-from .settings import Settings, parse_address
+from .canary_config import AnalysisConfig, CanaryConfig, canary_from, check
+from .settings import CanaryFlag, Settings
+from .values import (GiB, MiB, ConfigError, fields, fraction, grpc_target, header_name, http_url, optional,
+                     positive_duration, positive_int, size)
 
-KiB, MiB, GiB = 1024, 1024**2, 1024**3
+__all__ = ["AnalysisConfig", "CanaryConfig", "Config", "ConfigError", "DriftConfig", "HeaderRules", "PrimaryConfig",
+           "RecordingConfig", "SamplingConfig", "ShadowConfig", "from_mapping", "load", "restart_only_changes",
+           "with_overrides"]
+
 INPUT_MODES = ("none", "sampled", "all")
+RESERVED = ("primary", "canary")  # upstream names of the records; no shadow may take them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the field and says what is allowed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,16 @@ class RecordingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DriftConfig:
+    """Live drift: a reference profile (built by ``shadowserve-drift profile``) and the window it is compared with."""
+
+    profile: Path
+    window: int = 10_000  # predictions per column, per model and upstream
+    model: str | None = None  # None: the profile's own model, else every model
+    fraction: float = 1.0  # share of inference requests whose answers are observed
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run-time configuration."""
 
@@ -98,91 +113,14 @@ class Config:
     shadows: tuple[ShadowConfig, ...] = ()
     sampling: SamplingConfig = SamplingConfig()
     recording: RecordingConfig = RecordingConfig()
+    canary: CanaryConfig | None = None
+    drift: DriftConfig | None = None
 
     def shadow(self, name: str) -> ShadowConfig | None:
         return next((shadow for shadow in self.shadows if shadow.name == name), None)
 
 
 # -- values ----------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "ki": KiB, "kib": KiB, "mi": MiB, "mib": MiB, "gi": GiB, "gib": GiB}
-_DURATIONS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def duration(value: Any) -> float:
-    """Seconds, as a number or a string with a unit: ``1.5``, ``"250ms"``, ``"5s"``, ``"2m"``."""
-    number = _number(value)
-    if number is None and isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", value)
-        if match:
-            number = float(match.group(1)) * _DURATIONS[match.group(2) or "s"]
-    if number is None or number < 0:
-        raise ValueError(f"{value!r} is not a duration: give seconds (5, 0.25) or a string like 250ms, 5s, 2m")
-    return number
-
-
-def size(value: Any) -> int:
-    """Bytes, as an integer or a string with a unit: ``"64MiB"``, ``"1Gi"``, ``"500kB"``."""
-    number = _number(value)
-    if number is None and isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
-        if match and match.group(2).lower() in _UNITS:
-            number = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if number is None or number < 0 or number != int(number):
-        raise ValueError(f"{value!r} is not a size: give bytes (1048576) or a string like 64MiB, 1GiB, 500kB")
-    return int(number)
-
-
-def fraction(value: Any) -> float:
-    number = _number(value)
-    if number is None or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{value!r} is not a fraction: use a number from 0 to 1")
-    return number
-
-
-def positive_int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{value!r} must be a positive integer")
-    return value
-
-
-def positive_duration(value: Any) -> float:
-    seconds = duration(value)
-    if seconds == 0:
-        raise ValueError(f"{value!r} must be longer than 0")
-    return seconds
-
-
-def http_url(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
-    return value.rstrip("/")
-
-
-def grpc_target(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    try:
-        parse_address(value, default_host="127.0.0.1")
-    except Exception:  # noqa: BLE001 - argparse's error type; the message below says it all
-        raise ValueError(f"{value!r} is not HOST:PORT") from None
-    return value
-
-
-def optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else convert(value)
-
-
-def header_name(value: Any) -> str:
-    if not isinstance(value, str) or not _HEADER.match(value):
-        raise ValueError(f"{value!r} is not a header name")
-    return value.lower()
-
 
 def input_mode(value: Any) -> str:
     if value not in INPUT_MODES:
@@ -196,55 +134,33 @@ def header_rules(value: Any) -> HeaderRules:
     unknown = sorted(set(value) - {"set", "remove"})
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}; use 'set' and 'remove'")
-    fields = dict(value)
-    pairs = fields.get("set") or {}
+    keys = dict(value)
+    pairs = keys.get("set") or {}
     if not isinstance(pairs, Mapping):
         raise ValueError("'set' must map header names to values")
-    remove = fields.get("remove", sorted(HeaderRules().remove))
+    remove = keys.get("remove", sorted(HeaderRules().remove))
     if not isinstance(remove, list):
         raise ValueError("'remove' must be a list of header names")
     return HeaderRules(tuple((header_name(k), str(v)) for k, v in pairs.items()),
                        frozenset(header_name(name) for name in remove))
 
 
-def _fields(data: Any, path: str, converters: Mapping[str, Callable[[Any], Any]],
-            aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Convert each key of a mapping; unknown keys are errors, with a suggestion."""
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'the file'}: expected a mapping of keys to values, got {type(data).__name__}")
-    aliases = aliases or {}
-    out: dict[str, Any] = {}
-    for key, raw in data.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key not in converters:
-            close = difflib.get_close_matches(str(key), list(converters), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(converters)}"
-            raise ConfigError(f"{where}: unknown key{hint}")
-        try:
-            out[aliases.get(key, key)] = converters[key](raw)
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return out
-
-
 # -- sections --------------------------------------------------------------------------------
 
 _PRIMARY = {"http": http_url, "grpc": optional(grpc_target), "timeout": positive_duration,
             "connect_timeout": positive_duration, "max_connections": positive_int}
-_SHADOW: dict[str, Callable[[Any], Any]] = {"name": str, "http": optional(http_url), "grpc": optional(grpc_target), "fraction": fraction,
-           "timeout": positive_duration, "max_in_flight": positive_int, "max_body_size": size,
-           "headers": header_rules}
+_SHADOW: dict[str, Callable[[Any], Any]] = {
+    "name": str, "http": optional(http_url), "grpc": optional(grpc_target), "fraction": fraction,
+    "timeout": positive_duration, "max_in_flight": positive_int, "max_body_size": size, "headers": header_rules}
 _RECORDING = {"dir": optional(Path), "inputs": input_mode, "inputs_fraction": fraction, "max_input_size": size,
               "segment_records": positive_int, "segment_seconds": positive_duration, "max_size": size,
               "queue_records": positive_int, "queue_size": size}
 _ALIASES = {"timeout": "timeout_secs", "connect_timeout": "connect_timeout_secs", "max_body_size": "max_body_bytes",
             "max_input_size": "max_input_bytes", "segment_seconds": "segment_secs", "max_size": "max_bytes",
             "queue_size": "queue_bytes"}
-_TOP = ("primary", "shadows", "sampling", "recording")
+_DRIFT: dict[str, Callable[[Any], Any]] = {"profile": Path, "window": positive_int, "model": optional(str),
+                                           "fraction": fraction}
+_TOP = ("primary", "shadows", "sampling", "recording", "canary", "drift")
 
 
 def _shadows(data: Any) -> list[ShadowConfig]:
@@ -255,28 +171,41 @@ def _shadows(data: Any) -> list[ShadowConfig]:
     shadows: list[ShadowConfig] = []
     for index, item in enumerate(data):
         path = f"shadows[{index}]"
-        fields = _fields(item, path, _SHADOW, _ALIASES)
-        name = fields.get("name")
+        values = fields(item, path, _SHADOW, _ALIASES)
+        name = values.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"{path}.name: give each shadow a name of letters, digits, '.', '_' or '-'")
-        if fields.get("http") is None and fields.get("grpc") is None:
+        if name in RESERVED:
+            raise ConfigError(f"{path}.name: {name!r} names the {name} in the records; give the shadow another name")
+        if values.get("http") is None and values.get("grpc") is None:
             raise ConfigError(f"{path} ({name}): give an 'http' URL, a 'grpc' HOST:PORT, or both")
         if any(shadow.name == name for shadow in shadows):
             raise ConfigError(f"{path}: the name {name!r} is used twice; shadow names must be distinct")
-        shadows.append(ShadowConfig(**fields))
+        shadows.append(ShadowConfig(**values))
     return shadows
 
 
 def from_mapping(data: Any) -> Config:
     """Validate a parsed file (a mapping, or None for an empty file) into a `Config`."""
-    top = _fields(data, "", {key: lambda value: value for key in _TOP})
-    sampling = _fields(top.get("sampling"), "sampling", {"header": header_name})
+    top = fields(data, "", {key: lambda value: value for key in _TOP})
+    sampling = fields(top.get("sampling"), "sampling", {"header": header_name})
     return Config(
-        primary=PrimaryConfig(**_fields(top.get("primary"), "primary", _PRIMARY, _ALIASES)),
+        primary=PrimaryConfig(**fields(top.get("primary"), "primary", _PRIMARY, _ALIASES)),
         shadows=tuple(_shadows(top.get("shadows"))),
         sampling=SamplingConfig(**sampling),
-        recording=RecordingConfig(**_fields(top.get("recording"), "recording", _RECORDING, _ALIASES)),
+        recording=RecordingConfig(**fields(top.get("recording"), "recording", _RECORDING, _ALIASES)),
+        canary=canary_from(top.get("canary")),
+        drift=_drift(top.get("drift")),
     )
+
+
+def _drift(data: Any) -> DriftConfig | None:
+    if data is None:
+        return None
+    values = fields(data, "drift", _DRIFT)
+    if "profile" not in values:
+        raise ConfigError("drift: give the reference 'profile' (a file written by shadowserve-drift profile)")
+    return DriftConfig(**values)
 
 
 def read_file(path: Path) -> Any:
@@ -303,6 +232,34 @@ def parse_text(path: Path, data: bytes) -> Any:
             from None
 
 
+def _canary(config: CanaryConfig | None, settings: Settings) -> CanaryConfig | None:
+    flag: CanaryFlag | None = settings.canary
+    if flag is None and settings.canary_grpc is None and settings.sticky_header is None:
+        return config
+    canary = config or CanaryConfig()
+    if flag is not None:
+        canary = dataclasses.replace(canary, http=flag.url)
+        if flag.weight is not None:
+            canary = dataclasses.replace(canary, weight=flag.weight)
+    if settings.canary_grpc is not None:
+        canary = dataclasses.replace(canary, grpc=settings.canary_grpc)
+    if settings.sticky_header is not None:
+        canary = dataclasses.replace(canary, sticky_header=settings.sticky_header)
+    return canary
+
+
+def _drift_overrides(config: DriftConfig | None, settings: Settings) -> DriftConfig | None:
+    drift = config
+    if settings.drift_profile is not None:
+        drift = dataclasses.replace(drift, profile=settings.drift_profile) if drift else DriftConfig(
+            settings.drift_profile)
+    if settings.drift_window is not None:
+        if drift is None:
+            raise ConfigError("--drift-window needs a reference profile: give --drift-profile or drift.profile")
+        drift = dataclasses.replace(drift, window=settings.drift_window)
+    return drift
+
+
 def with_overrides(config: Config, settings: Settings) -> Config:
     """Lay the start-up flags over a configuration: flags win, ``--shadow`` replaces a same-named shadow."""
     primary = config.primary
@@ -318,7 +275,11 @@ def with_overrides(config: Config, settings: Settings) -> Config:
     for flag in settings.shadows:
         base = config.shadow(flag.name) or ShadowConfig(flag.name)
         shadows.append(dataclasses.replace(base, http=flag.url, fraction=flag.fraction))
-    return Config(primary=primary, shadows=tuple(shadows), sampling=config.sampling, recording=recording)
+    canary = _canary(config.canary, settings)
+    if canary is not None:
+        check(canary, tuple(shadow.name for shadow in shadows))
+    return Config(primary=primary, shadows=tuple(shadows), sampling=config.sampling, recording=recording,
+                  canary=canary, drift=_drift_overrides(config.drift, settings))
 
 
 def load(settings: Settings, data: bytes | None = None) -> Config:

@@ -1,7 +1,10 @@
-"""One mirrored request while its answers arrive: the primary's and one per shadow sent.
+"""One mirrored (or observed) request while its answers arrive: the served one and one per copy sent.
 
 Lives on the event loop and does no decoding: it holds the raw bytes, and when the last
-answer is in it hands itself to the recorder, which decodes it on its own thread.
+answer is in it hands itself to the recorder, which decodes it on its own thread. The
+served answer (`Exchange.primary`, what the client got) comes from the primary or the
+canary; the copies from the shadows and, for canary-served requests, from the primary.
+An exchange with no copies (``record`` false) only feeds the live drift gauges.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ class Exchange:
     """A request, the primary's answer and the shadows' answers, complete when all are in."""
 
     __slots__ = ("key", "request_id", "timestamp", "model", "protocol", "body", "header_length", "primary", "shadows",
-                 "_pending", "_on_complete")
+                 "record", "_pending", "_on_complete")
 
     def __init__(self, key: str, request_id: str, timestamp: float, model: str, protocol: str, body: bytes,
-                 header_length: int | None, on_complete: Callable[[Exchange], object]) -> None:
+                 header_length: int | None, on_complete: Callable[[Exchange], object], record: bool = True) -> None:
         self.key = key  # what sampling hashed: the sampling header, else the v2 id, else request_id
         self.request_id = request_id  # x-request-id as forwarded (the client's, or one the sidecar assigned)
         self.timestamp = timestamp
@@ -56,6 +59,7 @@ class Exchange:
         self.header_length = header_length
         self.primary: Answer | None = None
         self.shadows: list[Answer] = []
+        self.record = record  # False: observed for live drift only, never written
         self._pending = 1  # the primary; expect() adds the shadows
         self._on_complete = on_complete
 

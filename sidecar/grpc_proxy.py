@@ -1,7 +1,10 @@
 """The gRPC proxy: a generic proxy of ``inference.GRPCInferenceService`` (and any other service).
 
 Messages pass through as bytes, never decoded on the request path, except a
-``ModelInfer`` request's ``id`` when sampling needs it and no header gives a key. Unary
+``ModelInfer`` request's ``id`` when sampling or the canary split needs it and no
+metadata gives a key. ``ModelInfer`` calls go to the canary for its weight's share of
+sticky keys, and a failed canary call is retried once on the primary (within the
+client's deadline); a ``ModelStreamInfer`` stream is pinned to one upstream. Unary
 methods are proxied as unary calls, everything else (``ModelStreamInfer``, unknown
 services) as bidirectional streams, which carry any cardinality. Status codes, details,
 initial and trailing metadata come back as the primary sent them; the client's deadline
@@ -25,13 +28,16 @@ from tritonclient.grpc import service_pb2
 from .exchange import CANCELLED, GRPC_TO_HTTP, TIMEOUT, Answer, Exchange
 from .health import Health
 from .metrics import Metrics
-from .mirror import choose_shadows
-from .runtime import PRIMARY, Runtime
+from .mirror import choose_copies
+from .rollout import Controller
+from .routing import CANARY, PRIMARY, retry_on_primary, sampled, split, sticky_key, upstream_failed
+from .runtime import CanaryUpstream, Runtime
 from .tensors import DecodeError, grpc_request
 from .upstream import GRPC_MESSAGE_LIMIT, forward_metadata
 
 SERVICE = "inference.GRPCInferenceService"
 MODEL_INFER = f"/{SERVICE}/ModelInfer"
+MODEL_STREAM_INFER = f"/{SERVICE}/ModelStreamInfer"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 UNARY = frozenset(f"/{SERVICE}/{m.name}" for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                   if not m.client_streaming and not m.server_streaming)
@@ -72,17 +78,20 @@ class GrpcProxy:
     """The gRPC listener's handlers; `start` binds a grpc.aio server."""
 
     def __init__(self, runtime: Callable[[], Runtime], metrics: Metrics, submit: Callable[[Exchange], object],
-                 health: Health) -> None:
+                 health: Health, canary: Controller | None = None) -> None:
         self._runtime = runtime
         self.metrics = metrics
         self._submit = submit
         self.health = health
+        self.canary = canary if canary is not None else Controller(metrics)
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.server: grpc.aio.Server | None = None
         self._request_duration = metrics.request_duration.labels("grpc")
         self._hop = metrics.hop_duration.labels("grpc")
+        self._upstream_duration = {name: metrics.upstream_duration.labels(name, "grpc") for name in (PRIMARY, CANARY)}
+        self._retries = metrics.canary_retries.labels("grpc")
 
     async def start(self, host: str, port: int) -> int:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
@@ -115,7 +124,19 @@ class GrpcProxy:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
-    def _mirror(self, rt: Runtime, request: bytes, metadata: Metadata) -> tuple[Exchange | None, Metadata]:
+    def _sticky(self, canary: CanaryUpstream, metadata: Metadata, request: bytes | None) -> str:
+        header = _lookup(metadata, canary.header) if canary.header else None
+        request_id = _lookup(metadata, REQUEST_ID)
+        if header is None and request_id is None and request is not None:
+            try:
+                request_id = grpc_request(request).request_id
+            except DecodeError:
+                request_id = None
+        return sticky_key(header, request_id, "") or uuid.uuid4().hex
+
+    def _exchange(self, rt: Runtime, request: bytes, metadata: Metadata, served: str) -> tuple[Exchange | None,
+                                                                                                Metadata]:
+        """Send the copies (shadows; the primary's when the canary serves); an exchange collects the answers."""
         request_id = _lookup(metadata, REQUEST_ID) or uuid.uuid4().hex
         key = _lookup(metadata, rt.sample_header)
         if key is None and rt.needs_key:
@@ -123,80 +144,123 @@ class GrpcProxy:
                 key = grpc_request(request).request_id
             except DecodeError:
                 key = None
-        chosen = choose_shadows(rt.shadows, key or request_id, "grpc", len(request))
-        if not chosen:
+        key = key or request_id
+        copies = rt.canary.copies if served == CANARY and rt.canary is not None else None
+        chosen = choose_copies(rt.shadows, copies, key, "grpc", len(request))
+        if not chosen and not (rt.observe_fraction and sampled(key, rt.observe_fraction, "drift")):
             return None, metadata
-        if _lookup(metadata, REQUEST_ID) is None:
+        if chosen and _lookup(metadata, REQUEST_ID) is None:
             metadata = (*metadata, (REQUEST_ID, request_id))
-        exchange = Exchange(key or request_id, request_id, time.time(), "", "grpc", request, None, self._submit)
+        exchange = Exchange(key, request_id, time.time(), "", "grpc", request, None, self._submit, record=bool(chosen))
         exchange.expect(len(chosen))
         for shadow in chosen:
             shadow.send_grpc(MODEL_INFER, request, metadata, exchange)
         return exchange, metadata
 
-    def _count(self, code: grpc.StatusCode, received: float, upstream_secs: float | None) -> None:
-        self.metrics.requests.labels(PRIMARY, "grpc", code.name).inc()
+    def _count(self, upstream: str, code: grpc.StatusCode, received: float, upstream_secs: float | None) -> None:
+        self.metrics.requests.labels(upstream, "grpc", code.name).inc()
         total = time.perf_counter() - received
         self._request_duration.observe(total)
         if upstream_secs is not None:  # streams have no single upstream time
             self._hop.observe(max(0.0, total - upstream_secs))
 
+    def _observe(self, name: str, infer: bool, seconds: float | None, code: grpc.StatusCode) -> None:
+        if infer:
+            if seconds is not None:
+                self._upstream_duration[name].observe(seconds)
+            if self.canary.observing:
+                self.canary.observe(name, seconds, upstream_failed(GRPC_TO_HTTP.get(code.name, 500)))
+
+    async def _attempt(self, name: str, channel: grpc.aio.Channel, calls: dict[str, Any], method: str,
+                       request: bytes, metadata: Metadata, context: grpc.aio.ServicerContext,
+                       limit: float) -> tuple[grpc.aio.UnaryUnaryCall | grpc.aio.AioRpcError, Answer, float]:
+        """One unary call: the finished call, or its error; the answer for the records; the seconds it took."""
+        factory = calls.get(method)
+        if factory is None:
+            factory = calls[method] = channel.unary_unary(method)
+        remaining = context.time_remaining()
+        sent = time.perf_counter()
+        call = factory(request, metadata=metadata, timeout=limit if remaining is None else min(remaining, limit))
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            elapsed = time.perf_counter() - sent
+            code = exc.code()
+            error = TIMEOUT if code == grpc.StatusCode.DEADLINE_EXCEEDED else (exc.details() or code.name)
+            self._observe(name, method == MODEL_INFER, elapsed, code)
+            return exc, Answer(name, GRPC_TO_HTTP.get(code.name, 500), elapsed * 1000, error), elapsed
+        elapsed = time.perf_counter() - sent
+        self._observe(name, method == MODEL_INFER, elapsed, grpc.StatusCode.OK)
+        return call, Answer(name, 200, elapsed * 1000, None, response), elapsed
+
     async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         received = time.perf_counter()
         rt = self._runtime()
-        channel = rt.primary_grpc
-        if channel is None:
+        primary = rt.primary_grpc
+        if primary is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar has no gRPC primary (--primary-grpc)")
+            raise AssertionError("not reached: abort raises")
         metadata = forward_metadata(context.invocation_metadata())
+        served, channel, calls, limit = PRIMARY, primary, rt.grpc_calls, rt.config.primary.timeout_secs
+        canary, weight, infer = rt.canary, self.canary.weight, method == MODEL_INFER
+        if infer and canary is not None and canary.grpc is not None and weight > 0:
+            if split(self._sticky(canary, metadata, request), weight) == CANARY:
+                served, channel, calls, limit = CANARY, canary.grpc, canary.grpc_calls, canary.config.timeout_secs
         exchange = None
-        if method == MODEL_INFER and rt.shadows:
-            exchange, metadata = self._mirror(rt, request, metadata)
-        call_factory = rt.grpc_calls.get(method)
-        if call_factory is None:
-            call_factory = rt.grpc_calls[method] = channel.unary_unary(method)  # type: ignore[union-attr]
-        remaining = context.time_remaining()
-        limit = rt.config.primary.timeout_secs
+        if infer and (rt.shadows or served == CANARY or rt.observe_fraction):
+            exchange, metadata = self._exchange(rt, request, metadata, served)
         self._enter()
-        sent = time.perf_counter()
         answer: Answer | None = None
         code = grpc.StatusCode.CANCELLED
+        elapsed: float | None = None
+        first = 0.0
         try:
-            call = call_factory(request, metadata=metadata, timeout=limit if remaining is None else min(remaining, limit))
-            response = await call
-            answer = Answer(PRIMARY, 200, (time.perf_counter() - sent) * 1000, None, response)
+            outcome, answer, elapsed = await self._attempt(served, channel, calls, method, request, metadata,
+                                                           context, limit)
+            remaining = context.time_remaining()
+            if isinstance(outcome, grpc.aio.AioRpcError) and retry_on_primary(
+                    served, answer.status, idempotent=True, body_held=True) and (remaining is None or remaining > 0):
+                self._retries.inc()
+                served, first, answer = PRIMARY, elapsed, None  # a cancelled retry is not the canary's answer
+                outcome, answer, elapsed = await self._attempt(PRIMARY, primary, rt.grpc_calls, method, request,
+                                                               metadata, context, rt.config.primary.timeout_secs)
+            elapsed += first
+            if isinstance(outcome, grpc.aio.AioRpcError):
+                code = outcome.code()
+                trailing = forward_metadata(tuple(outcome.trailing_metadata() or ()))
+                if trailing:
+                    context.set_trailing_metadata(trailing)
+                await context.abort(code, outcome.details() or "")
             code = grpc.StatusCode.OK
-            initial = forward_metadata(tuple(await call.initial_metadata()))
+            initial = forward_metadata(tuple(await outcome.initial_metadata()))
             if initial:
                 await context.send_initial_metadata(initial)
-            trailing = forward_metadata(tuple(await call.trailing_metadata()))
+            trailing = forward_metadata(tuple(await outcome.trailing_metadata()))
             if trailing:
                 context.set_trailing_metadata(trailing)
-            return response
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
-            answer = Answer(PRIMARY, GRPC_TO_HTTP.get(code.name, 500), (time.perf_counter() - sent) * 1000,
-                            TIMEOUT if timed_out else (exc.details() or code.name))
-            trailing = forward_metadata(tuple(exc.trailing_metadata() or ()))
-            if trailing:
-                context.set_trailing_metadata(trailing)
-            await context.abort(code, exc.details() or "")
-            raise  # not reached: abort raises
+            assert answer is not None and answer.body is not None
+            return answer.body
         finally:
             self._leave()
             if exchange is not None:
-                exchange.set_primary(answer or Answer(PRIMARY, None, None, CANCELLED))
-            self._count(code, received, time.perf_counter() - sent)
+                exchange.set_primary(answer or Answer(served, None, None, CANCELLED))
+            self._count(served, code, received, elapsed)
 
     async def stream(self, method: str, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         rt = self._runtime()
-        if rt.primary_grpc is None:
+        channel = rt.primary_grpc
+        if channel is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar has no gRPC primary (--primary-grpc)")
+            raise AssertionError("not reached: abort raises")
         received = time.perf_counter()
-        remaining = context.time_remaining()
-        call = rt.primary_grpc.stream_stream(method)(  # type: ignore[union-attr]
-            metadata=forward_metadata(context.invocation_metadata()), timeout=remaining)
+        metadata = forward_metadata(context.invocation_metadata())
+        served = PRIMARY
+        canary, weight, infer = rt.canary, self.canary.weight, method == MODEL_STREAM_INFER
+        if infer and canary is not None and canary.grpc is not None and weight > 0:
+            if split(self._sticky(canary, metadata, None), weight) == CANARY:
+                served, channel = CANARY, canary.grpc  # the whole stream: one upstream
+        call = channel.stream_stream(method)(metadata=metadata, timeout=context.time_remaining())
 
         async def pump() -> None:
             async for message in requests:
@@ -228,4 +292,5 @@ class GrpcProxy:
             pumping.cancel()
             call.cancel()
             self._leave()
-            self._count(code, received, None)
+            self._observe(served, infer, None, code)
+            self._count(served, code, received, None)

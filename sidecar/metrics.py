@@ -79,3 +79,49 @@ class Metrics:
                                       "(applied or rejected)", ["result"], registry=r)
         self.config_last_reload = Gauge("sidecar_config_last_reload_success_timestamp_seconds",
                                         "When the configuration was last applied", registry=r)
+        self.upstream_duration = Histogram("sidecar_upstream_duration_seconds", "Inference requests: the time the "
+                                           "upstream that served them took (primary or canary)",
+                                           ["upstream", "protocol"], buckets=LATENCY_BUCKETS, registry=r)
+        self._canary(r)
+        self._live_drift(r)
+
+    def _canary(self, r: CollectorRegistry) -> None:
+        self.canary_weight = Gauge("sidecar_canary_weight", "Percent of inference requests routed to the canary",
+                                   registry=r)
+        self.canary_phase = Gauge("sidecar_canary_phase", "1 for the canary's current phase: off, idle, manual, "
+                                  "progressing, ready (to promote), rolled_back, promoted", ["phase"], registry=r)
+        self.canary_changes = Counter("sidecar_canary_changes", "Canary decisions and weight changes, by source "
+                                      "(analysis, admin, config) and action (ramp, ready, hold, wait, rollback, "
+                                      "set, promote)", ["source", "action"], registry=r)
+        self.canary_rollbacks = Counter("sidecar_canary_rollbacks", "Canary rollbacks, by source (analysis or admin)",
+                                        ["source"], registry=r)
+        self.canary_promotions = Counter("sidecar_canary_promotions", "Canary promotions (100% to the canary)",
+                                         registry=r)
+        self.canary_intervals = Counter("sidecar_canary_analysis_intervals", "Analysis intervals judged, by verdict "
+                                        "(pass, fail, inconclusive)", ["verdict"], registry=r)
+        self.canary_last_interval = Gauge("sidecar_canary_last_interval", "What the last analysis interval measured: "
+                                          "canary_requests, error_rate, canary_p99_seconds, primary_p99_seconds, "
+                                          "disagreement, mean_abs_diff", ["measure"], registry=r)
+        self.canary_retries = Counter("sidecar_canary_retries", "Canary failures answered by retrying once on the "
+                                      "primary", ["protocol"], registry=r)
+        self.canary_webhooks = Counter("sidecar_canary_webhook_calls", "Webhook calls, by hook (pre_ramp, rollback) "
+                                       "and result (ok, refused, error)", ["hook", "result"], registry=r)
+        self.canary_compared_rows = Counter("sidecar_canary_compared_rows", "Rows of a canary-served answer compared "
+                                            "with the primary's answer to a copy of the request",
+                                            ["model", "output"], registry=r)
+        self.canary_agree_rows = Counter("sidecar_canary_top1_agree_rows", "Compared canary rows with the primary's "
+                                         "top-1", ["model", "output"], registry=r)
+        self.canary_abs_diff = Histogram("sidecar_canary_mean_abs_diff", "Mean absolute difference between the "
+                                         "canary's and the primary's values of an output, one observation per "
+                                         "request", ["model", "output"], buckets=DIFF_BUCKETS, registry=r)
+
+    def _live_drift(self, r: CollectorRegistry) -> None:
+        labels = ["model", "upstream", "output"]
+        self.live_psi = Gauge("sidecar_live_drift_psi", "Population stability index of the recent predictions "
+                              "against the reference profile", labels, registry=r)
+        self.live_js = Gauge("sidecar_live_drift_js", "Jensen-Shannon distance (base 2) of the recent predictions "
+                             "against the reference profile", labels, registry=r)
+        self.live_count = Gauge("sidecar_live_drift_window_predictions", "Predictions in the live drift window",
+                                labels, registry=r)
+        self.live_dropped = Counter("sidecar_live_drift_dropped", "Answers not observed for live drift because the "
+                                    "recorder's queue was full", registry=r)

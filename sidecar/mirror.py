@@ -225,3 +225,12 @@ class Shadow:
 def choose_shadows(shadows: Sequence[Shadow], key: str, protocol: str, body_size: int | None) -> list[Shadow]:
     """The shadows that get a copy of this request: sampled by key, then admitted (or counted)."""
     return [s for s in shadows if sampled(key, s.config.fraction) and s.admit(protocol, body_size)]
+
+
+def choose_copies(shadows: Sequence[Shadow], copies: Shadow | None, key: str, protocol: str,
+                  body_size: int | None) -> list[Shadow]:
+    """The shadows that get a copy, and ``copies`` (the primary, for a canary-served request) when sampled."""
+    chosen = choose_shadows(shadows, key, protocol, body_size) if shadows else []
+    if copies is not None and sampled(key, copies.config.fraction, "copies") and copies.admit(protocol, body_size):
+        chosen.append(copies)
+    return chosen

@@ -1,11 +1,14 @@
-"""The HTTP proxy: every request to the primary, v2 infer requests also mirrored to shadows.
+"""The HTTP proxy: every request to the primary, or to the canary; v2 infer requests also mirrored to shadows.
 
-The client gets the primary's status, headers (less hop-by-hop ones) and body. Bodies up
-to the largest shadow's ``max_body_size`` are read whole, which mirroring needs; larger
-ones and bodies of unknown length stream to the primary and are not mirrored (counted).
-Responses of requests nobody mirrors stream back when they are large or of unknown
-length. Upstream failures answer like Envoy: 503 when the primary cannot be reached, 504
-when it times out, with a v2 error body.
+The client gets the serving upstream's status, headers (less hop-by-hop ones) and body.
+Inference requests (``POST /v2/models/{model}[/versions/{v}]/infer``) go to the canary for
+its weight's share of sticky keys (`sidecar.routing.split`); a canary that fails one (no
+answer, 429 or 5xx) is answered by retrying once on the primary, counted. Bodies up to
+the largest ``max_body_size`` are read whole, which mirroring and retrying need; larger
+ones and bodies of unknown length stream to the upstream and are neither mirrored nor
+retried. Responses of requests nobody mirrors stream back when they are large or of
+unknown length. Upstream failures answer like Envoy: 503 when the upstream cannot be
+reached, 504 when it times out, with a v2 error body.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from aiohttp import web
 from .exchange import CANCELLED, CONNECTION, TIMEOUT, Answer, Exchange
 from .health import Health
 from .metrics import Metrics
-from .mirror import choose_shadows
-from .routing import infer_target
-from .runtime import MIN_BUFFER, PRIMARY, Runtime
+from .mirror import choose_copies
+from .rollout import Controller
+from .routing import CANARY, PRIMARY, infer_target, retry_on_primary, sampled, split, sticky_key, upstream_failed
+from .runtime import MIN_BUFFER, CanaryUpstream, Runtime
 from .tensors import http_request_id
-from .upstream import HEADER_LENGTH, forward_headers, response_headers
+from .upstream import HEADER_LENGTH, HttpUpstream, forward_headers, response_headers
 
 JSON = "application/json"
 REQUEST_ID = "x-request-id"
@@ -41,21 +45,33 @@ def _header_length(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+class _Reply:
+    """One upstream's answer, buffered: what the client gets unless a retry replaces it."""
+
+    __slots__ = ("answer", "out", "upstream_secs")
+
+    def __init__(self, answer: Answer, out: web.Response, upstream_secs: float) -> None:
+        self.answer, self.out, self.upstream_secs = answer, out, upstream_secs
+
+
 class HttpProxy:
     """The handler of the HTTP listener (an aiohttp low-level server: no router in the hop)."""
 
     def __init__(self, runtime: Callable[[], Runtime], metrics: Metrics, submit: Callable[[Exchange], object],
-                 health: Health) -> None:
+                 health: Health, canary: Controller | None = None) -> None:
         self._runtime = runtime
         self.metrics = metrics
         self._submit = submit
         self.health = health
+        self.canary = canary if canary is not None else Controller(metrics)
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self._requests: dict[int, Any] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
         self._request_duration = metrics.request_duration.labels("http")
         self._hop = metrics.hop_duration.labels("http")
+        self._upstream_duration = {name: metrics.upstream_duration.labels(name, "http") for name in (PRIMARY, CANARY)}
+        self._retries = metrics.canary_retries.labels("http")
 
     def request_factory(self, client_max_size: int) -> Callable[..., web.BaseRequest]:
         """Requests for aiohttp's low-level server, with our own cap on a body read whole."""
@@ -81,27 +97,39 @@ class HttpProxy:
             if self.in_flight == 0:
                 self.idle.set()
 
-    def _count(self, status: int) -> None:
-        counter = self._requests.get(status)
+    def _count(self, upstream: str, status: int) -> None:
+        counter = self._requests.get((upstream, status))
         if counter is None:
-            counter = self._requests[status] = self.metrics.requests.labels(PRIMARY, "http", str(status))
+            counter = self._requests[(upstream, status)] = self.metrics.requests.labels(upstream, "http", str(status))
         counter.inc()
 
-    def _mirror(self, rt: Runtime, request: web.BaseRequest, headers: Any, body: bytes | None,
-                model: str) -> Exchange | None:
+    def _sticky(self, canary: CanaryUpstream, request: web.BaseRequest, body: bytes | None) -> str:
+        header = request.headers.get(canary.header) if canary.header else None
+        request_id = request.headers.get(REQUEST_ID)
+        if header is None and request_id is None and body is not None:
+            request_id = http_request_id(body, _header_length(request.headers.get(HEADER_LENGTH)))
+        return sticky_key(header, request_id, "") or uuid.uuid4().hex
+
+    def _exchange(self, rt: Runtime, request: web.BaseRequest, headers: Any, body: bytes | None, model: str,
+                  served: str) -> Exchange | None:
+        """Send the copies (shadows; the primary's when the canary serves); an exchange collects the answers."""
         header_length = _header_length(request.headers.get(HEADER_LENGTH))
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         key = request.headers.get(rt.sample_header)
         if key is None and rt.needs_key and body is not None:
             key = http_request_id(body, header_length)
+        key = key or request_id
         size = len(body) if body is not None else request.content_length  # None: unknown (chunked)
-        chosen = choose_shadows(rt.shadows, key or request_id, "http", size)
-        if not chosen or body is None:
+        copies = rt.canary.copies if served == CANARY and rt.canary is not None else None
+        chosen = choose_copies(rt.shadows, copies, key, "http", size)
+        if body is None:
             return None
-        if REQUEST_ID not in headers:
-            headers[REQUEST_ID] = request_id  # as Envoy does, so primary and shadow logs correlate
-        exchange = Exchange(key or request_id, request_id, time.time(), model, "http", body, header_length,
-                            self._submit)
+        if not chosen and not (rt.observe_fraction and sampled(key, rt.observe_fraction, "drift")):
+            return None
+        if chosen and REQUEST_ID not in headers:
+            headers[REQUEST_ID] = request_id  # as Envoy does, so the upstreams' logs correlate
+        exchange = Exchange(key, request_id, time.time(), model, "http", body, header_length, self._submit,
+                            record=bool(chosen))
         exchange.expect(len(chosen))
         for shadow in chosen:
             shadow.send_http(request.method, request.raw_path, headers, body, exchange)
@@ -125,59 +153,93 @@ class HttpProxy:
             payload = request.content  # streamed through, never held whole
             if length is not None:
                 headers["Content-Length"] = str(length)
+        target = infer_target(request.path) if request.method == "POST" else None
+        served, upstream = PRIMARY, rt.primary
+        canary, weight = rt.canary, self.canary.weight
+        if target is not None and canary is not None and canary.http is not None and weight > 0:
+            if split(self._sticky(canary, request, body), weight) == CANARY:
+                served, upstream = CANARY, canary.http
         exchange = None
-        if rt.shadows and request.method == "POST":
-            target = infer_target(request.path)
-            if target is not None:
-                exchange = self._mirror(rt, request, headers, body, target[0])
-        upstream = rt.primary
+        if target is not None and (rt.shadows or served == CANARY or rt.observe_fraction):
+            exchange = self._exchange(rt, request, headers, body, target[0], served)
+        reply: web.StreamResponse | _Reply | None = None
+        upstream_secs = 0.0  # a failed canary attempt is upstream time too
+        try:
+            reply = await self._send(request, upstream, served, headers, body, payload, target is not None,
+                                     exchange is None, retry=served == CANARY and body is not None, received=received)
+            if isinstance(reply, _Reply) and retry_on_primary(served, reply.answer.status, idempotent=True,
+                                                              body_held=body is not None):
+                self._retries.inc()
+                served, upstream_secs, reply = PRIMARY, reply.upstream_secs, None  # a cancelled retry: not the canary's
+                reply = await self._send(request, rt.primary, PRIMARY, headers, body, payload, True, exchange is None,
+                                         retry=False, received=received)
+        finally:
+            if exchange is not None:
+                answer = reply.answer if isinstance(reply, _Reply) else None
+                exchange.set_primary(answer or Answer(served, None, None, CANCELLED))
+        if not isinstance(reply, _Reply):
+            return reply  # streamed back, counted
+        out = reply.out
+        self._count(served, out.status)
+        done = time.perf_counter()
+        self._request_duration.observe(done - received)
+        self._hop.observe(max(0.0, (done - received) - upstream_secs - reply.upstream_secs))
+        return out
+
+    def _observe(self, name: str, infer: bool, seconds: float, status: int | None) -> None:
+        if infer:
+            self._upstream_duration[name].observe(seconds)
+            if self.canary.observing:
+                self.canary.observe(name, seconds, upstream_failed(status))
+
+    async def _send(self, request: web.BaseRequest, upstream: HttpUpstream, name: str, headers: Any,
+                    body: bytes | None, payload: Any, infer: bool, may_stream: bool, *, retry: bool,
+                    received: float) -> web.StreamResponse | _Reply:
+        """One attempt on one upstream; a large answer nobody mirrors streams to the client at once."""
         sent = upstream.begin()
-        answer: Answer | None = None
         reason: str | None
         upstream_headers: Mapping[str, str]
         try:
             if upstream.pool is not None and body is not None:
                 resp = await upstream.pool.request(request.method, upstream.target(request.raw_path),
                                                    headers.items(), body, upstream.timeout)
-                if exchange is None and (resp.content_length is None or resp.content_length > MIN_BUFFER):
-                    return await self._stream(request, resp.status, resp.reason, resp.headers, resp.content_length,
+                status, reason, upstream_headers, length = resp.status, resp.reason, resp.headers, resp.content_length
+                if may_stream and (length is None or length > MIN_BUFFER) and not (retry and upstream_failed(status)):
+                    self._observe(name, infer, time.perf_counter() - sent, status)
+                    return await self._stream(request, name, status, reason, upstream_headers, length,
                                               resp.iter_chunks(), received)
-                status, reason, upstream_headers = resp.status, resp.reason, resp.headers
                 data = await resp.read()
             else:
                 async with upstream.session.request(request.method, upstream.url(request.raw_path), data=payload,
                                                     headers=headers, allow_redirects=False) as streamed:
-                    if exchange is None and (streamed.content_length is None
-                                             or streamed.content_length > MIN_BUFFER):
-                        return await self._stream(request, streamed.status, streamed.reason, streamed.headers,
-                                                  streamed.content_length, streamed.content.iter_any(), received)
                     status, reason, upstream_headers = streamed.status, streamed.reason, streamed.headers
+                    length = streamed.content_length
+                    if may_stream and (length is None or length > MIN_BUFFER) and not (
+                            retry and upstream_failed(status)):
+                        self._observe(name, infer, time.perf_counter() - sent, status)
+                        return await self._stream(request, name, status, reason, upstream_headers, length,
+                                                  streamed.content.iter_any(), received)
                     data = await streamed.read()
-            replied = time.perf_counter()
-            answer = Answer(PRIMARY, status, (replied - sent) * 1000, None, data,
+            elapsed = time.perf_counter() - sent
+            answer = Answer(name, status, elapsed * 1000, None, data,
                             _header_length(upstream_headers.get(HEADER_LENGTH)))
             out = web.Response(status=status, reason=reason, headers=response_headers(upstream_headers), body=data)
         except asyncio.TimeoutError:
-            replied = time.perf_counter()
-            answer = Answer(PRIMARY, None, (replied - sent) * 1000, TIMEOUT)
-            out = _json({"error": f"upstream request timeout: the primary did not answer within "
+            elapsed = time.perf_counter() - sent
+            answer = Answer(name, None, elapsed * 1000, TIMEOUT)
+            out = _json({"error": f"upstream request timeout: the {name} did not answer within "
                                   f"{upstream.timeout:g}s"}, 504)
         except (aiohttp.ClientError, OSError) as exc:
-            replied = time.perf_counter()
-            answer = Answer(PRIMARY, None, (replied - sent) * 1000, CONNECTION)
-            out = _json({"error": f"upstream connect error or disconnect/reset: the primary at "
+            elapsed = time.perf_counter() - sent
+            answer = Answer(name, None, elapsed * 1000, CONNECTION)
+            out = _json({"error": f"upstream connect error or disconnect/reset: the {name} at "
                                   f"{upstream.base_url} ({type(exc).__name__}: {exc})"}, 503)
         finally:
             upstream.end()
-            if exchange is not None:
-                exchange.set_primary(answer or Answer(PRIMARY, None, None, CANCELLED))
-        self._count(out.status)
-        done = time.perf_counter()
-        self._request_duration.observe(done - received)
-        self._hop.observe(max(0.0, (done - received) - (replied - sent)))
-        return out
+        self._observe(name, infer, elapsed, answer.status)
+        return _Reply(answer, out, elapsed)
 
-    async def _stream(self, request: web.BaseRequest, status: int, reason: str | None, headers: Any,
+    async def _stream(self, request: web.BaseRequest, name: str, status: int, reason: str | None, headers: Any,
                       length: int | None, chunks: AsyncIterator[bytes], received: float) -> web.StreamResponse:
         out = web.StreamResponse(status=status, reason=reason, headers=response_headers(headers))
         if length is not None:
@@ -186,6 +248,6 @@ class HttpProxy:
         async for chunk in chunks:
             await out.write(chunk)
         await out.write_eof()
-        self._count(status)
+        self._count(name, status)
         self._request_duration.observe(time.perf_counter() - received)
         return out

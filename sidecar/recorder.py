@@ -2,9 +2,11 @@
 
 The event loop only hands over finished `Exchange` objects (raw bytes, no decoding);
 when the queue holds ``queue_records`` records or ``queue_size`` bytes the record is
-dropped and counted (``sidecar_records_lost_total{reason="queue_full"}``). The thread
-decodes requests and answers into tensors, feeds the agreement metrics, and appends to
-Parquet segments when a record directory is set.
+dropped and counted (``sidecar_records_lost_total{reason="queue_full"}``, or
+``sidecar_live_drift_dropped_total`` for an exchange kept only for live drift). The
+thread decodes requests and answers into tensors, feeds the agreement metrics (and the
+canary analysis), the live drift windows, and appends to Parquet segments when a record
+directory is set and the request was mirrored.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import tensors
-from .compare import Agreement
+from .compare import Agreement, Pairs
 from .config import RecordingConfig
 from .exchange import Answer, Exchange
+from .livedrift import LiveDriftHub, clear_gauges
 from .metrics import Metrics
 from .routing import sampled
 from .segments import SegmentWriter
@@ -28,6 +32,7 @@ from .tensors import Decoded, DecodeError, TensorValue
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_NO_INPUTS = RecordingConfig()  # exchanges observed for live drift only: no inputs decoded
 
 
 def _response(answer: Answer, protocol: str, shadow: bool, metrics: Metrics | None) -> ResponseRecord:
@@ -91,10 +96,11 @@ def _safely(step: Callable[[], object]) -> None:
 class Recorder:
     """The queue and the thread; `submit` is called on the event loop and never blocks."""
 
-    def __init__(self, config: RecordingConfig, metrics: Metrics) -> None:
+    def __init__(self, config: RecordingConfig, metrics: Metrics, pairs: Pairs | None = None) -> None:
         self.policy = config  # replaced on reload; the thread reads it per record
+        self.drift: LiveDriftHub | None = None  # likewise; only the thread uses it
         self.metrics = metrics
-        self.agreement = Agreement(metrics)
+        self.agreement = Agreement(metrics, pairs)
         self._max_records = config.queue_records
         self._max_bytes = config.queue_bytes
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -121,39 +127,62 @@ class Recorder:
                 self._count += 1
                 self._bytes += size
         if full:
-            self.metrics.records_lost.labels("shutdown" if self._stopped else "queue_full").inc()
+            if exchange.record:
+                self.metrics.records_lost.labels("shutdown" if self._stopped else "queue_full").inc()
+            else:
+                self.metrics.live_dropped.inc()
             return False
         self._queue.put((exchange, size))
         return True
 
+    def _timeout(self, hub: LiveDriftHub | None) -> float | None:
+        waits = [self._writer.seconds_to_rotation()] if self._writer is not None else []
+        if hub is not None:
+            waits.append(hub.seconds_to_refresh(time.monotonic()))
+        present = [wait for wait in waits if wait is not None]
+        return min(present) if present else None
+
     def _run(self) -> None:
         writer = self._writer
+        hub: LiveDriftHub | None = None
         while True:
-            timeout = writer.seconds_to_rotation() if writer is not None else None
+            if self.drift is not hub:  # a new profile, or none: the old series go
+                hub = self.drift
+                clear_gauges(self.metrics)
             try:
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get(timeout=self._timeout(hub))
             except queue.Empty:
-                if writer is not None:
-                    _safely(writer.rotate_if_due)
-                continue
+                item = None
             if item is _STOP:
                 break
-            exchange, size = item
-            with self._lock:
-                self._count -= 1
-                self._bytes -= size
-            try:
-                record = to_record(exchange, self.policy, self.metrics)
-                self.agreement.observe(record)
-            except Exception:  # noqa: BLE001 - the thread never dies; the record is counted lost
-                log.exception("cannot decode the record of request %s", exchange.key)
-                self.metrics.records_lost.labels("encode_error").inc()
-                continue
+            if item is not None:
+                self._handle(item, hub)
             if writer is not None:
-                _safely(lambda: writer.append(record, size))  # noqa: B023 - called at once
                 _safely(writer.rotate_if_due)
+            if hub is not None:
+                _safely(lambda: hub.refresh(time.monotonic()))  # noqa: B023 - called at once
+        if hub is not None:
+            _safely(lambda: hub.refresh(time.monotonic(), force=True))  # noqa: B023 - called at once
         if writer is not None:
             _safely(writer.close)
+
+    def _handle(self, item: tuple[Exchange, int], hub: LiveDriftHub | None) -> None:
+        exchange, size = item
+        with self._lock:
+            self._count -= 1
+            self._bytes -= size
+        try:
+            record = to_record(exchange, self.policy if exchange.record else _NO_INPUTS, self.metrics)
+            self.agreement.observe(record)
+        except Exception:  # noqa: BLE001 - the thread never dies; the record is counted lost
+            log.exception("cannot decode the record of request %s", exchange.key)
+            if exchange.record:
+                self.metrics.records_lost.labels("encode_error").inc()
+            return
+        if hub is not None:
+            _safely(lambda: hub.observe(record))
+        if exchange.record and self._writer is not None:
+            _safely(lambda: self._writer.append(record, size))  # type: ignore[union-attr]
 
     def stop(self, timeout: float) -> bool:
         """Stop taking records, write what is queued and finish the segment; False if it ran out of time."""

@@ -87,8 +87,13 @@ class ConfigWatcher:
             log.error("configuration refused: %s; the configuration in force stays", exc)
             self.metrics.config_reloads.labels("rejected").inc()
             return False
+        try:
+            await self._apply(config)  # refuses what only applying finds out (an unreadable drift profile)
+        except ConfigError as exc:
+            log.error("configuration refused: %s; the configuration in force stays", exc)
+            self.metrics.config_reloads.labels("rejected").inc()
+            return False
         self._digest = digest
-        await self._apply(config)
         self.metrics.config_reloads.labels("applied").inc()
         self.metrics.config_last_reload.set(time.time())
         return True

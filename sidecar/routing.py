@@ -1,15 +1,20 @@
-"""Pure routing decisions: which upstream serves a request and which shadows get a copy.
+"""Pure routing decisions: which upstream serves a request, which shadows get a copy, what is retried.
 
-Every decision hashes a request key (the sampling header, else the v2 request id), so the
-same request is routed and sampled the same way on every run and every replica. A shadow
-at fraction 0.1 sees a subset of what a shadow at 0.5 sees, and two shadows at the same
-fraction see the same requests, which is what comparing shadows with each other needs.
-Canary weights (a later issue) are `Route` entries: `choose` picks one by weight.
+Every decision hashes a request key, so the same request is routed and sampled the same
+way on every run and every replica. Sampling hashes the sampling header, else the v2
+request id: a shadow at fraction 0.1 sees a subset of what a shadow at 0.5 sees, and two
+shadows at the same fraction see the same requests, which is what comparing shadows with
+each other needs. The canary split hashes the sticky key (`sticky_key`: a configured
+header such as ``x-user-id``, else the request id, else a random one), so one user
+consistently sees one version; raising the weight only moves keys to the canary, never
+back, so a user who saw the canary at 5% still sees it at 10%.
 
     >>> sampled("req-42", 1.0), sampled("req-42", 0.0)
     (True, False)
     >>> choose("req-42", (Route("primary", 1.0),))
     'primary'
+    >>> split("user-7", 0.0), split("user-7", 100.0)
+    ('primary', 'canary')
 """
 
 from __future__ import annotations
@@ -56,6 +61,41 @@ def choose(key: str, routes: Sequence[Route]) -> str:
             if point < 0:
                 return route.upstream
     return routes[-1].upstream
+
+
+PRIMARY, CANARY = "primary", "canary"
+
+
+def split(key: str, weight: float) -> str:
+    """``canary`` for ``weight`` percent of keys (0..100, fractions allowed), else ``primary``; sticky by key.
+
+    Weight 0 sends nothing to the canary and 100 everything. The share grows with the weight
+    by adding keys: a key on the canary at one weight stays on it at every higher weight.
+    """
+    if weight <= 0.0:
+        return PRIMARY
+    if weight >= 100.0:
+        return CANARY
+    return choose(key, (Route(CANARY, weight), Route(PRIMARY, 100.0 - weight)))
+
+
+def sticky_key(header: str | None, request_id: str | None, fallback: str) -> str:
+    """The canary split's key: the sticky header's value, else the request id, else ``fallback`` (random)."""
+    return header or request_id or fallback
+
+
+def upstream_failed(status: int | None) -> bool:
+    """Whether an answer is the upstream's failure: none came (refused, reset, timed out), 429 or 5xx.
+
+    A 4xx other than 429 is the client's mistake, which the primary would repeat.
+    """
+    return status is None or status == 429 or status >= 500
+
+
+def retry_on_primary(served: str, status: int | None, *, idempotent: bool, body_held: bool) -> bool:
+    """Whether a failed canary answer is retried on the primary: once, for idempotent requests whose body
+    is still held (a streamed body is gone), never for an answer of the primary itself."""
+    return served == CANARY and idempotent and body_held and upstream_failed(status)
 
 
 def needs_key(fractions: Sequence[float]) -> bool:

@@ -3,7 +3,7 @@
 Every flag also has a ``SIDECAR_*`` environment variable (``--record-dir`` ↔
 ``SIDECAR_RECORD_DIR``); a flag wins over the environment. ``--shadow`` repeats; in the
 environment, ``SIDECAR_SHADOW`` holds several shadows separated by commas or spaces.
-What can change at run time (upstreams, shadows, sampling, what is recorded) lives in
+What can change at run time (upstreams, shadows, the canary, sampling, what is recorded) lives in
 the configuration file (`sidecar.config`); flags given here override the file.
 """
 
@@ -43,11 +43,20 @@ class ShadowFlag:
 
 
 @dataclasses.dataclass(frozen=True)
+class CanaryFlag:
+    """``--canary URL[@WEIGHT]``: the canary's HTTP upstream and, when given, its weight in percent."""
+
+    url: str
+    weight: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the sidecar is started with, parsed once.
 
-    ``primary``, ``primary_grpc``, ``shadows`` and ``record_dir`` are overrides: ``None``
-    (or empty) leaves the value to the configuration file, then to the default.
+    ``primary``, ``primary_grpc``, ``shadows``, ``record_dir``, the ``canary*`` and the
+    ``drift*`` fields are overrides: ``None`` (or empty) leaves the value to the
+    configuration file, then to the default.
     """
 
     listen: Address = Address("0.0.0.0", 8080)
@@ -63,6 +72,23 @@ class Settings:
     config_poll_secs: float = 2.0
     log_format: str = "text"
     log_level: str = "info"
+    canary: CanaryFlag | None = None
+    canary_grpc: str | None = None
+    sticky_header: str | None = None
+    admin_listen: Address | None = Address("127.0.0.1", 9091)  # None: no admin API
+    admin_required: bool = False  # --admin-listen given: failing to listen stops the start
+    admin_token: str | None = None
+    admin_token_file: Path | None = None
+    drift_profile: Path | None = None
+    drift_window: int | None = None
+
+    def admin_bearer(self) -> str | None:
+        """The admin API's bearer token: ``--admin-token``, else the first line of ``--admin-token-file``."""
+        if self.admin_token:
+            return self.admin_token
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text().strip() or None
+        return None
 
 
 def parse_address(value: str, default_host: str = "0.0.0.0") -> Address:
@@ -76,6 +102,10 @@ def parse_address(value: str, default_host: str = "0.0.0.0") -> Address:
 
 def _grpc_listen(value: str) -> Address | str:
     return "off" if value.lower() == "off" else parse_address(value)
+
+
+def _admin_listen(value: str) -> Address | str:
+    return "off" if value.lower() == "off" else parse_address(value, default_host="127.0.0.1")
 
 
 def _port(value: str) -> int:
@@ -106,6 +136,9 @@ def parse_shadow(value: str) -> ShadowFlag:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not NAME=URL[@FRACTION]: e.g. v2=http://127.0.0.1:9000@0.5 (a name of letters, digits, "
             "'.', '_' or '-')")
+    if name in ("primary", "canary"):
+        raise argparse.ArgumentTypeError(f"--shadow {value!r}: {name!r} names the {name} in the records; "
+                                         "give the shadow another name")
     url, fraction = rest, 1.0
     head, at, tail = rest.rpartition("@")
     if at:
@@ -122,6 +155,37 @@ def parse_shadow(value: str) -> ShadowFlag:
     return ShadowFlag(name, url.rstrip("/"), fraction)
 
 
+def parse_canary(value: str) -> CanaryFlag:
+    """``URL[@WEIGHT]``, WEIGHT in percent (0..100, fractions allowed), e.g. ``http://model-v2:8000@10``."""
+    url, weight = value, None
+    head, at, tail = value.rpartition("@")
+    if at:
+        try:
+            weight = float(tail)
+        except ValueError:
+            pass  # an '@' of the URL itself (user@host): no weight given
+        else:
+            url = head
+    if weight is not None and not 0.0 <= weight <= 100.0:
+        raise argparse.ArgumentTypeError(f"--canary {value!r}: weight {tail} is outside 0..100 (percent)")
+    if not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"--canary {value!r} is not URL[@WEIGHT]: e.g. http://model-v2:8000@10")
+    return CanaryFlag(url.rstrip("/"), weight)
+
+
+def _header(value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a header name")
+    return value.lower()
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return number
+
+
 def _url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
@@ -136,8 +200,8 @@ def _target(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidecar",
-        description="Proxy KServe v2 traffic to the primary model server, mirror it to shadow models and record "
-                    "the primary/shadow pairs.",
+        description="Proxy KServe v2 traffic to the primary model server (or a weighted canary), mirror it to "
+                    "shadow models and record the primary/shadow pairs.",
         epilog="Every flag can also be set with a SIDECAR_* environment variable, e.g. --record-dir as "
                "SIDECAR_RECORD_DIR; SIDECAR_SHADOW takes several shadows separated by commas. Flags win over the "
                "environment, which wins over the --config file.",
@@ -159,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long to keep proxying while the primary drains (default 30)")
     add("--shadow-drain-secs", type=_seconds,
         help="on SIGTERM, how long pending shadow requests may take before they are cancelled (default 5)")
+    add("--canary", type=parse_canary, metavar="URL[@WEIGHT]",
+        help="send WEIGHT percent of inference requests (sticky by key) to this HTTP upstream; the analysis and "
+             "other options of the canary go in the --config file")
+    add("--canary-grpc", type=_target, metavar="HOST:PORT", help="the canary's gRPC upstream")
+    add("--sticky-header", type=_header, metavar="NAME",
+        help="the header (gRPC: metadata key) whose value keeps a user on one upstream, e.g. x-user-id (default: "
+             "the request id, else random)")
+    add("--admin-listen", type=_admin_listen, metavar="HOST:PORT",
+        help="admin API (GET /sidecar/status, POST /sidecar/canary, /sidecar/rollback, /sidecar/promote), or off "
+             "(default 127.0.0.1:9091)")
+    add("--admin-token", metavar="TOKEN",
+        help="bearer token the admin API requires (prefer SIDECAR_ADMIN_TOKEN or --admin-token-file: a flag shows in "
+             "the process list)")
+    add("--admin-token-file", type=Path, metavar="FILE", help="read the admin API's bearer token from this file")
+    add("--drift-profile", type=Path, metavar="FILE",
+        help="reference profile (shadowserve-drift profile) for the live drift gauges (default: off)")
+    add("--drift-window", type=_positive_int, metavar="N",
+        help="predictions per output in the live drift window (default 10000)")
     add("--log-format", choices=LOG_FORMATS, help="text or json, one object a line (default text)")
     add("--log-level", choices=LOG_LEVELS, help="debug, info, warning or error (default info)")
     return parser
@@ -198,8 +280,10 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
                 value = _from_env(parser, action, raw)
         if value is not None:
             values[action.dest] = tuple(value) if action.dest == "shadows" else value
-    if values.get("grpc_listen") == "off":
-        values["grpc_listen"] = None
+    values["admin_required"] = values.get("admin_listen", "off") != "off"
+    for listener in ("grpc_listen", "admin_listen"):
+        if values.get(listener) == "off":
+            values[listener] = None
     shadows = values.get("shadows", ())
     names = [shadow.name for shadow in shadows]  # type: ignore[attr-defined]
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -167,7 +167,12 @@ def _read_chunk(batch: pa.RecordBatch, shadows: tuple[str, ...], with_inputs: bo
     ids = batch.column("request_id").to_numpy(zero_copy_only=False) if "request_id" in batch.schema.names else None
     chunk = Chunk(batch.num_rows, timestamps, ids)
     rows = np.arange(batch.num_rows, dtype=np.int64)
-    chunk.tensors[PRIMARY], chunk.responses[PRIMARY], chunk.failed[PRIMARY] = _responses(batch.column("primary"), rows)
+    primary = batch.column("primary")
+    if "upstream" in {f.name for f in primary.type}:
+        # What the client got; a request the canary served holds the canary's answer: not the primary's.
+        served = pc.invert(pc.equal(pc.struct_field(primary, "upstream"), "canary").fill_null(False))
+        primary, rows = primary.filter(served), rows[served.to_numpy(zero_copy_only=False)]
+    chunk.tensors[PRIMARY], chunk.responses[PRIMARY], chunk.failed[PRIMARY] = _responses(primary, rows)
     if shadows and "shadows" in batch.schema.names:
         column = batch.column("shadows")
         flat = pc.list_flatten(column)
@@ -220,7 +225,7 @@ def read_chunks(window: Window, *, shadows: tuple[str, ...] = (), inputs: bool =
         missing = {"timestamp", "model", "primary"} - names
         if missing:
             raise DriftError(f"{path} is not a record segment: no column {', '.join(sorted(missing))}")
-        columns = ["timestamp", "model", "primary.error", "primary.outputs"]
+        columns = ["timestamp", "model", "primary.upstream", "primary.error", "primary.outputs"]
         if request_ids and "request_id" in names:
             columns.append("request_id")
         if shadows and "shadows" in names:

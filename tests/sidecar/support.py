@@ -61,8 +61,8 @@ class LoopThread:
 def settings(**overrides: Any) -> Settings:
     """Settings for a test sidecar: every port free, short drains."""
     values: dict[str, Any] = {"listen": Address("127.0.0.1", 0), "grpc_listen": Address("127.0.0.1", 0),
-                              "metrics_port": 0, "drain_timeout_secs": 0.0, "shadow_drain_secs": 2.0,
-                              "config_poll_secs": 0.05}
+                              "metrics_port": 0, "admin_listen": Address("127.0.0.1", 0), "drain_timeout_secs": 0.0,
+                              "shadow_drain_secs": 2.0, "config_poll_secs": 0.05}
     values.update(overrides)
     return Settings(**values)
 
@@ -77,6 +77,7 @@ class RunningSidecar:
         self.http = f"127.0.0.1:{self.sidecar.http_port}"
         self.grpc = f"127.0.0.1:{self.sidecar.grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{self.sidecar.metrics_port}"
+        self.admin_url = f"http://127.0.0.1:{self.sidecar.admin_port}"
 
     def metric(self, name: str, **labels: str) -> float:
         """The current value of a sample (0 when it does not exist yet)."""
@@ -123,16 +124,18 @@ class SidecarProcess:
     """``python -m sidecar`` in a subprocess with JSON logs; the start line gives the ports."""
 
     def __init__(self, *flags: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
-        argv = [sys.executable, "-m", "sidecar", "--log-format", "json", *flags]
+        admin = [] if any(flag.startswith("--admin-listen") for flag in flags) else ["--admin-listen", "127.0.0.1:0"]
+        argv = [sys.executable, "-m", "sidecar", "--log-format", "json", *admin, *flags]
         self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         self.lines: list[dict[str, Any]] = []
-        self.http = self.grpc = self.metrics = ""
+        self.http = self.grpc = self.metrics = self.admin = ""
         if wait:
             self._read_until("listening ")
             start = self.lines[-1]
             self.http = f"127.0.0.1:{start['http_port']}"
             self.grpc = f"127.0.0.1:{start['grpc_port']}"
             self.metrics = f"http://127.0.0.1:{start['metrics_port']}"
+            self.admin = f"http://127.0.0.1:{start['admin_port']}" if start.get("admin_port") else ""
 
     def _read_until(self, prefix: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

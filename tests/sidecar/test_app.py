@@ -1,8 +1,9 @@
-"""``python -m sidecar`` as a process: start-up errors, SIGHUP, and the SIGTERM drain."""
+"""``python -m sidecar`` as a process: start-up errors, SIGHUP, the SIGTERM drain, a canary from flags."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -13,8 +14,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import tritonclient.http as httpclient
 from aiohttp import web
 
+from sidecar.routing import split
+
+from .conftest import ModelServer
 from .support import ROOT, LoopThread, SidecarProcess, Stub, free_port, read_records, wait_until
 
 
@@ -152,3 +158,50 @@ def test_sigterm_with_nothing_in_flight_and_the_primary_gone_exits_at_once() -> 
         assert process.finish(10) == 0
     finally:
         process.kill()
+
+
+def test_a_canary_from_flags_and_a_small_file_reports_through_the_admin_api(serve_v1: ModelServer,
+                                                                           serve_v2: ModelServer,
+                                                                           points: np.ndarray, tmp_path: Path) -> None:
+    """v1 primary, v2 shadow and v2 10% canary, sticky by x-user-id; the verdict from GET /sidecar/status."""
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(f"""
+shadows: [{{name: v2, grpc: "{serve_v2.grpc}"}}]
+canary:
+  analysis: {{interval: 0.5s, step_weight: 10, max_weight: 30, min_requests: 1000, max_disagreement: 0.05}}
+""")
+    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--metrics-port", "0",
+                             "--admin-listen", "127.0.0.1:0", "--primary", serve_v1.http_url, "--primary-grpc",
+                             str(serve_v1.grpc), "--shadow", f"v2={serve_v2.http_url}", "--canary",
+                             f"{serve_v2.http_url}@10", "--canary-grpc", str(serve_v2.grpc), "--sticky-header",
+                             "x-user-id", "--record-dir", str(tmp_path / "records"), "--config", str(config),
+                             "--drain-timeout-secs", "0")
+    try:
+        assert process.wait_log("admin API on ")["admin_port"] == int(process.admin.rsplit(":", 1)[1])
+        users = [f"user-{i}" for i in range(30)]
+        for user in users:
+            http = httpclient.InferenceServerClient(process.http)
+            inputs = [httpclient.InferInput("INPUT__0", [1, 64], "FP32")]
+            inputs[0].set_data_from_numpy(points[:1])
+            answer = http.infer("classifier", inputs, headers={"x-user-id": user}).get_response()
+            assert answer["model_version"] == ("2" if split(user, 10.0) == "canary" else "1")
+            http.close()
+        wait_until(lambda: json.loads(urllib.request.urlopen(f"{process.admin}/sidecar/status", timeout=5).read())
+                   ["canary"]["analysis"]["intervals"] >= 1, 10, "an analysis interval")
+        status = json.loads(urllib.request.urlopen(f"{process.admin}/sidecar/status", timeout=5).read())
+        process.process.send_signal(signal.SIGTERM)
+        assert process.finish(30) == 0
+    finally:
+        process.kill()
+    canary = status["canary"]
+    assert (canary["http"], canary["grpc"], canary["sticky_header"]) == (serve_v2.http_url, serve_v2.grpc,
+                                                                        "x-user-id")
+    assert (canary["weight"], canary["phase"], canary["ready_to_promote"]) == (10, "progressing", False)
+    assert canary["analysis"]["max_disagreement"] == 0.05 and canary["analysis"]["current"]["weight"] == 10
+    first, last = canary["decisions"][0], canary["decisions"][-1]
+    assert (first["source"], first["action"], first["weight_to"]) == ("config", "set", 10)
+    assert (last["source"], last["action"], last["verdict"]) == ("analysis", "wait", "inconclusive")
+    assert last["reason"].startswith("inconclusive: the canary served")
+    assert status["shadows"] == [{"name": "v2", "http": serve_v2.http_url, "grpc": serve_v2.grpc, "fraction": 1.0}]
+    records = read_records(tmp_path / "records")
+    assert len(records) == 30 and {r["shadows"][-1]["upstream"] for r in records.values()} <= {"v2", "primary"}

@@ -50,3 +50,23 @@ def test_agreement_metrics_per_shadow_and_output() -> None:
     assert sample("sidecar_shadow_top1_agree_rows_total", labels) == 1
     assert sample("sidecar_shadow_mean_abs_diff_count", labels) == 1
     assert sample("sidecar_shadow_compared_rows_total", {**labels, "shadow": "down"}) is None
+
+
+def test_a_canary_served_record_compares_the_canary_with_the_primary_copy_only() -> None:
+    metrics = Metrics(CollectorRegistry())
+    pairs: list[tuple[str, int, int | None, float | None]] = []
+    agreement = Agreement(metrics, lambda *pair: pairs.append(pair))
+    canary = ResponseRecord("canary", "2", 200, 1.0, None, scores([[0.9, 0.1], [0.2, 0.8]]))
+    shadows = [ResponseRecord("primary", "1", 200, 1.0, None, scores([[0.8, 0.2], [0.9, 0.1]])),
+               ResponseRecord("v2", "2", 200, 1.0, None, scores([[0.9, 0.1], [0.2, 0.8]]))]
+    agreement.observe(Record("c", 0.0, "m", "http", None, canary, shadows))
+    sample = metrics.registry.get_sample_value
+    assert sample("sidecar_canary_compared_rows_total", {"model": "m", "output": "OUT"}) == 2
+    assert sample("sidecar_canary_top1_agree_rows_total", {"model": "m", "output": "OUT"}) == 1
+    assert sample("sidecar_canary_mean_abs_diff_count", {"model": "m", "output": "OUT"}) == 1
+    # the shadow is compared with the canary's answer here, which says nothing about the shadow
+    assert sample("sidecar_shadow_compared_rows_total", {"shadow": "v2", "model": "m", "output": "OUT"}) is None
+    assert [(source, rows, agree) for source, rows, agree, _ in pairs] == [("copies", 2, 1)]
+    primary = ResponseRecord("primary", "1", 200, 1.0, None, scores([[0.9, 0.1], [0.2, 0.8]]))
+    agreement.observe(Record("p", 0.0, "m", "http", None, primary, shadows[1:]))
+    assert pairs[-1][:3] == ("v2", 2, 2)  # mirrored pairs, for an analysis that compares by a shadow

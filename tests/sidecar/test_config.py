@@ -1,4 +1,4 @@
-"""The configuration file: parsing, validation messages, and flags laid over it."""
+"""The configuration file: parsing, validation messages (canary and live drift too), and flags laid over it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import (Config, ConfigError, HeaderRules, PrimaryConfig, RecordingConfig, ShadowConfig, load,
-                            restart_only_changes)
-from sidecar.settings import ShadowFlag
+from sidecar.config import (AnalysisConfig, CanaryConfig, Config, ConfigError, DriftConfig, HeaderRules, PrimaryConfig,
+                            RecordingConfig, ShadowConfig, load, restart_only_changes)
+from sidecar.settings import CanaryFlag, ShadowFlag
 
 from .support import settings
 
@@ -114,3 +114,78 @@ def test_restart_only_changes_are_named() -> None:
     old = Config()
     new = dataclasses.replace(old, recording=dataclasses.replace(old.recording, dir=Path("/x"), inputs="all"))
     assert restart_only_changes(old, new) == ["recording.dir"]
+
+
+CANARY = """
+shadows: [{name: v2, http: "http://v2:8000"}]
+canary:
+  http: http://candidate:8000/
+  grpc: candidate:8001
+  weight: 12.5
+  sticky_header: X-User-Id
+  timeout: 2s
+  copy_fraction: 0.5
+  analysis:
+    interval: 30s
+    step_weight: 5
+    max_weight: 40
+    min_requests: 50
+    failure_limit: 3
+    max_error_rate: 0.02
+    max_p99_ratio: 2
+    p99_slack: 5ms
+    max_disagreement: 0.05
+    max_mean_abs_diff: null
+    compare_shadow: v2
+    webhooks: {pre_ramp: "http://ci/gate", rollback: ["http://chat/a", "http://chat/b"], timeout: 1s}
+drift: {profile: /etc/ref.json, window: 500, model: classifier, fraction: 0.25}
+"""
+
+
+def test_a_canary_and_live_drift(tmp_path: Path) -> None:
+    config = load(settings(config_file=write(tmp_path, CANARY)))
+    assert config.canary == CanaryConfig(
+        "http://candidate:8000", "candidate:8001", 12.5, "x-user-id", 2.0, copy_fraction=0.5,
+        analysis=AnalysisConfig(30.0, 5.0, 40.0, 50, 3, 0.02, 2.0, 0.005, 0.05, None, "v2", ("http://ci/gate",),
+                                ("http://chat/a", "http://chat/b"), 1.0))
+    assert config.drift == DriftConfig(Path("/etc/ref.json"), 500, "classifier", 0.25)
+    assert load(settings(config_file=write(tmp_path, "canary: {grpc: 'c:1'}"))).canary == CanaryConfig(grpc="c:1")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("canary: {weight: 10}", "canary: give an 'http' URL, a 'grpc' HOST:PORT, or both"),
+    ("canary: {http: 'http://c', weight: 101}", "canary.weight: 101 is not a percentage"),
+    ("canary: {http: 'http://c', wieght: 1}", "canary.wieght: unknown key; did you mean 'weight'?"),
+    ("canary: {http: 'http://c', analysis: {step_weight: 60, max_weight: 50}}", "step_weight: 60 is above"),
+    ("canary: {http: 'http://c', analysis: {max_weight: 0}}", "canary.analysis.max_weight: 0 must be more than 0"),
+    ("canary: {http: 'http://c', analysis: {failure_limit: 0}}", "canary.analysis.failure_limit: 0 must be"),
+    ("canary: {http: 'http://c', analysis: {interval: 0}}", "canary.analysis.interval: 0 must be longer"),
+    ("canary: {http: 'http://c', analysis: {webhooks: {pre_ramp: ftp://x}}}", "canary.analysis.webhooks.pre_ramp"),
+    ("canary: {http: 'http://c', analysis: {compare_shadow: v9}}", "there is no shadow named 'v9'"),
+    ("canary: {http: 'http://c', copy_fraction: 0, analysis: {max_disagreement: 0.1}}", "set canary.copy_fraction"),
+    ("shadows: [{name: primary, http: 'http://a'}]", "shadows[0].name: 'primary' names the primary"),
+    ("shadows: [{name: canary, http: 'http://a'}]", "'canary' names the canary"),
+    ("drift: {window: 10}", "drift: give the reference 'profile'"),
+    ("drift: {profile: p.json, window: -1}", "drift.window: -1 must be a positive integer"),
+])
+def test_invalid_canary_and_drift_sections(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load(settings(config_file=write(tmp_path, text)))
+    assert message in str(error.value)
+
+
+def test_canary_and_drift_flags_are_laid_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, CANARY)
+    config = load(settings(config_file=path, canary=CanaryFlag("http://flag:1", 30.0), canary_grpc="flag:2",
+                           sticky_header="x-tenant", drift_profile=Path("other.json"), drift_window=9))
+    assert config.canary is not None and config.canary.analysis is not None  # the file's analysis stays
+    assert (config.canary.http, config.canary.grpc, config.canary.weight, config.canary.sticky_header) == (
+        "http://flag:1", "flag:2", 30.0, "x-tenant")
+    assert config.drift == DriftConfig(Path("other.json"), 9, "classifier", 0.25)
+    without_weight = load(settings(config_file=path, canary=CanaryFlag("http://flag:1")))
+    assert without_weight.canary is not None and without_weight.canary.weight == 12.5
+    flags_only = load(settings(canary=CanaryFlag("http://c:1", 10.0), drift_profile=Path("p.json")))
+    assert flags_only.canary == CanaryConfig("http://c:1", weight=10.0)
+    assert flags_only.drift == DriftConfig(Path("p.json"))
+    with pytest.raises(ConfigError, match="--drift-window needs a reference profile"):
+        load(settings(drift_window=5))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.settings import Address, Settings, ShadowFlag, parse, parse_shadow
+from sidecar.settings import Address, CanaryFlag, Settings, ShadowFlag, parse, parse_canary, parse_shadow
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -73,3 +73,40 @@ def test_invalid_environment_names_the_variable(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         parse([], environ={"SIDECAR_METRICS_PORT": "many"})
     assert "SIDECAR_METRICS_PORT='many'" in capsys.readouterr().err
+
+
+def test_canary_admin_and_drift_flags() -> None:
+    settings = parse(["--canary", "http://v2:8000/@12.5", "--canary-grpc", "v2:8001", "--sticky-header", "X-User-Id",
+                      "--admin-listen", ":0", "--admin-token-file", "token", "--drift-profile", "ref.json",
+                      "--drift-window", "500"], environ={"SIDECAR_ADMIN_TOKEN": "secret"})
+    assert settings.canary == CanaryFlag("http://v2:8000", 12.5)
+    assert (settings.canary_grpc, settings.sticky_header) == ("v2:8001", "x-user-id")
+    assert settings.admin_listen == Address("127.0.0.1", 0) and settings.admin_bearer() == "secret"
+    assert (settings.drift_profile, settings.drift_window) == (Path("ref.json"), 500)
+    assert parse(["--admin-listen", "off"], environ={}).admin_listen is None
+    assert Settings().admin_listen == Address("127.0.0.1", 9091) and Settings().admin_bearer() is None
+
+
+def test_canary_urls_and_weights() -> None:
+    assert parse_canary("http://user@host:8000") == CanaryFlag("http://user@host:8000", None)  # weight: the file's
+    assert parse_canary("http://user@host:8000@0.5") == CanaryFlag("http://user@host:8000", 0.5)
+    assert parse_canary("https://c@100") == CanaryFlag("https://c", 100.0)
+
+
+def test_the_admin_token_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    assert parse(["--admin-token-file", str(tmp_path / "token")], environ={}).admin_bearer() == "s3cret"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--canary", "http://c@150"], "outside 0..100"),
+    (["--canary", "c:8000@10"], "is not URL[@WEIGHT]"),
+    (["--canary-grpc", "nohost"], "not HOST:PORT"),
+    (["--sticky-header", "x user"], "not a header name"),
+    (["--drift-window", "0"], "must be a positive integer"),
+    (["--shadow", "canary=http://x"], "names the canary"),
+])
+def test_invalid_canary_flags(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(argv, environ={})
+    assert message in capsys.readouterr().err
