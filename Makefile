@@ -1,4 +1,4 @@
-# Two entry points (see README.md): `make run` and `make test`. Both set everything up.
+# Two entry points (see README.md): `make demo` and `make test`. Both set everything up.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 #   make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test install clean
+.PHONY: demo run test install clean
 
 # requirements/runtime.txt pins every runtime dependency but torch, as the images do.
 $(VENV)/.installed: pyproject.toml requirements/runtime.txt
@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml requirements/runtime.txt
 
 install: $(VENV)/.installed
 
+# The whole system on the bundled example: three serve processes, the sidecar, traffic, reports.
+demo: $(VENV)/.installed
+	$(PY) -m demo $(DEMO_ARGS)
+
+# serve alone on the bundled example.
 run: $(VENV)/.installed
 	$(VENV)/bin/serve --model-repository examples/models --http-port 8000 --grpc-port 8001 --metrics-port 8002
 

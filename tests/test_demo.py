@@ -1,0 +1,44 @@
+"""The README's first command, shortened: the whole system on the bundled example, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from .conftest import ROOT
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "demo", "--duration", "14", "--concurrency", "6", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    clients = summary["clients"]
+    assert clients["failures"] == [] and sum(clients["ok"].values()) == sum(clients["sent"].values())
+    assert clients["ok"]["http"] > 100 and clients["ok"]["grpc"] > 20  # both protocols carried traffic
+    assert summary["drift_after_shift"] is True
+    assert summary["drift_in_control"] is False
+    assert 0.5 < summary["shadow_agreement"] < 1.0  # version 2 answers differently on some inputs
+    assert set(summary["exit_statuses"].values()) == {0}
+    assert not any(alive(pid) for pid in summary["pids"])
+    assert (out / "reports" / "drift.html").stat().st_size > 1000
+    assert (out / "reports" / "compare.html").stat().st_size > 1000
+    records = ds.dataset(str(out / "records"), format="parquet").to_table(columns=["request_id", "protocol"])
+    assert records.num_rows >= 0.9 * sum(clients["ok"].values())
+    assert set(records.column("protocol").to_pylist()) == {"http", "grpc"}
+    assert sorted(p.name for p in out.iterdir()) == ["records", "reports", "summary.json"]
+    assert "Drift: before the shift against after it" in done.stdout
