@@ -1,4 +1,7 @@
-"""Logging set-up: plain text for people, one JSON object a line for log pipelines."""
+"""Logging set-up: plain text for people, one JSON object a line for log pipelines.
+
+Shared by every entrypoint (serve, the sidecar, the injector): it imports nothing heavy.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import time
 
 import orjson
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``ts``, ``level``, ``logger``, ``message`` and any ``extra`` fields."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",

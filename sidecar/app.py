@@ -29,7 +29,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from . import logs
+from serving import logs  # the same log formats as serve (pure: imports nothing heavy)
+
 from .admin import admin_app
 from .config import Config, ConfigError, load, restart_only_changes
 from .grpc_proxy import GrpcProxy
