@@ -41,7 +41,7 @@ SERVE_FLAGS = ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=40.0, help="seconds of traffic (default 40)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic (default 30)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "demo", help="where records and reports go")
     parser.add_argument("--keep", action="store_true",
