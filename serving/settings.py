@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -121,29 +122,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build settings from argv and the environment; exits with a usage message on error."""
-    parser = build_parser()
-    environ = os.environ if environ is None else environ
-    args = parser.parse_args(argv)
+def env_name(prefix: str, action: argparse.Action) -> str:
+    """A flag's environment variable: ``--http-port`` with prefix ``SERVING_`` ↔ ``SERVING_HTTP_PORT``."""
+    return prefix + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
+
+
+def flag_values(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str],
+                prefix: str) -> dict[str, object]:
+    """Every flag given on the command line or in the environment, by destination.
+
+    The command line wins. An environment value is converted and checked as argparse
+    checks a flag (its ``type`` and ``choices``); a repeatable flag takes several values
+    separated by commas or spaces. A bad value exits with a usage message naming the variable.
+    Shared by every entrypoint (serve, the sidecar, the injector).
+    """
     values: dict[str, object] = {}
     for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
         if not action.option_strings or action.dest == "help":
             continue
         value = getattr(args, action.dest)
-        if value is None:
-            raw = environ.get(ENV_PREFIX + action.dest.upper())
-            if raw is not None and raw != "" and isinstance(action, argparse._AppendAction):  # noqa: SLF001
-                value = [item.strip() for item in raw.split(",") if item.strip()]
-            elif raw is not None and raw != "":
-                try:
-                    value = action.type(raw) if action.type else raw  # type: ignore[operator]
-                except (ValueError, argparse.ArgumentTypeError) as exc:
-                    parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: {exc}")
-                if action.choices and value not in action.choices:
-                    parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: choose from {', '.join(action.choices)}")
+        raw = environ.get(env_name(prefix, action), "").strip()
+        if value is None and raw:
+            name = env_name(prefix, action)
+            repeatable = isinstance(action, argparse._AppendAction)  # noqa: SLF001
+            items = [item for item in re.split(r"[,\s]+", raw) if item] if repeatable else [raw]
+            try:
+                converted = [action.type(item) if action.type else item for item in items]  # type: ignore[operator]
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{name}={raw!r}: {exc}")
+            if action.choices and any(item not in action.choices for item in converted):
+                parser.error(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
+            value = converted if repeatable else converted[0]
         if value is not None:
             values[action.dest] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from argv and the environment; exits with a usage message on error."""
+    parser = build_parser()
+    values = flag_values(parser, parser.parse_args(argv), os.environ if environ is None else environ, ENV_PREFIX)
     if "model_repository" not in values:
         parser.error("--model-repository (or SERVING_MODEL_REPOSITORY) is required")
     if values.get("load_model") and values.get("model_control_mode", "none") != "explicit":

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from serving.settings import flag_values  # one reading of flags and environment for every entrypoint
+
 ENV_PREFIX = "SIDECAR_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -246,40 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def env_name(action: argparse.Action) -> str:
-    """The environment variable of a flag: ``--record-dir`` ↔ ``SIDECAR_RECORD_DIR``."""
-    return ENV_PREFIX + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
-
-
-def _from_env(parser: argparse.ArgumentParser, action: argparse.Action, raw: str) -> object:
-    name = env_name(action)
-    try:
-        if action.dest == "shadows":
-            return [parse_shadow(item) for item in re.split(r"[,\s]+", raw.strip()) if item]
-        value = action.type(raw) if action.type else raw  # type: ignore[operator]
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        parser.error(f"{name}={raw!r}: {exc}")
-    if action.choices and value not in action.choices:
-        parser.error(f"{name}={raw!r}: choose from {', '.join(action.choices)}")
-    return value
-
-
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from argv and the environment; exits with a usage message on error."""
     parser = build_parser()
-    environ = os.environ if environ is None else environ
-    args = parser.parse_args(argv)
-    values: dict[str, object] = {}
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(args, action.dest)
-        if value is None:
-            raw = environ.get(env_name(action))
-            if raw:
-                value = _from_env(parser, action, raw)
-        if value is not None:
-            values[action.dest] = tuple(value) if action.dest == "shadows" else value
+    values = flag_values(parser, parser.parse_args(argv), os.environ if environ is None else environ, ENV_PREFIX)
     values["admin_required"] = values.get("admin_listen", "off") != "off"
     for listener in ("grpc_listen", "admin_listen"):
         if values.get(listener) == "off":

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from serving.settings import flag_values  # one reading of flags and environment for every entrypoint
+
 ENV_PREFIX = "INJECTOR_"
 NATIVE_MODES = ("auto", "on", "off")
 ON_ERROR = ("allow", "deny")
@@ -95,27 +97,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         settings = parse(["--tls-cert", "tls.crt", "--tls-key", "tls.key", "--sidecar-image", "sidecar:1"])
     """
     parser = build_parser()
-    environ = os.environ if environ is None else environ
-    args = parser.parse_args(argv)
-    values: dict[str, object] = {}
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(args, action.dest)
-        env_name = ENV_PREFIX + action.option_strings[0][2:].upper().replace("-", "_")
-        raw = environ.get(env_name, "")
-        if value is None and raw:
-            if isinstance(action, argparse._AppendAction):  # noqa: SLF001
-                value = [item.strip() for item in raw.split(",") if item.strip()]
-            else:
-                try:
-                    value = action.type(raw) if action.type else raw  # type: ignore[operator]
-                except (ValueError, argparse.ArgumentTypeError) as exc:
-                    parser.error(f"{env_name}={raw!r}: {exc}")
-                if action.choices and value not in action.choices:
-                    parser.error(f"{env_name}={raw!r}: choose from {', '.join(action.choices)}")
-        if value is not None:
-            values[action.dest] = value
+    values = flag_values(parser, parser.parse_args(argv), os.environ if environ is None else environ, ENV_PREFIX)
     for required in ("tls_cert", "tls_key", "sidecar_image"):
         if not values.get(required):
             flag = "--" + required.replace("_", "-")
