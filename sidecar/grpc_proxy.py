@@ -84,9 +84,7 @@ class GrpcProxy:
         self._submit = submit
         self.health = health
         self.canary = canary if canary is not None else Controller(metrics)
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.in_flight = 0  # the drain waits for it to reach 0
         self.server: grpc.aio.Server | None = None
         self._request_duration = metrics.request_duration.labels("grpc")
         self._hop = metrics.hop_duration.labels("grpc")
@@ -111,12 +109,9 @@ class GrpcProxy:
 
     def _enter(self) -> None:
         self.in_flight += 1
-        self.idle.clear()
 
     def _leave(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
 
     async def health_check(self, request: health_pb2.HealthCheckRequest,
                            context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:

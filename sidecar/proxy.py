@@ -64,9 +64,7 @@ class HttpProxy:
         self._submit = submit
         self.health = health
         self.canary = canary if canary is not None else Controller(metrics)
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.in_flight = 0  # the drain waits for it to reach 0
         self._requests: dict[tuple[str, int], Any] = {}
         self._request_duration = metrics.request_duration.labels("http")
         self._hop = metrics.hop_duration.labels("http")
@@ -89,13 +87,10 @@ class HttpProxy:
             ready, reason = await self.health.ready()
             return _json({"ready": ready, "reason": reason}, 200 if ready else 503)
         self.in_flight += 1
-        self.idle.clear()
         try:
             return await self.forward(request)
         finally:
             self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
 
     def _count(self, upstream: str, status: int) -> None:
         counter = self._requests.get((upstream, status))
