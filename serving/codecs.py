@@ -6,7 +6,6 @@ Pure numpy; no torch and no transport. The HTTP transport decodes a request body
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +17,33 @@ from .errors import InvalidInput
 from .types import NUMPY_DTYPES, InferRequest, InferResponse, RequestedOutput, Tensor
 
 _LENGTH = struct.Struct("<I")
+
+# Bounds on what a request may declare. A shape is a claim, not a measurement: the
+# element count it gives is checked against these and against the bytes (or values)
+# actually received before anything is allocated for it.
+MAX_DIMS = 32  # numpy 1.x's limit; no model input has more
+MAX_ELEMENTS = 2**31 - 1  # per tensor; a larger product is an overflow, not a request
+
+
+def _brief(value: Any) -> str:
+    """``repr`` of a value from a request, cut short: messages must not echo whole bodies."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def element_count(name: str, shape: list[int]) -> int:
+    """The number of elements of ``shape`` (non-negative ints), refusing overflowing products."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {_brief(shape)}")
+        count *= dim
+    if count > MAX_ELEMENTS or any(dim > MAX_ELEMENTS for dim in shape):
+        raise InvalidInput(f"input '{name}': shape {_brief(shape)} declares more than {MAX_ELEMENTS} elements; "
+                           "split the request")
+    return count
 
 
 # -- BF16 ----------------------------------------------------------------------------------
@@ -50,8 +76,11 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def deserialize_bytes(buffer: memoryview | bytes, count: int, name: str) -> np.ndarray:
-    out = np.empty(count, dtype=object)
     view = memoryview(buffer)
+    if count > len(view) // _LENGTH.size:  # each element takes at least its 4-byte length
+        raise InvalidInput(f"input '{name}': the shape declares {count} BYTES elements but {len(view)} bytes of data "
+                           f"hold at most {len(view) // _LENGTH.size} (each element starts with a 4-byte length)")
+    out = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):
         if offset + 4 > len(view):
@@ -67,20 +96,34 @@ def deserialize_bytes(buffer: memoryview | bytes, count: int, name: str) -> np.n
     return out
 
 
-def _flatten(data: Any, out: list[Any]) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _flatten(item, out)
-        else:
+def _flatten(data: list[Any], name: str) -> list[Any]:
+    """The leaves of nested lists, in order; iterative, and no deeper than a shape can be."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                if len(stack) >= MAX_DIMS:
+                    raise InvalidInput(f"input '{name}': 'data' is nested more than {MAX_DIMS} lists deep")
+                stack.append(iter(item))
+                break
             out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+_JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", dict: "an object",
+               type(None): "null"}
 
 
 # -- decode --------------------------------------------------------------------------------
 
-def _shape(name: str, value: Any) -> tuple[int, ...]:
-    if type(value) is not list or not all(type(d) is int and d >= 0 for d in value):
-        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {value!r}")
-    return tuple(value)
+def _shape(name: str, value: Any) -> tuple[tuple[int, ...], int]:
+    """A JSON shape and its element count."""
+    if type(value) is not list:
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {_brief(value)}")
+    return tuple(value), element_count(name, value)
 
 
 def decode_tensor(obj: Any, binary: memoryview | None) -> Tensor:
@@ -89,10 +132,10 @@ def decode_tensor(obj: Any, binary: memoryview | None) -> Tensor:
         raise InvalidInput("each entry of 'inputs' must be an object with a string 'name'")
     name = obj["name"]
     datatype = obj.get("datatype")
-    if datatype not in NUMPY_DTYPES:
-        raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; use one of {', '.join(NUMPY_DTYPES)}")
-    shape = _shape(name, obj.get("shape"))
-    count = math.prod(shape)
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"input '{name}': unknown datatype {_brief(datatype)}; use one of "
+                           f"{', '.join(NUMPY_DTYPES)}")
+    shape, count = _shape(name, obj.get("shape"))
     dtype = NUMPY_DTYPES[datatype]
     if binary is not None:
         if datatype == "BYTES":
@@ -108,8 +151,7 @@ def decode_tensor(obj: Any, binary: memoryview | None) -> Tensor:
     if not isinstance(data, list):
         data = [data]
     if datatype == "BYTES":
-        flat: list[Any] = []
-        _flatten(data, flat)
+        flat = _flatten(data, name)
         if len(flat) != count:
             raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} values, 'data' has {len(flat)}")
         array = np.empty(count, dtype=object)
@@ -117,13 +159,14 @@ def decode_tensor(obj: Any, binary: memoryview | None) -> Tensor:
             if isinstance(item, str):
                 array[index] = item.encode()
             else:
-                raise InvalidInput(f"input '{name}': BYTES values in JSON must be strings, got {type(item).__name__}")
+                raise InvalidInput(f"input '{name}': BYTES values in JSON must be strings, got "
+                                   f"{_JSON_TYPES.get(type(item), 'another value')}")
         return Tensor(name, datatype, array.reshape(shape))
     try:
         array = np.asarray(data, dtype=np.float32 if datatype == "BF16" else dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': 'data' is not a {'rectangular' if data else ''} list of "
-                           f"{datatype} values ({exc})") from None
+                           f"{datatype} values ({str(exc)[:100]})") from None
     if array.size != count:
         raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} values, 'data' has {array.size}")
     if datatype == "BF16":
@@ -137,7 +180,7 @@ def _binary_size(obj: dict[str, Any]) -> int | None:
         return None
     size = params["binary_data_size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidInput(f"input '{obj.get('name')}': binary_data_size must be a non-negative integer")
+        raise InvalidInput(f"input {_brief(obj.get('name'))}: binary_data_size must be a non-negative integer")
     return size
 
 
@@ -166,7 +209,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         chunk = None
         if size is not None:
             if offset + size > len(binary):
-                raise InvalidInput(f"input '{raw.get('name')}': binary_data_size {size} runs past the end of the "
+                raise InvalidInput(f"input {_brief(raw.get('name'))}: binary_data_size {size} runs past the end of the "
                                    f"body ({len(binary) - offset} bytes left); check Inference-Header-Content-Length")
             chunk = binary[offset:offset + size]
             offset += size
@@ -183,6 +226,8 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     parameters = obj.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
+    if type(parameters.get("binary_data_output", False)) is not bool:
+        raise InvalidInput("parameter 'binary_data_output' must be true or false")
     return InferRequest(inputs=inputs, id=request_id, parameters=parameters,
                         outputs=_requested_outputs(obj.get("outputs"), parameters))
 
@@ -197,11 +242,15 @@ def _requested_outputs(raw: Any, parameters: dict[str, Any]) -> list[RequestedOu
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each entry of 'outputs' must be an object with a string 'name'")
         params = item.get("parameters") or {}
-        binary = params.get("binary_data") if isinstance(params, dict) else None
-        if "classification" in (params if isinstance(params, dict) else {}):
+        if not isinstance(params, dict):
+            raise InvalidInput(f"output '{item['name']}': 'parameters' must be an object")
+        binary = params.get("binary_data")
+        if binary is not None and type(binary) is not bool:
+            raise InvalidInput(f"output '{item['name']}': parameter 'binary_data' must be true or false")
+        if "classification" in params:
             raise InvalidInput(f"output '{item['name']}': the classification extension is not supported; "
                                "request the scores and take the top-k on the client")
-        outputs.append(RequestedOutput(item["name"], None if binary is None else bool(binary)))
+        outputs.append(RequestedOutput(item["name"], binary))
     return outputs
 
 

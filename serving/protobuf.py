@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from .codecs import binary_data, decode_tensor
+from .codecs import binary_data, decode_tensor, element_count
 from .errors import InvalidInput
 from .types import NUMPY_DTYPES, InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -30,24 +30,26 @@ def parameter_value(parameter: Any) -> Any:
     return getattr(parameter, choice) if choice else None
 
 
-def _typed_tensor(tensor: Any) -> Tensor:
+def _typed_tensor(tensor: Any, shape: list[int]) -> Tensor:
     name, datatype = tensor.name, tensor.datatype
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         if datatype in NUMPY_DTYPES:
             raise InvalidInput(f"input '{name}': {datatype} has no typed contents field; send it in "
                                "raw_input_contents")
-        return decode_tensor({"name": name, "datatype": datatype, "shape": list(tensor.shape)}, None)
-    shape = tuple(tensor.shape)
+        return decode_tensor({"name": name, "datatype": datatype, "shape": shape}, None)
+    count = element_count(name, shape)  # before anything is sized by it
     values = getattr(tensor.contents, field)
-    count = int(np.prod(shape)) if shape else 1
     if len(values) != count:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} values, contents has {len(values)}")
+        raise InvalidInput(f"input '{name}': shape {shape} needs {count} values, contents has {len(values)}")
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)
     else:
-        array = np.array(values, dtype=NUMPY_DTYPES[datatype])
+        try:
+            array = np.array(values, dtype=NUMPY_DTYPES[datatype])
+        except OverflowError:  # e.g. 300 in the int_contents of an INT8 input
+            raise InvalidInput(f"input '{name}': {field} holds values out of the range of {datatype}") from None
     return Tensor(name, datatype, array.reshape(shape))
 
 
@@ -61,11 +63,12 @@ def decode_model_infer_request(message: Any) -> InferRequest:
                            "give one per input, in order")
     inputs: dict[str, Tensor] = {}
     for index, tensor in enumerate(message.inputs):
+        shape = list(tensor.shape)  # int64 on the wire: negative dims are refused with the JSON ones
         if raw:
-            decoded = decode_tensor({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)},
+            decoded = decode_tensor({"name": tensor.name, "datatype": tensor.datatype, "shape": shape},
                                     memoryview(raw[index]))
         else:
-            decoded = _typed_tensor(tensor)
+            decoded = _typed_tensor(tensor, shape)
         if decoded.name in inputs:
             raise InvalidInput(f"input '{decoded.name}' is given twice")
         inputs[decoded.name] = decoded
