@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from .dataplane import DataPlane
-from .errors import InvalidInput, ServingError
+from .errors import InvalidInput, NotFound, ServingError
 from .protobuf import decode_model_infer_request, encode_model_infer_response, parameter_value
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,39 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+async def _parse(request_type: Any, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+    try:
+        return request_type.FromString(data)
+    except DecodeError:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid {request_type.__name__} message (corrupt protobuf bytes)")
+
+
+def _parsing(behaviour: Callable[..., Awaitable[Any]], request_type: Any) -> Callable[..., Awaitable[Any]]:
+    async def handler(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await behaviour(await _parse(request_type, data, context), context)
+    return handler
+
+
+def _method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's methods, taking their requests as bytes.
+
+    With the generated handlers grpcio parses a request before any code of ours runs and
+    answers UNKNOWN when the bytes do not parse; parsed here, corrupt bytes get
+    INVALID_ARGUMENT, and in a stream only the corrupt message fails.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        behaviour = getattr(servicer, method.name)
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.client_streaming:  # ModelStreamInfer parses each message itself
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, response_serializer=serialize)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing(behaviour, getattr(pb, method.input_type.name)), response_serializer=serialize)
+    return handlers
+
+
 def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
     async def method(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
@@ -74,7 +108,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        # As Triton's gRPC endpoint: an unknown model is not ready, not an error
+        # (tritonclient's is_model_ready would raise on one).
+        try:
+            ready = self.dataplane.model_ready(request.name, request.version)
+        except NotFound:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
 
     @_rpc
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -100,8 +140,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
         return encode_model_infer_response(response)
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        """Each request answered in order; up to STREAM_IN_FLIGHT of them compute ahead."""
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+        """Each request answered in order; up to STREAM_IN_FLIGHT of them compute ahead.
+
+        A request that fails, corrupt bytes included, gets its own ``error_message``
+        response and the stream goes on.
+        """
         answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
 
         async def read() -> None:
@@ -123,16 +167,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if leftover is not None:
                     leftover.cancel()
 
-    async def _stream_one(self, request: Any) -> Any:
+    async def _stream_one(self, data: bytes) -> Any:
+        request = pb.ModelInferRequest()
         try:
+            try:
+                request.ParseFromString(data)
+            except DecodeError:
+                raise InvalidInput("the stream message is not a valid ModelInferRequest (corrupt protobuf "
+                                   "bytes)") from None
             infer_request = decode_model_infer_request(request)
             response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
             return pb.ModelStreamInferResponse(infer_response=encode_model_infer_response(response))
         except ServingError as exc:
-            return pb.ModelStreamInferResponse(
-                error_message=str(exc),
-                infer_response=pb.ModelInferResponse(model_name=request.model_name,
-                                                      model_version=request.model_version, id=request.id))
+            message = str(exc)
+        except Exception:  # noqa: BLE001 - one request's failure must not end the stream
+            log.exception("unhandled error in ModelStreamInfer")
+            message = "internal server error; the server log has the details"
+        return pb.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                  model_version=request.model_version, id=request.id))
 
     @_rpc
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
@@ -145,6 +199,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         for key, value in request.parameters.items():
             if key == "config":
                 config = parameter_value(value)
+                if not isinstance(config, str):
+                    raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
             elif key.startswith("file:"):
                 raise InvalidInput("loading model files through the load request is not supported; put them "
                                    "in the model repository")
@@ -176,7 +232,9 @@ class GrpcTransport:
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", SEND_LIMIT),
         ])
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self.server)
+        handlers = _method_handlers(InferenceServicer(dataplane))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
 
     async def start(self, host: str, port: int) -> int:
