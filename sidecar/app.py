@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from serving import logs  # the same log formats as serve (pure: imports nothing heavy)
 
 from .admin import admin_app
+from .budget import MemoryBudget
 from .config import Config, ConfigError, load, restart_only_changes
 from .grpc_proxy import GrpcProxy
 from .health import Health
@@ -58,6 +59,8 @@ class Sidecar:
         self.config = config
         self.metrics = Metrics(registry)
         self.canary = Controller(self.metrics)
+        self.metrics.shadow_memory_budget.set(settings.shadow_memory_budget_bytes)
+        self.budget = MemoryBudget(settings.shadow_memory_budget_bytes, self.metrics.shadow_memory_held.set)
         self.recorder = Recorder(config.recording, self.metrics, self.canary.pairs)
         self.runtime: Runtime = None  # type: ignore[assignment]  # set by start()
         self.health = Health(lambda: self.runtime)
@@ -78,7 +81,7 @@ class Sidecar:
         settings = self.settings
         if self.config.drift is not None:
             self.recorder.drift = LiveDriftHub.load(self.config.drift, self.metrics)
-        self.runtime = build(self.config, self.metrics)
+        self.runtime = build(self.config, self.metrics, budget=self.budget)
         self.canary.configure(self.config.canary)
         self._analysing = asyncio.ensure_future(self.canary.run())
         self.recorder.start()
@@ -179,7 +182,7 @@ class Sidecar:
             log.warning("%s changed in %s; these take effect at the next restart", ", ".join(ignored),
                         self.settings.config_file)
         previous = self.runtime
-        self.runtime = build(config, self.metrics, previous)
+        self.runtime = build(config, self.metrics, previous, self.budget)
         self.recorder.policy = config.recording
         self.recorder.drift = hub
         self.config = config

@@ -15,7 +15,8 @@ configuration::
         timeout: 5s
         max_in_flight: 64
         max_body_size: 64MiB
-        headers: {set: {x-shadow: "true"}, remove: [authorization, cookie]}
+        max_response_size: 4MiB
+        headers: {set: {x-shadow: "true"}, remove: [x-tenant-secret, x-corp-auth-*]}
     recording: {dir: /records, inputs: sampled, inputs_fraction: 0.1, max_input_size: 1MiB}
     canary: {http: http://classifier-v2:8000, grpc: classifier-v2:8001, weight: 10, sticky_header: x-user-id}
     drift: {profile: /etc/shadowserve/reference.json, window: 10000}
@@ -35,6 +36,7 @@ from typing import Any
 import yaml
 
 from .canary_config import AnalysisConfig, CanaryConfig, canary_from, check
+from .headers import HeaderRules, header_rules
 from .settings import CanaryFlag, Settings
 from .values import (GiB, MiB, ConfigError, fields, fraction, grpc_target, header_name, http_url, optional,
                      positive_duration, positive_int, size)
@@ -46,14 +48,6 @@ __all__ = ["AnalysisConfig", "CanaryConfig", "Config", "ConfigError", "DriftConf
 INPUT_MODES = ("none", "sampled", "all")
 RESERVED = ("primary", "canary")  # upstream names of the records; no shadow may take them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class HeaderRules:
-    """Header changes for mirrored copies: names in ``remove`` are lower case."""
-
-    set: tuple[tuple[str, str], ...] = ()
-    remove: frozenset[str] = frozenset({"authorization"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +67,8 @@ class ShadowConfig:
     fraction: float = 1.0
     timeout_secs: float = 10.0
     max_in_flight: int = 64
-    max_body_bytes: int = 64 * MiB
+    max_body_bytes: int = 64 * MiB  # a request body copied to the shadow
+    max_response_bytes: int = 4 * MiB  # a shadow's answer: read up to this, then the copy fails
     headers: HeaderRules = HeaderRules()
 
 
@@ -128,34 +123,19 @@ def input_mode(value: Any) -> str:
     return str(value)
 
 
-def header_rules(value: Any) -> HeaderRules:
-    if not isinstance(value, Mapping):
-        raise ValueError("expected a mapping with 'set' (name: value) and/or 'remove' (a list of names)")
-    unknown = sorted(set(value) - {"set", "remove"})
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; use 'set' and 'remove'")
-    keys = dict(value)
-    pairs = keys.get("set") or {}
-    if not isinstance(pairs, Mapping):
-        raise ValueError("'set' must map header names to values")
-    remove = keys.get("remove", sorted(HeaderRules().remove))
-    if not isinstance(remove, list):
-        raise ValueError("'remove' must be a list of header names")
-    return HeaderRules(tuple((header_name(k), str(v)) for k, v in pairs.items()),
-                       frozenset(header_name(name) for name in remove))
-
-
 # -- sections --------------------------------------------------------------------------------
 
 _PRIMARY = {"http": http_url, "grpc": optional(grpc_target), "timeout": positive_duration,
             "connect_timeout": positive_duration, "max_connections": positive_int}
 _SHADOW: dict[str, Callable[[Any], Any]] = {
     "name": str, "http": optional(http_url), "grpc": optional(grpc_target), "fraction": fraction,
-    "timeout": positive_duration, "max_in_flight": positive_int, "max_body_size": size, "headers": header_rules}
+    "timeout": positive_duration, "max_in_flight": positive_int, "max_body_size": size,
+    "max_response_size": size, "headers": header_rules}
 _RECORDING = {"dir": optional(Path), "inputs": input_mode, "inputs_fraction": fraction, "max_input_size": size,
               "segment_records": positive_int, "segment_seconds": positive_duration, "max_size": size,
               "queue_records": positive_int, "queue_size": size}
 _ALIASES = {"timeout": "timeout_secs", "connect_timeout": "connect_timeout_secs", "max_body_size": "max_body_bytes",
+            "max_response_size": "max_response_bytes",
             "max_input_size": "max_input_bytes", "segment_seconds": "segment_secs", "max_size": "max_bytes",
             "queue_size": "queue_bytes"}
 _DRIFT: dict[str, Callable[[Any], Any]] = {"profile": Path, "window": positive_int, "model": optional(str),
@@ -275,6 +255,9 @@ def with_overrides(config: Config, settings: Settings) -> Config:
     for flag in settings.shadows:
         base = config.shadow(flag.name) or ShadowConfig(flag.name)
         shadows.append(dataclasses.replace(base, http=flag.url, fraction=flag.fraction))
+    if settings.shadow_headers_remove or settings.shadow_headers_allow is not None:
+        shadows = [dataclasses.replace(shadow, headers=shadow.headers.adding(
+            settings.shadow_headers_remove, settings.shadow_headers_allow)) for shadow in shadows]
     canary = _canary(config.canary, settings)
     if canary is not None:
         check(canary, tuple(shadow.name for shadow in shadows))

@@ -18,6 +18,8 @@ GRPC_TO_HTTP = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT":
                 "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
 
 TIMEOUT, CONNECTION, CANCELLED = "timeout", "connection", "cancelled"
+TOO_LARGE = "too_large"  # a shadow's answer over its max_response_size
+OVER_BUDGET = "memory_budget"  # a shadow's answer the sidecar's shadow memory budget had no room for
 
 
 class Answer:

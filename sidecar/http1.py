@@ -4,17 +4,26 @@ The protocol half of the lean client (`sidecar.pool` is the other half): the res
 head is parsed here, and the body, delimited by Content-Length, chunked transfer coding
 or the end of the connection, is handed over in chunks, with reading paused while more
 than ``HIGH_WATER`` bytes wait to be consumed.
+
+Every line an upstream sends is bounded before it is searched or held: the head
+(``MAX_HEAD`` bytes, ``MAX_HEADERS`` fields), a chunk-size line (``MAX_CHUNK_LINE``) and
+the trailers (``MAX_HEAD`` bytes and ``MAX_HEADERS`` lines, as the head). A shadow that
+sends an endless line is cut off there, not buffered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import socket
 
 from multidict import CIMultiDict
 
 MAX_HEAD = 64 * 1024
+MAX_HEADERS = 128  # header (and trailer) fields, as aiohttp's server allows
+MAX_CHUNK_LINE = 4096  # a chunk size and its extensions
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # at most 2**64 - 1: no sign, no prefix, no underscore
 HIGH_WATER = 1024 * 1024  # buffered body bytes before reading from the socket pauses
 
 
@@ -50,6 +59,7 @@ class Connection(asyncio.Protocol):
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self._paused = False
+        self._trailers = self._trailer_bytes = 0  # trailer lines and bytes read so far
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,6 +69,16 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one write: send it now
 
     def data_received(self, data: bytes) -> None:
+        if not self._buffer and self._mode == "length" and len(data) <= self._remaining:
+            # The common case of a body arriving: hand the bytes over without copying them twice.
+            self._push(data)
+            self._remaining -= len(data)
+            if self._remaining == 0:
+                self._finish()
+            return
+        if not self._buffer and self._mode == "close":
+            self._push(data)
+            return
         self._buffer += data
         try:
             self._parse()
@@ -84,10 +104,10 @@ class Connection(asyncio.Protocol):
     def _parse(self) -> None:
         while True:
             if self._mode == "head":
-                end = self._buffer.find(b"\r\n\r\n")
+                end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
                 if end < 0:
                     if len(self._buffer) > MAX_HEAD:
-                        raise UpstreamError("response head over 64 KiB")
+                        raise UpstreamError(f"response head over {MAX_HEAD // 1024} KiB")
                     return
                 self._head(bytes(self._buffer[:end]))
                 del self._buffer[:end + 4]
@@ -119,12 +139,15 @@ class Connection(asyncio.Protocol):
     def _head(self, head: bytes) -> None:
         lines = head.decode("utf-8", "replace").split("\r\n")  # one decode for the whole head
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if (len(parts) < 2 or parts[0] not in ("HTTP/1.0", "HTTP/1.1") or len(parts[1]) != 3
+                or not parts[1].isascii() or not parts[1].isdigit()):
             raise UpstreamError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
         self.status = int(parts[1])
         self.reason = parts[2] if len(parts) > 2 else ""
         if 100 <= self.status < 200 and self.status != 101:
             return  # interim: stay in head mode
+        if len(lines) - 1 > MAX_HEADERS:
+            raise UpstreamError(f"response with {len(lines) - 1} header lines: at most {MAX_HEADERS} are read")
         headers: CIMultiDict[str] = CIMultiDict()
         add = headers.add
         for line in lines[1:]:
@@ -136,11 +159,12 @@ class Connection(asyncio.Protocol):
         connection = headers.get("Connection", "").lower()
         self.keep_alive = ("close" not in connection) and (parts[0] != "HTTP/1.0" or "keep-alive" in connection)
         encoding = headers.get("Transfer-Encoding", "").lower()
-        length = headers.get("Content-Length")
-        if length is not None:
-            if not length.strip().isdigit():
-                raise UpstreamError(f"invalid Content-Length {length!r}")
-            self.length = int(length)
+        lengths = headers.getall("Content-Length", ())
+        if lengths:
+            # Only ASCII digits ('²' is a digit to str.isdigit), and several must agree (RFC 9112 §6.3).
+            if len(set(lengths)) != 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
+                raise UpstreamError(f"invalid Content-Length {', '.join(lengths)[:80]!r}")
+            self.length = int(lengths[0])
         if self.head_only or self.status in (204, 304):
             self._mode = "done"  # no body, whatever the length says (it is the GET's, for HEAD)
         elif "chunked" in encoding:
@@ -156,25 +180,34 @@ class Connection(asyncio.Protocol):
     def _chunk(self) -> bool:
         """Consume what the buffer holds of the chunked body; False when more data is needed."""
         if self._remaining == -1:  # at a chunk-size line
-            end = self._buffer.find(b"\r\n")
+            end = self._buffer.find(b"\r\n", 0, MAX_CHUNK_LINE + 2)
             if end < 0:
+                if len(self._buffer) > MAX_CHUNK_LINE:
+                    raise UpstreamError(f"chunk-size line over {MAX_CHUNK_LINE} bytes")
                 return False
-            size = self._buffer[:end].split(b";", 1)[0].strip()
-            try:
-                self._remaining = int(size, 16)
-            except ValueError:
-                raise UpstreamError(f"invalid chunk size {bytes(size[:20])!r}") from None
+            size = bytes(self._buffer[:end].split(b";", 1)[0].strip(b" \t"))
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise UpstreamError(f"invalid chunk size {size[:20]!r}")
+            self._remaining = int(size, 16)
             del self._buffer[:end + 2]
             if self._remaining == 0:
                 self._remaining = -2  # trailers, up to an empty line
+                self._trailers = self._trailer_bytes = 0
             return True
         if self._remaining == -2:
-            end = self._buffer.find(b"\r\n")
+            end = self._buffer.find(b"\r\n", 0, MAX_HEAD + 2)
             if end < 0:
+                if len(self._buffer) > MAX_HEAD - self._trailer_bytes:
+                    raise UpstreamError(f"trailers over {MAX_HEAD // 1024} KiB")
                 return False
             del self._buffer[:end + 2]
             if end == 0:
                 self._finish()
+                return True
+            self._trailers += 1
+            self._trailer_bytes += end + 2
+            if self._trailers > MAX_HEADERS or self._trailer_bytes > MAX_HEAD:
+                raise UpstreamError(f"trailers over {MAX_HEADERS} lines or {MAX_HEAD // 1024} KiB")
             return True
         if len(self._buffer) < self._remaining + 2:
             if self._remaining and len(self._buffer) > 0:

@@ -16,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from .http1 import BodyTooLarge, Connection, UpstreamError
 
-__all__ = ["BodyTooLarge", "Pool", "Response", "UpstreamError"]
+__all__ = ["BodyTooLarge", "OverBudget", "Pool", "Response", "UpstreamError"]
+
+
+class OverBudget(BodyTooLarge):
+    """A response body that the memory budget had no room for while it was read."""
 
 
 class Response:
@@ -35,16 +39,25 @@ class Response:
         self.headers = conn.headers
         self.content_length = None if conn.close_delimited else conn.length
 
-    async def read(self, cap: int | None = None) -> bytes:
-        """The whole body; more than ``cap`` bytes raises `BodyTooLarge`."""
+    async def read(self, cap: int | None = None, charge: Callable[[int], bool] | None = None) -> bytes:
+        """The whole body, within the request's deadline.
+
+        More than ``cap`` bytes raises `BodyTooLarge` (at once when the Content-Length says
+        so); ``charge`` is asked for each part's size as it arrives, and a False raises
+        `OverBudget`. Either way the connection is closed, the rest never read.
+        """
         conn, parts, total = self._conn, [], 0
         try:
+            if cap is not None and self.content_length is not None and self.content_length > cap:
+                raise BodyTooLarge(f"response of {self.content_length} bytes is over the limit of {cap} bytes")
             while True:
                 if conn.chunks:
                     data = conn.take()
                     total += len(data)
                     if cap is not None and total > cap:
-                        raise BodyTooLarge(f"response is over max_body_size ({cap} bytes)")
+                        raise BodyTooLarge(f"response is over the limit of {cap} bytes")
+                    if charge is not None and not charge(len(data)):
+                        raise OverBudget(f"no room in the shadow memory budget for {total} bytes of response")
                     parts.append(data)
                 if conn.body_done and not conn.chunks:
                     break

@@ -14,7 +14,9 @@ import logging
 import grpc
 
 from .canary_config import CanaryConfig
-from .config import Config, HeaderRules, PrimaryConfig, ShadowConfig
+from .budget import MemoryBudget
+from .config import Config, PrimaryConfig, ShadowConfig
+from .headers import PASS_ALL
 from .metrics import Metrics
 from .mirror import Shadow
 from .routing import PRIMARY, needs_key
@@ -69,10 +71,11 @@ def _copies_config(config: Config) -> ShadowConfig | None:
     primary = config.primary
     # The copy goes to the pod's own primary, which saw the client's headers anyway: keep them all.
     return ShadowConfig(PRIMARY, primary.http, primary.grpc, canary.copy_fraction, primary.timeout_secs,
-                        headers=HeaderRules(remove=frozenset()))
+                        headers=PASS_ALL)
 
 
-def _canary(config: Config, metrics: Metrics, previous: Runtime | None) -> CanaryUpstream | None:
+def _canary(config: Config, metrics: Metrics, previous: Runtime | None,
+            budget: MemoryBudget | None) -> CanaryUpstream | None:
     canary = config.canary
     if canary is None:
         return None
@@ -88,15 +91,16 @@ def _canary(config: Config, metrics: Metrics, previous: Runtime | None) -> Canar
     kept = previous.canary.copies if previous is not None and previous.canary is not None else None
     copies = None
     if copy_config is not None:
-        copies = kept if kept is not None and kept.config == copy_config else Shadow(copy_config, metrics)
+        copies = kept if kept is not None and kept.config == copy_config else Shadow(copy_config, metrics, budget)
     upstream = CanaryUpstream(canary, http, channel, copies)
     if old is not None:
         upstream.grpc_calls = old.grpc_calls
     return upstream
 
 
-def build(config: Config, metrics: Metrics, previous: Runtime | None = None) -> Runtime:
-    """A runtime for ``config``, reusing what ``previous`` has that did not change."""
+def build(config: Config, metrics: Metrics, previous: Runtime | None = None,
+          budget: MemoryBudget | None = None) -> Runtime:
+    """A runtime for ``config``, reusing what ``previous`` has that did not change; every copy holds ``budget``."""
     old = previous.config.primary if previous is not None else None
     same_http = previous is not None and old is not None and (old.http, old.timeout_secs, old.connect_timeout_secs,
                                                                old.max_connections) == (
@@ -114,8 +118,8 @@ def build(config: Config, metrics: Metrics, previous: Runtime | None = None) -> 
         if existing is not None and existing.config == shadow_config:
             shadows.append(existing)
         else:
-            shadows.append(Shadow(shadow_config, metrics))
-    runtime = Runtime(config, primary, channel, tuple(shadows), _canary(config, metrics, previous))
+            shadows.append(Shadow(shadow_config, metrics, budget))
+    runtime = Runtime(config, primary, channel, tuple(shadows), _canary(config, metrics, previous, budget))
     if previous is not None and channel is previous.primary_grpc:
         runtime.grpc_calls = previous.grpc_calls
     return runtime

@@ -83,6 +83,16 @@ class Settings:
     admin_token_file: Path | None = None
     drift_profile: Path | None = None
     drift_window: int | None = None
+    shadow_memory_budget_bytes: int = 256 * 1024 * 1024  # request bodies and responses held for copies, all shadows
+    shadow_headers_remove: tuple[str, ...] = ()  # added to every shadow's deny-list
+    shadow_headers_allow: tuple[str, ...] | None = None  # allow-list mode for every shadow
+    header_timeout_secs: float = 10.0  # a client's request head must arrive within this
+    body_timeout_secs: float = 60.0  # ... and its body within this after the head
+    idle_timeout_secs: float = 75.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 4096  # open client connections on the HTTP listener; more are answered 503
+    admin_max_connections: int = 64  # on the metrics and admin listeners each
+    grpc_max_connection_idle_secs: float = 300.0  # a gRPC connection with no call for this long gets GOAWAY
+    grpc_max_concurrent_streams: int = 1024  # calls at once on one gRPC connection
 
     def admin_bearer(self) -> str | None:
         """The admin API's bearer token: ``--admin-token``, else the first line of ``--admin-token-file``."""
@@ -188,6 +198,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _size(value: str) -> int:
+    """Bytes, with an optional unit: 268435456, 256MiB, 1GiB, 500kB."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([A-Za-z]*)\s*", value)
+    units = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+    if not match or match.group(2).lower() not in units:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size: give bytes (268435456) or e.g. 256MiB, 1GiB")
+    return int(match.group(1)) * units[match.group(2).lower()]
+
+
+def _header_pattern(value: str) -> str:
+    """A header name, or a prefix ending in ``*`` (``x-corp-auth-*``)."""
+    if value.endswith("*") and len(value) > 1:
+        return _header(value[:-1]) + "*"
+    return _header(value)
+
+
 def _url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
@@ -243,6 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="reference profile (shadowserve-drift profile) for the live drift gauges (default: off)")
     add("--drift-window", type=_positive_int, metavar="N",
         help="predictions per output in the live drift window (default 10000)")
+    add("--shadow-memory-budget-bytes", type=_size, metavar="BYTES",
+        help="memory all shadow copies may hold at once, request bodies and responses being read; a copy over it is "
+             "not sent, a response over it abandoned, both counted (default 256MiB)")
+    add("--shadow-headers-remove", type=_header_pattern, action="append", metavar="NAME",
+        help="also remove this header (or NAME* prefix) from every shadow copy, beside the default credential "
+             "headers (repeatable)")
+    add("--shadow-headers-allow", type=_header, action="append", metavar="NAME",
+        help="allow-list mode: shadow copies carry only these headers (repeatable), and what a v2 request needs")
+    add("--header-timeout-secs", type=_positive_seconds,
+        help="close a client connection whose request head has not arrived in this time (default 10)")
+    add("--body-timeout-secs", type=_positive_seconds,
+        help="close a client connection whose request body has not arrived this long after its head (default 60)")
+    add("--idle-timeout-secs", type=_positive_seconds,
+        help="close a keep-alive client connection idle this long (default 75)")
+    add("--max-connections", type=_positive_int,
+        help="client connections open at once on the HTTP listener; more are answered 503 and closed (default 4096)")
+    add("--admin-max-connections", type=_positive_int,
+        help="the same for the metrics and admin listeners, each (default 64)")
+    add("--grpc-max-connection-idle-secs", type=_positive_seconds,
+        help="close (GOAWAY) a gRPC client connection with no call for this long (default 300)")
+    add("--grpc-max-concurrent-streams", type=_positive_int,
+        help="calls at once on one gRPC client connection (default 1024)")
     add("--log-format", choices=LOG_FORMATS, help="text or json, one object a line (default text)")
     add("--log-level", choices=LOG_LEVELS, help="debug, info, warning or error (default info)")
     return parser

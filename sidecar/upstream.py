@@ -15,7 +15,7 @@ import grpc
 import yarl
 from multidict import CIMultiDict
 
-from .config import HeaderRules
+from .headers import HeaderRules
 from .pool import Pool
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
@@ -66,7 +66,8 @@ def response_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
 
 def shadow_headers(headers: CIMultiDict[str], rules: HeaderRules) -> CIMultiDict[str]:
     """A mirrored copy's headers: the rules applied, and ``-shadow`` appended to the host, as Envoy does."""
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in rules.remove)
+    keeps = rules.keeps
+    out = CIMultiDict((k, v) for k, v in headers.items() if keeps(k.lower()))
     for name, value in rules.set:
         out[name] = value
     host = out.get("Host")
@@ -79,7 +80,8 @@ def shadow_headers(headers: CIMultiDict[str], rules: HeaderRules) -> CIMultiDict
 def shadow_metadata(metadata: tuple[tuple[str, str | bytes], ...], rules: HeaderRules) -> tuple[tuple[str, str | bytes], ...]:
     """A mirrored gRPC call's metadata, with the shadow's header rules applied."""
     set_names = {name for name, _ in rules.set}
-    kept = tuple((k, v) for k, v in metadata if k not in rules.remove and k not in set_names)
+    keeps = rules.keeps
+    kept = tuple((k, v) for k, v in metadata if keeps(k) and k not in set_names)
     return kept + rules.set
 
 
@@ -145,9 +147,13 @@ class HttpUpstream:
         await self.session.close()
 
 
-def grpc_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel with no message size limit of its own (the servers keep theirs)."""
+def grpc_channel(target: str, max_receive: int = GRPC_MESSAGE_LIMIT) -> grpc.aio.Channel:
+    """An insecure channel with no send limit of its own (the servers keep theirs).
+
+    A shadow's channel gets its ``max_response_size`` as the receive limit: a larger answer
+    fails as RESOURCE_EXHAUSTED before it is held.
+    """
     return grpc.aio.insecure_channel(target, options=[
         ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-        ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", max_receive),
     ])

@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.config import (AnalysisConfig, CanaryConfig, Config, ConfigError, DriftConfig, HeaderRules, PrimaryConfig,
                             RecordingConfig, ShadowConfig, load, restart_only_changes)
+from sidecar.headers import DEFAULT_DENY, DENY_PREFIXES
 from sidecar.settings import CanaryFlag, ShadowFlag
 
 from .support import settings
@@ -24,7 +25,8 @@ shadows:
     timeout: 1.5
     max_in_flight: 8
     max_body_size: 2MiB
-    headers: {set: {X-Shadow: "yes"}, remove: [Authorization, Cookie]}
+    max_response_size: 256kB
+    headers: {set: {X-Shadow: "yes"}, remove: [X-Tenant, X-Corp-Auth-*], keep: [Cookie]}
   - {name: grpc-only, grpc: "v3:8001"}
 recording: {dir: /records, inputs: sampled, inputs_fraction: 0.5, max_input_size: 10kB, segment_records: 100,
             segment_seconds: 2m, max_size: 1Gi, queue_records: 5, queue_size: 1MB}
@@ -42,8 +44,9 @@ def test_a_full_file(tmp_path: Path) -> None:
     assert config.primary == PrimaryConfig("http://model:8000", "model:8001", 90.0, 0.25, 10)
     assert config.sampling.header == "x-user"
     assert config.shadows[0] == ShadowConfig(
-        "v2", "http://v2:8000", "v2:8001", 0.25, 1.5, 8, 2 * 1024 * 1024,
-        HeaderRules((("x-shadow", "yes"),), frozenset({"authorization", "cookie"})))
+        "v2", "http://v2:8000", "v2:8001", 0.25, 1.5, 8, 2 * 1024 * 1024, 256_000,
+        HeaderRules((("x-shadow", "yes"),), DEFAULT_DENY | {"x-tenant"}, (*DENY_PREFIXES, "x-corp-auth-"),
+                    frozenset({"cookie"})))
     assert config.shadows[1] == ShadowConfig("grpc-only", grpc="v3:8001")
     assert config.recording == RecordingConfig(Path("/records"), "sampled", 0.5, 10_000, 100, 120.0, 1024**3, 5,
                                                1_000_000)
@@ -56,15 +59,36 @@ def test_json_and_an_empty_file(tmp_path: Path) -> None:
     assert load(settings(config_file=write(tmp_path, ""))) == Config()
 
 
-def test_shadow_defaults_drop_authorization() -> None:
+def test_shadow_defaults_drop_credentials() -> None:
     shadow = ShadowConfig("s", "http://s")
-    assert shadow.headers.remove == frozenset({"authorization"})
-    assert (shadow.fraction, shadow.max_body_bytes, shadow.timeout_secs) == (1.0, 64 * 1024 * 1024, 10.0)
+    dropped = ("authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token", "x-amz-security-token",
+               "x-goog-api-key", "x-goog-iam-authorization-token", "x-csrf-token", "x-functions-key", "api-key")
+    assert not any(shadow.headers.keeps(name) for name in dropped)
+    assert shadow.headers.keeps("x-user-id") and shadow.headers.keeps("content-type")
+    assert (shadow.fraction, shadow.max_body_bytes, shadow.max_response_bytes, shadow.timeout_secs) == (
+        1.0, 64 * 1024 * 1024, 4 * 1024 * 1024, 10.0)
 
 
-def test_an_empty_remove_list_keeps_every_header(tmp_path: Path) -> None:
-    path = write(tmp_path, "shadows: [{name: a, http: 'http://a', headers: {remove: []}}]")
-    assert load(settings(config_file=path)).shadows[0].headers.remove == frozenset()
+def test_remove_adds_to_the_defaults_and_keep_exempts_named_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "shadows: [{name: a, http: 'http://a', headers: {remove: [x-secret, x-corp-*], "
+                           "keep: [cookie]}}]")
+    rules = load(settings(config_file=path)).shadows[0].headers
+    assert not rules.keeps("authorization") and not rules.keeps("x-secret") and not rules.keeps("x-corp-token")
+    assert rules.keeps("cookie") and rules.keeps("x-corpus")
+    empty = write(tmp_path, "shadows: [{name: a, http: 'http://a', headers: {remove: []}}]", "empty.yaml")
+    assert load(settings(config_file=empty)).shadows[0].headers == HeaderRules()
+
+
+def test_allow_list_mode_and_the_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, "shadows: [{name: a, http: 'http://a', headers: {allow: [x-user-id, Cookie]}}]")
+    rules = load(settings(config_file=path)).shadows[0].headers
+    assert rules.keeps("x-user-id") and rules.keeps("cookie") and rules.keeps("content-type")
+    assert not rules.keeps("x-tenant") and not rules.keeps("authorization")
+    flagged = load(settings(shadows=(ShadowFlag("b", "http://b"),), shadow_headers_remove=("x-tenant", "x-corp-*")))
+    rules = flagged.shadows[0].headers
+    assert not rules.keeps("x-tenant") and not rules.keeps("x-corp-key") and not rules.keeps("cookie")
+    allowed = load(settings(shadows=(ShadowFlag("b", "http://b"),), shadow_headers_allow=("x-user-id",)))
+    assert allowed.shadows[0].headers.keeps("x-user-id") and not allowed.shadows[0].headers.keeps("x-other")
 
 
 @pytest.mark.parametrize("text, message", [
@@ -72,6 +96,9 @@ def test_an_empty_remove_list_keeps_every_header(tmp_path: Path) -> None:
     ("shadows: [{name: a, http: 'http://a', fractoin: 0.5}]", "shadows[0].fractoin: unknown key; did you mean "
                                                              "'fraction'?"),
     ("shadows: [{name: a}]", "give an 'http' URL, a 'grpc' HOST:PORT, or both"),
+    ("shadows: [{name: a, http: 'http://a', headers: {allow: [a], remove: [b]}}]", "give it alone"),
+    ("shadows: [{name: a, http: 'http://a', headers: {keep: cookie}}]", "'keep' must be a list of header names"),
+    ("shadows: [{name: a, http: 'http://a', max_response_size: lots}]", "shadows[0].max_response_size: 'lots' is not"),
     ("shadows: [{name: a, http: 'http://a'}, {name: a, grpc: 'b:1'}]", "used twice"),
     ("shadows: [{name: a, http: 'http://a', timeout: soon}]", "shadows[0].timeout: 'soon' is not a duration"),
     ("shadows: [{name: a, http: 'http://a', headers: {sett: {}}}]", "shadows[0].headers: unknown key 'sett'"),
