@@ -5,8 +5,9 @@ when the queue holds ``queue_records`` records or ``queue_size`` bytes the recor
 dropped and counted (``sidecar_records_lost_total{reason="queue_full"}``, or
 ``sidecar_live_drift_dropped_total`` for an exchange kept only for live drift). The
 thread decodes requests and answers into tensors, feeds the agreement metrics (and the
-canary analysis), the live drift windows, and appends to Parquet segments when a record
-directory is set and the request was mirrored.
+canary analysis), the live drift windows, and appends to the segments when a record
+directory is set and the request was mirrored: written through to disk within
+``flush_secs`` (a kill -9 loses at most that), finished as Parquet by size or age.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .exchange import Answer, Exchange
 from .livedrift import LiveDriftHub, clear_gauges
 from .metrics import Metrics
 from .routing import sampled
-from .segments import SegmentWriter
+from .segments import FLUSH_SECS, SegmentWriter
 from .tables import Record, ResponseRecord
 from .tensors import Decoded, DecodeError, TensorValue
 
@@ -96,7 +97,8 @@ def _safely(step: Callable[[], object]) -> None:
 class Recorder:
     """The queue and the thread; `submit` is called on the event loop and never blocks."""
 
-    def __init__(self, config: RecordingConfig, metrics: Metrics, pairs: Pairs | None = None) -> None:
+    def __init__(self, config: RecordingConfig, metrics: Metrics, pairs: Pairs | None = None,
+                 flush_secs: float = FLUSH_SECS) -> None:
         self.policy = config  # replaced on reload; the thread reads it per record
         self.drift: LiveDriftHub | None = None  # likewise; only the thread uses it
         self.metrics = metrics
@@ -108,7 +110,7 @@ class Recorder:
         self._count = 0
         self._bytes = 0
         self._writer = (SegmentWriter(config.dir, metrics, config.segment_records, config.segment_secs,
-                                      config.max_bytes) if config.dir is not None else None)
+                                      config.max_bytes, flush_secs=flush_secs) if config.dir is not None else None)
         self._thread = threading.Thread(target=self._run, name="sidecar-recorder", daemon=True)
         self._stopped = False
         metrics.recorder_queue.set_function(lambda: self._count)
@@ -136,7 +138,7 @@ class Recorder:
         return True
 
     def _timeout(self, hub: LiveDriftHub | None) -> float | None:
-        waits = [self._writer.seconds_to_rotation()] if self._writer is not None else []
+        waits = [self._writer.seconds_to_due()] if self._writer is not None else []
         if hub is not None:
             waits.append(hub.seconds_to_refresh(time.monotonic()))
         present = [wait for wait in waits if wait is not None]
@@ -158,7 +160,7 @@ class Recorder:
             if item is not None:
                 self._handle(item, hub)
             if writer is not None:
-                _safely(writer.rotate_if_due)
+                _safely(writer.tick)
             if hub is not None:
                 _safely(lambda: hub.refresh(time.monotonic()))  # noqa: B023 - called at once
         if hub is not None:
@@ -194,7 +196,8 @@ class Recorder:
         self._thread.join(timeout)
         if self._thread.is_alive():
             with self._lock:
-                left = self._count + (self._writer.pending if self._writer is not None else 0)
+                left = self._count + (self._writer.unflushed if self._writer is not None else 0)
+            # what the open segment holds is on disk: the next start recovers it
             log.error("the recorder did not finish within %gs; %d record(s) lost", timeout, left)
             self.metrics.records_lost.labels("shutdown").inc(left)
             return False

@@ -1,42 +1,33 @@
-"""Parquet segment files in a directory, written so that a crash never corrupts a finished one.
+"""Parquet segment files in a directory, shared by writers, written so that a crash costs at most a second.
 
-A segment is written under a hidden temporary name (``.records-….parquet.tmp``, which
-pyarrow, pandas and DuckDB skip), closed, fsynced and renamed to ``records-….parquet``
-when it is complete: after ``segment_records`` records or ``segment_secs`` seconds. A
-crash loses the segment being written, never a finished one; temporary files left by a
-crash are removed at start. Names start with the UTC time, so sorting them sorts by age,
-across replicas too; a disk quota deletes the oldest finished segments first.
+Records are appended to the open segment, an Arrow IPC stream (see `sidecar.spool`), whose
+batches are written through to the OS when ``row_group_records`` records are buffered and
+at the latest ``flush_secs`` after the first of them: a kill -9 loses at most that much. The
+same batches go, in row groups, to Parquet under a hidden temporary name; after
+``segment_records`` records or ``segment_secs`` seconds that is fsynced and renamed to
+``records-….parquet`` and the stream removed, so a finished segment is never incomplete.
+Each writer holds a lock of its own for its life and touches only its own files; at start it
+finishes the open segments of writers that are gone (their locks are free) and leaves those
+of live ones alone, so replicas can share a volume.
+Names start with the UTC time, so sorting them sorts by age, across replicas too; a disk
+quota deletes the oldest finished segments first.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
-import re
-import socket
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from .metrics import Metrics
-from .records import SCHEMA, SEGMENT_SUFFIX
+from .records import SEGMENT_SUFFIX
+from .spool import (PREFIX, ROW_GROUP_BYTES, ROW_GROUP_RECORDS, STREAM_SUFFIX, OwnerLock, ParquetBuilder, Stream,
+                    lock_path, recover, segment_stem, writer_name)
 from .tables import Record, to_table
 
 log = logging.getLogger(__name__)
 
-PREFIX = "records-"
-ROW_GROUP_RECORDS = 1000
-ROW_GROUP_BYTES = 32 * 1024 * 1024
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+FLUSH_SECS = 1.0  # the most a kill -9 may cost
 
 
 def finished_segments(directory: Path) -> list[Path]:
@@ -45,40 +36,62 @@ def finished_segments(directory: Path) -> list[Path]:
 
 
 class SegmentWriter:
-    """Appends records to the current segment and rotates it; used from one thread only."""
+    """Appends records to the current segment, flushes and rotates it; used from one thread only."""
 
     def __init__(self, directory: Path, metrics: Metrics, segment_records: int, segment_secs: float,
-                 max_bytes: int, row_group_records: int = ROW_GROUP_RECORDS) -> None:
+                 max_bytes: int, row_group_records: int = ROW_GROUP_RECORDS, flush_secs: float = FLUSH_SECS) -> None:
         self.directory = directory
         self.row_group_records = row_group_records
         self.metrics = metrics
         self.segment_records = segment_records
         self.segment_secs = segment_secs
         self.max_bytes = max_bytes
-        self._host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:63] or "host"
+        self.flush_secs = flush_secs
+        self.name = writer_name()
         self._seq = 0
         self._buffer: list[Record] = []
         self._buffer_bytes = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
-        self._final: Path | None = None
+        self._buffered = 0.0  # monotonic time of the oldest buffered record
+        self._stream: Stream | None = None  # what a kill -9 leaves
+        self._parquet: ParquetBuilder | None = None  # what rotation renames
         self._records = 0  # in the current segment, flushed or buffered
         self._opened = 0.0  # monotonic time of the segment's first record
-        directory.mkdir(parents=True, exist_ok=True)
-        leftovers = list(directory.glob(f".{PREFIX}*{SEGMENT_SUFFIX}.tmp"))
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        if leftovers:
-            log.warning("removed %d unfinished segment(s) left in %s by an earlier run", len(leftovers), directory)
+        self._lock: OwnerLock | None = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._own_lock()
+            recovered = recover(directory, own=self.name)
+        except OSError as exc:  # an unusable directory: every write counts its losses and tries again
+            log.error("cannot prepare the record directory %s: %s", directory, exc)
+            recovered = []
+        if recovered:
+            log.warning("finished %d segment(s) left open in %s by writers that are gone", len(recovered), directory)
+            self._enforce_quota()
+
+    def _own_lock(self) -> None:
+        """Hold this writer's lock; taken again if the directory was removed and made anew."""
+        if self._lock is not None and self._lock.held():
+            return
+        if self._lock is not None:
+            self._lock.release(remove=False)
+        self._lock = OwnerLock.take(lock_path(self.directory, self.name), create=True)
 
     @property
     def pending(self) -> int:
         """Records not yet in a finished segment."""
         return self._records
 
+    @property
+    def unflushed(self) -> int:
+        """Records only in memory: what this process dying now would lose (the rest is recovered)."""
+        return len(self._buffer)
+
     def append(self, record: Record, size: int) -> None:
+        now = time.monotonic()
         if self._records == 0:
-            self._opened = time.monotonic()
+            self._opened = now
+        if not self._buffer:
+            self._buffered = now
         self._buffer.append(record)
         self._buffer_bytes += size
         self._records += 1
@@ -87,16 +100,21 @@ class SegmentWriter:
         if self._records >= self.segment_records:
             self.rotate()
 
-    def seconds_to_rotation(self) -> float | None:
-        """How long until the current segment is due by age; None when it is empty."""
-        if self._records == 0:
-            return None
-        return max(0.0, self._opened + self.segment_secs - time.monotonic())
+    def seconds_to_due(self) -> float | None:
+        """How long until the buffer is due to be flushed or the segment to be finished; None when empty."""
+        now = time.monotonic()
+        waits = [self._buffered + self.flush_secs - now] if self._buffer else []
+        if self._records:
+            waits.append(self._opened + self.segment_secs - now)
+        return max(0.0, min(waits)) if waits else None
 
-    def rotate_if_due(self) -> None:
-        due = self.seconds_to_rotation()
-        if due is not None and due <= 0:
+    def tick(self) -> None:
+        """Flush and rotate what is due by age."""
+        now = time.monotonic()
+        if self._records and now >= self._opened + self.segment_secs:
             self.rotate()
+        elif self._buffer and now >= self._buffered + self.flush_secs:
+            self._flush()
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -104,37 +122,32 @@ class SegmentWriter:
         records, self._buffer, self._buffer_bytes = self._buffer, [], 0
         try:
             table = to_table(records)
-            if self._writer is None:
+            if self._stream is None or self._parquet is None:
                 self._seq += 1
-                stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-                name = f"{PREFIX}{stamp}-{self._host}-{os.getpid()}-{self._seq:06d}{SEGMENT_SUFFIX}"
-                self._final = self.directory / name
-                self._tmp = self.directory / f".{name}.tmp"
+                stem = segment_stem(self.name, self._seq)
                 self.directory.mkdir(parents=True, exist_ok=True)  # recreated if it was removed
-                self._writer = pq.ParquetWriter(str(self._tmp), SCHEMA, compression="zstd")
-            self._writer.write_table(table)
+                self._own_lock()
+                self._parquet = ParquetBuilder(self.directory / f"{stem}{SEGMENT_SUFFIX}", self.row_group_records)
+                self._stream = Stream(self.directory / f".{stem}{STREAM_SUFFIX}")
+            self._stream.write(table)
+            self._parquet.add(table)
         except Exception as exc:  # noqa: BLE001 - disk, Arrow or an unencodable value: never stop recording
             self._fail(exc)
 
     def rotate(self) -> Path | None:
-        """Finish the current segment (fsync, rename); returns its path, or None if it was empty."""
+        """Finish the current segment (Parquet, fsync, rename); returns its path, or None if it was empty."""
         self._flush()
-        if self._writer is None or self._tmp is None or self._final is None:
+        if self._stream is None or self._parquet is None:
             return None
-        tmp, final, count = self._tmp, self._final, self._records
+        stream, final, count = self._stream, self._parquet.final, self._records
         try:
-            self._writer.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            self._parquet.finish()
+            stream.close()
+            stream.path.unlink()  # only now: until the rename, the stream is what a crash leaves
         except Exception as exc:  # noqa: BLE001 - see _flush
             self._fail(exc)
             return None
-        self._writer = self._tmp = self._final = None
+        self._stream = self._parquet = None
         self._records = 0
         self.metrics.records_written.inc(count)
         self.metrics.segments_rotated.inc()
@@ -145,17 +158,18 @@ class SegmentWriter:
         """Drop the current segment: its records are counted lost, the directory stays clean."""
         log.error("cannot write records to %s: %s; %d record(s) lost", self.directory, exc, self._records)
         self.metrics.records_lost.labels("write_error").inc(self._records)
-        try:
-            if self._writer is not None:
-                self._writer.close()
-        except Exception:  # noqa: BLE001 - the segment is being dropped anyway
-            pass
-        if self._tmp is not None:
+        if self._parquet is not None:
+            self._parquet.abandon()
+        if self._stream is not None:
             try:
-                self._tmp.unlink(missing_ok=True)
+                self._stream.close()
+            except Exception:  # noqa: BLE001 - the segment is being dropped anyway
+                pass
+            try:
+                self._stream.path.unlink(missing_ok=True)
             except OSError:
                 pass  # the directory itself is gone or unusable; the next segment tries again
-        self._writer = self._tmp = self._final = None
+        self._stream = self._parquet = None
         self._buffer, self._buffer_bytes, self._records = [], 0, 0
 
     def _enforce_quota(self) -> None:
@@ -179,5 +193,8 @@ class SegmentWriter:
             log.info("deleted %s to keep the record directory under %d bytes", path.name, self.max_bytes)
 
     def close(self) -> None:
-        """Finish the current segment, if it holds any record."""
+        """Finish the current segment, if it holds any record, and give up the lock."""
         self.rotate()
+        if self._lock is not None:
+            self._lock.release(remove=True)
+            self._lock = None

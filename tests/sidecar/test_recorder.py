@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from sidecar.exchange import Answer, Exchange
 from sidecar.metrics import Metrics
 from sidecar.recorder import Recorder, to_record
 from sidecar.routing import sampled
+from sidecar.segments import finished_segments
+from sidecar.spool import read_batches
 
 from .support import wait_until
 
@@ -122,6 +125,22 @@ def test_segments_rotate_by_age_without_new_records(tmp_path: Path) -> None:
         wait_until(lambda: list(tmp_path.glob("records-*.parquet")), 10, "a segment finished by age")
     finally:
         rec.stop(30)
+
+
+def test_the_thread_flushes_records_to_disk_without_new_ones(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    rec = Recorder(RecordingConfig(dir=tmp_path), metrics, flush_secs=0.2)
+    rec.start()
+    try:
+        assert rec.submit(exchange(request_id="early"))
+        started = time.monotonic()
+        wait_until(lambda: [r for p in tmp_path.glob(".records-*.arrows") for b in read_batches(p)
+                            for r in b.column("request_id").to_pylist()] == ["early"], 10, "the record on disk")
+        assert time.monotonic() - started < 2.0  # the flush interval, not the segment's 60 s
+        assert finished_segments(tmp_path) == []
+    finally:
+        assert rec.stop(30)
+    assert metrics.registry.get_sample_value("sidecar_records_written_total") == 1
 
 
 @pytest.mark.parametrize("limit", [{"queue_records": 2}, {"queue_bytes": 2 * exchange().size + 100}])

@@ -1,24 +1,27 @@
-"""Parquet segments: rotation, atomic finish, crash safety, the disk quota, write errors."""
+"""Parquet segments: rotation, atomic finish, time-bounded flushes, crash recovery, sharing, the quota, write errors."""
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.drift.errors import DriftError
+from sidecar.drift.reader import segment_files
 from sidecar.metrics import Metrics
 from sidecar.records import SCHEMA
 from sidecar.segments import SegmentWriter, finished_segments
+from sidecar.spool import read_batches
 from sidecar.tables import Record, ResponseRecord
 from sidecar.tensors import tensor_value
 
@@ -57,20 +60,44 @@ def test_rotation_by_records_and_the_directory_reads_as_one_dataset(tmp_path: Pa
     assert count(metrics, "sidecar_segments_rotated_total") == 3
 
 
-def test_segments_are_written_under_a_hidden_name_until_finished(tmp_path: Path) -> None:
+def test_the_open_segment_is_a_hidden_stream_until_finished(tmp_path: Path) -> None:
     w = writer(tmp_path, Metrics(CollectorRegistry()), row_group_records=1)
     w.append(record(0), 100)
-    (temporary,) = tmp_path.glob(".records-*.parquet.tmp")
+    (stream,) = tmp_path.glob(".records-*.arrows")
+    assert [p.name for p in tmp_path.glob(".*.lock")] == [f".records-{w.name}.lock"]
+    assert [b.num_rows for b in read_batches(stream)] == [1]  # on disk before the segment is finished
     assert finished_segments(tmp_path) == []
+    with pytest.raises(DriftError, match="still being written"):
+        segment_files(tmp_path)  # the offline reader skips it, as pyarrow datasets do
+    assert ds.dataset(tmp_path, format="parquet").files == []
     finished = w.rotate()
-    assert finished is not None and finished.name == temporary.name[1:-len(".tmp")]
-    assert not temporary.exists()
+    assert finished is not None and finished.name == stream.name[1:-len(".arrows")] + ".parquet"
+    assert w.name in finished.name and not stream.exists()
+    w.close()
+    assert not list(tmp_path.glob(".*"))  # the lock goes with the writer
+
+
+def test_buffered_records_reach_the_disk_within_the_flush_interval(tmp_path: Path) -> None:
+    w = writer(tmp_path, Metrics(CollectorRegistry()), flush_secs=0.2)
+    w.append(record(0), 100)
+    w.append(record(1), 100)
+    due = w.seconds_to_due()
+    assert due is not None and 0.1 < due <= 0.2
+    assert not list(tmp_path.glob(".records-*.arrows"))  # still buffered
+    time.sleep(due)
+    w.tick()
+    (stream,) = tmp_path.glob(".records-*.arrows")
+    assert sum(b.num_rows for b in read_batches(stream)) == 2 and w.pending == 2
+    assert w.seconds_to_due() is not None and w.seconds_to_due() > 3000  # now only the rotation is due
+    w.close()
 
 
 CRASHING_WRITER = """
 import sys
 from pathlib import Path
 from prometheus_client import CollectorRegistry
+from sidecar.drift.errors import DriftError
+from sidecar.drift.reader import segment_files
 from sidecar.metrics import Metrics
 from sidecar.segments import SegmentWriter
 from tests.sidecar.test_segments import record
@@ -82,7 +109,7 @@ sys.stdin.read()
 """
 
 
-def test_a_crash_loses_only_the_unfinished_segment(tmp_path: Path) -> None:
+def test_a_kill_loses_nothing_written_and_the_next_writer_finishes_the_open_segment(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CRASHING_WRITER), str(tmp_path)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -90,13 +117,37 @@ def test_a_crash_loses_only_the_unfinished_segment(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    (leftover,) = tmp_path.glob(".records-*.tmp")
-    with pytest.raises(pa.ArrowInvalid):
-        pq.read_table(leftover)  # no footer: this is why it never carries a finished name
+    (stream,) = tmp_path.glob(".records-*.arrows")
+    (lock,) = tmp_path.glob(".records-*.lock")
     table = ds.dataset(tmp_path, format="parquet").to_table()
     assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1", "r2", "r3"]
-    writer(tmp_path, Metrics(CollectorRegistry()))  # the next run cleans up
-    assert not leftover.exists() and len(finished_segments(tmp_path)) == 2
+    metrics = Metrics(CollectorRegistry())
+    w = writer(tmp_path, metrics)  # the next run takes the dead writer's lock and finishes its segment
+    assert not stream.exists() and not lock.exists()
+    segments = finished_segments(tmp_path)
+    assert len(segments) == 3 and segments[-1].name == stream.name[1:-len(".arrows")] + ".parquet"
+    assert pq.read_table(segments[-1]).column("request_id").to_pylist() == ["r4"]
+    recovered = pq.read_schema(segments[-1])
+    assert recovered.equals(SCHEMA) and recovered.metadata == SCHEMA.metadata
+    assert recovered.equals(pq.read_schema(segments[0]), check_metadata=True)  # as its writer would have left it
+    assert count(metrics, "sidecar_records_written_total") == 0  # another writer's records
+    w.close()
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_a_starting_writer_leaves_a_live_writers_files_alone(tmp_path: Path) -> None:
+    live = writer(tmp_path, Metrics(CollectorRegistry()), row_group_records=1)
+    live.append(record(0), 100)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    other = writer(tmp_path, Metrics(CollectorRegistry()))  # a second descriptor: flock tells them apart
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, f".records-{other.name}.lock"])
+    other.append(record(1), 100)
+    other.close()
+    live.append(record(2), 100)
+    live.close()
+    table = ds.dataset(tmp_path, format="parquet").to_table()
+    assert sorted(table.column("request_id").to_pylist()) == ["r0", "r1", "r2"]
+    assert not list(tmp_path.glob(".*"))
 
 
 def test_the_quota_deletes_the_oldest_segments_first(tmp_path: Path) -> None:
@@ -117,7 +168,7 @@ def test_a_write_error_counts_the_records_lost_and_the_writer_goes_on(tmp_path: 
     metrics = Metrics(CollectorRegistry())
     directory = tmp_path / "records"
     w = writer(directory, metrics, segment_records=2)
-    os.rmdir(directory)
+    shutil.rmtree(directory)
     directory.write_text("not a directory any more")
     w.append(record(0), 100)
     w.append(record(1), 100)
@@ -125,5 +176,8 @@ def test_a_write_error_counts_the_records_lost_and_the_writer_goes_on(tmp_path: 
     directory.unlink()
     directory.mkdir()
     w.append(record(2), 100)
+    w.append(record(3), 100)
+    assert [p.name for p in directory.glob(".*")] == [f".records-{w.name}.lock"]  # taken again in the new directory
     w.close()
-    assert ds.dataset(directory, format="parquet").to_table().column("request_id").to_pylist() == ["r2"]
+    assert ds.dataset(directory, format="parquet").to_table().column("request_id").to_pylist() == ["r2", "r3"]
+    assert not list(directory.glob(".*"))
