@@ -13,14 +13,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from .errors import ConfigError
+from .paths import check_filename, name_problem, read_labels
 
 TORCHSCRIPT = "pytorch_libtorch"
 PYTHON = "python"
 DEFAULT_FILENAMES = {TORCHSCRIPT: "model.pt", PYTHON: "model.py"}
+MAX_INSTANCES = 64  # per instance_group: each is a handler with a thread of its own
+MAX_WARMUP_COUNT = 1000  # repetitions of one model_warmup sample
 DEFAULT_PREDICTION_BUCKETS = (-10.0, -5.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
                               0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0)
 
@@ -215,11 +219,7 @@ def _tensor(model_dir: Path, item: Any, kind: str) -> TensorSpec:
                           f"{math.prod(dims)} elements of dims {list(dims)}")
     labels = None
     if kind == "output" and item.label_filename:
-        label_path = model_dir / item.label_filename
-        try:
-            labels = tuple(line.strip() for line in label_path.read_text().splitlines() if line.strip())
-        except OSError as exc:
-            raise ConfigError(f"output '{item.name}': cannot read label_filename {label_path}: {exc}") from None
+        labels = read_labels(model_dir, item.label_filename, f"output '{item.name}': label_filename")
     return TensorSpec(item.name, datatype, dims, reshape, bool(getattr(item, "optional", False)), labels)
 
 
@@ -251,13 +251,24 @@ def _warmup(config: pb.ModelConfig, inputs: tuple[TensorSpec, ...]) -> tuple[War
         unknown = set(warmup.inputs) - names
         if unknown:
             raise ConfigError(f"{label} names inputs {sorted(unknown)} the config does not declare")
+        if warmup.count > MAX_WARMUP_COUNT:
+            raise ConfigError(f"{label}: count {warmup.count} is more than {MAX_WARMUP_COUNT}")
         sample_inputs = {}
         for input_name, item in warmup.inputs.items():
+            where = f"{label}, input '{input_name}'"
             source = item.WhichOneof("input_data_type")
             if source is None:
-                raise ConfigError(f"{label}, input '{input_name}': give zero_data, random_data or input_data_file")
-            sample_inputs[input_name] = WarmupInput(v2_datatype(item.data_type), tuple(int(d) for d in item.dims),
-                                                    source, item.input_data_file)
+                raise ConfigError(f"{where}: give zero_data, random_data or input_data_file")
+            dims = tuple(int(d) for d in item.dims)
+            if any(d < 1 for d in dims):
+                raise ConfigError(f"{where}: dims {list(dims)} must all be positive (warm-up data has fixed shapes)")
+            if source == "input_data_file":
+                check_filename(item.input_data_file, f"{where}: input_data_file")
+            try:
+                datatype = v2_datatype(item.data_type)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            sample_inputs[input_name] = WarmupInput(datatype, dims, source, item.input_data_file)
         samples.append(WarmupSample(warmup.name, max(warmup.batch_size, 1), sample_inputs, max(warmup.count, 1)))
     return tuple(samples)
 
@@ -292,15 +303,27 @@ def parse_config(text: str, model_dir: Path) -> ModelSpec:
         config = text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as exc:
         raise ConfigError(f"config.pbtxt is not a valid ModelConfig: {exc}") from None
+    except (ValueError, RecursionError):  # text_format raises these for some malformed values and nesting
+        raise ConfigError("config.pbtxt is not a valid ModelConfig: a value cannot be read") from None
     return spec_from_proto(config, model_dir)
 
 
 def parse_config_json(text: str, model_dir: Path) -> ModelSpec:
     """A config given as JSON (the ``config`` override of a load request), as Triton accepts it."""
     try:
-        config = json_format.Parse(text, pb.ModelConfig())
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"the config override is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError("the config override must be a JSON object: a ModelConfig as GET .../config returns it")
+    try:
+        config = json_format.ParseDict(obj, pb.ModelConfig())
     except json_format.ParseError as exc:
         raise ConfigError(f"the config override is not a valid ModelConfig in JSON: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError, RecursionError):
+        # json_format raises these for values of the wrong shape (a list for a message, ...)
+        raise ConfigError("the config override is not a valid ModelConfig in JSON: a field holds a value of "
+                          "the wrong type; compare with GET /v2/models/<model>/config") from None
     return spec_from_proto(config, model_dir)
 
 
@@ -308,8 +331,8 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
     """Validate a ModelConfig and type it; fills Triton's defaults into the proto."""
     name = model_dir.name
     if config.name and config.name != name:
-        raise ConfigError(f"config.pbtxt names the model '{config.name}' but its directory is '{name}'; "
-                          "they must match")
+        named = repr(config.name) if name_problem(config.name) is None else "a name that is not a model name"
+        raise ConfigError(f"the config names the model {named} but its directory is '{name}'; they must match")
     config.name = name
     if config.platform in ("", TORCHSCRIPT) and config.backend in ("", "pytorch") and (config.platform or config.backend):
         platform = TORCHSCRIPT
@@ -334,6 +357,12 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
         raise ConfigError("version_policy latest needs num_versions >= 1")
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_FILENAMES[platform]
+    check_filename(config.default_model_filename, "default_model_filename")
+    for key, filename in config.cc_model_filenames.items():
+        check_filename(filename, f"cc_model_filenames[{key!r}]")
+    for group in config.instance_group:
+        if group.count > MAX_INSTANCES:
+            raise ConfigError(f"instance_group count {group.count} is more than {MAX_INSTANCES}")
     groups = tuple(InstanceGroup(pb.ModelInstanceGroup.Kind.Name(g.kind), max(g.count, 1), tuple(g.gpus))
                    for g in config.instance_group) or (InstanceGroup("KIND_AUTO", 1),)
     parameters = {key: value.string_value for key, value in config.parameters.items()}

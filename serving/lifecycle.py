@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
+import stat
 from pathlib import Path
 
 import torch
@@ -22,6 +24,7 @@ from .errors import ConfigError
 from .instance import ModelInstance
 from .metrics import Metrics, ModelStats
 from .model import Model, forget_handler_module, load_handler_class
+from .paths import confined
 from .torchscript import TorchScriptModel
 from .warmup import warmup_batches
 
@@ -47,15 +50,36 @@ class ModelVersion:
 
 
 def fingerprint(path: Path) -> Fingerprint:
-    """Every file under a version directory with its size and modification time."""
+    """Every file under a version directory with its size and modification time.
+
+    Symlinks count as themselves (lstat) and linked directories are not entered: a link
+    out of the directory, or a loop, cannot make a scan slow or fail.
+    """
     if not path.is_dir():
         return ()
-    return tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                        for p in path.rglob("*") if p.is_file()))
+    files = []
+    for directory, _dirs, names in os.walk(path, followlinks=False):
+        for name in names:
+            full = os.path.join(directory, name)
+            try:
+                info = os.lstat(full)
+            except OSError:
+                continue  # removed while scanning: the next scan sees the change
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                files.append((os.path.relpath(full, path), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(files))
+
+
+def model_file(spec: ModelSpec, version: int, path: Path) -> Path:
+    """The version's model file (``default_model_filename``), resolved inside its version directory."""
+    label = f"{spec.name}/{version}"
+    confined(path.parent, str(version), "the version directory", label)
+    return confined(path, spec.filename, "default_model_filename", f"{label}/{spec.filename}")
 
 
 def _create_handlers(spec: ModelSpec, version: int, path: Path, devices: list[torch.device]) -> list[Model]:
-    cls: type[Model] = (load_handler_class(path / spec.filename, spec.name, version)
+    file = model_file(spec, version, path)
+    cls: type[Model] = (load_handler_class(file, spec.name, version, f"{spec.name}/{version}/{spec.filename}")
                         if spec.platform == PYTHON else TorchScriptModel)
     handlers: list[Model] = []
     try:
@@ -75,10 +99,9 @@ def _warm_up(instance: ModelInstance, batches: list[dict], explicit: bool) -> No
         instance.warm_up(batches)
     except Exception as exc:
         if explicit:
-            raise ConfigError(f"model_warmup failed on {instance.label}: {type(exc).__name__}: {exc}") from exc
-        log.warning("warm-up of %s failed (%s: %s); it serves anyway, its first requests may be slow. "
-                    "Set parameter warmup to false, or give model_warmup samples it accepts", instance.label,
-                    type(exc).__name__, exc)
+            raise ConfigError(f"model_warmup failed on {instance.label}: {exc}") from exc
+        log.warning("warm-up of %s failed (%s); it serves anyway, its first requests may be slow. "
+                    "Set parameter warmup to false, or give model_warmup samples it accepts", instance.label, exc)
 
 
 async def start_version(spec: ModelSpec, version: int, path: Path, placement: Placement,

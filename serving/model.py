@@ -69,28 +69,32 @@ class Model:
         """Release what load acquired; called once when the version is unloaded."""
 
 
-def load_handler_class(model_file: Path, model_name: str, version: int) -> type[Model]:
-    """Import ``model.py`` and return the one `serving.Model` subclass it defines."""
+def load_handler_class(model_file: Path, model_name: str, version: int, label: str = "") -> type[Model]:
+    """Import ``model.py`` and return the one `serving.Model` subclass it defines.
+
+    ``label`` names the file in messages (relative to the repository, as the caller knows it).
+    """
+    label = label or model_file.name
     if not model_file.is_file():
-        raise ConfigError(f"{model_file} is missing: a python-backend version directory needs it")
+        raise ConfigError(f"{label} is missing: a python-backend version directory needs it")
     module_name = f"serving_handlers.{model_name}.v{version}"
     spec = importlib.util.spec_from_file_location(module_name, model_file)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import {model_file}")
+        raise ConfigError(f"cannot import {label}: give a Python file (model.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ConfigError(f"importing {model_file} failed: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"importing {label} failed: {exc or 'it raised an error without a message'}") from exc
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, Model) and obj is not Model
                and obj.__module__ == module_name]
     if len(classes) != 1:
         sys.modules.pop(module_name, None)
         found = ", ".join(c.__name__ for c in classes) or "none"
-        raise ConfigError(f"{model_file} must define exactly one serving.Model subclass (found: {found})")
+        raise ConfigError(f"{label} must define exactly one serving.Model subclass (found: {found})")
     return classes[0]
 
 

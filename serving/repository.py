@@ -24,9 +24,10 @@ from typing import Any
 
 from .config import ModelSpec, parse_config, parse_config_json
 from .device import Placement
-from .errors import ConfigError, NotFound, ServingError, Unavailable
+from .errors import ConfigError, InvalidInput, NotFound, ServingError, Unavailable
 from .lifecycle import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion, fingerprint, retire_version, start_version
 from .metrics import Metrics
+from .paths import name_problem, request_version, scrub, shown, version_directory
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +59,62 @@ class Repository:
         self.models: dict[str, ModelEntry] = {}
 
     def scan(self) -> list[str]:
-        """Names of the model directories (those holding a config.pbtxt)."""
+        """Names of the model directories (those holding a config.pbtxt and named as models may be)."""
+        return self._directories()[0]
+
+    def _directories(self) -> tuple[list[str], dict[str, str]]:
+        """The model directories, and the others that hold a config.pbtxt with why they are skipped."""
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a directory")
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
+        models, skipped = [], {}
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not path.is_dir() or not (path / "config.pbtxt").is_file():
+                continue
+            problem = name_problem(path.name)
+            if problem is None:
+                models.append(path.name)
+            else:
+                skipped[shown(path.name)] = f"not loaded: the directory name is not a valid model name ({problem})"
+        return sorted(models), skipped
+
+    def _reason(self, exc: BaseException) -> str:
+        """What went wrong, for the index and the client: no host paths, no exception class names."""
+        if isinstance(exc, OSError):
+            where = exc.filename and scrub(str(exc.filename), self.root)
+            return f"cannot read {where or 'a file of the model'}: {exc.strerror or 'unreadable'}"
+        message = scrub(str(exc), self.root)
+        if isinstance(exc, ServingError):
+            return message
+        return f"load failed: {message}" if message else "load failed; the server log has the details"
 
     # -- load and unload -------------------------------------------------------------------
 
     async def load(self, name: str, config_json: str | None = None, retry_failed: bool = True) -> bool:
         """Load or reload a model as its version policy selects; True when anything changed.
 
-        Raises `NotFound` for a model the repository does not hold and `ConfigError` when
-        the config or any selected version fails to load (after loading the others).
+        Raises `InvalidInput` for a name that is not a model name, `NotFound` for a model the
+        repository does not hold, and `InvalidInput` ("load failed for model ...", as Triton)
+        when the config or any selected version fails to load (after loading the others).
         With ``retry_failed=False`` (polling), what failed before and has not changed since
         is not tried again.
         """
+        problem = name_problem(name) if isinstance(name, str) else "it is not a string"
+        if problem:
+            raise InvalidInput(f"model name '{shown(str(name))}' is not valid: {problem}")
+        if config_json is not None and not isinstance(config_json, str):
+            raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
         model_dir = self.root / name
-        if not (model_dir / "config.pbtxt").is_file() and config_json is None:
-            raise NotFound(f"model '{name}' is not in the repository {self.root} (no {name}/config.pbtxt)")
+        if not model_dir.is_dir() or (config_json is None and not (model_dir / "config.pbtxt").is_file()):
+            raise NotFound(f"model '{name}' is not in the repository (no {name}/config.pbtxt)")
         entry = self.models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             text = config_json
             try:
                 if text is None:
-                    text = (model_dir / "config.pbtxt").read_text()
+                    try:
+                        text = (model_dir / "config.pbtxt").read_bytes().decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ConfigError(f"{name}/config.pbtxt is not UTF-8 text") from None
                 if not retry_failed and entry.failed_config == text:
                     return False  # this config failed to parse before; it has not changed
                 try:
@@ -92,14 +124,16 @@ class Repository:
                     entry.failed_config = text
                     raise
                 entry.failed_config = None
-                available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+                available = [v for v in (version_directory(p.name) for p in model_dir.iterdir() if p.is_dir())
+                             if v is not None]
                 wanted = spec.selects_versions(available)
                 if not wanted:
-                    raise ConfigError(f"no version directory of {model_dir} matches its version_policy "
-                                      f"(found: {sorted(available) or 'none'}); add e.g. {model_dir}/1/")
+                    raise ConfigError(f"no version directory of {name}/ matches its version_policy "
+                                      f"(found: {sorted(available) or 'none'}); add e.g. {name}/1/")
             except (ConfigError, OSError) as exc:
-                entry.reason = str(exc)
-                raise ConfigError(f"failed to load model '{name}': {exc}") from None
+                # Triton answers a failed load with INVALID_ARGUMENT: the model, or the override, is at fault
+                entry.reason = self._reason(exc)
+                raise InvalidInput(f"load failed for model '{name}': {entry.reason}") from None
             entry.spec, entry.reason = spec, ""
             return await self._apply(entry, spec, wanted, retry_failed)
 
@@ -123,8 +157,7 @@ class Repository:
         for version, result in zip(to_start, results):
             previous = entry.versions.get(version)
             if isinstance(result, BaseException):
-                reason = str(result) if isinstance(result, ServingError) else \
-                    f"load failed: {type(result).__name__}: {result}"
+                reason = self._reason(result)
                 failures.append(f"version {version}: {reason}")
                 log.error("model %s version %d failed to load: %s", spec.name, version, reason,
                           exc_info=None if isinstance(result, ServingError) else result)
@@ -142,7 +175,7 @@ class Repository:
         entry.refresh()
         await asyncio.gather(*(retire_version(m, self.metrics) for m in to_retire))
         if failures:
-            raise ConfigError(f"failed to load model '{spec.name}': " + "; ".join(failures))
+            raise InvalidInput(f"load failed for model '{spec.name}': " + "; ".join(failures))
         return bool(to_start or to_retire)
 
     async def unload(self, name: str) -> None:
@@ -177,9 +210,10 @@ class Repository:
                                                     for v in entry.versions.values()) or "not loaded"
                 raise Unavailable(f"model '{name}' is not ready: {reasons}")
             return entry.default
-        if not version.isdigit():
-            raise NotFound(f"model '{name}' has no version '{version}': versions are positive integers")
-        model = entry.versions.get(int(version))
+        number = request_version(version)
+        if number is None:
+            raise NotFound(f"model '{name}' has no version {version[:32]!r}: versions are positive integers")
+        model = entry.versions.get(number)
         if model is None:
             loaded = ", ".join(str(v) for v in sorted(entry.versions)) or "none"
             raise NotFound(f"model '{name}' has no loaded version {version} (loaded: {loaded})")
@@ -191,10 +225,11 @@ class Repository:
         """Triton's repository index: one row per model version (or per model without versions)."""
         rows: list[dict[str, Any]] = []
         try:
-            on_disk = set(self.scan())
-        except ConfigError:
-            on_disk = set()
-        for name in sorted(set(self.models) | on_disk):
+            scanned, skipped = self._directories()
+        except (ConfigError, OSError):
+            scanned, skipped = [], {}
+        rows += [{"name": name, "state": UNAVAILABLE, "reason": reason} for name, reason in skipped.items()]
+        for name in sorted(set(self.models) | set(scanned)):
             entry = self.models.get(name)
             if entry is None or not entry.versions:
                 rows.append({"name": name, "state": UNAVAILABLE, "reason": entry.reason if entry else "not loaded"})

@@ -18,6 +18,7 @@ import torch
 
 from .errors import ConfigError, ModelError
 from .model import Model
+from .paths import confined
 
 _INDEXED = re.compile(r".*__(\d+)$")
 
@@ -34,13 +35,15 @@ class TorchScriptModel(Model):
     """Runs ``<version>/model.pt`` (or ``default_model_filename``) with ``torch.jit.load``."""
 
     def load(self) -> None:
-        file = self.path / self.config.filename
+        label = f"{self.name}/{self.version}/{self.config.filename}"
+        file = confined(self.path, self.config.filename, "default_model_filename", label)
         if not file.is_file():
-            raise ConfigError(f"{file} is missing: a pytorch_libtorch version directory needs its TorchScript file")
+            raise ConfigError(f"{label} is missing: a pytorch_libtorch version directory needs its TorchScript file")
         try:
             self.module = torch.jit.load(str(file), map_location=self.device)
-        except RuntimeError as exc:
-            raise ConfigError(f"{file} is not a TorchScript archive (torch.jit.load failed: {exc}); "
+        except (RuntimeError, ValueError, OSError):
+            # torch's message names the host path; the file's name relative to the repository is enough
+            raise ConfigError(f"{label} is not a TorchScript archive (torch.jit.load failed); "
                               "export it with torch.jit.script or torch.jit.trace and torch.jit.save") from None
         self.module.eval()
         self.forward = self.module.forward  # skips nn.Module.__call__'s hook handling on every batch

@@ -8,6 +8,7 @@ the ``warmup`` parameter is ``false``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +16,31 @@ import numpy as np
 from .codecs import deserialize_bytes
 from .config import ModelSpec, WarmupInput
 from .errors import ConfigError
+from .paths import confined
 from .types import NUMPY_DTYPES
 
 Batch = dict[str, np.ndarray]
+MAX_WARMUP_BYTES = 256 * 1024 * 1024  # one warm-up input; a BYTES element counts as 64 bytes
 
 
 def _array(name: str, item: WarmupInput, shape: tuple[int, ...], model_dir: Path, rng: np.random.Generator) -> np.ndarray:
     dtype = NUMPY_DTYPES[item.datatype]
-    count = int(np.prod(shape))
+    count = math.prod(shape)
+    if count * (64 if item.datatype == "BYTES" else dtype.itemsize) > MAX_WARMUP_BYTES:
+        raise ConfigError(f"warm-up input '{name}': shape {list(shape)} of {item.datatype} needs more than "
+                          f"{MAX_WARMUP_BYTES} bytes; warm up with smaller batches or dims")
     if item.source == "input_data_file":
-        path = model_dir / "warmup" / item.data_file
+        label = f"{model_dir.name}/warmup/{item.data_file}"
+        path = confined(model_dir / "warmup", item.data_file, f"warm-up input '{name}': input_data_file", label)
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as file:
+                raw = file.read(MAX_WARMUP_BYTES + 1)
         except OSError as exc:
-            raise ConfigError(f"warm-up input '{name}': cannot read {path}: {exc}") from None
+            raise ConfigError(f"warm-up input '{name}': cannot read {label} ({exc.strerror or 'unreadable'})") from None
         if item.datatype == "BYTES":
             return deserialize_bytes(raw, count, name).reshape(shape)
         if len(raw) != count * dtype.itemsize:
-            raise ConfigError(f"warm-up input '{name}': {path} has {len(raw)} bytes, shape {list(shape)} of "
+            raise ConfigError(f"warm-up input '{name}': {label} has {len(raw)} bytes, shape {list(shape)} of "
                               f"{item.datatype} needs {count * dtype.itemsize}")
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     if item.datatype == "BYTES":
@@ -67,10 +75,13 @@ def warmup_batches(spec: ModelSpec, model_dir: Path) -> tuple[list[Batch], bool]
     batches = []
     for rows in spec.batch_buckets():
         batch = {}
-        for tensor in spec.inputs:
-            dims = tuple(1 if d == -1 else d for d in tensor.dims)
-            shape = ((rows,) if spec.max_batch_size else ()) + dims
-            batch[tensor.name] = _array(tensor.name, WarmupInput(tensor.datatype, dims, "zero_data"), shape,
-                                        model_dir, rng)
+        try:
+            for tensor in spec.inputs:
+                dims = tuple(1 if d == -1 else d for d in tensor.dims)
+                shape = ((rows,) if spec.max_batch_size else ()) + dims
+                batch[tensor.name] = _array(tensor.name, WarmupInput(tensor.datatype, dims, "zero_data"), shape,
+                                            model_dir, rng)
+        except ConfigError:
+            continue  # too large to warm up implicitly: that bucket is prepared by its first request
         batches.append(batch)
     return batches, False

@@ -1,0 +1,133 @@
+"""Model names, version numbers and the files a config names: what may reach the filesystem.
+
+A model name comes from a client (the repository API) or a directory name; a file name
+comes from a config, which a client may send as a load override. Neither may leave the
+model's directory: names follow Triton's rules (one path component, no ``..``), and a
+file a config names must resolve, symlinks followed, inside the directory it belongs to.
+Messages name paths relative to the repository, never the host's absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from .errors import ConfigError
+
+MAX_NAME_LENGTH = 255  # NAME_MAX: a model name is a directory name
+MAX_VERSION_DIGITS = 19  # int64, as Triton parses versions
+MAX_LABEL_BYTES = 4 * 1024 * 1024  # a labels file is read whole at load, one class name a line
+MAX_LABEL_LENGTH = 1024
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model name, or None when it can."""
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"it is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
+    if name in (".", ".."):
+        return "'.' and '..' are not directories of the repository"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator; a model name is one directory of the repository"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it holds a control character"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return "it is not valid UTF-8"
+    if name.startswith("."):
+        return "names starting with '.' are hidden directories, which the repository skips"
+    return None
+
+
+def shown(name: str) -> str:
+    """A name as messages and JSON may carry it: control characters and undecodable bytes escaped."""
+    if name_problem(name) is None:
+        return name
+    return ascii(name[:MAX_NAME_LENGTH])[1:-1]
+
+
+def request_version(text: str) -> int | None:
+    """A version number from a request (ASCII digits, positive, int64), or None when it is not one."""
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_VERSION_DIGITS:
+        return None
+    number = int(text)
+    return number if 0 < number < 2**63 else None
+
+
+def version_directory(name: str) -> int | None:
+    """The version a directory holds, as Triton reads them: positive, no leading zero; else None."""
+    if not name.isascii() or not name.isdigit() or name.startswith("0") or len(name) > MAX_VERSION_DIGITS:
+        return None
+    return int(name)
+
+
+def relative_file_problem(value: str) -> str | None:
+    """Why a file name from a config cannot be used, before any filesystem access; None when it can."""
+    if not value:
+        return "it is empty"
+    if "\x00" in value or any(ord(c) < 32 for c in value):
+        return "it holds a control character"
+    if "\\" in value:
+        return "it holds a backslash; use '/' between directories"
+    path = PurePosixPath(value)
+    if path.is_absolute():
+        return "it is an absolute path; give a path relative to the model's directory"
+    if ".." in path.parts:
+        return "it holds '..'; files must stay inside the model's directory"
+    return None
+
+
+def check_filename(value: str, what: str) -> None:
+    """A file name from a config: relative and without '..', checked before anything touches the disk."""
+    problem = relative_file_problem(value)
+    if problem:
+        # an absolute value is not echoed: messages carry no host paths, not even the client's
+        named = "" if value.startswith("/") else f" {value[:200]!r}"
+        raise ConfigError(f"{what}{named} cannot be used: {problem}")
+
+
+def confined(base: Path, relative: str, what: str, label: str) -> Path:
+    """``base / relative``, symlinks resolved, when it stays inside ``base`` (itself resolved).
+
+    ``label`` is how messages show the file (relative to the repository); raises
+    `ConfigError` for a file outside ``base``.
+    """
+    check_filename(relative, what)
+    root = Path(os.path.realpath(base))
+    target = Path(os.path.realpath(base / relative))
+    if target != root and root not in target.parents:
+        raise ConfigError(f"{what} {label} resolves outside its directory (a symlink leaving it); files a "
+                          "config names must stay inside the model's directory")
+    return target
+
+
+def read_labels(model_dir: Path, filename: str, what: str) -> tuple[str, ...]:
+    """The class names of a ``label_filename``: a file inside the model's directory, one name a line."""
+    label = f"{model_dir.name}/{filename}"
+    path = confined(model_dir, filename, what, label)
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{what} {label} is missing (or not a regular file); put it beside config.pbtxt")
+        with path.open("rb") as file:
+            raw = file.read(MAX_LABEL_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {label} ({exc.strerror or 'unreadable'})") from None
+    if len(raw) > MAX_LABEL_BYTES:
+        raise ConfigError(f"{what} {label} is larger than {MAX_LABEL_BYTES} bytes; give one class name a line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {label} is not UTF-8 text; give one class name a line") from None
+    labels = tuple(line.strip() for line in text.splitlines() if line.strip())
+    long = next((i for i, name in enumerate(labels) if len(name) > MAX_LABEL_LENGTH), None)
+    if long is not None:  # each becomes a Prometheus label value on every scrape
+        raise ConfigError(f"{what} {label}: class name #{long + 1} is longer than {MAX_LABEL_LENGTH} characters")
+    return labels
+
+
+def scrub(message: str, root: Path) -> str:
+    """A message without the repository's absolute path: paths in it become relative to the repository."""
+    for prefix in {str(root), os.path.realpath(root), str(root.absolute())}:
+        if prefix and prefix != "/":
+            message = message.replace(prefix.rstrip("/") + "/", "").replace(prefix, "<repository>")
+    return message
