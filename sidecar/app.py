@@ -34,7 +34,8 @@ from serving import logs  # the same log formats as serve (pure: imports nothing
 from .admin import admin_app
 from .budget import MemoryBudget
 from .config import Config, ConfigError, load, restart_only_changes
-from .grpc_proxy import GrpcProxy
+from .grpc_proxy import GrpcProxy, grpc_server_options
+from .guard import ConnectionGuard, GuardedSite
 from .health import Health
 from .livedrift import LiveDriftHub
 from .metrics import Metrics
@@ -88,20 +89,30 @@ class Sidecar:
         # aiohttp's own cap on a body read whole is lifted: the proxy reads a body whole only
         # up to the runtime's buffer limit and streams larger ones.
         server = web.Server(self.http.handle, handler_cancellation=True,
-                            request_factory=self.http.request_factory(1 << 62))
+                            request_factory=self.http.request_factory(1 << 62),
+                            keepalive_timeout=settings.idle_timeout_secs)
+        self.http.guard = self._guard("http", settings.max_connections)
         self._http_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
-        self.http_port = await self._listen(self._http_runner, settings.listen.host, settings.listen.port)
+        self.http_port = await self._listen(self._http_runner, settings.listen.host, settings.listen.port,
+                                            self.http.guard)
         if settings.grpc_listen is not None:
-            self.grpc_port = await self.grpc.start(settings.grpc_listen.host, settings.grpc_listen.port)
-        self._metrics_runner = web.AppRunner(self._metrics_app(), access_log=None, handle_signals=False)
-        self.metrics_port = await self._listen(self._metrics_runner, settings.listen.host, settings.metrics_port)
+            self.grpc_port = await self.grpc.start(settings.grpc_listen.host, settings.grpc_listen.port,
+                                                   grpc_server_options(settings))
+        guard = self._guard("metrics", settings.admin_max_connections)
+        self._metrics_runner = web.AppRunner(self._metrics_app(guard), access_log=None, handle_signals=False,
+                                             keepalive_timeout=settings.idle_timeout_secs)
+        self.metrics_port = await self._listen(self._metrics_runner, settings.listen.host, settings.metrics_port,
+                                               guard)
         token = settings.admin_bearer()
         admin = settings.admin_listen
         if admin is not None:
-            self._admin_runner = web.AppRunner(admin_app(self.canary, self.status, token), access_log=None,
-                                               handle_signals=False)
+            guard = self._guard("admin", settings.admin_max_connections)
+            app = admin_app(self.canary, self.status, token)
+            app.middlewares.insert(0, guard.middleware)
+            self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                               keepalive_timeout=settings.idle_timeout_secs)
             try:
-                self.admin_port = await self._listen(self._admin_runner, admin.host, admin.port)
+                self.admin_port = await self._listen(self._admin_runner, admin.host, admin.port, guard)
             except OSError as exc:
                 if settings.admin_required:
                     raise
@@ -124,19 +135,24 @@ class Sidecar:
                      extra={"admin_port": self.admin_port})
         self._describe(self.config)
 
-    async def _listen(self, runner: web.BaseRunner, host: str, port: int) -> int:
+    def _guard(self, listener: str, max_connections: int) -> ConnectionGuard:
+        settings = self.settings
+        return ConnectionGuard(listener, max_connections, settings.header_timeout_secs, settings.body_timeout_secs,
+                               self.metrics)
+
+    async def _listen(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard) -> int:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = GuardedSite(runner, host, port, guard, backlog=1024)
         await site.start()
         return int(runner.addresses[0][1])
 
-    def _metrics_app(self) -> web.Application:
+    def _metrics_app(self, guard: ConnectionGuard) -> web.Application:
         registry = self.metrics.registry
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-        app = web.Application()
+        app = web.Application(middlewares=[guard.middleware])
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", self.http.handle)
         app.router.add_get("/readyz", self.http.handle)

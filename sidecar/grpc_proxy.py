@@ -18,7 +18,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -32,6 +32,7 @@ from .mirror import choose_copies
 from .rollout import Controller
 from .routing import CANARY, PRIMARY, retry_on_primary, sampled, split, sticky_key, upstream_failed
 from .runtime import CanaryUpstream, Runtime
+from .settings import Settings
 from .tensors import DecodeError, grpc_request
 from .upstream import GRPC_MESSAGE_LIMIT, forward_metadata
 
@@ -43,6 +44,20 @@ UNARY = frozenset(f"/{SERVICE}/{m.name}" for m in service_pb2.DESCRIPTOR.service
                   if not m.client_streaming and not m.server_streaming)
 REQUEST_ID = "x-request-id"
 Metadata = tuple[tuple[str, Any], ...]
+
+
+def grpc_server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """What bounds slow and idle gRPC clients, as the HTTP listener's guard does (`sidecar.guard`).
+
+    A connection must finish its HTTP/2 handshake within ``--header-timeout-secs``; one
+    with no call for ``--grpc-max-connection-idle-secs`` gets GOAWAY; at most
+    ``--grpc-max-concurrent-streams`` calls run on one connection; pings without calls
+    are refused past a few strikes (grpc's defaults).
+    """
+    return [("grpc.server_handshake_timeout_ms", int(settings.header_timeout_secs * 1000)),
+            ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_secs * 1000)),
+            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+            ("grpc.http2.max_ping_strikes", 2)]
 
 
 def _lookup(metadata: Metadata, name: str) -> str | None:
@@ -91,10 +106,10 @@ class GrpcProxy:
         self._upstream_duration = {name: metrics.upstream_duration.labels(name, "grpc") for name in (PRIMARY, CANARY)}
         self._retries = metrics.canary_retries.labels("grpc")
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, options: Sequence[tuple[str, Any]] = ()) -> int:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
                                           ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-                                          ("grpc.so_reuseport", 0)])
+                                          ("grpc.so_reuseport", 0), *options])
         server.add_generic_rpc_handlers((_Handlers(self),))
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if bound == 0:
@@ -188,6 +203,20 @@ class GrpcProxy:
         self._observe(name, method == MODEL_INFER, elapsed, grpc.StatusCode.OK)
         return call, Answer(name, 200, elapsed * 1000, None, response), elapsed
 
+    @staticmethod
+    def _details(rt: Runtime, served: str, error: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> str:
+        """The message for a failed call: the upstream's own, or, when it never answered, one naming it (as Envoy)."""
+        code, details = error.code(), error.details() or ""
+        canary = rt.canary.config if served == CANARY and rt.canary is not None else None
+        target = canary.grpc if canary is not None else rt.config.primary.grpc
+        if code == grpc.StatusCode.UNAVAILABLE and not error.trailing_metadata():
+            return f"upstream connect error: the {served} at {target} cannot be reached ({details})"
+        remaining = context.time_remaining()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and (remaining is None or remaining > 0.05):
+            limit = canary.timeout_secs if canary is not None else rt.config.primary.timeout_secs
+            return f"upstream request timeout: the {served} at {target} did not answer within {limit:g}s"
+        return details
+
     async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         received = time.perf_counter()
         rt = self._runtime()
@@ -225,7 +254,7 @@ class GrpcProxy:
                 trailing = forward_metadata(tuple(outcome.trailing_metadata() or ()))
                 if trailing:
                     context.set_trailing_metadata(trailing)
-                await context.abort(code, outcome.details() or "")
+                await context.abort(code, self._details(rt, served, outcome, context))
             code = grpc.StatusCode.OK
             initial = forward_metadata(tuple(await outcome.initial_metadata()))
             if initial:

@@ -29,6 +29,14 @@ class Metrics:
         self.hop_duration = Histogram("sidecar_hop_duration_seconds",
                                       "Time the sidecar adds to a request: the whole request less the upstream's "
                                       "part", ["protocol"], buckets=HOP_BUCKETS, registry=r)
+        self.client_connections = Gauge("sidecar_client_connections", "Client connections open, by listener (http, "
+                                        "metrics, admin)", ["listener"], registry=r)
+        self.client_connections_refused = Counter("sidecar_client_connections_refused", "Client connections "
+                                                  "answered 503 and closed at once: the listener had its "
+                                                  "--max-connections open", ["listener"], registry=r)
+        self.client_timeouts = Counter("sidecar_client_timeouts", "Client connections closed because the request "
+                                       "head (header) or body (body) did not arrive in time", ["listener", "part"],
+                                       registry=r)
         self.shadow_sends = Counter("sidecar_shadow_requests", "Copies sent to a shadow", ["shadow", "protocol"],
                                     registry=r)
         self.shadow_successes = Counter("sidecar_shadow_successes", "Shadow answers with status 200 / OK (the body "

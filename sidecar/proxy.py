@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from .exchange import CANCELLED, CONNECTION, TIMEOUT, Answer, Exchange
+from .guard import ConnectionGuard
 from .health import Health
 from .metrics import Metrics
 from .mirror import choose_copies
@@ -64,6 +65,7 @@ class HttpProxy:
         self._submit = submit
         self.health = health
         self.canary = canary if canary is not None else Controller(metrics)
+        self.guard: ConnectionGuard | None = None  # the listener's deadlines, told where each request starts and ends
         self.in_flight = 0  # the drain waits for it to reach 0
         self._requests: dict[tuple[str, int], Any] = {}
         self._request_duration = metrics.request_duration.labels("http")
@@ -80,17 +82,24 @@ class HttpProxy:
         return make
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path == "/healthz":
-            return _json({"live": True})
-        if path == "/readyz":
-            ready, reason = await self.health.ready()
-            return _json({"ready": ready, "reason": reason}, 200 if ready else 503)
-        self.in_flight += 1
+        guard = self.guard
+        if guard is not None:
+            guard.head_received(request)
         try:
-            return await self.forward(request)
+            path = request.path
+            if path == "/healthz":
+                return _json({"live": True})
+            if path == "/readyz":
+                ready, reason = await self.health.ready()
+                return _json({"ready": ready, "reason": reason}, 200 if ready else 503)
+            self.in_flight += 1
+            try:
+                return await self.forward(request)
+            finally:
+                self.in_flight -= 1
         finally:
-            self.in_flight -= 1
+            if guard is not None:
+                guard.request_done(request)
 
     def _count(self, upstream: str, status: int) -> None:
         counter = self._requests.get((upstream, status))
