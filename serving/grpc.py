@@ -21,8 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from .access import AccessPolicy
 from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError
+from .grpc_access import RestrictedProtocols
 from .protobuf import decode_model_infer_request, encode_model_infer_response, parameter_value
 
 log = logging.getLogger(__name__)
@@ -225,10 +227,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 class GrpcTransport:
     """The gRPC server: the inference service and the health service, on one port."""
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy()) -> None:
         self.dataplane = dataplane
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[RestrictedProtocols(access)], options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", SEND_LIMIT),
         ])

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .access import AccessPolicy, http_group
 from .codecs import decode_infer_request, encode_infer_response, error_body
 from .dataplane import DataPlane
 from .errors import InvalidInput, PayloadTooLarge, ServingError
@@ -60,8 +61,9 @@ class HttpTransport:
     splits the path once and picks the endpoint directly.
     """
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy()) -> None:
         self.dataplane = dataplane
+        self.access = access
         self.max_request_bytes = max_request_bytes
         get, post = "GET", "POST"
         self._fixed: dict[tuple[str, ...], tuple[str, Endpoint]] = {
@@ -117,6 +119,9 @@ class HttpTransport:
         if isinstance(routed, web.Response):
             return routed
         endpoint, args = routed
+        denied = self.access.denial(http_group(request.path), request.headers)  # before the body is read
+        if denied is not None:
+            return _error(403, denied)
         try:
             return await endpoint(request, *args)
         except ServingError as exc:

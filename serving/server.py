@@ -61,10 +61,10 @@ class Server:
         self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,
                                     settings.repository_poll_secs)
         self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
-        http = HttpTransport(self.dataplane, settings.max_request_bytes)
+        http = HttpTransport(self.dataplane, settings.max_request_bytes, settings.http_restricted_api)
         self.http_port = await self._listen(web.ServerRunner(http.server(), access_log=None, shutdown_timeout=2.0),
                                             settings.http_port)
-        self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes)
+        self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol)
         self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
         self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics), access_log=None,
                                                              shutdown_timeout=2.0), settings.metrics_port)

@@ -13,6 +13,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from .access import GRPC_HEADER_PREFIX, GROUPS, AccessPolicy, parse_restrictions
 
 MiB = 1024 * 1024
 ENV_PREFIX = "SERVING_"
@@ -40,6 +43,8 @@ class Settings:
     load_model: tuple[str, ...] = ()
     repository_poll_secs: float = 15.0
     strict_readiness: bool = True
+    http_restricted_api: AccessPolicy = AccessPolicy()
+    grpc_restricted_protocol: AccessPolicy = AccessPolicy()  # checked as metadata triton-grpc-protocol-<key>
 
 
 def _device(value: str) -> str:
@@ -85,6 +90,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _restrictions(value: str) -> tuple[object, ...]:
+    try:
+        return parse_restrictions(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Restrict(argparse.Action):
+    """Repeatable, collecting every group of every use; not an append action, so that the
+    environment variable is not split on commas (the group list has them): ';' separates there."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *values])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="serve",
@@ -119,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--strict-readiness", type=_bool,
         help="true: ready only once every start-up model is ready; false: ready once loading has been "
              "tried (default true)")
+    restrict = (f"a request to these API groups ({', '.join(GROUPS)}) needs the header <key>=<value>; "
+                "repeatable, a group in one restriction only (SERVING_* takes several separated by ';')")
+    add("--http-restricted-api", type=_restrictions, action=_Restrict, metavar="<groups>:<key>=<value>",
+        help=f"as Triton's: {restrict}; others get 403 (default: nothing restricted)")
+    add("--grpc-restricted-protocol", type=_restrictions, action=_Restrict, metavar="<groups>:<key>=<value>",
+        help=f"as Triton's: {restrict}, as the metadata {GRPC_HEADER_PREFIX}<key>; others get PERMISSION_DENIED "
+             "(default: nothing restricted)")
     return parser
 
 
@@ -166,4 +194,10 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         parser.error("--model-repository (or SERVING_MODEL_REPOSITORY) is required")
     if values.get("load_model") and values.get("model_control_mode", "none") != "explicit":
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
+    for dest in ("http_restricted_api", "grpc_restricted_protocol"):
+        if dest in values:
+            try:
+                values[dest] = AccessPolicy.of(values[dest])  # type: ignore[arg-type]
+            except ValueError as exc:
+                parser.error(f"--{dest.replace('_', '-')}: {exc}")
     return Settings(**values)  # type: ignore[arg-type]
