@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .conftest import ROOT
@@ -33,12 +34,30 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert summary["drift_after_shift"] is True
     assert summary["drift_in_control"] is False
     assert 0.5 < summary["shadow_agreement"] < 1.0  # version 2 answers differently on some inputs
+    canary = summary["canary"]["canary"]  # the sidecar's status, read right after the traffic
+    assert (canary["phase"], canary["weight"]) == ("rolled_back", 0.0)
+    failed = [d for d in canary["decisions"] if d["source"] == "analysis" and d["verdict"] == "fail"]
+    assert len(failed) >= 2 and [(d["action"], d["failures"]) for d in failed[-2:]] == [("hold", 1), ("rollback", 2)]
+    rollback = failed[-1]  # after failure_limit (2) failed intervals in a row
+    assert (rollback["weight_from"], rollback["weight_to"]) == (10.0, 0.0)
+    for decision in failed:  # version 2 disagrees with version 1 on about 13% of rows; the limit is 5%
+        (check,) = [c for c in decision["checks"] if c["name"] == "disagreement"]
+        assert check["status"] == "fail" and 0.05 < decision["metrics"]["disagreement"] < 0.3
+        assert decision["metrics"]["canary_requests"] >= 20 and decision["metrics"]["canary_errors"] == 0
     assert set(summary["exit_statuses"].values()) == {0}
     assert not any(alive(pid) for pid in summary["pids"])
     assert (out / "reports" / "drift.html").stat().st_size > 1000
     assert (out / "reports" / "compare.html").stat().st_size > 1000
-    records = ds.dataset(str(out / "records"), format="parquet").to_table(columns=["request_id", "protocol"])
+    records = ds.dataset(str(out / "records"), format="parquet").to_table(
+        columns=["request_id", "protocol", "timestamp", "primary"])
     assert records.num_rows >= 0.9 * sum(clients["ok"].values())
     assert set(records.column("protocol").to_pylist()) == {"http", "grpc"}
+    # the rollback took effect: the canary served its slice before it, and nothing received after it
+    received = [ts.timestamp() for ts in records.column("timestamp").to_pylist()]
+    upstreams = pc.struct_field(records.column("primary"), "upstream").to_pylist()
+    served = [ts for ts, upstream in zip(received, upstreams) if upstream == "canary"]
+    assert served and min(served) < rollback["time"]
+    assert max(served) < rollback["time"] + 0.5, "the canary served requests after it was rolled back"
+    assert sum(ts > rollback["time"] + 0.5 for ts in received) > 100
     assert sorted(p.name for p in out.iterdir()) == ["records", "reports", "summary.json"]
     assert "Drift: before the shift against after it" in done.stdout
