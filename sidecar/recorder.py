@@ -110,7 +110,8 @@ class Recorder:
         self._count = 0
         self._bytes = 0
         self._writer = (SegmentWriter(config.dir, metrics, config.segment_records, config.segment_secs,
-                                      config.max_bytes, flush_secs=flush_secs) if config.dir is not None else None)
+                                      config.max_bytes, flush_secs=flush_secs, finish_dead=False)
+                        if config.dir is not None else None)
         self._thread = threading.Thread(target=self._run, name="sidecar-recorder", daemon=True)
         self._stopped = False
         metrics.recorder_queue.set_function(lambda: self._count)
@@ -146,6 +147,8 @@ class Recorder:
 
     def _run(self) -> None:
         writer = self._writer
+        if writer is not None:
+            _safely(writer.finish_dead_writers)  # here, not on the event loop: it may take a while
         hub: LiveDriftHub | None = None
         while True:
             if self.drift is not hub:  # a new profile, or none: the old series go

@@ -39,7 +39,8 @@ class SegmentWriter:
     """Appends records to the current segment, flushes and rotates it; used from one thread only."""
 
     def __init__(self, directory: Path, metrics: Metrics, segment_records: int, segment_secs: float,
-                 max_bytes: int, row_group_records: int = ROW_GROUP_RECORDS, flush_secs: float = FLUSH_SECS) -> None:
+                 max_bytes: int, row_group_records: int = ROW_GROUP_RECORDS, flush_secs: float = FLUSH_SECS,
+                 finish_dead: bool = True) -> None:
         self.directory = directory
         self.row_group_records = row_group_records
         self.metrics = metrics
@@ -57,16 +58,27 @@ class SegmentWriter:
         self._records = 0  # in the current segment, flushed or buffered
         self._opened = 0.0  # monotonic time of the segment's first record
         self._lock: OwnerLock | None = None
+        self._unlocked = False  # warned that the directory cannot be locked
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._own_lock()
-            recovered = recover(directory, own=self.name)
         except OSError as exc:  # an unusable directory: every write counts its losses and tries again
             log.error("cannot prepare the record directory %s: %s", directory, exc)
-            recovered = []
+        if finish_dead:
+            self.finish_dead_writers()
+
+    def finish_dead_writers(self) -> list[Path]:
+        """Finish the open segments that writers which are gone left in the directory (see `sidecar.spool`)."""
+        try:
+            recovered = recover(self.directory, own=self.name)
+        except OSError as exc:
+            log.error("cannot recover the records in %s: %s", self.directory, exc)
+            return []
         if recovered:
-            log.warning("finished %d segment(s) left open in %s by writers that are gone", len(recovered), directory)
+            log.warning("finished %d segment(s) left open in %s by writers that are gone", len(recovered),
+                        self.directory)
             self._enforce_quota()
+        return recovered
 
     def _own_lock(self) -> None:
         """Hold this writer's lock; taken again if the directory was removed and made anew."""
@@ -74,7 +86,14 @@ class SegmentWriter:
             return
         if self._lock is not None:
             self._lock.release(remove=False)
-        self._lock = OwnerLock.take(lock_path(self.directory, self.name), create=True)
+        try:
+            self._lock = OwnerLock.take(lock_path(self.directory, self.name), create=True)
+        except OSError as exc:  # no flock here (ENOLCK): others leave files without a lock alone, so go on
+            self._lock = None
+            if not self._unlocked:
+                log.warning("cannot lock %s (%s): the open segment of this writer will not be recovered by "
+                            "another after a crash", self.directory, exc)
+            self._unlocked = True
 
     @property
     def pending(self) -> int:

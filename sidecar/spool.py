@@ -82,9 +82,13 @@ class OwnerLock:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
             os.close(fd)
-            return None
+            if isinstance(exc, BlockingIOError):
+                return None
+            if create:
+                path.unlink(missing_ok=True)  # a lock nobody can hold would look like a dead writer's
+            raise
         lock = cls(path, fd)
         if not lock.held():  # whoever held it before finished the recovery and removed the file
             lock.release(remove=False)
@@ -251,7 +255,11 @@ def recover(directory: Path, own: str | None = None) -> list[Path]:
                     unowned, directory)
     finished: list[Path] = []
     for writer in sorted(locks - {own}):
-        lock = OwnerLock.take(lock_path(directory, writer))
+        try:
+            lock = OwnerLock.take(lock_path(directory, writer))
+        except OSError as exc:  # not a file we can lock: not a writer's
+            log.warning("cannot lock %s: %s", lock_path(directory, writer).name, exc)
+            continue
         if lock is None:
             continue  # alive, or being recovered by another process
         done = False
