@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from .conftest import EXAMPLES, RunningServer
+from .conftest import EXAMPLES, RunningServer, Serve
+
+FAULTS = Path(__file__).parent / "fixtures" / "faults"
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +143,89 @@ def test_health_service_follows_readiness(server: RunningServer) -> None:
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_turns_not_serving_when_draining() -> None:
-    running = RunningServer(EXAMPLES)
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(grpc_url(running)))
+@pytest.fixture(scope="module")
+def faults() -> Iterator[RunningServer]:
+    running = RunningServer(FAULTS)
+    yield running
+    running.stop()
+
+
+def x_input(value: float, rows: int = 1) -> list[grpcaio.InferInput]:
+    inp = grpcaio.InferInput("X", [rows, 1], "FP32")
+    inp.set_data_from_numpy(np.full((rows, 1), value, np.float32))
+    return [inp]
+
+
+def test_a_model_that_is_not_ready_is_unavailable(faults: RunningServer) -> None:
+    client = grpcclient.InferenceServerClient(grpc_url(faults))
+    with pytest.raises(InferenceServerException, match="model 'broken' is not ready: .*weights are corrupt") as error:
+        client.infer("broken", x_input(1))
+    assert error.value.status() == str(grpc.StatusCode.UNAVAILABLE)
+    assert not client.is_model_ready("broken") and client.is_model_ready("slow")
+
+
+def test_a_failing_handler_is_internal_for_its_request_only(faults: RunningServer) -> None:
+    client = grpcclient.InferenceServerClient(grpc_url(faults))
+    for _ in range(3):
+        with pytest.raises(InferenceServerException, match="model 'crash' version 1 failed: .*the handler broke") as error:
+            client.infer("crash", x_input(1))
+        assert error.value.status() == str(grpc.StatusCode.INTERNAL)
+        assert "Traceback" not in str(error.value)
+    assert client.infer("slow", x_input(2)).as_numpy("Y").tolist() == [[3.0]]
+
+
+def test_a_cancelled_call_is_dropped_and_the_server_serves_on(faults: RunningServer) -> None:
+    """The client gives up on a call queued behind a slow batch: it is never computed."""
+    async def scenario() -> None:
+        async with grpcaio.InferenceServerClient(grpc_url(faults)) as client:
+            before = (await client.get_inference_statistics("slow", as_json=True))["model_stats"][0]
+            first = asyncio.ensure_future(client.infer("slow", x_input(1)))  # holds the model for 0.5 s
+            await asyncio.sleep(0.2)
+            queued = asyncio.ensure_future(client.infer("slow", x_input(5, rows=3)))
+            await asyncio.sleep(0.1)
+            queued.cancel()  # tritonclient's aio call is cancelled, so is the RPC
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            assert (await first).as_numpy("Y").tolist() == [[2.0]]
+            after_cancel = (await client.get_inference_statistics("slow", as_json=True))["model_stats"][0]
+            assert (await client.infer("slow", x_input(7))).as_numpy("Y").tolist() == [[8.0]]
+            after = (await client.get_inference_statistics("slow", as_json=True))["model_stats"][0]
+        rows = int(after_cancel.get("inference_count", 0)) - int(before.get("inference_count", 0))
+        assert rows == 1  # the first call's row; the cancelled call's three rows never reached the model
+        failed = int(after_cancel["inference_stats"]["fail"].get("count", 0)) - \
+            int(before["inference_stats"]["fail"].get("count", 0))
+        assert failed == 1  # counted, as Triton counts a cancelled request
+        assert int(after.get("inference_count", 0)) - int(after_cancel.get("inference_count", 0)) == 1
+    asyncio.run(scenario())
+
+
+def test_sigterm_lets_in_flight_grpc_requests_finish_then_exits_zero() -> None:
+    serve = Serve(FAULTS)
+    port = next(entry["grpc_port"] for entry in serve.lines if entry["message"].startswith("listening "))
+    target = f"127.0.0.1:{port}"
     try:
-        running.server.dataplane.start_drain()  # type: ignore[union-attr]
-        running.call(running.server.grpc.update_health())  # type: ignore[union-attr]
-        assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert not grpcclient.InferenceServerClient(grpc_url(running)).is_server_ready()
+        async def scenario() -> tuple[list[list[list[float]]], str, int]:
+            async with grpcaio.InferenceServerClient(target) as client:
+                in_flight = [asyncio.ensure_future(client.infer("slow", x_input(i), client_timeout=30))
+                             for i in range(8)]  # two or three batches at 0.5 s each
+                await asyncio.sleep(0.25)
+                serve.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.1)
+                with pytest.raises(InferenceServerException, match="shutting down") as late:
+                    await client.infer("slow", x_input(100), client_timeout=30)
+                health = health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(target))
+                status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=10)).status
+                results = await asyncio.gather(*in_flight)
+                return [r.as_numpy("Y").tolist() for r in results], str(late.value.status()), status
+
+        answers, late_status, health_status = asyncio.run(scenario())
+        assert answers == [[[i + 1.0]] for i in range(8)]
+        assert late_status == str(grpc.StatusCode.UNAVAILABLE)
+        assert health_status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert serve.finish() == 0
+        assert any(entry["message"].startswith("draining 8 in-flight") for entry in serve.lines)
     finally:
-        running.stop()
+        serve.kill()
 
 
 def test_shared_memory_trace_and_log_rpcs_are_unimplemented(server: RunningServer) -> None:

@@ -107,21 +107,24 @@ def test_stats_count_requests_and_batches(client: httpclient.InferenceServerClie
                                                                ("sentiment", "1")}
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(examples_server: RunningServer) -> None:
-    xs = [points(1 + i % 3, seed=100 + i) for i in range(64)]
-
+def concurrent_requests(server: RunningServer, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Each of ``xs`` to classifier version 1, all at once (so they batch)."""
     async def scenario() -> list[np.ndarray]:
-        async with aiohttpclient.InferenceServerClient(examples_server.url) as aclient:
+        async with aiohttpclient.InferenceServerClient(server.url) as aclient:
             async def one(x: np.ndarray) -> np.ndarray:
                 inp = aiohttpclient.InferInput("INPUT__0", list(x.shape), "FP32")
                 inp.set_data_from_numpy(x)
                 result = await aclient.infer("classifier", [inp], model_version="1")
                 return result.as_numpy("OUTPUT__0")
             return await asyncio.gather(*(one(x) for x in xs))
+    return asyncio.run(scenario())
 
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(examples_server: RunningServer) -> None:
+    xs = [points(1 + i % 3, seed=100 + i) for i in range(64)]
     sync = httpclient.InferenceServerClient(examples_server.url)
     before = sync.get_inference_statistics("classifier", "1")["model_stats"][0]
-    results = asyncio.run(scenario())
+    results = concurrent_requests(examples_server, xs)
     after = sync.get_inference_statistics("classifier", "1")["model_stats"][0]
     for x, got in zip(xs, results):
         np.testing.assert_allclose(got, classifier_alone(1, x), rtol=1e-5, atol=1e-6)
@@ -131,6 +134,11 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(examples_ser
 
 
 def test_prometheus_metrics_use_tritons_names_and_show_batching(examples_server: RunningServer) -> None:
+    # traffic of its own, so that the test holds when it runs alone
+    concurrent_requests(examples_server, [points(2, seed=200 + i) for i in range(64)])
+    text_input = httpclient.InferInput("TEXT", [2, 1], "BYTES")
+    text_input.set_data_from_numpy(np.array([[b"what a great day"], [b"this is awful"]], dtype=object))
+    httpclient.InferenceServerClient(examples_server.url).infer("sentiment", [text_input])
     text = urllib.request.urlopen(examples_server.metrics_url, timeout=10).read().decode()
 
     def value(name: str, **labels: str) -> float:
@@ -161,4 +169,4 @@ def test_prometheus_metrics_use_tritons_names_and_show_batching(examples_server:
     assert classes and sum(float(v) for _, v in classes) == rows
     assert value("serving_prediction_confidence_count", model="classifier", version="1", output="OUTPUT__0") == rows
     sentiment = re.findall(r'^serving_predicted_class_total\{class="(\w+)",model="sentiment"', text, re.M)
-    assert set(sentiment) <= {"negative", "positive"}
+    assert set(sentiment) == {"negative", "positive"}  # both classes were predicted, and no others exist
