@@ -50,3 +50,38 @@ def test_entrypoints_are_the_same_program(module: str) -> None:
     for flag in ("--model-repository", "--http-port", "--grpc-port", "--metrics-port", "--host", "--device",
                  "--max-request-bytes", "--exit-timeout-secs", "--log-format", "--log-level", "SERVING_"):
         assert flag in out.stdout
+
+
+def test_restricted_apis_as_triton_writes_them() -> None:
+    settings = parse(["--model-repository", "r",
+                      "--http-restricted-api", "shared-memory,model-config,model-repository:Admin-Key=a=b,c",
+                      "--http-restricted-api", "statistics:stats-key=s"],
+                     {"SERVING_GRPC_RESTRICTED_PROTOCOL": "model-repository:admin-key=x; health,inference:infer-key=y"})
+    http = settings.http_restricted_api
+    admin = http.restricted("model-repository")
+    assert admin is not None and admin.key == "admin-key" and admin.value == "a=b,c"  # split at the first '='
+    assert http.restricted("model-config") is admin and http.restricted("statistics").key == "stats-key"
+    assert http.restricted("inference") is None and http.restricted("health") is None
+    assert http.denial("model-repository", {"admin-key": "a=b,c"}) is None
+    assert "expecting header 'admin-key'" in http.denial("model-repository", {"admin-key": "a=b"})
+    grpc = settings.grpc_restricted_protocol
+    assert grpc.restricted("health").key == "infer-key" and grpc.restricted("model-repository").value == "x"
+    assert "a=b,c" not in repr(settings) and "'x'" not in repr(settings)  # values stay out of logs and reprs
+    assert parse(["--model-repository", "r"], {}).http_restricted_api.restrictions == ()  # default: open
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--http-restricted-api", "model-repository"], {}, "<group>[,<group>...]:<key>=<value>"),
+    (["--http-restricted-api", "model-repository:key="], {}, "<key>=<value>"),
+    (["--http-restricted-api", "repository:k=v"], {}, "unknown API group"),
+    (["--grpc-restricted-protocol", "health:k=v", "--grpc-restricted-protocol", "health,inference:j=w"], {},
+     "more than one restriction"),
+    (["--http-restricted-api", "health:bad key=v"], {}, "header key"),
+    ([], {"SERVING_HTTP_RESTRICTED_API": "inference:k=v;inference:j=w"}, "more than one restriction"),
+])
+def test_bad_restrictions_exit_with_a_usage_message(argv: list[str], env: dict[str, str], message: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--model-repository", "r", *argv], env)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
