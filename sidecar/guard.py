@@ -66,8 +66,8 @@ class _Guarded(asyncio.Protocol):
             self.transport.write(BUSY)  # type: ignore[union-attr]
             transport.close()
             return
-        guard.opened(self)
         self.inner = self._make()
+        guard.opened(self)
         self.inner.connection_made(transport)
         self._arm(guard.header_timeout, self._head_late)
 
