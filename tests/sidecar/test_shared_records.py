@@ -1,23 +1,27 @@
-"""Recorders in separate processes: sharing one directory, and a kill -9 in the middle of traffic.
+"""Writers in separate processes: real sidecars sharing one directory, and a kill -9 in the middle of traffic.
 
-Each writer is a real `Recorder` (queue, thread, segment writer) in its own process, fed
-exchanges at a known rate; it prints the index of every record it has handed over, so what
-was sent is known exactly even after a SIGKILL.
+For the kill, the writer is a real `Recorder` (queue, thread, segment writer) in its own
+process, fed exchanges at a known rate; it prints the index of every record it has handed
+over, so what was sent is known exactly even after a SIGKILL.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar.drift.reader import count_rows, segment_files
@@ -25,7 +29,7 @@ from sidecar.metrics import Metrics
 from sidecar.segments import SegmentWriter, finished_segments
 from sidecar.spool import read_batches
 
-from .support import ROOT, wait_until
+from .support import ROOT, SidecarProcess, Stub, wait_until
 
 RECORDING = """
 import sys, time
@@ -121,27 +125,72 @@ def all_ids(directory: Path) -> list[str]:
     return ids
 
 
-def test_two_live_recorders_and_a_third_starting_share_a_directory(tmp_path: Path) -> None:
-    count = 1500
-    with writing(tmp_path, "a", 1000.0, count, 400) as a, writing(tmp_path, "b", 1000.0, count, 400) as b:
-        a.read_until("ready")
-        wait_until(lambda: list(tmp_path.glob(".records-*.arrows")), 20, "the first writer's open segment")
-        b.read_until("ready")  # started while the other writes: it must not touch the other's files
-        a.read_until("sent")
-        b.read_until("sent")
-        wait_until(lambda: on_disk(tmp_path, "a") == count and on_disk(tmp_path, "b") == count, 20,
-                   "both writers' records flushed")
-        opened = sorted(p.name for p in tmp_path.glob(".records-*"))
-        assert len([n for n in opened if n.endswith(".arrows")]) == 2 and len(finished_segments(tmp_path)) == 6
-        third = SegmentWriter(tmp_path, Metrics(CollectorRegistry()), 1000, 60.0, 1 << 30)
-        assert sorted(p.name for p in tmp_path.glob(".records-*")) == sorted([*opened, f".records-{third.name}.lock"])
-        third.close()
-        b.kill()  # after its flush: nothing of it may be lost
-        a.stop()
-    fourth = SegmentWriter(tmp_path, Metrics(CollectorRegistry()), 1000, 60.0, 1 << 30)  # finishes b's segment
-    fourth.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in finished_segments(tmp_path)]
-    ids = all_ids(tmp_path)
+def model_stub() -> Stub:
+    """A v2 model server that answers every inference with the same scores."""
+    async def infer(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"model_name": request.match_info["model"], "model_version": "1", "id": body["id"],
+                                  "outputs": [{"name": "OUT", "datatype": "FP32", "shape": [1, 2],
+                                               "data": [0.25, 0.75]}]})
+    return Stub(lambda app: app.router.add_post("/v2/models/{model}/infer", infer))
+
+
+def sidecar(directory: Path, config: Path, primary: Stub, shadow: Stub) -> SidecarProcess:
+    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
+                             "--primary", primary.url, "--shadow", f"v2={shadow.url}", "--record-dir", str(directory),
+                             "--config", str(config), "--drain-timeout-secs", "0", "--shadow-drain-secs", "1")
+    stderr = process.process.stderr
+    assert stderr is not None
+    threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()  # keep its log pipe moving
+    return process
+
+
+def send(process: SidecarProcess, tag: str, indices: range) -> None:
+    for index in indices:
+        body = json.dumps({"id": f"{tag}-{index}", "inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 2],
+                                                               "data": [1.0, float(index)]}]}).encode()
+        request = urllib.request.Request(f"http://{process.http}/v2/models/m/infer", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+
+def test_live_sidecars_sharing_a_directory_never_touch_each_others_records(tmp_path: Path) -> None:
+    """The issue's case: a replica starting next to a live one, then a kill -9 and another start."""
+    records, config, count = tmp_path / "records", tmp_path / "sidecar.json", 150
+    config.write_text(json.dumps({"recording": {"segment_records": 60}}))
+    primary, shadow = model_stub(), model_stub()
+    started: list[SidecarProcess] = []
+    try:
+        a = sidecar(records, config, primary, shadow)
+        started.append(a)
+        send(a, "a", range(50))
+        wait_until(lambda: on_disk(records, "a") == 50, 20, "the first replica's open segment on disk")
+        (open_segment,) = records.glob(".records-*.arrows")
+        b = sidecar(records, config, primary, shadow)  # starts next to a live writer with an open segment
+        started.append(b)
+        send(b, "b", range(count))
+        wait_until(lambda: on_disk(records, "b") == count, 20, "the second replica's records on disk")
+        assert sum(batch.num_rows for batch in read_batches(open_segment)) == 50  # untouched by b's start
+        send(a, "a", range(50, count))
+        wait_until(lambda: on_disk(records, "a") == count, 20, "the first replica's records on disk")
+        live = sorted(p.name for p in records.glob(".records-*.arrows"))
+        assert len(live) == 2 and len(finished_segments(records)) == 4
+        b.kill()  # SIGKILL: its open segment (30 records) stays as a stream
+        c = sidecar(records, config, primary, shadow)  # finishes b's segment, leaves a's alone
+        started.append(c)
+        wait_until(lambda: len(finished_segments(records)) == 5, 20, "the dead replica's segment finished")
+        assert [n for n in live if n in {p.name for p in records.glob(".records-*.arrows")}] == [
+            n for n in live if f"-{a.process.pid}-" in n]
+        for process in (a, c):
+            process.process.send_signal(signal.SIGTERM)
+            assert process.finish(30) == 0
+    finally:
+        for process in started:
+            process.kill()
+        primary.stop()
+        shadow.stop()
+    assert sorted(p.name for p in records.iterdir()) == [p.name for p in finished_segments(records)]
+    ids = all_ids(records)
     assert sorted(ids) == sorted(f"{tag}-{i}" for tag in "ab" for i in range(count))
 
 
