@@ -144,3 +144,28 @@ def test_service_monitor(path: str) -> None:
     endpoints = {e["port"] for e in monitor["spec"]["endpoints"]}
     assert endpoints <= ports and "metrics" in endpoints
     assert ("sidecar-metrics" in endpoints) == (path in SIDECAR_OVERLAYS)
+
+
+@pytest.mark.parametrize("path", MODEL_OVERLAYS)
+def test_the_repository_api_needs_the_admin_key_from_a_secret(path: str) -> None:
+    """Every model container restricts model-repository on HTTP and gRPC, keyed by a Secret's value.
+
+    The variables are parsed as serve parses them; Kubernetes expands $(VAR) only from
+    variables defined earlier in the list, so the Secret's variable must come first.
+    """
+    from serving.access import parse_restrictions
+
+    resources = render(path)
+    models = [r for r in resources
+              if r["kind"] == "Deployment" and r["metadata"]["name"].startswith("shadowserve-model")]
+    assert models
+    for deployment in models:
+        env = container(deployment["spec"]["template"]["spec"], "model")["env"]
+        names = [e["name"] for e in env]
+        secret = env[names.index("SHADOWSERVE_ADMIN_KEY")]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "shadowserve-admin", "key": "admin-key"}, "required: no pod with a guessable key"
+        for flag in ("SERVING_HTTP_RESTRICTED_API", "SERVING_GRPC_RESTRICTED_PROTOCOL"):
+            assert names.index(flag) > names.index("SHADOWSERVE_ADMIN_KEY"), f"{flag} comes after the Secret"
+            (restriction,) = parse_restrictions(env[names.index(flag)]["value"])
+            assert restriction.groups == {"model-repository"} and restriction.key == "admin-key"
+            assert restriction.value == "$(SHADOWSERVE_ADMIN_KEY)", "the value is the Secret's, not a literal"
