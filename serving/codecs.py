@@ -26,7 +26,17 @@ MAX_ELEMENTS = 2**31 - 1  # per tensor; a larger product is an overflow, not a r
 
 
 def _brief(value: Any) -> str:
-    """``repr`` of a value from a request, cut short: messages must not echo whole bodies."""
+    """A value from a request for a message: short, and never a recursive ``repr``.
+
+    Messages must not echo whole bodies, and a list nested a thousand deep would
+    exhaust the stack in ``repr``.
+    """
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, list):
+        if any(isinstance(item, (list, dict)) for item in value):
+            return "[[...]]"
+        return "[" + ", ".join(_brief(item) for item in value[:8]) + (", ...]" if len(value) > 8 else "]")
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

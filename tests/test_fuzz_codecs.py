@@ -8,9 +8,11 @@ The strategies are shared with tests/test_fuzz_servers.py and benchmarks/fuzz_so
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -165,11 +167,26 @@ class Traced:
         tracemalloc.stop()
 
 
+@contextlib.contextmanager
+def shallow_stack(frames: int = 120) -> Iterator[None]:
+    """Let the block use only ``frames`` more stack frames: a server calls the decoders deep
+    in its own stack, so a decoder's depth must not grow with the input's nesting."""
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back  # type: ignore[assignment]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + frames)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def check_decoder(call: Callable[[], InferRequest], size: int) -> InferRequest | None:
     """Run a decoder: a request no larger than its input, or InvalidInput; bounded memory."""
     result: InferRequest | None = None
     error: ServingError | None = None
-    with Traced() as traced:
+    with Traced() as traced, shallow_stack():
         try:
             result = call()
         except ServingError as exc:

@@ -233,6 +233,8 @@ def test_http_fuzz_gets_only_client_errors(http: Http, raw_grpc: Grpc) -> None:
      "unknown datatype"),
     ("/v2/models/sentiment/infer", b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": ' +
      b"[" * 1000 + b'"a"' + b"]" * 1000 + b"}]}", 400, "nested more than 32 lists deep"),
+    ("/v2/models/classifier/infer", b'{"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": ' +
+     b"[" * 1000 + b"]" * 1000 + b"}]}", 400, "'shape' must be a list of non-negative integers, got [[...]]"),
     ("/v2/models/classifier/infer", b'{"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": '
      b'[4294967296, 4294967296, 0], "data": []}]}', 400, "declares more than"),
 ])
