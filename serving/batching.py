@@ -9,9 +9,16 @@ instance) is idle and the queue is not empty, the batcher forms a batch:
 * it dispatches at once when the batch is full, when the next request would not fit,
   or when the rows so far make a preferred batch size (the largest one reachable);
 * otherwise it waits for more requests until the oldest has waited
-  ``max_queue_delay_us``, counted from that request's arrival.
+  ``max_queue_delay_us``, counted from that request's arrival, unless the queue is at its
+  ``max_queue_size`` (no one more could join).
 
 While a batch computes, new requests queue up, so the next batch forms during compute.
+
+Admission: with ``max_queue_size`` set, a transport can `reserve` a place before it reads
+and decodes a request's body, so a full queue is answered before any of that work, and
+requests whose bodies are still arriving cannot push the queue past its size. A request
+that finds no place may wait for one, briefly and in arrival order, holding nothing but
+its connection; places are handed to waiters when requests leave the queue.
 The loop never dies: each batch runs behind an exception boundary, results are set only
 on futures that are not done, and cancelled or timed-out requests are dropped before
 compute. Time is ``time.monotonic_ns``.
@@ -50,6 +57,28 @@ class Pending:
         self.timer: asyncio.TimerHandle | None = None
 
 
+class Place:
+    """A place in a batcher's queue, held for the body of an ``async with`` (see `Batcher.place`)."""
+
+    __slots__ = ("_batcher", "_wait_s", "_rejected")
+
+    def __init__(self, batcher: Batcher, wait_s: float, rejected: Callable[[Unavailable], None] | None) -> None:
+        self._batcher = batcher
+        self._wait_s = wait_s
+        self._rejected = rejected
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._batcher.reserve(self._wait_s)
+        except Unavailable as exc:
+            if self._rejected is not None:
+                self._rejected(exc)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._batcher.release()
+
+
 # A worker computes one batch and returns one result per request, in order; a result
 # that is an exception fails only its own request.
 Worker = Callable[[list[Pending]], Awaitable[Sequence[Any]]]
@@ -73,6 +102,12 @@ class Batcher:
         self._idle = list(range(len(workers)))
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued = 0  # live (QUEUED) entries; dropped ones leave the deque lazily
+        self._reserved = 0  # places held by `reserve` for requests not yet submitted
+        # requests waiting for a place, oldest first, with their deadlines; done ones leave lazily
+        self._waiters: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._waiting = 0  # waiters not yet done
+        self._expiry: asyncio.TimerHandle | None = None  # one timer, for the oldest waiter's deadline
+        self._handoff_scheduled = False
         self._wakeup = asyncio.Event()
         self._settled = asyncio.Event()  # set whenever a batch ends or a queued request leaves
         self._running: set[asyncio.Task[None]] = set()
@@ -91,6 +126,95 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
 
+    # -- admission -------------------------------------------------------------------------
+
+    def _full(self) -> Unavailable:
+        limit = self.policy.max_queue_size
+        return Unavailable(f"model '{self.name}' is overloaded: its queue holds {limit} requests "
+                           "(max_queue_size); retry later or add replicas")
+
+    def _has_room(self) -> bool:
+        limit = self.policy.max_queue_size
+        return not limit or self._queued + self._reserved < limit
+
+    async def reserve(self, wait_s: float = 0.0) -> None:
+        """Hold a place in the queue for a request that is about to be read and decoded.
+
+        Raises `Unavailable` at once when the batcher is stopping, or when the queue is
+        full and ``wait_s`` is 0; otherwise waits up to ``wait_s`` seconds for a place,
+        after the requests that waited before it. Pair every successful call with one
+        `release`, just before `submit` (nothing may be awaited in between, so that the
+        place passes to this request's `submit`) or when the request fails before it.
+        """
+        if self._closed:
+            raise Unavailable(f"model '{self.name}' is shutting down; retry on another replica")
+        if self._has_room() and not self._waiting:
+            self._reserved += 1
+            return
+        if wait_s <= 0:
+            raise self._full()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        deadline = loop.time() + wait_s
+        self._waiters.append((deadline, future))
+        self._waiting += 1
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._give_up)
+        try:
+            await future  # resolved by `_hand_off`, which reserved the place for us
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release()  # a place was handed over, but the request went away
+            raise
+        finally:
+            self._waiting -= 1
+            if len(self._waiters) > 2 * self._waiting + 64:  # bound the waiters that went away
+                self._waiters = collections.deque(w for w in self._waiters if not w[1].done())
+
+    def _give_up(self) -> None:
+        """Reject the waiters whose deadline has passed, oldest first; re-arm for the next one.
+
+        One timer serves them all: deadlines grow in arrival order when every caller waits
+        as long (the transports pass one setting), so the oldest waiter expires first.
+        """
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._waiters:
+            deadline, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+            elif deadline <= now:
+                self._waiters.popleft()
+                future.set_exception(self._full())
+            else:
+                self._expiry = loop.call_at(deadline, self._give_up)
+                break
+
+    def place(self, wait_s: float = 0.0, rejected: Callable[[Unavailable], None] | None = None) -> Place:
+        """`reserve` on entering an ``async with``, `release` on leaving it; ``rejected`` sees a refusal."""
+        return Place(self, wait_s, rejected)
+
+    def release(self) -> None:
+        """Give back a place taken by `reserve`."""
+        self._reserved -= 1
+        self._schedule_hand_off()
+
+    def _schedule_hand_off(self) -> None:
+        # Deferred to the next turn of the loop, so that a request that releases its place
+        # just before it submits takes that place itself.
+        if self._waiting and not self._handoff_scheduled:
+            self._handoff_scheduled = True
+            asyncio.get_running_loop().call_soon(self._hand_off)
+
+    def _hand_off(self) -> None:
+        self._handoff_scheduled = False
+        while self._waiters and self._has_room():
+            _, future = self._waiters.popleft()
+            if not future.done():
+                self._reserved += 1
+                future.set_result(None)
+
     async def submit(self, payload: Any, rows: int = 1, key: Hashable = None, timeout_us: int = 0) -> Any:
         """Queue one request and wait for its result.
 
@@ -101,10 +225,8 @@ class Batcher:
             raise Unavailable(f"model '{self.name}' is shutting down; retry on another replica")
         if rows > self.policy.max_batch_size > 0:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.policy.max_batch_size}")
-        limit = self.policy.max_queue_size
-        if limit and self._queued >= limit:
-            raise Unavailable(f"model '{self.name}' is overloaded: its queue holds {limit} requests "
-                              "(max_queue_size); retry later or add replicas")
+        if not self._has_room():  # places reserved for requests still being read count as taken
+            raise self._full()
         loop = asyncio.get_running_loop()
         item = Pending(payload, rows, key, loop.create_future())
         if timeout_us > 0:
@@ -123,6 +245,7 @@ class Batcher:
             item.state = DROPPED
             self._queued -= 1
             self._settled.set()
+            self._schedule_hand_off()
         if item.timer is not None:
             item.timer.cancel()
 
@@ -196,6 +319,8 @@ class Batcher:
                     best = index + 1
             if best:
                 chosen, complete = chosen[:best], True
+        if not complete and policy.max_queue_size and self._queued >= policy.max_queue_size:
+            complete = True  # a full queue takes no one more: waiting for company is waiting for nothing
         if not complete:
             waited_us = (time.monotonic_ns() - chosen[0].enqueued_ns) // 1000
             if waited_us < policy.max_queue_delay_us:
@@ -212,6 +337,7 @@ class Batcher:
                 item.timer.cancel()
             taken += 1
         self._queued -= taken
+        self._schedule_hand_off()
         return chosen
 
     async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -262,6 +388,12 @@ class Batcher:
     async def stop(self) -> None:
         """Refuse new work, fail what is still queued, and wait for running batches."""
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(Unavailable(f"model '{self.name}' was unloaded before this request ran"))
         for item in self._queue:
             if item.state == QUEUED and not item.future.done():
                 item.future.set_exception(Unavailable(f"model '{self.name}' was unloaded before this request ran"))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import Place
 from .config import ModelSpec, TensorSpec
 from .control import ModelControl
 from .errors import InvalidInput, NotFound, ServingError, Unavailable
@@ -174,6 +175,25 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         """Drain and unload every version of a model (``--model-control-mode explicit`` only)."""
         await self.control.unload(name)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def admission(self, name: str, version: str | None, wait_s: float = 0.0) -> Place:
+        """A place in the queue of the version that will serve the request, from its path alone.
+
+        For the transport to enter (``async with``) before it reads and decodes a request's
+        body: a draining server and an unknown model or version raise at once, a full queue
+        on entering (after waiting up to ``wait_s`` for a place), so a flood costs no
+        decoding. The place is given back when the block ends; the transport then calls
+        `infer` without awaiting anything first, so that the place passes to this request.
+        """
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        model = self.repository.get(name, version)
+        batcher, stats = model.batcher, model.stats
+        assert batcher is not None and stats is not None
+        # a rejection is counted as Triton counts one, with no time spent
+        return batcher.place(wait_s, lambda exc: stats.record_request(0, exc.reason))
 
     # -- inference -------------------------------------------------------------------------
 

@@ -227,12 +227,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 class GrpcTransport:
     """The gRPC server: the inference service and the health service, on one port."""
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy()) -> None:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy(),
+                 options: tuple[tuple[str, Any], ...] = ()) -> None:
         self.dataplane = dataplane
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[RestrictedProtocols(access)], options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", SEND_LIMIT),
+            *options,  # connection limits (serving.connections)
         ])
         handlers = _method_handlers(InferenceServicer(dataplane))
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -18,14 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .access import AccessPolicy, http_group
 from .codecs import decode_infer_request, encode_infer_response, error_body
+from .connections import ClientLimits, TimedRequest
 from .dataplane import DataPlane
-from .errors import InvalidInput, PayloadTooLarge, ServingError
+from .errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON = "application/json"
+RETRY_AFTER_SECS = "1"  # on a 503 from admission: a full queue drains within about a second
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -79,12 +81,22 @@ class HttpTransport:
         }
         self._repository_actions: dict[str, Endpoint] = {"load": self.load_model, "unload": self.unload_model}
 
-    def server(self) -> web.Server:
-        """The request handler, for a ``web.ServerRunner``; hung-up clients cancel their handler."""
+    limits = ClientLimits()  # set by `server`
+
+    def server(self, limits: ClientLimits = ClientLimits()) -> web.Server:
+        """The request handler, for a ``web.ServerRunner``; hung-up clients cancel their handler.
+
+        ``limits`` bound the time a client may take to send its headers and its body, and how
+        long a request may wait for a place in a full queue.
+        """
+        self.limits = limits
+        body_timeout = limits.body_timeout_secs
+
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-            return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                                   client_max_size=self.max_request_bytes)
-        return web.Server(self.handle, request_factory=make_request, handler_cancellation=True)
+            return TimedRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                                client_max_size=self.max_request_bytes, body_timeout=body_timeout)
+        return web.Server(self.handle, request_factory=make_request, handler_cancellation=True,
+                          **limits.handler_options())
 
     def route(self, method: str, path: str) -> tuple[Endpoint, tuple[str, ...]] | web.Response:
         """The endpoint and its arguments (model, version), or the 404/405 to answer."""
@@ -184,7 +196,13 @@ class HttpTransport:
         if length is not None and length > self.max_request_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_request_bytes} "
                                   "bytes; raise --max-request-bytes or send smaller requests")
-        body = await request.read()
+        try:  # a place in the queue first, from the path alone: a flood of 503s costs no decoding
+            async with self.dataplane.admission(model, version, self.limits.admission_wait_secs):
+                body = await request.read()
+        except Unavailable as exc:
+            return web.Response(body=error_body(str(exc)), status=503, content_type=JSON,
+                                headers={"Retry-After": RETRY_AFTER_SECS})
+        # from here to the batcher's queue nothing is awaited, so the place passes to this request
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
             try:

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import __version__
+from .connections import ClientLimits, ConnectionLimit, listen
 from .control import ModelControl
 from .dataplane import DataPlane
 from .device import Placement, configure_threads
@@ -46,6 +47,8 @@ class Server:
         self.metrics_port = 0
         self.abandoned = 0  # requests still running when the drain gave up
         self._runners: list[web.BaseRunner] = []
+        self._listeners: list[asyncio.AbstractServer] = []
+        self.connection_limits: dict[str, ConnectionLimit] = {}  # by port name: open and refused connections
         self._force = asyncio.Event()
 
     async def start(self) -> None:
@@ -61,13 +64,17 @@ class Server:
         self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,
                                     settings.repository_poll_secs)
         self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
+        limits = ClientLimits(settings.http_header_timeout_secs, settings.http_body_timeout_secs,
+                              settings.max_connections, settings.admission_wait_secs)
         http = HttpTransport(self.dataplane, settings.max_request_bytes, settings.http_restricted_api)
-        self.http_port = await self._listen(web.ServerRunner(http.server(), access_log=None, shutdown_timeout=2.0),
-                                            settings.http_port)
-        self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol)
+        self.http_port = await self._listen(web.ServerRunner(http.server(limits), access_log=None,
+                                                             shutdown_timeout=2.0), settings.http_port, limits, "http")
+        self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol,
+                                  limits.grpc_options())
         self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
         self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics), access_log=None,
-                                                             shutdown_timeout=2.0), settings.metrics_port)
+                                                             shutdown_timeout=2.0, **limits.handler_options()),
+                                               settings.metrics_port, limits, "metrics")
         host = settings.host
         log.info("listening http=%s:%d grpc=%s:%d metrics=%s:%d", host, self.http_port, host, self.grpc_port,
                  host, self.metrics_port,
@@ -79,14 +86,16 @@ class Server:
         log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
                  len(self.repository.models), settings.model_repository, device, threads)
 
-    async def _listen(self, runner: web.BaseRunner, port: int) -> int:
+    async def _listen(self, runner: web.BaseRunner, port: int, limits: ClientLimits, name: str) -> int:
         # Our own drain waits for in-flight requests; aiohttp's shutdown (shutdown_timeout)
-        # then only closes connections, so it gets a short timeout.
+        # then only closes connections, so it gets a short timeout. The socket is ours, not
+        # an aiohttp site's, so that every connection passes the cap (serving.connections).
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
-        await site.start()
-        return int(runner.addresses[0][1])
+        listener, limit = await listen(runner, self.settings.host, port, limits, name)
+        self._listeners.append(listener)
+        self.connection_limits[name] = limit
+        return int(listener.sockets[0].getsockname()[1])
 
     def force_stop(self) -> None:
         """Stop waiting for in-flight requests (a second SIGTERM or Ctrl-C)."""
@@ -122,9 +131,12 @@ class Server:
             await self.repository.close()
         if self.grpc is not None:
             await self.grpc.stop(grace=2.0)
+        for listener in self._listeners:
+            listener.close()  # accept nothing more; the runners then close the open connections
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        self._listeners.clear()
         self.metrics.close()
         log.info("stopped")
 

@@ -43,6 +43,10 @@ class Settings:
     load_model: tuple[str, ...] = ()
     repository_poll_secs: float = 15.0
     strict_readiness: bool = True
+    http_header_timeout_secs: float = 30.0  # also how long an idle keep-alive connection stays open
+    http_body_timeout_secs: float = 60.0
+    max_connections: int = 1024  # per port (HTTP, gRPC, metrics); 0: no cap
+    admission_wait_secs: float = 1.0  # a request that finds its queue full waits this long for a place
     http_restricted_api: AccessPolicy = AccessPolicy()
     grpc_restricted_protocol: AccessPolicy = AccessPolicy()  # checked as metadata triton-grpc-protocol-<key>
 
@@ -71,6 +75,13 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or a positive number")
     return number
 
 
@@ -140,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--strict-readiness", type=_bool,
         help="true: ready only once every start-up model is ready; false: ready once loading has been "
              "tried (default true)")
+    add("--http-header-timeout-secs", type=_positive_float,
+        help="a connection must send a complete request header within this many seconds of opening or of "
+             "its previous response, else it is closed; also the keep-alive idle timeout (default 30)")
+    add("--http-body-timeout-secs", type=_positive_float,
+        help="a request body must arrive whole within this many seconds, else 408 (default 60)")
+    add("--max-connections", type=_non_negative_int,
+        help="open connections per port (HTTP, gRPC, metrics); past it new connections are closed at once "
+             "(default 1024; 0: no cap)")
+    add("--admission-wait-secs", type=_non_negative_float,
+        help="how long a request that finds its model's queue full (max_queue_size) waits for a place, "
+             "before its body is read, until it gets 503 (default 1; 0: 503 at once, as Triton does)")
     restrict = (f"a request to these API groups ({', '.join(GROUPS)}) needs the header <key>=<value>; "
                 "repeatable, a group in one restriction only (SERVING_* takes several separated by ';')")
     add("--http-restricted-api", type=_restrictions, action=_Restrict, metavar="<groups>:<key>=<value>",

@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
           default_queue_policy { default_timeout_microseconds: 100000 allow_timeout_override: true } }""")
     model(repo, "bounded", logs / "bounded.log", 0.4, "dynamic_batching { default_queue_policy { max_queue_size: 1 } }")
     model(repo, "pair", logs / "pair.log", 0.3, "instance_group [ { count: 2 kind: KIND_CPU } ]")
-    server = RunningServer(repo)
+    server = RunningServer(repo, admission_wait_secs=0.0)  # a full queue answers 503 at once, as Triton's
     yield server, logs
     server.stop()
 
@@ -68,7 +68,10 @@ def body(value: float, **parameters: object) -> bytes:
 
 async def infer(session: aiohttp.ClientSession, url: str, value: float, **parameters: object) -> tuple[int, dict]:
     async with session.post(url, data=body(value, **parameters)) as response:
-        return response.status, orjson.loads(await response.read())
+        answer = orjson.loads(await response.read())
+        if response.status == 503 and "max_queue_size" in answer.get("error", ""):
+            assert response.headers["Retry-After"] == "1"
+        return response.status, answer
 
 
 def logged(path: Path) -> list[str]:
