@@ -6,7 +6,7 @@ refused (a copy not sent, a response abandoned), so a shadow that answers with h
 endless bodies, or many copies of large requests, cannot grow the sidecar past
 ``--shadow-memory-budget-bytes``::
 
-    budget = MemoryBudget(256 * 1024 * 1024)
+    budget = MemoryBudget(128 * 1024 * 1024)
     if budget.take(len(body)):
         try: ...
         finally: budget.give(len(body))

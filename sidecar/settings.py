@@ -83,7 +83,7 @@ class Settings:
     admin_token_file: Path | None = None
     drift_profile: Path | None = None
     drift_window: int | None = None
-    shadow_memory_budget_bytes: int = 256 * 1024 * 1024  # request bodies and responses held for copies, all shadows
+    shadow_memory_budget_bytes: int = 128 * 1024 * 1024  # request bodies and responses held for copies, all shadows
     shadow_headers_remove: tuple[str, ...] = ()  # added to every shadow's deny-list
     shadow_headers_allow: tuple[str, ...] | None = None  # allow-list mode for every shadow
     header_timeout_secs: float = 10.0  # a client's request head must arrive within this
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="predictions per output in the live drift window (default 10000)")
     add("--shadow-memory-budget-bytes", type=_size, metavar="BYTES",
         help="memory all shadow copies may hold at once, request bodies and responses being read; a copy over it is "
-             "not sent, a response over it abandoned, both counted (default 256MiB)")
+             "not sent, a response over it abandoned, both counted (default 128MiB)")
     add("--shadow-headers-remove", type=_header_pattern, action="append", metavar="NAME",
         help="also remove this header (or NAME* prefix) from every shadow copy, beside the default credential "
              "headers (repeatable)")
