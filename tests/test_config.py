@@ -100,3 +100,59 @@ def test_labels_mark_class_outputs_and_buckets_are_configurable(tmp_path: Path) 
     assert spec.filename == "model.py"
     with pytest.raises(ConfigError, match="label_filename"):
         parse_config(BASE.replace("dims: [ 1 ]", 'dims: [ 1 ] label_filename: "missing.txt"'), tmp_path / "m")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("default_model_filename", "/abs/model.pt", "absolute path"),
+    ("default_model_filename", "../model.pt", "holds '..'"),
+    ("default_model_filename", "a/../../model.pt", "holds '..'"),
+    ("default_model_filename", "a\\\\..\\\\model.pt", "backslash"),
+    ("default_model_filename", "model\\u0000.pt", "control character"),
+    ("label_filename", "/etc/passwd", "absolute path"),
+    ("label_filename", "../other/labels.txt", "holds '..'"),
+])
+def test_file_names_in_a_config_stay_relative(tmp_path: Path, field: str, value: str, message: str) -> None:
+    (tmp_path / "m").mkdir()
+    if field == "label_filename":
+        text = BASE.replace("dims: [ 1 ]", f'dims: [ 1 ] label_filename: "{value}"')
+    else:
+        text = BASE + f'default_model_filename: "{value}"'
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(text, tmp_path / "m")
+    assert "/abs" not in str(info.value) and "/etc" not in str(info.value)  # an absolute value is not echoed
+
+
+def test_labels_are_read_inside_the_model_directory_only(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "secret.txt").write_text("root\n")
+    (tmp_path / "m" / "labels.txt").symlink_to(tmp_path / "secret.txt")
+    (tmp_path / "m" / "inside.txt").write_text("cat\n")
+    (tmp_path / "m" / "alias.txt").symlink_to("inside.txt")  # a link that stays inside is fine
+    def labelled(name: str) -> str:
+        return BASE.replace("dims: [ 1 ]", f'dims: [ 1 ] label_filename: "{name}"')
+
+    with pytest.raises(ConfigError, match="m/labels.txt resolves outside") as info:
+        parse_config(labelled("labels.txt"), tmp_path / "m")
+    assert str(tmp_path) not in str(info.value)
+    assert parse_config(labelled("alias.txt"), tmp_path / "m").outputs[0].labels == ("cat",)
+    (tmp_path / "m" / "huge.txt").write_bytes(b"x\n" * (3 * 1024 * 1024))
+    with pytest.raises(ConfigError, match="larger than"):
+        parse_config(labelled("huge.txt"), tmp_path / "m")
+    (tmp_path / "m" / "binary.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        parse_config(labelled("binary.txt"), tmp_path / "m")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("{", "not valid JSON"),
+    ("[]", "must be a JSON object"),
+    ('{"max_batch_size": {"a": 1}}', "not a valid ModelConfig"),
+    ('{"input": [{"dims": "x"}]}', "not a valid ModelConfig"),
+    ('{"bogus": 1}', "bogus"),
+    ("[" * 2000 + "]" * 2000, "not valid JSON"),
+])
+def test_a_json_override_that_is_not_a_config_is_a_config_error(override: str, message: str) -> None:
+    from serving.config import parse_config_json
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config_json(override, Path("/nonexistent/m"))

@@ -23,10 +23,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
-from serving.access import AccessPolicy, parse_restrictions
+from serving.access import GRPC_METHOD_GROUPS, AccessPolicy, http_group, parse_restrictions
 
 from .conftest import RunningServer, write_model
 
@@ -290,11 +292,31 @@ def test_directories_not_named_as_models_are_listed_with_a_reason(server: Runnin
 @pytest.fixture(scope="module")
 def restricted(layout: Layout) -> Iterator[RunningServer]:
     http_policy = AccessPolicy.of(parse_restrictions(f"model-repository:{ADMIN}={SECRET};statistics:stats-key=v"))
-    grpc_policy = AccessPolicy.of(parse_restrictions(f"model-repository,model-config:{ADMIN}={SECRET}"))
+    grpc_policy = AccessPolicy.of(parse_restrictions(f"model-repository,model-config:{ADMIN}={SECRET};health:probe=p"))
     running = RunningServer(layout.repo, model_control_mode="explicit", load_model=("doubler",),
                             http_restricted_api=http_policy, grpc_restricted_protocol=grpc_policy)
     yield running
     running.stop()
+
+
+@pytest.mark.parametrize("path, group", [
+    ("/v2", "metadata"), ("/v2/", "metadata"), ("/v2/health/live", "health"), ("/v2/health/ready", "health"),
+    ("/v2/models/m", "metadata"), ("/v2/models/m/versions/2", "metadata"), ("/v2/models/m/ready", "health"),
+    ("/v2/models/m/versions/2/ready", "health"), ("/v2/models/m/infer", "inference"),
+    ("/v2/models/m/versions/2/infer", "inference"), ("/v2/models/m/config", "model-config"),
+    ("/v2/models/m/versions/2/config", "model-config"), ("/v2/models/m/stats", "statistics"),
+    ("/v2/models/stats", "statistics"), ("/v2/repository/index", "model-repository"),
+    ("/v2/repository/models/m/load", "model-repository"), ("/v2/repository/models/m/unload", "model-repository"),
+    ("/v2/models/infer", "metadata"),  # a model named "infer"
+])
+def test_every_endpoint_has_tritons_group(path: str, group: str) -> None:
+    assert http_group(path) == group
+
+
+def test_every_grpc_method_has_a_group() -> None:
+    methods = {f"/inference.GRPCInferenceService/{m.name}" for m in pb.DESCRIPTOR.services_by_name[
+        "GRPCInferenceService"].methods}
+    assert methods <= set(GRPC_METHOD_GROUPS), sorted(methods - set(GRPC_METHOD_GROUPS))
 
 
 def test_http_restricted_api_needs_its_header(restricted: RunningServer, layout: Layout) -> None:
@@ -335,8 +357,19 @@ def test_grpc_restricted_protocol_needs_its_metadata(restricted: RunningServer) 
                 assert SECRET not in info.value.details()
         assert any(m.name == "doubler" for m in client.get_model_repository_index(headers=header).models)
         assert client.get_model_config("doubler", headers=header).config.name == "doubler"
-        # open groups: health, metadata, statistics (restricted over HTTP only), inference
-        assert client.is_server_ready() and client.get_model_metadata("doubler").name == "doubler"
+        # health, with its own key, covers the standard health service too (as in Triton)
+        probe = {"triton-grpc-protocol-probe": "p"}
+        with pytest.raises(InferenceServerException, match="expecting header 'triton-grpc-protocol-probe'"):
+            client.is_server_ready()
+        assert client.is_server_ready(headers=probe) and client.is_model_ready("doubler", headers=probe)
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        serving = health.Check(health_pb2.HealthCheckRequest(), metadata=tuple(probe.items()), timeout=30)
+        assert serving.status == health_pb2.HealthCheckResponse.SERVING
+        # open groups: metadata, statistics (restricted over HTTP only), inference
+        assert client.get_model_metadata("doubler").name == "doubler"
         assert client.get_inference_statistics("doubler").model_stats
         x = grpcclient.InferInput("X", [1, 1], "FP32")
         x.set_data_from_numpy(np.full((1, 1), 2.0, np.float32))

@@ -128,3 +128,24 @@ def test_async_predict_and_unload_on_stop(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert marker.read_text() == "doubler 1"
+
+
+def test_version_directories_and_model_names_as_triton_reads_them(tmp_path: Path) -> None:
+    """Version directories are positive integers without a leading zero; other names are ignored.
+
+    A model directory whose name cannot be a model name is listed with its reason, not loaded.
+    """
+    constant_model(tmp_path, "m", [1, 3])
+    for other in ("0", "007", "٣", "2x"):  # zero, a leading zero, a non-ASCII digit, not a number
+        (tmp_path / "m" / other).mkdir()
+    constant_model(tmp_path, "tab\tname", [1])
+    server = RunningServer(tmp_path)
+    try:
+        client = httpclient.InferenceServerClient(server.url)
+        assert client.get_model_metadata("m")["versions"] == ["3"]
+        rows = {row["name"]: row for row in client.get_model_repository_index()}
+        assert rows["tab\\tname"]["state"] == "UNAVAILABLE"
+        assert "control character" in rows["tab\\tname"]["reason"]
+        assert version_answering(client, "m") == 3.0
+    finally:
+        server.stop()
