@@ -110,3 +110,31 @@ def test_invalid_canary_flags(argv: list[str], message: str, capsys: pytest.Capt
     with pytest.raises(SystemExit):
         parse(argv, environ={})
     assert message in capsys.readouterr().err
+
+
+def test_the_limits_for_shadows_and_clients_from_flags_and_the_environment() -> None:
+    environ = {"SIDECAR_SHADOW_MEMORY_BUDGET_BYTES": "64MiB", "SIDECAR_SHADOW_HEADERS_REMOVE": "x-tenant, X-Corp-*",
+               "SIDECAR_HEADER_TIMEOUT_SECS": "2.5", "SIDECAR_MAX_CONNECTIONS": "100"}
+    settings = parse(["--shadow-headers-allow", "x-user-id", "--body-timeout-secs", "5", "--idle-timeout-secs", "30",
+                      "--admin-max-connections", "8", "--grpc-max-connection-idle-secs", "60",
+                      "--grpc-max-concurrent-streams", "16"], environ=environ)
+    assert settings.shadow_memory_budget_bytes == 64 * 1024 * 1024
+    assert settings.shadow_headers_remove == ("x-tenant", "x-corp-*")
+    assert settings.shadow_headers_allow == ("x-user-id",)
+    assert (settings.header_timeout_secs, settings.body_timeout_secs, settings.idle_timeout_secs) == (2.5, 5.0, 30.0)
+    assert (settings.max_connections, settings.admin_max_connections) == (100, 8)
+    assert (settings.grpc_max_connection_idle_secs, settings.grpc_max_concurrent_streams) == (60.0, 16)
+    assert Settings().shadow_memory_budget_bytes == 128 * 1024 * 1024 and Settings().header_timeout_secs == 10.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shadow-memory-budget-bytes", "lots"], "is not a size"),
+    (["--shadow-headers-remove", "bad name"], "is not a header name"),
+    (["--header-timeout-secs", "0"], "must be more than 0 seconds"),
+    (["--max-connections", "0"], "must be a positive integer"),
+])
+def test_bad_limits_are_refused_with_a_message(argv: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(argv, environ={})
+    assert message in capsys.readouterr().err
