@@ -217,7 +217,7 @@ def test_http_fuzz_gets_only_client_errors(http: Http, raw_grpc: Grpc) -> None:
             assert "Traceback" not in answer["error"] and "Error:" not in answer["error"], answer
 
     one()
-    assert statuses[400] > 100 and statuses[404] > 10, statuses  # the fuzz reached the decoders
+    assert statuses[400] > 50 and statuses[404] > 10, statuses  # the fuzz reached the decoders
     assert good_answers(http, raw_grpc) == before
 
 
@@ -261,7 +261,7 @@ def test_grpc_fuzz_gets_only_client_errors(http: Http, raw_grpc: Grpc) -> None:
             assert details and "Traceback" not in str(details), details
 
     one()
-    assert codes[grpc.StatusCode.INVALID_ARGUMENT] > 100 and codes[grpc.StatusCode.NOT_FOUND] > 0, codes
+    assert codes[grpc.StatusCode.INVALID_ARGUMENT] > 80 and codes[grpc.StatusCode.NOT_FOUND] > 0, codes
     assert good_answers(http, raw_grpc) == before
 
 
