@@ -85,3 +85,25 @@ def test_bad_restrictions_exit_with_a_usage_message(argv: list[str], env: dict[s
         parse(["--model-repository", "r", *argv], env)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_client_limits_have_production_defaults_flags_and_environment_variables() -> None:
+    defaults = parse(["--model-repository", "r"], {})
+    assert (defaults.http_header_timeout_secs, defaults.http_body_timeout_secs, defaults.max_connections,
+            defaults.admission_wait_secs) == (30.0, 60.0, 1024, 1.0)
+    env = {"SERVING_HTTP_HEADER_TIMEOUT_SECS": "5", "SERVING_HTTP_BODY_TIMEOUT_SECS": "7.5",
+           "SERVING_MAX_CONNECTIONS": "0", "SERVING_ADMISSION_WAIT_SECS": "0"}
+    settings = parse(["--model-repository", "r", "--max-connections", "64"], env)
+    assert (settings.http_header_timeout_secs, settings.http_body_timeout_secs, settings.max_connections,
+            settings.admission_wait_secs) == (5.0, 7.5, 64, 0.0)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--http-header-timeout-secs", "0"], ["--http-body-timeout-secs", "-1"], ["--max-connections", "-1"],
+    ["--admission-wait-secs", "-0.5"], ["--admission-wait-secs", "nan"],
+])
+def test_bad_client_limits_exit_with_a_usage_message(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--model-repository", "r", *argv], {})
+    assert exited.value.code == 2
+    assert argv[0] in capsys.readouterr().err
