@@ -136,7 +136,9 @@ class Http:
         async def go() -> tuple[int, Any]:
             url = yarl.URL(self.base + path, encoded=True)
             async with self.session.request(method, url, data=body, headers=headers) as response:
-                return response.status, orjson.loads(await response.read())
+                raw = await response.read()
+                length = response.headers.get("Inference-Header-Content-Length")  # binary outputs follow
+                return response.status, orjson.loads(raw[:int(length)] if length else raw)
         return self.loop.run_until_complete(go())
 
     def close(self) -> None:
