@@ -103,6 +103,23 @@ def test_response_echoes_id_and_mixes_json_and_binary_outputs() -> None:
              {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}), None, "given twice"),
     (request({"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}), 10_000, "Inference-Header-Content-Length"),
     (request({"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, id=5), None, "'id' must be a string"),
+    (request({"name": "x", "datatype": [], "shape": [1], "data": [1]}), None, r"unknown datatype \[\]"),
+    (request({"name": "x", "datatype": {}, "shape": [1], "data": [1]}), None, "unknown datatype"),
+    (b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ' + b"[" * 1000 + b'"a"' + b"]" * 1000 +
+     b"}]}", None, "nested more than 32 lists deep"),
+    (request({"name": "x", "datatype": "FP32", "shape": [2**32, 2**32], "data": [1]}), None, "more than 2147483647"),
+    (request({"name": "x", "datatype": "FP32", "shape": [0, 2**40], "data": []}), None, "more than 2147483647"),
+    (request({"name": "x", "datatype": "FP32", "shape": [1] * 33, "data": [1]}), None, "at most 32"),
+    (request({"name": "x", "datatype": "FP32", "shape": [1.0], "data": [1]}), None, "non-negative integers"),
+    (request({"name": "x", "datatype": "FP32", "shape": [True], "data": [1]}), None, "non-negative integers"),
+    (request({"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}), None, "out of bounds for uint8"),
+    (request({"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, parameters={"binary_data_output": "no"}),
+     None, "'binary_data_output' must be true or false"),
+    (request({"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},
+             outputs=[{"name": "y", "parameters": {"binary_data": 1}}]), None, "'binary_data' must be true or false"),
+    (request({"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, outputs=[{"name": "y", "parameters": 7}]),
+     None, "'parameters' must be an object"),
+    (request({"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}), -1, "Inference-Header-Content-Length"),
 ])
 def test_malformed_requests_say_what_is_wrong(body: bytes, header_length: int | None, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
@@ -124,6 +141,9 @@ def test_binary_sizes_must_match_the_shape_and_the_body() -> None:
         deserialize_bytes(struct.pack("<I", 100) + b"ab", 1, "s")
     with pytest.raises(InvalidInput, match="left over"):
         deserialize_bytes(struct.pack("<I", 1) + b"abc", 1, "s")
+    # a declared count is checked against the bytes before anything is allocated for it
+    with pytest.raises(InvalidInput, match="declares 67108864 BYTES elements but 8 bytes of data hold at most 2"):
+        deserialize_bytes(struct.pack("<I", 1) + b"ab\x00\x00", 67108864, "s")
 
 
 def test_non_utf8_bytes_output_in_json_asks_for_binary() -> None:
