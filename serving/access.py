@@ -82,7 +82,7 @@ def parse_restrictions(text: str) -> tuple[Restriction, ...]:
         key, eq, value = header.partition("=")
         key = key.strip().lower()
         if not sep or not eq or not key or not value:
-            raise ValueError("give <group>[,<group>...]:<key>=<value>, e.g. model-repository:admin-key=SECRET")
+            raise ValueError("give <group>[,<group>...]:<key>=<value>, e.g. model-repository:admin-key=$ADMIN_KEY")
         groups = [g.strip() for g in groups_text.split(",") if g.strip()]
         unknown = [g for g in groups if g not in GROUPS]
         if not groups or unknown:
@@ -93,7 +93,7 @@ def parse_restrictions(text: str) -> tuple[Restriction, ...]:
             raise ValueError("the header value may not hold control characters")
         restrictions.append(Restriction(frozenset(groups), key, value))
     if not restrictions:
-        raise ValueError("give <group>[,<group>...]:<key>=<value>, e.g. model-repository:admin-key=SECRET")
+        raise ValueError("give <group>[,<group>...]:<key>=<value>, e.g. model-repository:admin-key=$ADMIN_KEY")
     return tuple(restrictions)
 
 

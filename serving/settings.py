@@ -101,20 +101,20 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _restrictions(value: str) -> tuple[object, ...]:
-    try:
-        return parse_restrictions(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 class _Restrict(argparse.Action):
-    """Repeatable, collecting every group of every use; not an append action, so that the
-    environment variable is not split on commas (the group list has them): ';' separates there."""
+    """Repeatable, keeping every use; not an append action, so that the environment variable is
+    not split on commas (the group list has them): ';' separates restrictions there. The text is
+    parsed in `parse`, whose messages never echo it: it holds a credential."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *values])
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
+
+
+def _access_policy(given: object) -> AccessPolicy:
+    """Restrictions from the flag's uses (a tuple) or its environment variable (one string)."""
+    texts = (given,) if isinstance(given, str) else tuple(given)  # type: ignore[call-overload]
+    return AccessPolicy.of(r for text in texts for r in parse_restrictions(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
              "before its body is read, until it gets 503 (default 1; 0: 503 at once, as Triton does)")
     restrict = (f"a request to these API groups ({', '.join(GROUPS)}) needs the header <key>=<value>; "
                 "repeatable, a group in one restriction only (SERVING_* takes several separated by ';')")
-    add("--http-restricted-api", type=_restrictions, action=_Restrict, metavar="<groups>:<key>=<value>",
+    add("--http-restricted-api", action=_Restrict, metavar="<groups>:<key>=<value>",
         help=f"as Triton's: {restrict}; others get 403 (default: nothing restricted)")
-    add("--grpc-restricted-protocol", type=_restrictions, action=_Restrict, metavar="<groups>:<key>=<value>",
+    add("--grpc-restricted-protocol", action=_Restrict, metavar="<groups>:<key>=<value>",
         help=f"as Triton's: {restrict}, as the metadata {GRPC_HEADER_PREFIX}<key>; others get PERMISSION_DENIED "
              "(default: nothing restricted)")
     return parser
@@ -218,8 +218,9 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         parser.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
     for dest in ("http_restricted_api", "grpc_restricted_protocol"):
         if dest in values:
+            flag = dest.replace("_", "-")
             try:
-                values[dest] = AccessPolicy.of(values[dest])  # type: ignore[arg-type]
-            except ValueError as exc:
-                parser.error(f"--{dest.replace('_', '-')}: {exc}")
+                values[dest] = _access_policy(values[dest])
+            except ValueError as exc:  # the value is not shown: it holds the key's value
+                parser.error(f"--{flag} (or {ENV_PREFIX}{dest.upper()}): {exc}")
     return Settings(**values)  # type: ignore[arg-type]

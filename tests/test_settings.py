@@ -78,13 +78,16 @@ def test_restricted_apis_as_triton_writes_them() -> None:
      "more than one restriction"),
     (["--http-restricted-api", "health:bad key=v"], {}, "header key"),
     ([], {"SERVING_HTTP_RESTRICTED_API": "inference:k=v;inference:j=w"}, "more than one restriction"),
+    ([], {"SERVING_GRPC_RESTRICTED_PROTOCOL": "repository:k=SECRET"}, "SERVING_GRPC_RESTRICTED_PROTOCOL"),
+    (["--http-restricted-api", "health:k=SECRET;health:j=SECRET"], {}, "--http-restricted-api"),
 ])
 def test_bad_restrictions_exit_with_a_usage_message(argv: list[str], env: dict[str, str], message: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse(["--model-repository", "r", *argv], env)
     assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "SECRET" not in err  # the value is a credential: never echoed
 
 
 def test_client_limits_have_production_defaults_flags_and_environment_variables() -> None:
