@@ -35,7 +35,7 @@ REFUSED_LOG_SECS = 10.0  # at most one warning about refused connections this of
 class ClientLimits:
     """The HTTP server's limits (flags ``--http-header-timeout-secs`` and the like)."""
 
-    header_timeout_secs: float = 30.0
+    header_timeout_secs: float = 60.0  # above clients' pool idle timeouts (the sidecar's: 30 s)
     body_timeout_secs: float = 60.0
     max_connections: int = 1024  # per port; 0: no cap
     admission_wait_secs: float = 1.0  # how long a request may wait for a place in a full queue

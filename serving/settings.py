@@ -43,7 +43,7 @@ class Settings:
     load_model: tuple[str, ...] = ()
     repository_poll_secs: float = 15.0
     strict_readiness: bool = True
-    http_header_timeout_secs: float = 30.0  # also how long an idle keep-alive connection stays open
+    http_header_timeout_secs: float = 60.0  # also how long an idle keep-alive connection stays open
     http_body_timeout_secs: float = 60.0
     max_connections: int = 1024  # per port (HTTP, gRPC, metrics); 0: no cap
     admission_wait_secs: float = 1.0  # a request that finds its queue full waits this long for a place
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
              "tried (default true)")
     add("--http-header-timeout-secs", type=_positive_float,
         help="a connection must send a complete request header within this many seconds of opening or of "
-             "its previous response, else it is closed; also the keep-alive idle timeout (default 30)")
+             "its previous response, else it is closed; also the keep-alive idle timeout, so keep it above the "
+             "idle timeout of the clients' connection pools (the sidecar's is 30) (default 60)")
     add("--http-body-timeout-secs", type=_positive_float,
         help="a request body must arrive whole within this many seconds, else 408 (default 60)")
     add("--max-connections", type=_non_negative_int,

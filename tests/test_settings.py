@@ -93,7 +93,7 @@ def test_bad_restrictions_exit_with_a_usage_message(argv: list[str], env: dict[s
 def test_client_limits_have_production_defaults_flags_and_environment_variables() -> None:
     defaults = parse(["--model-repository", "r"], {})
     assert (defaults.http_header_timeout_secs, defaults.http_body_timeout_secs, defaults.max_connections,
-            defaults.admission_wait_secs) == (30.0, 60.0, 1024, 1.0)
+            defaults.admission_wait_secs) == (60.0, 60.0, 1024, 1.0)
     env = {"SERVING_HTTP_HEADER_TIMEOUT_SECS": "5", "SERVING_HTTP_BODY_TIMEOUT_SECS": "7.5",
            "SERVING_MAX_CONNECTIONS": "0", "SERVING_ADMISSION_WAIT_SECS": "0"}
     settings = parse(["--model-repository", "r", "--max-connections", "64"], env)
