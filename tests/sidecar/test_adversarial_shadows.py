@@ -33,7 +33,7 @@ from .conftest import ModelServer
 from .doubles import Doubles
 from .support import LoopThread, SidecarProcess, wait_until
 
-TRAFFIC_SECS = 1.5
+TRAFFIC_SECS = 1.5  # past the shadow timeout (1 s): a blackholed shadow has rested by the end
 CLIENTS = 8
 RSS_GROWTH = 64 * 1024 * 1024
 BODY = ('{"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": [%s]}]}'
