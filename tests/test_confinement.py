@@ -419,3 +419,24 @@ def test_fuzzed_loads_are_never_a_server_error(server: RunningServer, layout: La
     if status != 200:
         assert_refused(status, body, layout, (400, 404), echoes_input=True)
     assert infer(server) == [3.0]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(name=_names, config=overrides() | st.none())
+def test_fuzzed_grpc_loads_are_never_a_server_error(server: RunningServer, layout: Layout, name: str,
+                                                    config: str | None) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.server.grpc_port}")
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        parameters = {} if config is None else {"config": pb.ModelRepositoryParameter(string_param=config)}
+        try:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
+                                     timeout=30)
+        except grpc.RpcError as exc:
+            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), exc.details()
+            assert str(layout.root) not in exc.details()
+        assert not layout.marker.exists()
+    finally:
+        channel.close()
+    assert infer(server) == [3.0]
