@@ -41,7 +41,7 @@ STREAM_SUFFIX = ".arrows"
 LOCK_SUFFIX = ".lock"
 ROW_GROUP_RECORDS = 1000
 ROW_GROUP_BYTES = 32 * 1024 * 1024
-COMPRESSION = "lz4"  # the stream is read once, by recovery: fast compression, less disk written
+COMPRESSION = None  # read only by a recovery: lz4 would cost half a Parquet encoding more, to save ~30%
 _STREAM = re.compile(rf"\.{PREFIX}(\d{{8}}T\d{{12}}Z)-(.+)-(\d{{6}}){re.escape(STREAM_SUFFIX)}")
 _TEMPORARY = re.compile(rf"\.{PREFIX}\d{{8}}T\d{{12}}Z-(.+)-\d{{6}}{re.escape(SEGMENT_SUFFIX)}\.tmp")
 
