@@ -20,6 +20,7 @@ import collections
 import statistics
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,29 @@ def attack_cost(http: Http, raw: Grpc, repeats: int = 200) -> dict[str, float]:
             "http_p50": statistics.median(http_ms), "http_max": max(http_ms)}
 
 
+def decoder_cost(repeats: int = 1000) -> dict[str, float]:
+    """The attack's cost inside the server: parse and decode, timed and traced in this process."""
+    from serving.errors import InvalidInput
+    from serving.protobuf import decode_model_infer_request
+    attack = pb.ModelInferRequest(model_name="sentiment")
+    attack.inputs.add(name="TEXT", datatype="BYTES", shape=[2147483648, 1])
+    attack.raw_input_contents.append(b"\x01\x00\x00\x00ab\x00\x00")
+    wire = attack.SerializeToString()
+    times = []
+    for index in range(repeats + 1):
+        if index == repeats:
+            tracemalloc.start()
+        started = time.perf_counter()
+        try:
+            decode_model_infer_request(pb.ModelInferRequest.FromString(wire))
+        except InvalidInput:
+            pass
+        times.append((time.perf_counter() - started) * 1e6)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"p50_us": statistics.median(times[:-1]), "max_us": max(times[:-1]), "peak_kib": peak / 1024}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=10_000, help="fuzzed requests per protocol")
@@ -133,6 +157,9 @@ def main() -> int:
         print(f"attack ({cost['bytes']:.0f} B on gRPC): gRPC p50 {cost['grpc_p50']:.2f} ms max "
               f"{cost['grpc_max']:.2f} ms; HTTP p50 {cost['http_p50']:.2f} ms max {cost['http_max']:.2f} ms "
               "(round trips on 127.0.0.1)")
+        inside = decoder_cost()
+        print(f"attack inside serve (parse + decode): p50 {inside['p50_us']:.0f} us, max {inside['max_us']:.0f} us, "
+              f"peak {inside['peak_kib']:.1f} KiB allocated")
         print(f"good requests answered as before: {same}")
         for line in bad:
             print("  failure:", line)
