@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .access import GRPC_HEADER_PREFIX, GROUPS, AccessPolicy, parse_restrictions
+from .access import GROUPS, GRPC_HEADER_PREFIX, AccessPolicy, parse_restrictions
 
 MiB = 1024 * 1024
 ENV_PREFIX = "SERVING_"
@@ -47,8 +47,9 @@ class Settings:
     http_body_timeout_secs: float = 60.0
     max_connections: int = 1024  # per port (HTTP, gRPC, metrics); 0: no cap
     admission_wait_secs: float = 1.0  # a request that finds its queue full waits this long for a place
-    http_restricted_api: AccessPolicy = AccessPolicy()
-    grpc_restricted_protocol: AccessPolicy = AccessPolicy()  # checked as metadata triton-grpc-protocol-<key>
+    http_restricted_api: AccessPolicy = dataclasses.field(default_factory=AccessPolicy)
+    # checked as the metadata triton-grpc-protocol-<key>
+    grpc_restricted_protocol: AccessPolicy = dataclasses.field(default_factory=AccessPolicy)
 
 
 def _device(value: str) -> str:
@@ -111,9 +112,9 @@ class _Restrict(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
 
 
-def _access_policy(given: object) -> AccessPolicy:
+def _access_policy(given: str | tuple[str, ...]) -> AccessPolicy:
     """Restrictions from the flag's uses (a tuple) or its environment variable (one string)."""
-    texts = (given,) if isinstance(given, str) else tuple(given)  # type: ignore[call-overload]
+    texts = (given,) if isinstance(given, str) else given
     return AccessPolicy.of(r for text in texts for r in parse_restrictions(text))
 
 
@@ -221,7 +222,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         if dest in values:
             flag = dest.replace("_", "-")
             try:
-                values[dest] = _access_policy(values[dest])
+                values[dest] = _access_policy(values[dest])  # type: ignore[arg-type]  # str or tuple of str
             except ValueError as exc:  # the value is not shown: it holds the key's value
                 parser.error(f"--{flag} (or {ENV_PREFIX}{dest.upper()}): {exc}")
     return Settings(**values)  # type: ignore[arg-type]

@@ -21,9 +21,9 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -107,7 +107,7 @@ def server(layout: Layout) -> Iterator[RunningServer]:
 
 
 def request(server: RunningServer, method: str, path: str, body: Any = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+            headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """A raw HTTP request: the path goes out exactly as written (clients would normalise it)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.server.http_port, timeout=30)
     try:
@@ -120,7 +120,7 @@ def request(server: RunningServer, method: str, path: str, body: Any = None,
         connection.close()
 
 
-def load(server: RunningServer, name: str, config: dict[str, Any] | str | None = None) -> tuple[int, dict]:
+def load(server: RunningServer, name: str, config: dict[str, Any] | str | None = None) -> tuple[int, Any]:
     parameters = {} if config is None else {"config": config if isinstance(config, str) else json.dumps(config)}
     return request(server, "POST", f"/v2/repository/models/{quote(name, safe='')}/load", {"parameters": parameters})
 

@@ -251,8 +251,9 @@ def test_unloaded_versions_are_freed_over_load_unload_cycles(tmp_path: Path) -> 
             loaded = server.server.repository.models["heavy"].versions[1]  # type: ignore[union-attr]
             refs: list[weakref.ref] = [weakref.ref(loaded.batcher)]  # type: ignore[type-arg]
             for instance in loaded.instances:
-                refs += [weakref.ref(instance), weakref.ref(instance.handler), weakref.ref(instance.handler.weights)]
-            del loaded, instance
+                weights = instance.handler.weights  # type: ignore[union-attr]  # Heavy's own attribute
+                refs += [weakref.ref(instance), weakref.ref(instance.handler), weakref.ref(weights)]
+            del loaded, instance, weights
             client.unload_model("heavy")
             return refs
 
