@@ -23,7 +23,7 @@ from .paths import check_filename, name_problem, read_labels
 TORCHSCRIPT = "pytorch_libtorch"
 PYTHON = "python"
 DEFAULT_FILENAMES = {TORCHSCRIPT: "model.pt", PYTHON: "model.py"}
-MAX_INSTANCES = 64  # per instance_group: each is a handler with a thread of its own
+MAX_INSTANCES = 64  # the counts of every instance_group together
 MAX_WARMUP_COUNT = 1000  # repetitions of one model_warmup sample
 DEFAULT_PREDICTION_BUCKETS = (-10.0, -5.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
                               0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0)
@@ -360,9 +360,10 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
     check_filename(config.default_model_filename, "default_model_filename")
     for key, filename in config.cc_model_filenames.items():
         check_filename(filename, f"cc_model_filenames[{key!r}]")
-    for group in config.instance_group:
-        if group.count > MAX_INSTANCES:
-            raise ConfigError(f"instance_group count {group.count} is more than {MAX_INSTANCES}")
+    counts = [max(g.count, 1) for g in config.instance_group]
+    if sum(counts) > MAX_INSTANCES:  # each instance is a handler with a thread of its own
+        raise ConfigError(f"instance_group count adds up to {sum(counts)}; at most {MAX_INSTANCES} "
+                          "(per GPU, for KIND_GPU groups)")
     groups = tuple(InstanceGroup(pb.ModelInstanceGroup.Kind.Name(g.kind), max(g.count, 1), tuple(g.gpus))
                    for g in config.instance_group) or (InstanceGroup("KIND_AUTO", 1),)
     parameters = {key: value.string_value for key, value in config.parameters.items()}
