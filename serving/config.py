@@ -24,7 +24,7 @@ TORCHSCRIPT = "pytorch_libtorch"
 PYTHON = "python"
 DEFAULT_FILENAMES = {TORCHSCRIPT: "model.pt", PYTHON: "model.py"}
 MAX_INSTANCES = 64  # the counts of every instance_group together
-MAX_WARMUP_COUNT = 1000  # repetitions of one model_warmup sample
+MAX_WARMUP_COUNT = 1000  # model_warmup batches, every sample's count together
 DEFAULT_PREDICTION_BUCKETS = (-10.0, -5.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
                               0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0, 10.0)
 
@@ -243,6 +243,8 @@ def _execution_options(parameters: dict[str, str]) -> ExecutionOptions:
 
 def _warmup(config: pb.ModelConfig, inputs: tuple[TensorSpec, ...]) -> tuple[WarmupSample, ...]:
     names = {t.name for t in inputs}
+    if sum(max(w.count, 1) for w in config.model_warmup) > MAX_WARMUP_COUNT:
+        raise ConfigError(f"model_warmup runs more than {MAX_WARMUP_COUNT} batches in all (the counts together)")
     samples = []
     for warmup in config.model_warmup:
         label = f"model_warmup '{warmup.name}'"
@@ -251,8 +253,6 @@ def _warmup(config: pb.ModelConfig, inputs: tuple[TensorSpec, ...]) -> tuple[War
         unknown = set(warmup.inputs) - names
         if unknown:
             raise ConfigError(f"{label} names inputs {sorted(unknown)} the config does not declare")
-        if warmup.count > MAX_WARMUP_COUNT:
-            raise ConfigError(f"{label}: count {warmup.count} is more than {MAX_WARMUP_COUNT}")
         sample_inputs = {}
         for input_name, item in warmup.inputs.items():
             where = f"{label}, input '{input_name}'"

@@ -20,15 +20,21 @@ from .paths import confined
 from .types import NUMPY_DTYPES
 
 Batch = dict[str, np.ndarray]
-MAX_WARMUP_BYTES = 256 * 1024 * 1024  # one warm-up input; a BYTES element counts as 64 bytes
+MAX_WARMUP_BYTES = 256 * 1024 * 1024  # every warm-up input together; a BYTES element counts as 64 bytes
 
 
-def _array(name: str, item: WarmupInput, shape: tuple[int, ...], model_dir: Path, rng: np.random.Generator) -> np.ndarray:
+def _size(item: WarmupInput, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * (64 if item.datatype == "BYTES" else NUMPY_DTYPES[item.datatype].itemsize)
+
+
+def _array(name: str, item: WarmupInput, shape: tuple[int, ...], model_dir: Path, rng: np.random.Generator,
+           spent: int = 0) -> np.ndarray:
+    """One warm-up input; ``spent`` is what the batches before it hold, counted against the limit."""
     dtype = NUMPY_DTYPES[item.datatype]
     count = math.prod(shape)
-    if count * (64 if item.datatype == "BYTES" else dtype.itemsize) > MAX_WARMUP_BYTES:
-        raise ConfigError(f"warm-up input '{name}': shape {list(shape)} of {item.datatype} needs more than "
-                          f"{MAX_WARMUP_BYTES} bytes; warm up with smaller batches or dims")
+    if spent + _size(item, shape) > MAX_WARMUP_BYTES:  # checked before anything is allocated or read
+        raise ConfigError(f"warm-up input '{name}': shape {list(shape)} of {item.datatype} takes the warm-up "
+                          f"data past {MAX_WARMUP_BYTES} bytes; warm up with fewer samples, smaller batches or dims")
     if item.source == "input_data_file":
         label = f"{model_dir.name}/warmup/{item.data_file}"
         path = confined(model_dir / "warmup", item.data_file, f"warm-up input '{name}': input_data_file", label)
@@ -63,25 +69,30 @@ def warmup_batches(spec: ModelSpec, model_dir: Path) -> tuple[list[Batch], bool]
     rng = np.random.default_rng(0)
     if spec.warmup:
         batches = []
+        spent = 0
         for sample in spec.warmup:
             batch = {}
             for name, item in sample.inputs.items():
                 shape = ((sample.batch_size,) if spec.max_batch_size else ()) + item.dims
-                batch[name] = _array(name, item, shape, model_dir, rng)
-            batches += [batch] * sample.count
+                batch[name] = _array(name, item, shape, model_dir, rng, spent)
+                spent += _size(item, shape)
+            batches += [batch] * sample.count  # repeats share their arrays
         return batches, True
     if not spec.execution.warmup:
         return [], False
     batches = []
+    spent = 0
     for rows in spec.batch_buckets():
-        batch = {}
+        batch, size = {}, 0
         try:
             for tensor in spec.inputs:
                 dims = tuple(1 if d == -1 else d for d in tensor.dims)
                 shape = ((rows,) if spec.max_batch_size else ()) + dims
-                batch[tensor.name] = _array(tensor.name, WarmupInput(tensor.datatype, dims, "zero_data"), shape,
-                                            model_dir, rng)
+                item = WarmupInput(tensor.datatype, dims, "zero_data")
+                batch[tensor.name] = _array(tensor.name, item, shape, model_dir, rng, spent + size)
+                size += _size(item, shape)
         except ConfigError:
-            continue  # too large to warm up implicitly: that bucket is prepared by its first request
+            break  # past the limit (buckets only grow): the rest are prepared by their first requests
+        spent += size
         batches.append(batch)
     return batches, False

@@ -263,6 +263,10 @@ def test_symlinks_out_of_the_model_directory_are_refused(server: RunningServer, 
         "X": {"data_type": "TYPE_FP32", "dims": [1], "zero_data": True}}}])), "count"),
     (json.dumps(config_json(model_warmup=[{"name": "w", "batch_size": 1, "inputs": {
         "X": {"data_type": "TYPE_FP32", "dims": [1 << 40], "zero_data": True}}}])), "bytes"),
+    (json.dumps(config_json(model_warmup=[{"name": f"w{i}", "batch_size": 4, "inputs": {
+        "X": {"data_type": "TYPE_FP32", "dims": [4 << 20], "zero_data": True}}} for i in range(1000)])), "bytes"),
+    (json.dumps(config_json(model_warmup=[{"name": f"w{i}", "batch_size": 1, "count": 2, "inputs": {
+        "X": {"data_type": "TYPE_FP32", "dims": [1], "zero_data": True}}} for i in range(600)])), "in all"),
     ("[" * 5000 + "]" * 5000, "not valid JSON"),
 ])
 def test_invalid_overrides_are_400_with_the_reason(server: RunningServer, layout: Layout, config: str,
