@@ -114,6 +114,7 @@ class Shadow:
         task = asyncio.get_running_loop().create_task(self._run(protocol, send, exchange, held))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: held.release())  # also when cancelled before it ever ran
 
     async def _run(self, protocol: str, send: Callable[[], asyncio.Future[Answer]], exchange: Exchange,
                    held: Held) -> None:

@@ -186,6 +186,9 @@ def test_a_misbehaving_shadow_leaves_the_primary_untouched_and_memory_bounded(ha
     if rests:  # the back-off engaged: copies stopped once it kept failing, under load
         assert skipped > 0, f"the {kind} shadow was never rested after {FAILURES_TO_REST} failures in a row"
         assert sent < ok, f"{sent} copies sent to a failing shadow for {ok} requests: no back-off"
+        if kind in ("refuse", "reset"):  # failing at once: the copies in flight when it rested, one probe per rest
+            probes = 3  # rests of 0.5 s, 1 s, 2 s: at most two end within the traffic, and one margin
+            assert sent <= FAILURES_TO_REST + CLIENTS + probes, f"{sent} copies sent: more than one probe per rest"
     elif kind == "error500":
         assert skipped == 0, "a shadow that answers (even 500) must not be rested"
     held = metrics[("sidecar_shadow_memory_bytes", ())]
