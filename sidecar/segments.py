@@ -21,8 +21,19 @@ from pathlib import Path
 
 from .metrics import Metrics
 from .records import SEGMENT_SUFFIX
-from .spool import (PREFIX, ROW_GROUP_BYTES, ROW_GROUP_RECORDS, STREAM_SUFFIX, OwnerLock, ParquetBuilder, Stream,
-                    lock_path, recover, segment_stem, writer_name)
+from .spool import (
+    PREFIX,
+    ROW_GROUP_BYTES,
+    ROW_GROUP_RECORDS,
+    STREAM_SUFFIX,
+    OwnerLock,
+    ParquetBuilder,
+    Stream,
+    lock_path,
+    recover,
+    segment_stem,
+    writer_name,
+)
 from .tables import Record, to_table
 
 log = logging.getLogger(__name__)

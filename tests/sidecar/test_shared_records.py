@@ -132,7 +132,10 @@ def model_stub() -> Stub:
         return web.json_response({"model_name": request.match_info["model"], "model_version": "1", "id": body["id"],
                                   "outputs": [{"name": "OUT", "datatype": "FP32", "shape": [1, 2],
                                                "data": [0.25, 0.75]}]})
-    return Stub(lambda app: app.router.add_post("/v2/models/{model}/infer", infer))
+
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/v2/models/{model}/infer", infer)
+    return Stub(routes)
 
 
 def sidecar(directory: Path, config: Path, primary: Stub, shadow: Stub) -> SidecarProcess:

@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from sidecar.segments import finished_segments
-from sidecar.spool import OwnerLock, Stream, lock_path, read_batches, recover, segment_stem
+from sidecar.spool import (
+    OwnerLock,
+    Stream,
+    lock_path,
+    read_batches,
+    recover,
+    segment_stem,
+)
 from sidecar.tables import to_table
 
 from .test_segments import record
