@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.segments import finished_segments
 from sidecar.spool import (
@@ -62,6 +65,20 @@ def test_a_torn_tail_is_recovered_up_to_the_last_complete_batch(tmp_path: Path, 
     assert request_ids(recovered) == [f"r{i}" for i in range(kept)]
     assert len(recovered) == (1 if kept else 0)
     assert not path.exists() and not lock_path(tmp_path, DEAD).exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4), st.floats(0.0, 1.0))
+def test_wherever_a_kill_cuts_the_stream_exactly_the_complete_batches_are_kept(sizes: list[int],
+                                                                              where: float) -> None:
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        path, ends = dead_writer(directory, sizes)
+        cut = int(where * ends[-1])
+        os.truncate(path, cut)
+        kept = sum(rows for rows, end in zip(sizes, ends) if end <= cut)
+        assert request_ids(recover(directory)) == [f"r{i}" for i in range(kept)]
+        assert list(directory.glob(".*")) == []
 
 
 def test_an_empty_stream_leaves_nothing(tmp_path: Path) -> None:
