@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -87,7 +88,11 @@ class Harness:
 
     def write(self, kind: str | None) -> None:
         shadows = f"[{{name: {kind}, http: '{self.doubles.urls[kind]}', timeout: 1s}}]" if kind else "[]"
-        self.config.write_text(f"primary: {{http: '{self.primary.http_url}', grpc: null}}\nshadows: {shadows}\n")
+        # Atomically, as Kubernetes swaps a ConfigMap: a watcher that reads a half-written file would apply
+        # an empty one (every default, another primary).
+        staged = self.config.with_suffix(".tmp")
+        staged.write_text(f"primary: {{http: '{self.primary.http_url}', grpc: null}}\nshadows: {shadows}\n")
+        os.replace(staged, self.config)
 
     def shadow(self, kind: str) -> None:
         """Point the shadow at ``kind`` and wait until the sidecar has applied it."""
