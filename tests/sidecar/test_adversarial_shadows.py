@@ -198,6 +198,9 @@ def test_a_misbehaving_shadow_leaves_the_primary_untouched_and_memory_bounded(ha
         assert skipped == 0, "a shadow that answers (even 500) must not be rested"
     held = metrics[("sidecar_shadow_memory_bytes", ())]
     assert held <= 32 * 1024 * 1024
+    # Every copy gives back what it held once it ends (within the 1 s timeout): nothing leaks from the budget.
+    wait_until(lambda: scrape(harness.process.metrics)[("sidecar_shadow_memory_bytes", ())] == 0, 5,
+               "the copies' memory to be given back")
     peak = memory(harness.process.process.pid)["VmHWM"]
     assert peak - harness.baseline < RSS_GROWTH, (
         f"the sidecar's peak RSS grew {(peak - harness.baseline) / 2**20:.0f} MiB with the {kind} shadow")
