@@ -213,7 +213,8 @@ def test_grpc_connections_past_the_cap_are_refused(capped: RunningServer) -> Non
     target = f"127.0.0.1:{capped.server.grpc_port}"
 
     def live(timeout: float) -> bool:
-        with grpc.insecure_channel(target) as channel:
+        # a connection of its own each time: grpcio would otherwise share one between channels
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             try:
                 stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
                 return stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout).live
