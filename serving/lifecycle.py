@@ -31,6 +31,7 @@ from .warmup import warmup_batches
 log = logging.getLogger(__name__)
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+REFREEZE_DELAY_SECS = 1.0
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -135,6 +136,34 @@ async def start_version(spec: ModelSpec, version: int, path: Path, placement: Pl
     return model
 
 
+async def _unload_instances(model: ModelVersion) -> None:
+    loop = asyncio.get_running_loop()
+    for instance in model.instances:
+        try:
+            await loop.run_in_executor(None, instance.unload)
+        except Exception:  # noqa: BLE001 - a failing unload must not stop the others
+            log.exception("model %s version %d: unload failed", model.spec.name, model.version)
+
+
+def _collect(loop: asyncio.AbstractEventLoop) -> None:
+    """Collect what a retired version held, even what start-up froze out of the collector's sight.
+
+    serving.server freezes what start-up made, this version too when it loaded then, and
+    frozen objects are never collected: thaw them. Some of what the version held lets go a
+    moment later (its batcher task's callbacks, its instance threads exiting), so the
+    survivors are frozen again only after a second collection, a second on.
+    """
+    if gc.get_freeze_count() > 0:
+        gc.unfreeze()
+        loop.call_later(REFREEZE_DELAY_SECS, _refreeze)
+    gc.collect()
+
+
+def _refreeze() -> None:
+    gc.collect()
+    gc.freeze()
+
+
 async def retire_version(model: ModelVersion, metrics: Metrics) -> None:
     """Drain a version that no longer receives requests, then unload it and free its memory."""
     model.state = UNLOADING
@@ -142,17 +171,13 @@ async def retire_version(model: ModelVersion, metrics: Metrics) -> None:
     if model.batcher is not None:
         await model.batcher.drain()
         await model.batcher.stop()
-    for instance in model.instances:
-        try:
-            await loop.run_in_executor(None, instance.unload)
-        except Exception:  # noqa: BLE001 - a failing unload must not stop the others
-            log.exception("model %s version %d: unload failed", model.spec.name, model.version)
+    await _unload_instances(model)  # in a frame of its own, which lets go of them when it returns
     if model.stats is not None:
         metrics.remove_model(model.stats)
     forget_handler_module(model.spec.name, model.version)
     model.instances, model.batcher, model.stats = [], None, None
     model.state, model.reason = UNAVAILABLE, "unloaded"
-    gc.collect()
+    _collect(loop)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     log.info("model %s version %d is unloaded", model.spec.name, model.version)
