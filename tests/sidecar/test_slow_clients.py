@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sidecar.config import Config, PrimaryConfig
 
-from .support import RunningSidecar, Stub
+from .support import RunningSidecar, SidecarProcess, Stub
 
 HEADER_SECS = 0.5
 REQUEST = b"GET /v2/models/m HTTP/1.1\r\nHost: sidecar\r\n\r\n"
@@ -152,3 +152,19 @@ def test_a_grpc_connection_that_never_completes_its_handshake_is_closed(sidecar:
         sock.sendall(b"PRI * HTTP/2.0\r\n")  # part of the HTTP/2 preface, then nothing
         _, took = read_until_closed(sock)
     assert took < HEADER_SECS + 5
+
+
+def test_the_production_process_on_uvloop_cuts_a_partial_head_too(primary: Stub) -> None:
+    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
+                             "--primary", primary.url, "--header-timeout-secs", str(HEADER_SECS))
+    try:
+        with connect(process.http) as sock:
+            sock.sendall(b"GET /v2/models/m HTTP/1.1\r\nHost: s")
+            data, took = read_until_closed(sock)
+        assert data.startswith(b"HTTP/1.1 408 ") and took < HEADER_SECS + 3
+        with urllib.request.urlopen(f"http://{process.http}/v2/models/m", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        process.process.terminate()
+        process.finish(15)
+        process.kill()
