@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,11 @@ from typing import Any
 from aiohttp import web
 
 from .errors import ServingError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout
+else:  # aiohttp brings async-timeout on Python 3.10
+    from async_timeout import timeout
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +86,9 @@ class TimedRequest(web.BaseRequest):
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._body_timeout):
+            async with timeout(self._body_timeout):
                 return await super().read()
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on
             raise RequestTimeout(f"the request body did not arrive within {self._body_timeout:g} s "
                                  "(--http-body-timeout-secs); send it at once, or raise the limit") from None
 
