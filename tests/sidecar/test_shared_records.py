@@ -106,11 +106,18 @@ def writing(*args: object) -> Iterator[Writer]:
 
 
 def on_disk(directory: Path, tag: str) -> int:
-    """Records of one writer that a kill would not lose: in finished segments and in its open stream."""
+    """Records of one writer that a kill would not lose: in finished segments and in its open stream.
+
+    Finished segments are listed first: a segment finished meanwhile is then missed (the count
+    is low, and the caller polls again), never counted twice; -1 when a stream went under us.
+    """
+    finished = finished_segments(directory)
     streams = list(directory.glob(".records-*.arrows"))
-    rows = [r for p in finished_segments(directory) for r in pq.read_table(p, columns=["request_id"])
-            .column("request_id").to_pylist()]
-    rows += [r for p in streams for b in read_batches(p) for r in b.column("request_id").to_pylist()]
+    try:
+        rows = [r for p in finished for r in pq.read_table(p, columns=["request_id"]).column("request_id").to_pylist()]
+        rows += [r for p in streams for b in read_batches(p) for r in b.column("request_id").to_pylist()]
+    except FileNotFoundError:  # finished (or deleted by the quota) between the listing and the read
+        return -1
     return sum(1 for r in rows if r.startswith(f"{tag}-"))
 
 
