@@ -223,7 +223,24 @@ def test_grpc_connections_past_the_cap_are_refused(capped: RunningServer) -> Non
                 return False
 
     async def hold() -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-        return [await asyncio.open_connection("127.0.0.1", capped.server.grpc_port) for _ in range(4)]
+        """Four connections the server keeps (one may be refused while the probe's own still closes)."""
+        held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for _ in range(12):
+            reader, writer = await asyncio.open_connection("127.0.0.1", capped.server.grpc_port)
+            try:
+                if not await asyncio.wait_for(reader.read(1), 0.2):
+                    writer.close()  # closed by the server: over the cap
+                    continue
+            except asyncio.TimeoutError:
+                pass
+            except ConnectionError:
+                writer.close()
+                continue
+            held.append((reader, writer))
+            if len(held) == 4:
+                break
+        assert len(held) == 4
+        return held
 
     assert live(5)
     loop = asyncio.new_event_loop()
