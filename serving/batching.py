@@ -120,6 +120,11 @@ class Batcher:
         return self._queued
 
     @property
+    def reserved(self) -> int:
+        """Places held by `reserve` for requests whose bodies are still being read."""
+        return self._reserved
+
+    @property
     def busy(self) -> bool:
         return self._queued > 0 or bool(self._running)
 

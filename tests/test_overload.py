@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -78,12 +78,23 @@ async def post(session: aiohttp.ClientSession, url: str, data: bytes = GOOD) -> 
         return response.status, orjson.loads(await response.read()), response.headers.get("Retry-After")
 
 
-async def fill(session: aiohttp.ClientSession, url: str, queue: int) -> list[asyncio.Future]:
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the server never got there"
+        await asyncio.sleep(0.01)
+
+
+async def fill(server: RunningServer, session: aiohttp.ClientSession, url: str,
+               queue: int) -> list[asyncio.Future]:
     """One request running behind the closed gate, then ``queue`` more waiting in the queue."""
+    assert server.server.repository is not None
+    batcher = server.server.repository.get("gated").batcher
+    assert batcher is not None
     running = [asyncio.ensure_future(post(session, url))]
-    await asyncio.sleep(0.15)
+    await until(lambda: batcher.busy and batcher.pending == 0)  # computing, behind the gate
     queued = [asyncio.ensure_future(post(session, url)) for _ in range(queue)]
-    await asyncio.sleep(0.15)
+    await until(lambda: batcher.pending == queue)
     return running + queued
 
 
@@ -107,7 +118,7 @@ def test_requests_past_a_full_queue_get_503_before_their_body_is_read(
 
     async def scenario() -> tuple[list, list, tuple[bytes, float], list]:
         async with aiohttp.ClientSession() as session:
-            admitted = await fill(session, url, queue=2)
+            admitted = await fill(server, session, url, queue=2)
             # malformed bodies would be 400 if they were decoded; past the queue they are not
             past = await asyncio.gather(*(post(session, url, b"{not json") for _ in range(20)),
                                         post(session, url, GOOD))
@@ -146,12 +157,16 @@ def test_places_held_by_bodies_still_arriving_count_against_the_queue(
     head = (f"POST /v2/models/gated/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(GOOD)}\r\n\r\n").encode()
 
+    assert server.server.repository is not None
+    batcher = server.server.repository.get("gated").batcher
+    assert batcher is not None
+
     async def scenario() -> tuple[list[int], list[bytes]]:
         slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for _, writer in slow:  # two bodies half sent: the queue is empty, but both places are taken
             writer.write(head + GOOD[:10])
             await writer.drain()
-        await asyncio.sleep(0.2)
+        await until(lambda: batcher.reserved == 2)
         async with aiohttp.ClientSession() as session:
             rejected = [status for status, _, _ in await asyncio.gather(*(post(session, url) for _ in range(5)))]
             lines = []
@@ -176,7 +191,7 @@ def test_a_request_past_the_queue_waits_for_a_place_then_gets_503_or_its_answer(
 
     async def scenario() -> tuple[tuple, float, list]:
         async with aiohttp.ClientSession() as session:
-            admitted = await fill(session, url, queue=2)
+            admitted = await fill(server, session, url, queue=2)
             started = time.monotonic()
             expired = await post(session, url, b"{not json")  # nothing frees a place within 0.4 s
             waited = time.monotonic() - started
