@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
+from .admission import Place
 from .config import BatchPolicy
 from .errors import ModelError, ServingError, Unavailable
 
@@ -55,28 +56,6 @@ class Pending:
         self.dispatched_ns = 0
         self.state = QUEUED
         self.timer: asyncio.TimerHandle | None = None
-
-
-class Place:
-    """A place in a batcher's queue, held for the body of an ``async with`` (see `Batcher.place`)."""
-
-    __slots__ = ("_batcher", "_wait_s", "_rejected")
-
-    def __init__(self, batcher: Batcher, wait_s: float, rejected: Callable[[Unavailable], None] | None) -> None:
-        self._batcher = batcher
-        self._wait_s = wait_s
-        self._rejected = rejected
-
-    async def __aenter__(self) -> None:
-        try:
-            await self._batcher.reserve(self._wait_s)
-        except Unavailable as exc:
-            if self._rejected is not None:
-                self._rejected(exc)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._batcher.release()
 
 
 # A worker computes one batch and returns one result per request, in order; a result

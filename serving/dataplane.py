@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .batching import Place
+from .admission import Place
 from .config import ModelSpec, TensorSpec
 from .control import ModelControl
 from .errors import InvalidInput, NotFound, ServingError, Unavailable
