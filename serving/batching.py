@@ -35,7 +35,7 @@ from typing import Any
 
 from .admission import Place
 from .config import BatchPolicy
-from .errors import ModelError, ServingError, Unavailable
+from .errors import ModelError, ServingError, Unavailable, failure_text
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class Batcher:
                 results = [exc] * len(live)
             except Exception as exc:  # noqa: BLE001 - a worker must not kill the loop
                 log.exception("batcher %s: worker failed on a batch of %d requests", self.name, len(live))
-                results = [ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")] * len(live)
+                results = [ModelError(f"model '{self.name}' failed: {failure_text(exc)}")] * len(live)
             if len(results) != len(live):
                 results = [ModelError(f"model '{self.name}' returned {len(results)} results for "
                                       f"{len(live)} requests")] * len(live)

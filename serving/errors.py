@@ -7,6 +7,17 @@ and, where it can, how to fix it.
 from __future__ import annotations
 
 
+def failure_text(exc: BaseException) -> str:
+    """What a client is told of an exception raised by a model: its message, never its class.
+
+    The class and the traceback go to the server log; an empty message says where to look.
+    """
+    text = str(exc).strip()
+    if not text:
+        return "it raised an error without a message; the server log has the details"
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
 class ServingError(Exception):
     """Root of every error the runtime reports to a client."""
 

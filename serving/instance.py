@@ -23,7 +23,7 @@ import torch
 
 from .batching import Pending
 from .config import ModelSpec
-from .errors import ModelError, ServingError, Unavailable
+from .errors import ModelError, ServingError, Unavailable, failure_text
 from .execution import BatchExecutor
 from .metrics import ModelStats
 from .model import Model
@@ -125,7 +125,7 @@ class ModelInstance:
     def _failure(self, exc: Exception, requests: int) -> ModelError:
         log.error("model %s failed on a batch of %d requests", self.label, requests, exc_info=exc)
         return ModelError(f"model '{self.spec.name}' version {self.handler.version} failed: "
-                          f"{type(exc).__name__}: {exc}")
+                          f"{failure_text(exc)}")
 
     def _gather(self, batch: list[Pending]) -> dict[str, list[np.ndarray]]:
         gathered: dict[str, list[np.ndarray]] = {}
