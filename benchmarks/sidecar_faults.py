@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> str:
         urls: dict[str, str] = json.loads(ports_file.read_text())
         sidecars: dict[str, tuple[Process, int, str]] = {}
         urls["dead"] = urls["refuse"]
-        for kind in (*KINDS, "dead"):
+        for kind in (*args.kinds, "dead"):
             port, metrics = free_port(), free_port()
             process = Process(f"sidecar-{kind}", [
                 sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{port}", "--grpc-listen", "off",
@@ -81,13 +81,16 @@ def run(args: argparse.Namespace) -> str:
             processes.append(process)
             process.wait_ready(f"http://127.0.0.1:{metrics}/readyz")
             sidecars[kind] = (process, port, f"http://127.0.0.1:{metrics}/metrics")
-        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
         for _ in range(args.repeats):
-            for kind in KINDS:
+            for kind in args.kinds:
                 runs[kind].append(measure(sidecars[kind][1], body, 16, args.duration, args.warmup, args.rate))
-        results = {kind: median(runs[kind]) for kind in KINDS}
-        counters = {kind: scrape(sidecars[kind][2]) for kind in KINDS}
-        peaks = {kind: peak_rss(sidecars[kind][0].proc.pid) for kind in KINDS}
+        results = {kind: median(runs[kind]) for kind in args.kinds}
+        for kind in args.kinds:  # the spread over the runs: how far the machine's noise alone moves a p99
+            p99s = [r["p99"] for r in runs[kind] if r["requests"]]
+            results[kind]["p99_range"] = (min(p99s), max(p99s)) if p99s else (float("nan"), float("nan"))
+        counters = {kind: scrape(sidecars[kind][2]) for kind in args.kinds}
+        peaks = {kind: peak_rss(sidecars[kind][0].proc.pid) for kind in args.kinds}
         dead_before = scrape(sidecars["dead"][2])
         backoff = measure(sidecars["dead"][1], body, 64, args.duration, 0.0)  # from its first copy on
         dead_after = scrape(sidecars["dead"][2])
@@ -102,7 +105,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], counter
            peaks: dict[str, float], backoff: dict[str, Any], dead_before: dict[str, float],
            dead_after: dict[str, float], before: str, after: str) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    flags = " --quick" if args.quick else ""
+    flags = (" --quick" if args.quick else "") + (f" --kinds {','.join(args.kinds)}" if args.kinds != KINDS else "")
     base = results["healthy"]
     lines = [
         f"- Date: {now}; {os.cpu_count()} CPU(s); command: `python benchmarks/sidecar_faults.py{flags} --write` "
@@ -111,10 +114,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], counter
         f"- /proc/loadavg before: {before}; after: {after}. The primary (a no-op stub), the doubles, the "
         "sidecars and the load generator share these cores with whatever else runs on the machine.",
         "",
-        "| shadow | req/s | p50 ms | p99 ms | p99 vs healthy | failed | copies sent | what the sidecar counted | "
-        "peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
-    for kind in KINDS:
+        "| shadow | req/s | p50 ms | p99 ms | p99 range over runs | p99 vs healthy | failed | copies sent | "
+        "what the sidecar counted | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for kind in args.kinds:
         r, c = results[kind], counters[kind]
         change = (r["p99"] - base["p99"]) / base["p99"] * 100 if base["p99"] else float("nan")
         counted = [f"{name} {total(c, key):,.0f}" for name, key in (
@@ -124,7 +127,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], counter
         reasons = sorted({key.split('reason="')[1].split('"')[0] for key in c
                           if 'reason="' in key and key.startswith(("sidecar_shadow_errors_total",
                                                                     "sidecar_shadow_skipped_total")) and c[key]})
-        lines.append(f"| {kind} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
+        low, high = r["p99_range"]
+        lines.append(f"| {kind} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {low:.2f}–{high:.2f} | "
                      f"{'—' if kind == 'healthy' else f'{change:+.1f}%'} | {r['failures']} | "
                      f"{total(c, 'sidecar_shadow_requests_total'):,.0f} | {', '.join(counted) or 'answers only'}"
                      f"{' (' + ', '.join(reasons) + ')' if reasons else ''} | {peaks[kind]:.0f} |")
@@ -152,9 +156,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per point (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every point, interleaved (default 3)")
+    parser.add_argument("--kinds", type=lambda v: tuple(k for k in v.split(",") if k), default=KINDS,
+                        help=f"the shadows to measure, comma-separated (default all: {','.join(KINDS)})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 s points, one run")
     parser.add_argument("--write", action="store_true", help="rewrite this benchmark's section of RESULTS.md")
     args = parser.parse_args()
+    if "healthy" not in args.kinds or set(args.kinds) - set(KINDS):
+        parser.error(f"--kinds: name shadows among {', '.join(KINDS)}, healthy included (the reference)")
     if args.quick:
         args.duration, args.warmup, args.repeats = 2.0, 0.5, 1
     os.chdir(ROOT)  # the doubles run as a module of the tests
