@@ -108,14 +108,14 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], counter
     flags = (" --quick" if args.quick else "") + (f" --kinds {','.join(args.kinds)}" if args.kinds != KINDS else "")
     base = results["healthy"]
     lines = [
-        f"- Date: {now}; {os.cpu_count()} CPU(s); command: `python benchmarks/sidecar_faults.py{flags} --write` "
-        f"({args.rate:g} req/s open loop over 16 connections, {args.duration:g} s per point after "
-        f"{args.warmup:g} s of warm-up, {args.repeats} run(s) interleaved, medians)",
-        f"- /proc/loadavg before: {before}; after: {after}. The primary (a no-op stub), the doubles, the "
-        "sidecars and the load generator share these cores with whatever else runs on the machine.",
+        (f"- Date: {now}; {os.cpu_count()} CPU(s); command: `python benchmarks/sidecar_faults.py{flags} --write` "
+         f"({args.rate:g} req/s open loop over 16 connections, {args.duration:g} s per point after "
+         f"{args.warmup:g} s of warm-up, {args.repeats} run(s) interleaved, medians)"),
+        (f"- /proc/loadavg before: {before}; after: {after}. The primary (a no-op stub), the doubles, the "
+         "sidecars and the load generator share these cores with whatever else runs on the machine."),
         "",
-        "| shadow | req/s | p50 ms | p99 ms | p99 range over runs | p99 vs healthy | failed | copies sent | "
-        "what the sidecar counted | peak RSS MiB |",
+        ("| shadow | req/s | p50 ms | p99 ms | p99 range over runs | p99 vs healthy | failed | copies sent | "
+         "what the sidecar counted | peak RSS MiB |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for kind in args.kinds:
         r, c = results[kind], counters[kind]
@@ -134,10 +134,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], counter
                      f"{' (' + ', '.join(reasons) + ')' if reasons else ''} | {peaks[kind]:.0f} |")
     skipped = total(dead_after, "sidecar_shadow_skipped_total") - total(dead_before, "sidecar_shadow_skipped_total")
     errors = total(dead_after, "sidecar_shadow_errors_total") - total(dead_before, "sidecar_shadow_errors_total")
-    lines += ["", f"- Back-off under load: a fresh sidecar with a dead shadow (nothing listens) at concurrency 64, "
-              f"closed loop, {args.duration:g} s: {backoff['requests']:,} primary requests ({backoff['rps']:,.0f}/s, "
-              f"{backoff['failures']} failed), {errors:,.0f} connection errors and {skipped:,.0f} copies skipped "
-              "while the shadow rested."]
+    lines += ["", (f"- Back-off under load: a fresh sidecar with a dead shadow (nothing listens) at concurrency 64, "
+                   f"closed loop, {args.duration:g} s: {backoff['requests']:,} primary requests "
+                   f"({backoff['rps']:,.0f}/s, {backoff['failures']} failed), {errors:,.0f} connection errors and "
+                   f"{skipped:,.0f} copies skipped while the shadow rested.")]
     return "\n".join(lines)
 
 

@@ -32,7 +32,6 @@ from aiohttp import web
 from .metrics import Metrics
 
 
-
 def _answer(status: str, message: str) -> bytes:
     """A whole response, written straight to the transport (no handler runs for it)."""
     body = orjson.dumps({"error": message})

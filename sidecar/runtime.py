@@ -13,8 +13,8 @@ import logging
 
 import grpc
 
-from .canary_config import CanaryConfig
 from .budget import MemoryBudget
+from .canary_config import CanaryConfig
 from .config import Config, PrimaryConfig, ShadowConfig
 from .headers import PASS_ALL
 from .metrics import Metrics

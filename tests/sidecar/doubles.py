@@ -132,6 +132,16 @@ class Doubles:
     def __init__(self) -> None:
         self.servers: list[asyncio.Server] = []
         self.urls: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # connections being served: ended by close()
+
+    async def _connection(self, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await _serve(kind, reader, writer)
+        finally:
+            self._tasks.discard(task)
 
     async def start(self, kinds: tuple[str, ...] = (*KINDS, "healthy")) -> Doubles:
         for kind in kinds:
@@ -140,7 +150,7 @@ class Doubles:
                     sock.bind(("127.0.0.1", 0))
                     port = sock.getsockname()[1]
             else:
-                server = await asyncio.start_server(lambda r, w, k=kind: _serve(k, r, w), "127.0.0.1", 0,
+                server = await asyncio.start_server(lambda r, w, k=kind: self._connection(k, r, w), "127.0.0.1", 0,
                                                     backlog=1024)
                 self.servers.append(server)
                 port = server.sockets[0].getsockname()[1]
@@ -148,8 +158,13 @@ class Doubles:
         return self
 
     async def close(self) -> None:
+        """Stop listening and end every connection (a task left pending would be collected mid-run, noisily)."""
         for server in self.servers:
             server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _main(port_file: Path) -> None:

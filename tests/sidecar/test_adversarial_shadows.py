@@ -37,8 +37,7 @@ from .support import LoopThread, SidecarProcess, wait_until
 TRAFFIC_SECS = 1.5  # past the shadow timeout (1 s): a blackholed shadow has rested by the end
 CLIENTS = 8
 RSS_GROWTH = 64 * 1024 * 1024
-BODY = ('{"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": [%s]}]}'
-        % ", ".join(["0.25"] * 64)).encode()
+BODY = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": [0.25] * 64}]}).encode()
 INFER = "/v2/models/classifier/infer"
 
 
@@ -81,10 +80,10 @@ class Harness:
         self.baseline = memory(self.process.process.pid)["VmRSS"]
 
     async def _direct(self) -> bytes:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{self.primary.http_url}{INFER}", data=BODY) as response:
-                assert response.status == 200
-                return await response.read()
+        async with aiohttp.ClientSession() as session, session.post(f"{self.primary.http_url}{INFER}",
+                                                                    data=BODY) as response:
+            assert response.status == 200
+            return await response.read()
 
     def write(self, kind: str | None) -> None:
         shadows = f"[{{name: {kind}, http: '{self.doubles.urls[kind]}', timeout: 1s}}]" if kind else "[]"
@@ -181,7 +180,7 @@ def test_a_misbehaving_shadow_leaves_the_primary_untouched_and_memory_bounded(ha
         return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
     for name, reason in counters:  # timeouts come a second after the copies that cause them
-        wait_until(lambda: value(scrape(harness.process.metrics), name, reason) > 0, 5,
+        wait_until(lambda name=name, reason=reason: value(scrape(harness.process.metrics), name, reason) > 0, 5,
                    f"{name}{{reason={reason}}} for the {kind} shadow")
     metrics = scrape(harness.process.metrics)
     sent = value(metrics, "sidecar_shadow_requests_total", None) or sum(

@@ -94,4 +94,4 @@ def test_the_parser_raises_nothing_but_its_own_error_and_holds_little(parts: lis
     conn.send = lambda payload, head_only: None  # type: ignore[method-assign]
     for part in parts:
         conn.data_received(part)  # an UpstreamError ends the response inside; nothing else may escape
-        assert len(conn._buffer) <= MAX_HEAD + 64 + MAX_CHUNK_LINE  # noqa: SLF001
+        assert len(conn._buffer) <= MAX_HEAD + 64 + MAX_CHUNK_LINE
