@@ -200,7 +200,10 @@ def main() -> int:
     load_after = loadavg()
     ratios = [flood["ok_rps"] / cap["ok_rps"] for cap, flood in zip(rows[::2], rows[1::2]) if cap["ok_rps"]]
     label = f" ({args.label})" if args.label else ""
-    flags = (f" --source {args.source}" if args.source != ROOT else "") + \
+    defaults = vars(parser.parse_args([]))  # the command as it was run: every flag that differs
+    shown = [f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k not in ("write", "source", "serve_flags") and v != defaults[k]]
+    flags = "".join(shown) + (f" --source {args.source}" if args.source != ROOT else "") + \
         (" -- " + " ".join(args.serve_flags) if args.serve_flags else "")
     lines = [
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC{label}; "
