@@ -5,6 +5,7 @@ or data error."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from sidecar.drift.progress import ProgressBar
 from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
 from sidecar.drift.render import Report, table, write_json
 from sidecar.drift.settings import CATEGORICAL_TESTS, NUMERIC_TESTS, DriftSettings
+from sidecar.spool import LOCK_SUFFIX, PREFIX, recover
 
 PASS, FOUND, ERROR = 0, 1, 2
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -107,7 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--labels", type=Path, help="Parquet or CSV with request_id and label: adds McNemar's test")
     _window_options(compare)
     _common(compare)
+    salvage = commands.add_parser(
+        "recover", help="finish the open segments that killed sidecars left behind (needs write access)")
+    salvage.add_argument("directories", type=Path, nargs="+",
+                         help="record directories; their subdirectories are searched too")
     return parser
+
+
+def recover_directories(roots: Sequence[Path]) -> int:
+    """Finish the open segments of every writer that is gone, below each root; never a live writer's.
+
+    A sidecar finishes what an earlier one left in its own record directory when it starts;
+    a pod replaced under a new name never does, so this runs before the drift job reads.
+    """
+    total = 0
+    for root in roots:
+        if not root.is_dir():
+            raise DriftError(f"{root} is not a directory of records")
+        for directory, _dirs, names in os.walk(root, followlinks=False):
+            if any(n.startswith(f".{PREFIX}") and n.endswith(LOCK_SUFFIX) for n in names):
+                finished = recover(Path(directory))
+                total += len(finished)
+                for path in finished:
+                    print(f"recovered {path}")
+    print(f"{total} segment(s) recovered")
+    return PASS
 
 
 def settings_from(args: argparse.Namespace) -> DriftSettings:
@@ -137,6 +163,8 @@ def _finish(report: Report, args: argparse.Namespace, title: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "recover":
+        return recover_directories(args.directories)
     if args.command == "merge":
         merged = Profile.load(args.profiles[0])
         for path in args.profiles[1:]:

@@ -115,3 +115,11 @@ def test_drift_job_reports_on_the_recorded_segments() -> None:
     record_dir = next(a for a in sidecar["args"] if a.startswith("--record-dir="))
     assert record_dir.split("=", 1)[1].startswith(args["--current"] + "/"), "the job reads what the sidecars write"
     assert args["--reference"].startswith("/records/") and args["--reference"] != args["--current"]
+    # before the report: the segments that killed sidecars left open are finished, with write access
+    recover = next(c for c in spec["initContainers"] if c["name"] == "recover")
+    assert recover["command"] == drift["command"]
+    parsed = build_parser().parse_args(recover["args"])
+    assert parsed.command == "recover" and [str(d) for d in parsed.directories] == [args["--current"]]
+    recover_mount = next(m for m in recover["volumeMounts"] if m["mountPath"] == "/records")
+    assert recover_mount["name"] == mount["name"] and not recover_mount.get("readOnly", False)
+    assert mount.get("readOnly") is True, "the report itself only reads"
