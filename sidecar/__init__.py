@@ -8,8 +8,8 @@ lean HTTP/1.1 client (`pool`, `http1`), with `guard` (client timeouts, connectio
 `mirror` (bounded shadow dispatch, within the memory `budget`, with credentials stripped by
 `headers`) and `exchange` (a request and its answers); `canary` (the pure analysis),
 `rollout` (the canary's weight, phase, analysis loop and webhooks) and `admin` (the admin
-API); `recorder`, `tensors`, `tables`, `segments` and `spool` (records to Parquet, crash-
-safe, in the schema of `records`); `compare` (agreement); `livedrift` (the live drift
+API); `recorder`, `tensors`, `tables`, `segments` and `spool` (records to Parquet,
+crash-safe, in the schema of `records`); `compare` (agreement); `livedrift` (the live drift
 gauges, over `drift.LiveDrift`); `health`, `metrics`, `logs`; `runtime` and `app` (the
 composition root).
 """
