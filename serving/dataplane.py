@@ -18,7 +18,7 @@ from .admission import Place
 from .config import ModelSpec, TensorSpec
 from .control import ModelControl
 from .errors import InvalidInput, NotFound, ServingError, Unavailable
-from .repository import ModelVersion, Repository
+from .repository import Repository
 from .types import InferRequest, InferResponse, Tensor, Work
 
 SERVER_NAME = "shadowserve"
@@ -117,25 +117,13 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the model (version) serves; `NotFound` for one the server does not know."""
         try:
-            self._lookup(name, version)
+            self.repository.get(name, version)
         except Unavailable:
             return False
         return True
 
-    def _lookup(self, name: str, version: str | None) -> ModelVersion:
-        """The model version a request names, with the version checked as text first.
-
-        ``str.isdigit`` accepts digits such as "²" that ``int`` refuses, and ``int`` refuses
-        very long numbers: only short ASCII decimals reach the repository.
-        """
-        if version and not (version.isascii() and version.isdigit() and len(version) <= 19):
-            self.repository.entry(name)  # an unknown model is reported as such first
-            shown = version if len(version) <= 20 else version[:20] + "..."
-            raise NotFound(f"model '{name}' has no version '{shown}': versions are positive integers")
-        return self.repository.get(name, version)
-
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        model = self._lookup(name, version)
+        model = self.repository.get(name, version)
         spec = model.spec
         entry = self.repository.entry(name)
         return {
@@ -147,7 +135,7 @@ class DataPlane:
         }
 
     def model_spec(self, name: str, version: str | None = None) -> ModelSpec:
-        return self._lookup(name, version).spec
+        return self.repository.get(name, version).spec
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         return self.model_spec(name, version).to_json()
@@ -156,7 +144,7 @@ class DataPlane:
         if name is None:
             models = [v for e in self.repository.models.values() for v in e.versions.values() if v.stats]
         elif version:
-            models = [self._lookup(name, version)]
+            models = [self.repository.get(name, version)]
         else:
             models = [v for v in self.repository.entry(name).versions.values() if v.stats]
         return {"model_stats": [m.stats.to_triton() for m in models if m.stats is not None]}
@@ -200,7 +188,7 @@ class DataPlane:
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica")
-        model = self._lookup(name, version)
+        model = self.repository.get(name, version)
         spec = model.spec
         assert model.batcher is not None and model.stats is not None
         start = time.monotonic_ns()

@@ -97,8 +97,9 @@ def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, admission_wait_secs: float = 0.0) -> None:
         self.dataplane = dataplane
+        self.admission_wait_secs = admission_wait_secs
 
     @_rpc
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -138,7 +139,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        infer_request = decode_model_infer_request(request)
+        # a place in the queue before the tensors are decoded and checked, as over HTTP; nothing
+        # is awaited between leaving the block and the queue, so the place passes to this request
+        async with self.dataplane.admission(request.model_name, request.model_version, self.admission_wait_secs):
+            infer_request = decode_model_infer_request(request)
         response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
         return encode_model_infer_response(response)
 
@@ -177,7 +181,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             except DecodeError:
                 raise InvalidInput("the stream message is not a valid ModelInferRequest (corrupt protobuf "
                                    "bytes)") from None
-            infer_request = decode_model_infer_request(request)
+            async with self.dataplane.admission(request.model_name, request.model_version,
+                                                self.admission_wait_secs):
+                infer_request = decode_model_infer_request(request)
             response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
             return pb.ModelStreamInferResponse(infer_response=encode_model_infer_response(response))
         except ServingError as exc:
@@ -228,7 +234,7 @@ class GrpcTransport:
     """The gRPC server: the inference service and the health service, on one port."""
 
     def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy(),
-                 options: tuple[tuple[str, Any], ...] = ()) -> None:
+                 options: tuple[tuple[str, Any], ...] = (), admission_wait_secs: float = 0.0) -> None:
         self.dataplane = dataplane
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[RestrictedProtocols(access)], options=[
@@ -236,7 +242,7 @@ class GrpcTransport:
             ("grpc.max_send_message_length", SEND_LIMIT),
             *options,  # connection limits (serving.connections)
         ])
-        handlers = _method_handlers(InferenceServicer(dataplane))
+        handlers = _method_handlers(InferenceServicer(dataplane, admission_wait_secs))
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

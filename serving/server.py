@@ -71,7 +71,7 @@ class Server:
         self.http_port = await self._listen(web.ServerRunner(http.server(limits), access_log=None,
                                                              shutdown_timeout=2.0), settings.http_port, limits, "http")
         self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol,
-                                  limits.grpc_options())
+                                  limits.grpc_options(), limits.admission_wait_secs)
         self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
         self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics), access_log=None,
                                                              shutdown_timeout=2.0, **limits.handler_options()),

@@ -13,8 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import grpc
+import numpy as np
 import orjson
 import pytest
+from tritonclient.grpc import service_pb2 as pb
 
 from .conftest import RunningServer, write_model
 
@@ -205,3 +208,41 @@ def test_a_request_past_the_queue_waits_for_a_place_then_gets_503_or_its_answer(
     assert status == 503 and "max_queue_size" in body["error"] and retry_after == "1"
     assert 0.35 < waited < 2
     assert [s for s, _, _ in served] == [200] * 7
+
+
+def test_grpc_requests_past_a_full_queue_wait_then_get_unavailable_before_their_tensors_are_decoded(
+        servers: tuple[RunningServer, RunningServer, Gate]) -> None:
+    _, server, gate = servers
+    gate.close()
+    url = f"http://{server.url}/v2/models/gated/infer"
+    # typed contents that do not match the shape: INVALID_ARGUMENT if they were decoded
+    bad = pb.ModelInferRequest(model_name="gated", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="X", datatype="FP32", shape=[1, 1], contents=pb.InferTensorContents(fp32_contents=[1.0, 2.0, 3.0]))])
+    good = pb.ModelInferRequest(model_name="gated", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="X", datatype="FP32", shape=[1, 1], contents=pb.InferTensorContents(fp32_contents=[2.0]))])
+
+    async def scenario() -> tuple[grpc.StatusCode, str, float, list, list]:
+        async with aiohttp.ClientSession() as session, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.server.grpc_port}") as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                        request_serializer=pb.ModelInferRequest.SerializeToString,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            admitted = await fill(server, session, url, queue=2)
+            started = time.monotonic()
+            try:
+                await infer(bad, timeout=5)
+                raise AssertionError("a request past the full queue was served")
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or ""
+            waited = time.monotonic() - started
+            waiting = [asyncio.ensure_future(infer(good, timeout=5)) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            gate.open()
+            answers = await asyncio.gather(*waiting)
+            return code, details, waited, await asyncio.gather(*admitted), answers
+
+    code, details, waited, done, answers = asyncio.run(scenario())
+    assert code == grpc.StatusCode.UNAVAILABLE and "max_queue_size" in details
+    assert 0.35 < waited < 2  # it waited for a place (0.4 s), then was refused undecoded
+    assert [status for status, _, _ in done] == [200] * 3
+    assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a in answers] == [[2.0]] * 2
