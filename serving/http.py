@@ -63,9 +63,11 @@ class HttpTransport:
     splits the path once and picks the endpoint directly.
     """
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy()) -> None:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int, access: AccessPolicy = AccessPolicy(),
+                 limits: ClientLimits = ClientLimits()) -> None:
         self.dataplane = dataplane
         self.access = access
+        self.limits = limits
         self.max_request_bytes = max_request_bytes
         get, post = "GET", "POST"
         self._fixed: dict[tuple[str, ...], tuple[str, Endpoint]] = {
@@ -81,15 +83,13 @@ class HttpTransport:
         }
         self._repository_actions: dict[str, Endpoint] = {"load": self.load_model, "unload": self.unload_model}
 
-    limits = ClientLimits()  # set by `server`
-
-    def server(self, limits: ClientLimits = ClientLimits()) -> web.Server:
+    def server(self) -> web.Server:
         """The request handler, for a ``web.ServerRunner``; hung-up clients cancel their handler.
 
-        ``limits`` bound the time a client may take to send its headers and its body, and how
-        long a request may wait for a place in a full queue.
+        Its `ClientLimits` bound the time a client may take to send its headers and its body,
+        and how long a request may wait for a place in a full queue.
         """
-        self.limits = limits
+        limits = self.limits
         body_timeout = limits.body_timeout_secs
 
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:

@@ -67,8 +67,8 @@ class Server:
         self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
         limits = ClientLimits(settings.http_header_timeout_secs, settings.http_body_timeout_secs,
                               settings.max_connections, settings.admission_wait_secs)
-        http = HttpTransport(self.dataplane, settings.max_request_bytes, settings.http_restricted_api)
-        self.http_port = await self._listen(web.ServerRunner(http.server(limits), access_log=None,
+        http = HttpTransport(self.dataplane, settings.max_request_bytes, settings.http_restricted_api, limits)
+        self.http_port = await self._listen(web.ServerRunner(http.server(), access_log=None,
                                                              shutdown_timeout=2.0), settings.http_port, limits, "http")
         self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol,
                                   limits.grpc_options(), limits.admission_wait_secs)
