@@ -54,18 +54,23 @@ class ClientLimits:
 
     def grpc_options(self) -> tuple[tuple[str, Any], ...]:
         """grpcio's server options for the same limits, and bounds on what one connection may hold."""
-        return (
-            ("grpc.max_allowed_incoming_connections", self.max_connections or 2**31 - 1),
-            # the HTTP/2 preface and settings: gRPC's "headers", from a client that may never send them
-            ("grpc.server_handshake_timeout_ms", int(self.header_timeout_secs * 1000)),
-            ("grpc.max_connection_idle_ms", GRPC_IDLE_MS),  # GOAWAY to a connection with no call
-            ("grpc.max_concurrent_streams", GRPC_STREAMS),
-            # keepalive enforcement: pings without calls are refused, pings faster than this count
-            # as strikes, and a client past the strikes gets GOAWAY (grpcio's defaults, stated)
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
-            ("grpc.http2.max_ping_strikes", 2),
-        )
+        return (("grpc.max_allowed_incoming_connections", self.max_connections or 2**31 - 1),
+                *grpc_client_limits(self.header_timeout_secs, GRPC_IDLE_MS / 1000, GRPC_STREAMS))
+
+
+def grpc_client_limits(handshake_secs: float, idle_secs: float, streams: int) -> tuple[tuple[str, Any], ...]:
+    """grpcio server options that bound a slow or idle client (serve's and the sidecar's listeners)."""
+    return (
+        # the HTTP/2 preface and settings: gRPC's "headers", from a client that may never send them
+        ("grpc.server_handshake_timeout_ms", int(handshake_secs * 1000)),
+        ("grpc.max_connection_idle_ms", int(idle_secs * 1000)),  # GOAWAY to a connection with no call
+        ("grpc.max_concurrent_streams", streams),
+        # keepalive enforcement: pings without calls are refused, pings faster than this count
+        # as strikes, and a client past the strikes gets GOAWAY (grpcio's defaults, stated)
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    )
 
 
 class RequestTimeout(ServingError):

@@ -25,6 +25,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2
 
+from serving.connections import grpc_client_limits  # pure: the same client limits as serve's listener
+
 from .exchange import CANCELLED, GRPC_TO_HTTP, TIMEOUT, Answer, Exchange
 from .health import Health
 from .metrics import Metrics
@@ -54,10 +56,8 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, Any]]:
     ``--grpc-max-concurrent-streams`` calls run on one connection; pings without calls
     are refused past a few strikes (grpc's defaults).
     """
-    return [("grpc.server_handshake_timeout_ms", int(settings.header_timeout_secs * 1000)),
-            ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_secs * 1000)),
-            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
-            ("grpc.http2.max_ping_strikes", 2)]
+    return list(grpc_client_limits(settings.header_timeout_secs, settings.grpc_max_connection_idle_secs,
+                                   settings.grpc_max_concurrent_streams))
 
 
 def _lookup(metadata: Metadata, name: str) -> str | None:
