@@ -13,14 +13,20 @@ from serving.errors import Unavailable
 from .test_batching import Recorder, policy, run
 
 
+async def computing(queue_size: int) -> tuple[Recorder, Batcher, asyncio.Future[Any]]:
+    """A batcher of one-row batches whose worker holds the first request until released."""
+    worker = Recorder()
+    worker.release.clear()
+    batcher = Batcher(policy(max_batch_size=1, max_queue_size=queue_size), [worker])
+    batcher.start()
+    running = asyncio.ensure_future(batcher.submit("running"))
+    await asyncio.sleep(0.01)  # the worker has it: the queue is empty
+    return worker, batcher, running
+
+
 def test_places_reserved_before_the_body_is_read_count_against_the_queue() -> None:
     async def scenario() -> None:
-        worker = Recorder()
-        worker.release.clear()
-        batcher = Batcher(policy(max_batch_size=1, max_queue_size=2), [worker])
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit("running"))
-        await asyncio.sleep(0.01)
+        worker, batcher, running = await computing(2)
         await batcher.reserve()
         await batcher.reserve()  # two bodies on their way: the queue is empty, but full
         assert batcher.pending == 0
@@ -45,12 +51,7 @@ def test_places_reserved_before_the_body_is_read_count_against_the_queue() -> No
 
 def test_waiters_get_places_in_arrival_order_or_give_up_after_their_wait() -> None:
     async def scenario() -> None:
-        worker = Recorder()
-        worker.release.clear()
-        batcher = Batcher(policy(max_batch_size=1, max_queue_size=1), [worker])
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit("running"))
-        await asyncio.sleep(0.01)
+        worker, batcher, running = await computing(1)
         queued = asyncio.ensure_future(batcher.submit("queued"))
         await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
@@ -83,12 +84,7 @@ def test_waiters_get_places_in_arrival_order_or_give_up_after_their_wait() -> No
 
 def test_stopping_fails_the_waiters() -> None:
     async def scenario() -> None:
-        worker = Recorder()
-        worker.release.clear()
-        batcher = Batcher(policy(max_batch_size=1, max_queue_size=1), [worker])
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit("running"))
-        await asyncio.sleep(0.01)
+        worker, batcher, running = await computing(1)
         await batcher.reserve()
         waiter = asyncio.ensure_future(batcher.reserve(5.0))
         await asyncio.sleep(0.01)
