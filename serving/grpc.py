@@ -206,9 +206,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         config = None
         for key, value in request.parameters.items():
             if key == "config":
-                config = parameter_value(value)
-                if not isinstance(config, str):
-                    raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
+                config = parameter_value(value)  # the repository checks it is a string
             elif key.startswith("file:"):
                 raise InvalidInput("loading model files through the load request is not supported; put them "
                                    "in the model repository")
