@@ -66,7 +66,7 @@ RUN python -m venv --system-site-packages /opt/shadowserve \
 COPY --from=wheel /wheels /wheels
 # The import is the check that the base image's torch and the pinned packages work together.
 RUN /opt/shadowserve/bin/pip install --no-cache-dir --no-deps /wheels/shadowserve-*.whl \
-    && /opt/shadowserve/bin/python -c "import torch, serving.server, sidecar.app"
+    && /opt/shadowserve/bin/python -c "import torch, serving.app, sidecar.app"
 
 FROM ${PYTORCH_IMAGE} AS model
 ARG VERSION=0.1.0

@@ -92,7 +92,7 @@ import importlib, importlib.metadata as md
 missing = []
 for module in ("torch", "numpy", "aiohttp", "grpc", "google.protobuf", "prometheus_client", "scipy", "pytest",
                "tritonclient.grpc.aio", "tritonclient.http", "tritonclient.http.aio", "orjson", "uvloop", "pynvml",
-               "grpc_health.v1.health", "serving.server"):
+               "grpc_health.v1.health", "serving.app"):
     try:
         importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001

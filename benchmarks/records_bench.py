@@ -30,11 +30,11 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.metrics import Metrics  # noqa: E402
-from sidecar.segments import SegmentWriter  # noqa: E402
-from sidecar.spool import ParquetBuilder  # noqa: E402
-from sidecar.tables import Record, ResponseRecord, to_table  # noqa: E402
-from sidecar.tensors import tensor_value  # noqa: E402
+from sidecar.records.metrics import RecordMetrics as Metrics  # noqa: E402
+from sidecar.records.segments import SegmentWriter  # noqa: E402
+from sidecar.records.spool import ParquetBuilder  # noqa: E402
+from sidecar.records.tables import Record, ResponseRecord, to_table  # noqa: E402
+from sidecar.records.decode import tensor_value  # noqa: E402
 from tests.sidecar.test_shared_records import all_ids, writing  # noqa: E402
 
 

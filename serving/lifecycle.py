@@ -148,7 +148,7 @@ async def _unload_instances(model: ModelVersion) -> None:
 def _collect(loop: asyncio.AbstractEventLoop) -> None:
     """Collect what a retired version held, even what start-up froze out of the collector's sight.
 
-    serving.server freezes what start-up made, this version too when it loaded then, and
+    serving.app freezes what start-up made, this version too when it loaded then, and
     frozen objects are never collected: thaw them. Some of what the version held lets go a
     moment later (its batcher task's callbacks, its instance threads exiting), so the
     survivors are frozen again only after a second collection, a second on.

@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import logs
-from .server import serve_until_signal
+from .app import serve_until_signal
 from .settings import Settings, parse
 
 

@@ -11,8 +11,8 @@ the primary drains (until the primary is no longer ready and no request is in fl
 for up to ``--drain-timeout-secs``), then stops listening, gives pending shadow copies
 ``--shadow-drain-secs`` before cancelling them, writes every queued record, finishes the
 segment and exits 0. A second signal skips the waiting. SIGHUP re-reads ``--config``.
-The admin API (`sidecar.admin`) listens on ``--admin-listen``; the canary's controller
-(`sidecar.rollout`) and the live drift windows (`sidecar.livedrift`) outlive reloads.
+The admin API (`sidecar.canary.admin`) listens on ``--admin-listen``; the canary's controller
+(`sidecar.canary.controller`) and the live drift windows (`sidecar.records.live`) outlive reloads.
 """
 
 from __future__ import annotations
@@ -31,25 +31,41 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from serving import logs  # the same log formats as serve (pure: imports nothing heavy)
 
-from .admin import admin_app
-from .budget import MemoryBudget
-from .config import Config, ConfigError, load, restart_only_changes
-from .grpc_proxy import GrpcProxy, grpc_server_options
-from .guard import ConnectionGuard, GuardedSite
-from .health import Health
-from .livedrift import LiveDriftHub
-from .metrics import Metrics
-from .proxy import HttpProxy
-from .recorder import Recorder
-from .reload import ConfigWatcher
-from .rollout import Controller
-from .runtime import Runtime, build, close, retire
-from .settings import Settings, parse
+from .canary.admin import admin_app
+from .canary.metrics import CanaryMetrics
+from .config.metrics import ConfigMetrics
+from .mirror.metrics import MirrorMetrics
+from .proxy.metrics import ProxyMetrics
+from .records.metrics import RecordMetrics
+from .mirror.budget import MemoryBudget
+from .config.file import Config, ConfigError, load, restart_only_changes
+from .proxy.grpc import GrpcProxy, grpc_server_options
+from .proxy.guard import ConnectionGuard, GuardedSite
+from .proxy.health import Health
+from .records.live import LiveDriftHub
+from .proxy.http import HttpProxy
+from .records.recorder import Recorder
+from .config.reload import ConfigWatcher
+from .canary.controller import Controller
+from .proxy.upstreams import Runtime, build, close, retire
+from .config.settings import Settings, parse
 
 log = logging.getLogger("sidecar")
 
 RECORDER_FLUSH_SECS = 30.0
 READY_POLL_SECS = 0.25
+
+
+class SidecarMetrics:
+    """Every part's series, all on the one registry that /metrics serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.proxy = ProxyMetrics(self.registry)
+        self.mirror = MirrorMetrics(self.registry)
+        self.records = RecordMetrics(self.registry, self.mirror)
+        self.canary = CanaryMetrics(self.registry)
+        self.config = ConfigMetrics(self.registry)
 
 
 class Sidecar:
@@ -58,16 +74,18 @@ class Sidecar:
     def __init__(self, settings: Settings, config: Config, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.config = config
-        self.metrics = Metrics(registry)
-        self.canary = Controller(self.metrics)
-        self.metrics.shadow_memory_budget.set(settings.shadow_memory_budget_bytes)
-        self.budget = MemoryBudget(settings.shadow_memory_budget_bytes, self.metrics.shadow_memory_held.set)
-        self.recorder = Recorder(config.recording, self.metrics, self.canary.pairs)
+        self.metrics = metrics = SidecarMetrics(registry)
+        self.registry = metrics.registry
+        self.proxy_metrics, self.mirror_metrics, self.record_metrics = metrics.proxy, metrics.mirror, metrics.records
+        self.canary = Controller(metrics.canary)
+        self.mirror_metrics.shadow_memory_budget.set(settings.shadow_memory_budget_bytes)
+        self.budget = MemoryBudget(settings.shadow_memory_budget_bytes, self.mirror_metrics.shadow_memory_held.set)
+        self.recorder = Recorder(config.recording, self.record_metrics, self.canary.pairs)
         self.runtime: Runtime = None  # type: ignore[assignment]  # set by start()
         self.health = Health(lambda: self.runtime)
-        self.http = HttpProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health, self.canary)
-        self.grpc = GrpcProxy(lambda: self.runtime, self.metrics, self.recorder.submit, self.health, self.canary)
-        self.watcher = ConfigWatcher(settings, self.apply, self.metrics) if settings.config_file else None
+        self.http = HttpProxy(lambda: self.runtime, self.proxy_metrics, self.recorder.submit, self.health, self.canary)
+        self.grpc = GrpcProxy(lambda: self.runtime, self.proxy_metrics, self.recorder.submit, self.health, self.canary)
+        self.watcher = ConfigWatcher(settings, self.apply, metrics.config) if settings.config_file else None
         self.http_port = self.grpc_port = self.metrics_port = self.admin_port = 0
         self._http_runner: web.BaseRunner | None = None
         self._metrics_runner: web.BaseRunner | None = None
@@ -81,8 +99,8 @@ class Sidecar:
     async def start(self) -> None:
         settings = self.settings
         if self.config.drift is not None:
-            self.recorder.drift = LiveDriftHub.load(self.config.drift, self.metrics)
-        self.runtime = build(self.config, self.metrics, budget=self.budget)
+            self.recorder.drift = LiveDriftHub.load(self.config.drift, self.record_metrics)
+        self.runtime = build(self.config, self.mirror_metrics, budget=self.budget)
         self.canary.configure(self.config.canary)
         self._analysing = asyncio.ensure_future(self.canary.run())
         self.recorder.start()
@@ -138,7 +156,7 @@ class Sidecar:
     def _guard(self, listener: str, max_connections: int) -> ConnectionGuard:
         settings = self.settings
         return ConnectionGuard(listener, max_connections, settings.header_timeout_secs, settings.body_timeout_secs,
-                               self.metrics)
+                               self.proxy_metrics)
 
     async def _listen(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard) -> int:
         await runner.setup()
@@ -147,7 +165,7 @@ class Sidecar:
         return int(runner.addresses[0][1])
 
     def _metrics_app(self, guard: ConnectionGuard) -> web.Application:
-        registry = self.metrics.registry
+        registry = self.registry
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -192,13 +210,13 @@ class Sidecar:
         """
         hub = self.recorder.drift
         if config.drift != self.config.drift:
-            hub = LiveDriftHub.load(config.drift, self.metrics) if config.drift is not None else None
+            hub = LiveDriftHub.load(config.drift, self.record_metrics) if config.drift is not None else None
         ignored = restart_only_changes(self.config, config)
         if ignored:
             log.warning("%s changed in %s; these take effect at the next restart", ", ".join(ignored),
                         self.settings.config_file)
         previous = self.runtime
-        self.runtime = build(config, self.metrics, previous, self.budget)
+        self.runtime = build(config, self.mirror_metrics, previous, self.budget)
         self.recorder.policy = config.recording
         self.recorder.drift = hub
         self.config = config

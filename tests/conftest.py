@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers started through `serving.server.start`, on free ports."""
+"""Shared fixtures: real servers started through `serving.app.start`, on free ports."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.server import Server, start
+from serving.app import Server, start
 from serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from sidecar.drift.progress import ProgressBar
 from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
 from sidecar.drift.render import Report, table, write_json
 from sidecar.drift.settings import CATEGORICAL_TESTS, NUMERIC_TESTS, DriftSettings
-from sidecar.spool import LOCK_SUFFIX, PREFIX, recover
+from sidecar.records.spool import LOCK_SUFFIX, PREFIX, recover
 
 PASS, FOUND, ERROR = 0, 1, 2
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sidecar.drift.errors import DriftError
-from sidecar.records import SEGMENT_SUFFIX
+from sidecar.records.schema import SEGMENT_SUFFIX
 
 CHUNK_ROWS = 65_536
 PRIMARY, INPUTS = "primary", "inputs"

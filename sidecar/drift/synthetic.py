@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidecar.records import RESPONSE, SCHEMA, TENSOR
+from sidecar.records.schema import RESPONSE, SCHEMA, TENSOR
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 _DATATYPES = {"f": "FP32", "i": "INT64", "u": "UINT64", "b": "BOOL", "S": "BYTES", "U": "BYTES", "O": "BYTES"}

@@ -13,7 +13,7 @@ import pytest
 from sidecar.drift import DriftError, Window, profile_records
 from sidecar.drift.reader import read_chunks
 from sidecar.drift.synthetic import START, records_table, write_records
-from sidecar.records import RESPONSE, SCHEMA, TENSOR
+from sidecar.records.schema import RESPONSE, SCHEMA, TENSOR
 
 
 def _tensor(name: str, datatype: str, shape: list[int], values: list[float] | None,

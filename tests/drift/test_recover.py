@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sidecar.drift.cli import main
-from sidecar.segments import finished_segments
-from sidecar.spool import OwnerLock, Stream, lock_path, segment_stem
-from sidecar.tables import to_table
+from sidecar.records.segments import finished_segments
+from sidecar.records.spool import OwnerLock, Stream, lock_path, segment_stem
+from sidecar.records.tables import to_table
 
 from ..sidecar.test_segments import record
 from ..sidecar.test_spool import dead_writer

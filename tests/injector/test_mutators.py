@@ -97,7 +97,7 @@ def dump(pod: dict[str, Any]) -> str:
 
 def _sidecar_accepts(args: list[str]) -> None:
     """The sidecar's own argument parser takes the injected arguments."""
-    from sidecar.settings import build_parser
+    from sidecar.config.settings import build_parser
 
     _, unknown = build_parser().parse_known_args(args)
     assert unknown == [], unknown
@@ -145,7 +145,7 @@ def test_golden_outputs_are_what_a_cluster_would_run() -> None:
     shadows = container(yaml.safe_load((GOLDEN / "label-shadows-recording.out.yaml").read_text())["spec"],
                         "shadowserve-sidecar")["args"]
     assert "--primary=http://127.0.0.1:9000" in shadows and "--shadow=v3=http://classifier-v3:8000@0.25" in shadows
-    from sidecar.settings import CanaryFlag, parse
+    from sidecar.config.settings import CanaryFlag, parse
 
     canary = container(yaml.safe_load((GOLDEN / "canary.out.yaml").read_text())["spec"], "shadowserve-sidecar")
     settings = parse(canary["args"], environ={})  # what the sidecar makes of the injected flags

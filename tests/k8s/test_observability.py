@@ -31,7 +31,7 @@ def exported() -> set[str]:
     from prometheus_client import generate_latest
 
     from serving.metrics import Metrics, exposition
-    from sidecar.metrics import Metrics as SidecarMetrics
+    from sidecar.app import SidecarMetrics
 
     return _names(exposition(Metrics().registry).decode()) | _names(generate_latest(SidecarMetrics().registry).decode())
 

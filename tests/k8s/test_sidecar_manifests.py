@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import config as sidecar_config
-from sidecar import settings as sidecar_settings
+from sidecar.config import file as sidecar_config
+from sidecar.config import settings as sidecar_settings
 from sidecar.drift.cli import build_parser
 
 from .kube import K8S, container, find, render

@@ -17,8 +17,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, start
-from sidecar.config import Config
-from sidecar.settings import Address, Settings
+from sidecar.config.file import Config
+from sidecar.config.settings import Address, Settings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,12 +17,12 @@ import yaml
 from aiohttp import web
 
 from sidecar.app import start
-from sidecar.canary_config import AnalysisConfig, CanaryConfig
-from sidecar.config import Config, PrimaryConfig, load
-from sidecar.metrics import Metrics
-from sidecar.rollout import Controller
+from sidecar.config.canary import AnalysisConfig, CanaryConfig
+from sidecar.config.file import Config, PrimaryConfig, load
+from sidecar.canary.metrics import CanaryMetrics as Metrics
+from sidecar.canary.controller import Controller
 from sidecar.routing import split
-from sidecar.settings import Address
+from sidecar.config.settings import Address
 
 from .support import LoopThread, RunningSidecar, Stub, settings, wait_until
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.mirror import FAILURES_TO_REST
+from sidecar.mirror.shadow import FAILURES_TO_REST
 
 from .conftest import ModelServer
 from .doubles import Doubles

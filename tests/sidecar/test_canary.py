@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from sidecar.canary import FAIL, INCONCLUSIVE, PASS, Decision, IntervalMetrics, State, Window, decide, evaluate, replay
-from sidecar.canary_config import AnalysisConfig
+from sidecar.canary.analysis import FAIL, INCONCLUSIVE, PASS, Decision, IntervalMetrics, State, Window, decide, evaluate, replay
+from sidecar.config.canary import AnalysisConfig
 
 CONFIG = AnalysisConfig(interval_secs=1, step_weight=10, max_weight=30, min_requests=10, failure_limit=2,
                         max_error_rate=0.05, max_p99_ratio=1.5, p99_slack_secs=0.01, max_disagreement=0.1,
@@ -129,7 +129,7 @@ def test_the_window_measures_one_interval() -> None:
 
 
 def test_the_window_keeps_a_bounded_uniform_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sidecar.canary as canary
+    import sidecar.canary.analysis as canary
 
     monkeypatch.setattr(canary, "MAX_SAMPLES", 100)
     window = Window(0.0)

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from sidecar.canary_config import CanaryConfig
-from sidecar.config import Config, PrimaryConfig
+from sidecar.config.canary import CanaryConfig
+from sidecar.config.file import Config, PrimaryConfig
 from sidecar.routing import split
 
 from .conftest import Candidate, ModelServer

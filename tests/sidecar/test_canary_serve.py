@@ -19,12 +19,12 @@ import numpy as np
 import orjson
 import pytest
 
-from sidecar.canary import IntervalMetrics, State, replay
-from sidecar.canary_config import AnalysisConfig, CanaryConfig
-from sidecar.config import Config, PrimaryConfig, RecordingConfig
+from sidecar.canary.analysis import IntervalMetrics, State, replay
+from sidecar.config.canary import AnalysisConfig, CanaryConfig
+from sidecar.config.file import Config, PrimaryConfig, RecordingConfig
 from sidecar.drift import Window
 from sidecar.drift.reader import read_chunks
-from sidecar.rollout import Controller
+from sidecar.canary.controller import Controller
 
 from .conftest import Candidate, ModelServer
 from .support import LoopThread, RunningSidecar, read_records, wait_until

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.compare import Agreement, compare
-from sidecar.metrics import Metrics
-from sidecar.tables import Record, ResponseRecord
-from sidecar.tensors import tensor_value
+from sidecar.records.compare import Agreement, compare
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.tables import Record, ResponseRecord
+from sidecar.records.decode import tensor_value
 
 
 def scores(rows: list[list[float]]) -> list:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import (AnalysisConfig, CanaryConfig, Config, ConfigError, DriftConfig, HeaderRules, PrimaryConfig,
+from sidecar.config.file import (AnalysisConfig, CanaryConfig, Config, ConfigError, DriftConfig, HeaderRules, PrimaryConfig,
                             RecordingConfig, ShadowConfig, load, restart_only_changes)
-from sidecar.headers import DEFAULT_DENY, DENY_PREFIXES
-from sidecar.settings import CanaryFlag, ShadowFlag
+from sidecar.config.headers import DEFAULT_DENY, DENY_PREFIXES
+from sidecar.config.settings import CanaryFlag, ShadowFlag
 
 from .support import settings
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from sidecar.config import Config, PrimaryConfig
+from sidecar.config.file import Config, PrimaryConfig
 
 from .support import LoopThread, RunningSidecar, free_port, wait_until
 

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from sidecar.config import Config, PrimaryConfig, ShadowConfig
+from sidecar.config.file import Config, PrimaryConfig, ShadowConfig
 
 from .conftest import ModelServer
 from .support import LoopThread, RunningSidecar, free_port, wait_until

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sidecar.config import Config, PrimaryConfig, ShadowConfig
+from sidecar.config.file import Config, PrimaryConfig, ShadowConfig
 
 from .conftest import ModelServer
 from .support import LoopThread, RunningSidecar, wait_until

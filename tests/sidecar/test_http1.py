@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.http1 import MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Connection, UpstreamError
-from sidecar.pool import BodyTooLarge, Pool
+from sidecar.upstream.http1 import MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Connection, UpstreamError
+from sidecar.upstream.pool import BodyTooLarge, Pool
 
 from .test_pool import read_request
 

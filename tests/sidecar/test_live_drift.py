@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from sidecar.canary_config import CanaryConfig
-from sidecar.config import Config, DriftConfig, PrimaryConfig, RecordingConfig, ShadowConfig, load
+from sidecar.config.canary import CanaryConfig
+from sidecar.config.file import Config, DriftConfig, PrimaryConfig, RecordingConfig, ShadowConfig, load
 from sidecar.drift import LiveDrift, Profile
 
 from .conftest import ModelServer

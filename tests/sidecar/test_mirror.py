@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 from aiohttp import web
 
-from sidecar.config import Config, PrimaryConfig, RecordingConfig, ShadowConfig
+from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowConfig
 
 from .conftest import ModelServer
 from .support import LoopThread, RunningSidecar, Stub, free_port, output_array, read_records, wait_until

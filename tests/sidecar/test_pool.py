@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sidecar.pool import BodyTooLarge, Pool, UpstreamError
+from sidecar.upstream.pool import BodyTooLarge, Pool, UpstreamError
 
 from .support import free_port
 

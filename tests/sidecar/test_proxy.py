@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from aiohttp import web
 
-from sidecar.config import Config, HeaderRules, PrimaryConfig, ShadowConfig
+from sidecar.config.file import Config, HeaderRules, PrimaryConfig, ShadowConfig
 
 from .conftest import ModelServer
 from .support import RunningSidecar, Stub, free_port, wait_until

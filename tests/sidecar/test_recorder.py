@@ -14,13 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from serving.codecs import encode_infer_response
 from serving.types import InferResponse, Tensor
-from sidecar.config import RecordingConfig
-from sidecar.exchange import Answer, Exchange
-from sidecar.metrics import Metrics
-from sidecar.recorder import Recorder, to_record
+from sidecar.config.file import RecordingConfig
+from sidecar.mirror.exchange import Answer, Exchange
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.recorder import Recorder, to_record
 from sidecar.routing import sampled
-from sidecar.segments import finished_segments
-from sidecar.spool import read_batches
+from sidecar.records.segments import finished_segments
+from sidecar.records.spool import read_batches
 
 from .support import wait_until
 

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from sidecar.config import Config, PrimaryConfig, RecordingConfig, ShadowConfig
+from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowConfig
 from sidecar.routing import sampled
 
 from .conftest import ModelServer

@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.drift.errors import DriftError
 from sidecar.drift.reader import segment_files
-from sidecar.metrics import Metrics
-from sidecar.records import SCHEMA
-from sidecar.segments import SegmentWriter, finished_segments
-from sidecar.spool import read_batches
-from sidecar.tables import Record, ResponseRecord
-from sidecar.tensors import tensor_value
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.schema import SCHEMA
+from sidecar.records.segments import SegmentWriter, finished_segments
+from sidecar.records.spool import read_batches
+from sidecar.records.tables import Record, ResponseRecord
+from sidecar.records.decode import tensor_value
 
 from .support import ROOT
 
@@ -99,8 +99,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from sidecar.drift.errors import DriftError
 from sidecar.drift.reader import segment_files
-from sidecar.metrics import Metrics
-from sidecar.segments import SegmentWriter
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.segments import SegmentWriter
 from tests.sidecar.test_segments import record
 w = SegmentWriter(Path(sys.argv[1]), Metrics(CollectorRegistry()), 2, 3600.0, 1 << 30, row_group_records=1)
 for index in range(5):

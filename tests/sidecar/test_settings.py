@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.settings import Address, CanaryFlag, Settings, ShadowFlag, parse, parse_canary, parse_shadow
+from sidecar.config.settings import Address, CanaryFlag, Settings, ShadowFlag, parse, parse_canary, parse_shadow
 
 
 def test_defaults_are_the_documented_ones() -> None:

@@ -16,8 +16,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from aiohttp import web
 
-from sidecar.config import CanaryConfig, Config, PrimaryConfig, ShadowConfig
-from sidecar.headers import HeaderRules
+from sidecar.config.file import CanaryConfig, Config, PrimaryConfig, ShadowConfig
+from sidecar.config.headers import HeaderRules
 
 from .conftest import ModelServer
 from .support import LoopThread, RunningSidecar, Stub, wait_until

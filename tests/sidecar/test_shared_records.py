@@ -25,9 +25,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar.drift.reader import count_rows, segment_files
-from sidecar.metrics import Metrics
-from sidecar.segments import SegmentWriter, finished_segments
-from sidecar.spool import read_batches
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.segments import SegmentWriter, finished_segments
+from sidecar.records.spool import read_batches
 
 from .support import ROOT, SidecarProcess, Stub, wait_until
 
@@ -35,9 +35,9 @@ RECORDING = """
 import sys, time
 from pathlib import Path
 from prometheus_client import CollectorRegistry
-from sidecar.config import RecordingConfig
-from sidecar.metrics import Metrics
-from sidecar.recorder import Recorder
+from sidecar.config.file import RecordingConfig
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.recorder import Recorder
 from tests.sidecar.test_recorder import exchange
 directory, tag = Path(sys.argv[1]), sys.argv[2]
 rate, count, segment = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from sidecar.config import Config, PrimaryConfig
+from sidecar.config.file import Config, PrimaryConfig
 
 from .support import RunningSidecar, SidecarProcess, Stub
 

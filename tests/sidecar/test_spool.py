@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.segments import finished_segments
-from sidecar.spool import (
+from sidecar.records.segments import finished_segments
+from sidecar.records.spool import (
     OwnerLock,
     Stream,
     lock_path,
@@ -20,7 +20,7 @@ from sidecar.spool import (
     recover,
     segment_stem,
 )
-from sidecar.tables import to_table
+from sidecar.records.tables import to_table
 
 from .test_segments import record
 

@@ -9,8 +9,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from serving.codecs import encode_infer_response, serialize_bytes
 from serving.types import InferResponse, Tensor
-from sidecar import tensors
-from sidecar.tensors import DecodeError
+from sidecar.records import decode as tensors
+from sidecar.records.decode import DecodeError
 
 SCORES = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
 WORDS = np.array([b"good", b"bad", b"\xff\x00"], dtype=object).reshape(3, 1)

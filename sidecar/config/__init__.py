@@ -1,0 +1,1 @@
+"""Configuration: start-up flags and environment, and the reloadable ``--config`` file as typed objects."""

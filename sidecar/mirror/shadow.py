@@ -1,0 +1,283 @@
+"""Bounded, fire-and-forget dispatch of mirrored copies to shadows.
+
+A copy runs as its own task beside the primary request, which never awaits it. Each
+shadow has its own connection pool, its own timeout and at most ``max_in_flight`` copies
+pending; past that a copy is dropped and counted, as is a body over ``max_body_size``.
+A shadow's answer is bounded too: ``max_response_size`` bytes (4 MiB by default, far
+below the request cap: a shadow answers one inference) within ``timeout``, which covers
+the whole copy, body included. Every copy holds its request body and the response bytes
+read so far against the sidecar's `MemoryBudget`; a copy the budget has no room for is
+not sent. Whatever a shadow does (refuse, hang, reset, answer garbage, crawl, stream
+forever), it only ever produces an `Answer` for the record and a count on /metrics, and a
+shadow that keeps failing is rested (`Shadow._track`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import aiohttp
+import grpc
+from multidict import CIMultiDict
+
+from .budget import Held, MemoryBudget
+from ..config.file import ShadowConfig
+from .exchange import CANCELLED, CONNECTION, GRPC_TO_HTTP, OVER_BUDGET, TIMEOUT, TOO_LARGE, Answer, Exchange
+from .metrics import MirrorMetrics
+from ..upstream.pool import BodyTooLarge, OverBudget
+from ..routing import sampled
+from ..upstream.client import HEADER_LENGTH, HttpUpstream, grpc_channel, shadow_headers, shadow_metadata
+
+log = logging.getLogger(__name__)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+FAILURES_TO_REST = 5
+FIRST_REST_SECS = 0.5
+MAX_REST_SECS = 30.0
+# Failures that rest a shadow: it cannot be reached, does not answer in time, or answers
+# more than it may (reading it costs the event loop, which the primary's requests share).
+RESTING_ERRORS = frozenset({CONNECTION, TIMEOUT, TOO_LARGE})
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int, held: Held) -> bytes:
+    """A response body, refusing one over ``cap`` bytes (or the budget) without reading all of it."""
+    if response.content_length is not None and response.content_length > cap:
+        raise BodyTooLarge(f"response of {response.content_length} bytes is over the limit of {cap} bytes")
+    chunks, total = [], 0
+    async for chunk in response.content.iter_any():
+        total += len(chunk)
+        if total > cap:
+            raise BodyTooLarge(f"response is over the limit of {cap} bytes")
+        if not held.take(len(chunk)):
+            raise OverBudget(f"no room in the shadow memory budget for {total} bytes of response")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Shadow:
+    """One shadow: its configuration, connection pools and the copies it has in flight."""
+
+    def __init__(self, config: ShadowConfig, metrics: MirrorMetrics, budget: MemoryBudget | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.metrics = metrics
+        self.budget = budget if budget is not None else MemoryBudget(1 << 62)
+        self.http = (HttpUpstream(config.http, config.timeout_secs, min(config.timeout_secs, 5.0),
+                                  max(config.max_in_flight, 1)) if config.http else None)
+        self.grpc = grpc_channel(config.grpc, config.max_response_bytes) if config.grpc else None
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._failures = 0  # failures (RESTING_ERRORS) in a row
+        self._resting_until = 0.0  # monotonic time before which copies are skipped as unreachable
+        self._probing = False  # after a rest: one copy is out to see whether the shadow is back
+        self._in_flight = metrics.shadow_in_flight.labels(self.name)
+        self._sends = {p: metrics.shadow_sends.labels(self.name, p) for p in ("http", "grpc")}
+        self._duration = metrics.shadow_duration.labels(self.name)
+
+    def admit(self, protocol: str, body_size: int | None) -> bool:
+        """Whether a sampled copy may go now; every refusal is counted.
+
+        An admitted copy holds ``body_size`` bytes of the memory budget until it ends: the
+        caller sends it (`send_http`, `send_grpc`) at once.
+        """
+        reason = None
+        if (self.http if protocol == "http" else self.grpc) is None:
+            reason = "no_upstream"
+        elif self.closing:
+            reason = "stopping"
+        elif body_size is None:
+            reason = "streamed"
+        elif body_size > self.config.max_body_bytes:
+            reason = "too_large"
+        elif self._resting_until and (time.monotonic() < self._resting_until or self._probing):
+            reason = "unreachable"
+        if reason is not None:
+            self.metrics.shadow_skipped.labels(self.name, reason).inc()
+            return False
+        assert body_size is not None
+        if len(self.tasks) >= self.config.max_in_flight:
+            self.metrics.shadow_drops.labels(self.name).inc()
+            return False
+        if not self.budget.take(body_size):
+            self.metrics.shadow_skipped.labels(self.name, "memory_budget").inc()
+            return False
+        if self._resting_until:
+            self._probing = True  # this copy is the probe; the others wait for its answer
+        return True
+
+    def _start(self, protocol: str, send: Callable[[], asyncio.Future[Answer]], exchange: Exchange,
+               held: Held) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(protocol, send, exchange, held))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: held.release())  # also when cancelled before it ever ran
+
+    async def _run(self, protocol: str, send: Callable[[], asyncio.Future[Answer]], exchange: Exchange,
+                   held: Held) -> None:
+        self._sends[protocol].inc()
+        self._in_flight.inc()
+        start = time.perf_counter()
+        answer: Answer | None = None
+        try:
+            answer = await send()
+        except asyncio.CancelledError:
+            self.metrics.shadow_cancelled.labels(self.name).inc()
+            answer = Answer(self.name, None, (time.perf_counter() - start) * 1000, CANCELLED)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a shadow never fails anything but its own copy
+            log.debug("shadow %s: %r", self.name, exc)
+            answer = Answer(self.name, None, (time.perf_counter() - start) * 1000, f"{type(exc).__name__}: {exc}")
+        finally:
+            held.release()
+            self._in_flight.dec()
+            if answer is not None:
+                self._count(answer)
+                exchange.add_shadow(answer)
+
+    def _track(self, answer: Answer) -> None:
+        """Back off from a shadow that keeps failing, as Envoy's outlier detection does.
+
+        After ``FAILURES_TO_REST`` failures in a row (it cannot be reached, times out, or
+        answers over ``max_response_size``), copies are skipped (counted as ``unreachable``)
+        for half a second, doubling up to 30 s while it keeps failing. When a rest ends,
+        one copy probes it while the others are still skipped, however many requests
+        arrive at once; an answer within the limits ends the back-off.
+        """
+        if answer.error not in RESTING_ERRORS:
+            if answer.status is None:
+                self._probing = False  # no verdict (cancelled, over the budget): the next copy probes
+            elif self._failures or self._resting_until:
+                if self._resting_until:
+                    log.info("shadow %s: answering again; copies resume", self.name)
+                self._failures, self._resting_until, self._probing = 0, 0.0, False
+            return
+        self._failures += 1
+        if self._failures >= FAILURES_TO_REST:
+            doublings = min(self._failures - FAILURES_TO_REST, 6)  # capped: 2 ** n of a long outage overflows
+            rest = min(MAX_REST_SECS, FIRST_REST_SECS * 2 ** doublings)
+            if self._failures == FAILURES_TO_REST:
+                log.warning("shadow %s: %d failures in a row (%s); copies skipped while it rests",
+                            self.name, self._failures, answer.error)
+            self._resting_until = time.monotonic() + rest
+            self._probing = False
+
+    def _count(self, answer: Answer) -> None:
+        self._track(answer)
+        m, name = self.metrics, self.name
+        if answer.latency_ms is not None and answer.status is not None:
+            self._duration.observe(answer.latency_ms / 1000)
+        if answer.error == TIMEOUT:
+            m.shadow_timeouts.labels(name).inc()
+        elif answer.error in (TOO_LARGE, OVER_BUDGET):
+            m.shadow_errors.labels(name, answer.error).inc()
+        elif answer.error == CANCELLED:
+            pass  # counted where it was cancelled
+        elif answer.status == 200 and answer.error is None:
+            m.shadow_successes.labels(name).inc()  # a body that is no v2 response is counted when decoded
+        elif answer.status is not None:
+            m.shadow_errors.labels(name, "status").inc()
+        else:
+            m.shadow_errors.labels(name, "connection" if answer.error == CONNECTION else "invalid_response").inc()
+
+    def send_http(self, method: str, raw_path: str, headers: CIMultiDict[str], body: bytes,
+                  exchange: Exchange) -> None:
+        http = self.http
+        assert http is not None
+        copy = shadow_headers(headers, self.config.headers)
+        cap = self.config.max_response_bytes
+        held = Held(self.budget, len(body))  # taken by admit()
+
+        async def send() -> Answer:
+            start = http.begin()
+            headers: Mapping[str, str]
+            try:
+                if http.pool is not None:
+                    # One deadline for the whole copy: connecting, the head and every byte of the body.
+                    resp = await http.pool.request(method, http.target(raw_path), copy.items(), body, http.timeout)
+                    status, headers, data = resp.status, resp.headers, await resp.read(cap, held.take)
+                else:
+                    async with http.session.request(method, http.url(raw_path), data=body, headers=copy,
+                                                    allow_redirects=False) as response:
+                        status, headers = response.status, response.headers
+                        data = await read_capped(response, cap, held)
+                length = headers.get(HEADER_LENGTH)
+                return Answer(self.name, status, (time.perf_counter() - start) * 1000, None, data,
+                              int(length) if length and length.isascii() and length.isdigit() else None)
+            except asyncio.TimeoutError:
+                return Answer(self.name, None, (time.perf_counter() - start) * 1000, TIMEOUT)
+            except BodyTooLarge as exc:
+                log.debug("shadow %s: %s", self.name, exc)
+                error = OVER_BUDGET if isinstance(exc, OverBudget) else TOO_LARGE
+                return Answer(self.name, None, (time.perf_counter() - start) * 1000, error)
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                log.debug("shadow %s: %r", self.name, exc)
+                return Answer(self.name, None, (time.perf_counter() - start) * 1000, CONNECTION)
+            finally:
+                http.end()
+
+        self._start("http", send, exchange, held)  # type: ignore[arg-type]
+
+    def send_grpc(self, method: str, body: bytes, metadata: Metadata, exchange: Exchange) -> None:
+        channel = self.grpc
+        assert channel is not None
+        call = self._calls.get(method)
+        if call is None:
+            call = self._calls[method] = channel.unary_unary(method)
+        copy = shadow_metadata(metadata, self.config.headers)
+        timeout = self.config.timeout_secs
+        held = Held(self.budget, len(body))  # taken by admit()
+
+        async def send() -> Answer:
+            start = time.perf_counter()
+            try:
+                # The channel refuses an answer over max_response_size before holding it.
+                response = await call(body, metadata=copy, timeout=timeout)
+                elapsed = (time.perf_counter() - start) * 1000
+                if not held.take(len(response)):
+                    return Answer(self.name, None, elapsed, OVER_BUDGET)
+                return Answer(self.name, 200, elapsed, None, response)
+            except grpc.aio.AioRpcError as exc:
+                elapsed = (time.perf_counter() - start) * 1000
+                code = exc.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return Answer(self.name, None, elapsed, TIMEOUT)
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+                    return Answer(self.name, None, elapsed, TOO_LARGE)  # the channel's receive limit
+                if code == grpc.StatusCode.UNAVAILABLE and not exc.trailing_metadata():
+                    return Answer(self.name, None, elapsed, CONNECTION)  # never reached a server
+                return Answer(self.name, GRPC_TO_HTTP.get(code.name, 500), elapsed, exc.details() or code.name)
+
+        self._start("grpc", send, exchange, held)  # type: ignore[arg-type]
+
+    async def close(self, grace: float) -> None:
+        """Stop taking copies, let pending ones finish for ``grace`` seconds, cancel the rest, close pools."""
+        self.closing = True
+        pending = set(self.tasks)
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+        if self.grpc is not None:
+            await self.grpc.close()
+
+
+def choose_shadows(shadows: Sequence[Shadow], key: str, protocol: str, body_size: int | None) -> list[Shadow]:
+    """The shadows that get a copy of this request: sampled by key, then admitted (or counted)."""
+    return [s for s in shadows if sampled(key, s.config.fraction) and s.admit(protocol, body_size)]
+
+
+def choose_copies(shadows: Sequence[Shadow], copies: Shadow | None, key: str, protocol: str,
+                  body_size: int | None) -> list[Shadow]:
+    """The shadows that get a copy, and ``copies`` (the primary, for a canary-served request) when sampled."""
+    chosen = choose_shadows(shadows, key, protocol, body_size) if shadows else []
+    if copies is not None and sampled(key, copies.config.fraction, "copies") and copies.admit(protocol, body_size):
+        chosen.append(copies)
+    return chosen

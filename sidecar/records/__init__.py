@@ -1,0 +1,1 @@
+"""Records of mirrored requests: decoded off the request path, compared, written as Parquet segments."""
