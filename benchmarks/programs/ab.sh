@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # serve and the sidecar at an older commit against the working tree, in one run, interleaved:
-#   bash benchmarks/programs/ab.sh BASE_REV [RUNS]
+#   bash benchmarks/programs/ab.sh BASE_REV [NEW_REV] [RUNS]     (NEW_REV "." or absent: the working tree)
 # Each process runs from its own tree (its working directory is that tree, so `python -m` imports
 # that tree's packages and no other). Points: serve c=64 (hey); each sidecar in front of the current
 # serve at c=64 and c=1 (hey); and the hop alone, each sidecar in front of a no-op upstream at
@@ -10,13 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-base_rev=${1:?usage: ab.sh BASE_REV [RUNS]}
-runs=${2:-3}
+base_rev=${1:?usage: ab.sh BASE_REV [NEW_REV] [RUNS]}
+new_rev=${2:-.}
+runs=${3:-3}
 work=$(mktemp -d)
 pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true; wait; rm -rf "$work"' EXIT
 mkdir -p "$work/base"
 git archive "$base_rev" | tar -x -C "$work/base"
+tree=$root  # the tree measured against the base
+if [ "$new_rev" != "." ]; then mkdir -p "$work/new"; git archive "$new_rev" | tar -x -C "$work/new"; tree=$work/new; fi
 py=$root/.venv/bin/python
 bench=$root/benchmarks/sidecar_bench.py
 $py -c 'import json; print(json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32",
@@ -48,13 +51,13 @@ hop() { # $1: label, $2: port: open loop, 1000 req/s over 16 connections, 5 s af
 }
 
 echo "base $base_rev: $(origin "$work/base")"
-echo "now:  $(origin "$root")"
+echo "now ($new_rev): $(origin "$tree")"
 echo "load average before: $(cat /proc/loadavg)"
-old=$(free_port); new=$(free_port); serve "$work/base" "$old"; serve "$root" "$new"
+old=$(free_port); new=$(free_port); serve "$work/base" "$old"; serve "$tree" "$new"
 noop=$(free_port); $py "$bench" stub --port "$noop" >"$work/noop.log" 2>&1 & pids+=($!)
 wait_ready "$old"; wait_ready "$new"; wait_ready "$noop"
-side_old=$(free_port); side_new=$(free_port); sidecar "$work/base" "$side_old" "$new"; sidecar "$root" "$side_new" "$new"
-hop_old=$(free_port); hop_new=$(free_port); sidecar "$work/base" "$hop_old" "$noop"; sidecar "$root" "$hop_new" "$noop"
+side_old=$(free_port); side_new=$(free_port); sidecar "$work/base" "$side_old" "$new"; sidecar "$tree" "$side_new" "$new"
+hop_old=$(free_port); hop_new=$(free_port); sidecar "$work/base" "$hop_old" "$noop"; sidecar "$tree" "$hop_new" "$noop"
 for port in "$side_old" "$side_new" "$hop_old" "$hop_new"; do wait_ready "$port"; done
 for port in "$old" "$new" "$side_old" "$side_new" "$hop_old" "$hop_new"; do  # warm-up
   hey -n 3000 -c 16 -m POST -D "$work/body.json" "http://127.0.0.1:$port/v2/models/classifier/infer" >/dev/null
