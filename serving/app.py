@@ -13,7 +13,6 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +30,7 @@ from .http import HttpTransport, metrics_app
 from .metrics import Metrics
 from .repository import Repository
 from .settings import Settings
+from .shutdown import stop_on_signals
 
 log = logging.getLogger("serving")
 
@@ -159,20 +159,9 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
 
 async def serve_until_signal(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain; a second signal stops without waiting."""
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     server = Server(settings)
-
-    def on_signal(signum: int) -> None:
-        if stopping.is_set():
-            log.warning("%s again: stopping without waiting", signal.Signals(signum).name)
-            server.force_stop()
-        else:
-            log.info("%s: draining", signal.Signals(signum).name)
-            stopping.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(stopping, server.force_stop, log)
     starting = asyncio.ensure_future(server.start())
     signalled = asyncio.ensure_future(stopping.wait())
     await asyncio.wait([starting, signalled], return_when=asyncio.FIRST_COMPLETED)

@@ -31,6 +31,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(log_format: str, level: str) -> None:
+    """Log to stderr as ``log_format`` at ``level``: the values of ``--log-format`` and ``--log-level``
+    (their choices are `serving.flags.LOG_FORMATS` and `LOG_LEVELS`)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from serving import logs  # the same log formats as serve (pure: imports nothing heavy)
+from serving.shutdown import stop_on_signals  # the same stop signals as serve (pure)
 
 from .canary.admin import admin_app
 from .canary.metrics import CanaryMetrics
@@ -293,14 +294,6 @@ async def serve_until_signal(settings: Settings, config: Config) -> int:
     stopping = asyncio.Event()
     sidecar = Sidecar(settings, config)
 
-    def on_signal(signum: int) -> None:
-        if stopping.is_set():
-            log.warning("%s again: stopping without waiting", signal.Signals(signum).name)
-            sidecar.force_stop()
-        else:
-            log.info("%s: draining", signal.Signals(signum).name)
-            stopping.set()
-
     def on_hangup() -> None:
         if sidecar.watcher is None:
             log.warning("SIGHUP: there is no --config file to re-read")
@@ -308,8 +301,7 @@ async def serve_until_signal(settings: Settings, config: Config) -> int:
             sidecar.watcher.trigger()
 
     # Handlers first: a signal during start-up is honoured, not fatal.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(stopping, sidecar.force_stop, log)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await sidecar.start()

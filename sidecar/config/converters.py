@@ -1,8 +1,8 @@
-"""Values of the configuration file: durations, sizes, fractions, URLs, and keyed sections.
+"""Values of the configuration file and the flags: durations, sizes, fractions, URLs, and keyed sections.
 
-Each converter takes what YAML or JSON parsed and returns the typed value, or raises
-`ValueError` with a message that says what is allowed; `fields` converts a mapping key
-by key and names the field in a `ConfigError`::
+Each converter takes what YAML or JSON parsed (or a flag's text) and returns the typed value,
+or raises `ValueError` with a message that says what is allowed; `fields` converts a mapping
+key by key and names the field in a `ConfigError`::
 
     >>> duration("250ms"), size("64MiB"), percent(12.5)
     (0.25, 67108864, 12.5)
@@ -14,8 +14,6 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-
-from .settings import parse_address
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -118,14 +116,17 @@ def url_list(value: Any) -> tuple[str, ...]:
     return tuple(http_url(item) for item in items)
 
 
+def host_port(value: Any, default_host: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (``default_host``) or ``[V6]:PORT``; port 0 picks a free port."""
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (port 0..65535; 0 picks a free port)")
+    return host.strip("[]") or default_host, int(port)
+
+
 def grpc_target(value: Any) -> str:
     """``HOST:PORT`` of a gRPC server."""
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    try:
-        parse_address(value, default_host="127.0.0.1")
-    except Exception:  # noqa: BLE001 - argparse's error type; the message below says it all
-        raise ValueError(f"{value!r} is not HOST:PORT") from None
+    host_port(value, default_host="127.0.0.1")
     return value
 
 

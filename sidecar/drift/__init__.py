@@ -19,8 +19,8 @@ from sidecar.drift.paired import CompareReport, OutputComparison, compare_arrays
 from sidecar.drift.profile import Profile
 from sidecar.drift.reader import Window
 from sidecar.drift.render import table, to_document
-from sidecar.drift.settings import DriftSettings
 from sidecar.drift.stats import Statistic
+from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.window import ColumnResult, WindowReport, window_drift
 
 __all__ = [

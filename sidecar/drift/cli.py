@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from sidecar.drift.columns import MAX_ELEMENTS
 from sidecar.drift.errors import DriftError
 from sidecar.drift.html import write_html
 from sidecar.drift.jobs import compare_records, profile_records, report_records
@@ -20,7 +21,7 @@ from sidecar.drift.profile import Profile
 from sidecar.drift.progress import ProgressBar
 from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
 from sidecar.drift.render import Report, table, write_json
-from sidecar.drift.settings import CATEGORICAL_TESTS, NUMERIC_TESTS, DriftSettings
+from sidecar.drift.thresholds import CATEGORICAL_TESTS, CORRECTIONS, NUMERIC_TESTS, DriftSettings
 from sidecar.records.spool import LOCK_SUFFIX, PREFIX, recover
 
 PASS, FOUND, ERROR = 0, 1, 2
@@ -48,6 +49,25 @@ def _threshold(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: write NAME=VALUE, e.g. wasserstein=0.2") from None
 
 
+# The decisions' flags: each sets the `DriftSettings` field of its name, whose default it shows.
+_DECISIONS: tuple[tuple[str, type | tuple[str, ...], str], ...] = (
+    ("--small-sample", int, "p-value tests up to this many values"),
+    ("--alpha", float, "significance level of p-value tests"),
+    ("--correction", CORRECTIONS, "multiple-testing correction"),
+    ("--numeric-test", NUMERIC_TESTS, "test for numeric columns"),
+    ("--categorical-test", CATEGORICAL_TESTS, "test for class columns"),
+    ("--psi-epsilon", float, "share given to empty bins in PSI"),
+    ("--max-nonfinite-increase", float, "rise in NaN/inf share that is drift"),
+    ("--max-disagreement", float, "top-1 disagreement rate allowed"),
+    ("--max-mad", float, "mean abs difference over std allowed"),
+    ("--min-spearman", float, "lowest Spearman correlation allowed"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def _window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="only records of this model (required when the records hold several)")
     parser.add_argument("--since", type=parse_time, help="records from this time on (ISO 8601 or e.g. 7d ago)")
@@ -55,11 +75,13 @@ def _window_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, *, decisions: bool = True) -> None:
+    defaults = DriftSettings()  # the flags' defaults are the decisions' own
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on standard error (default: when it is a terminal)")
-    parser.add_argument("--bins", type=int, default=10, help="bins fitted on the reference (default 10)")
-    parser.add_argument("--max-elements", type=int, default=64,
-                        help="tensors with more elements per row are pooled into one column (default 64)")
+    parser.add_argument("--bins", type=int, default=defaults.bins,
+                        help="bins fitted on the reference (default %(default)s)")
+    parser.add_argument("--max-elements", type=int, default=MAX_ELEMENTS,
+                        help="tensors with more elements per row are pooled into one column (default %(default)s)")
     if not decisions:
         return
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
@@ -67,18 +89,12 @@ def _common(parser: argparse.ArgumentParser, *, decisions: bool = True) -> None:
     parser.add_argument("--fail-on", action="append", choices=("drift", "disagreement"), default=[],
                         help="exit 1 when this is found (repeatable): the CI gate")
     group = parser.add_argument_group("decisions (defaults in docs/drift.md)")
-    group.add_argument("--small-sample", type=int, help="p-value tests up to this many values (default 1000)")
-    group.add_argument("--alpha", type=float, help="significance level of p-value tests (default 0.05)")
-    group.add_argument("--correction", choices=("bonferroni", "none"), help="multiple-testing correction")
-    group.add_argument("--numeric-test", choices=NUMERIC_TESTS, help="test for numeric columns (default auto)")
-    group.add_argument("--categorical-test", choices=CATEGORICAL_TESTS, help="test for class columns (default auto)")
+    for flag, kind, text in _DECISIONS:
+        typed: dict[str, Any] = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        group.add_argument(flag, default=getattr(defaults, _dest(flag)), help=f"{text} (default %(default)s)", **typed)
+    thresholds = [f"{name} ({value:g})" for name, value in defaults.thresholds.items()]
     group.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="NAME=VALUE",
-                       help="wasserstein (0.1), js (0.1) or psi (0.2)")
-    group.add_argument("--psi-epsilon", type=float, help="share given to empty bins in PSI (default 1e-4)")
-    group.add_argument("--max-nonfinite-increase", type=float, help="rise in NaN/inf share that is drift (0.01)")
-    group.add_argument("--max-disagreement", type=float, help="top-1 disagreement rate allowed (default 0.05)")
-    group.add_argument("--max-mad", type=float, help="mean abs difference over std allowed (default 0.1)")
-    group.add_argument("--min-spearman", type=float, help="lowest Spearman correlation allowed (default 0.9)")
+                       help=f"{', '.join(thresholds[:-1])} or {thresholds[-1]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,8 +154,7 @@ def recover_directories(roots: Sequence[Path]) -> int:
 
 def settings_from(args: argparse.Namespace) -> DriftSettings:
     overrides: dict[str, Any] = {"bins": args.bins}
-    for name in ("small_sample", "alpha", "correction", "numeric_test", "categorical_test", "psi_epsilon",
-                 "max_nonfinite_increase", "max_disagreement", "max_mad", "min_spearman"):
+    for name in (_dest(flag) for flag, _, _ in _DECISIONS):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     if getattr(args, "threshold", None):

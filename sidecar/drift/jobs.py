@@ -16,8 +16,8 @@ from sidecar.drift.errors import DriftError
 from sidecar.drift.paired import CompareReport, PairAccumulator
 from sidecar.drift.profile import Profile
 from sidecar.drift.reader import INPUTS, PRIMARY, Chunk, Progress, Window, read_chunks
-from sidecar.drift.settings import DriftSettings
 from sidecar.drift.summary import add_columns
+from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.window import WindowReport, compare_profiles, current_profile
 
 

@@ -12,7 +12,7 @@ from sidecar.drift import stats
 from sidecar.drift.columns import MAX_ELEMENTS, array_columns, as_labels, kind_of, tensor_columns, top1
 from sidecar.drift.errors import DriftError
 from sidecar.drift.profile import Profile
-from sidecar.drift.settings import DriftSettings
+from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.stats import Statistic
 from sidecar.drift.summary import add_columns
 from sidecar.drift.window import WindowReport, compare_profiles

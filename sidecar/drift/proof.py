@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 
 from sidecar.drift.paired import compare_arrays
-from sidecar.drift.settings import DriftSettings
+from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.window import ColumnResult, window_drift
 
 SIZES = (500, 20_000)  # per window: the p-value regime and the threshold regime

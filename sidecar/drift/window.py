@@ -10,7 +10,7 @@ import numpy as np
 
 from sidecar.drift import stats
 from sidecar.drift.profile import Profile
-from sidecar.drift.settings import DriftSettings
+from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.sketch import quantile_edges
 from sidecar.drift.stats import Statistic
 from sidecar.drift.summary import CategoricalColumn, Column, NumericColumn

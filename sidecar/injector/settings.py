@@ -13,13 +13,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from serving.settings import flag_values  # one reading of flags and environment for every entrypoint
+# Pure: how every entrypoint reads its flags and environment, and the log options.
+from serving.flags import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, Flag, Flags, log_flags, port, positive_seconds
 
 ENV_PREFIX = "INJECTOR_"
 NATIVE_MODES = ("auto", "on", "off")
 ON_ERROR = ("allow", "deny")
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # Namespaces of the control plane: a pod there never gets a sidecar, whatever it asks for.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
@@ -39,54 +38,41 @@ class Settings:
     sidecar_cpu: str = "100m"
     sidecar_memory: str = "256Mi"
     cert_reload_secs: float = 10.0
-    log_format: str = "text"
-    log_level: str = "info"
+    log_format: str = DEFAULT_LOG_FORMAT
+    log_level: str = DEFAULT_LOG_LEVEL
 
 
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0..65535 (0 picks a free port)")
-    return port
-
-
-def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0 seconds")
-    return seconds
+def _flags() -> Flags:
+    return Flags(
+        "python -m sidecar.injector", "Mutating admission webhook: adds the shadowserve sidecar to pods that opt in "
+                                      "with the label or annotation shadowserve.io/inject: \"true\".",
+        "Every flag can also be set with an INJECTOR_* environment variable, e.g. --sidecar-image as "
+        "INJECTOR_SIDECAR_IMAGE. Flags win over the environment.",
+        ENV_PREFIX, Settings, [
+            Flag("--tls-cert", "PEM certificate chain served to the API server", Path, required=True),
+            Flag("--tls-key", "PEM private key of --tls-cert", Path, required=True),
+            Flag("--sidecar-image", "image of the injected sidecar container", required=True),
+            Flag("--host", "address to listen on (default {default})"),
+            Flag("--port", "HTTPS port (default {default}; 0 picks a free port)", port),
+            Flag("--exclude-namespace", "never inject pods of this namespace (repeatable; default {default}; the "
+                 "system namespaces are always excluded)", dest="exclude_namespaces", metavar="NAMESPACE",
+                 repeatable=True),
+            Flag("--native-sidecars", "inject the sidecar as a native sidecar (an init container with restartPolicy: "
+                 "Always): on, off, or auto, on when the API server is Kubernetes 1.29 or newer (default {default})",
+                 choices=NATIVE_MODES),
+            Flag("--on-error", "when a pod cannot be injected (a bad annotation, or an error of the injector): allow "
+                 "admits it unchanged with a warning, deny refuses it (default {default})", choices=ON_ERROR),
+            Flag("--sidecar-cpu", "CPU request of the sidecar (default {default})"),
+            Flag("--sidecar-memory", "memory request and limit of the sidecar (default {default})"),
+            Flag("--cert-reload-secs", "how often the certificate files are checked for a change (default {default})",
+                 positive_seconds),
+            *log_flags(),
+        ])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sidecar.injector",
-        description="Mutating admission webhook: adds the shadowserve sidecar to pods that opt in with the "
-                    "label or annotation shadowserve.io/inject: \"true\".",
-        epilog="Every flag can also be set with an INJECTOR_* environment variable, e.g. --sidecar-image as "
-               "INJECTOR_SIDECAR_IMAGE. Flags win over the environment.",
-    )
-    add = parser.add_argument
-    add("--tls-cert", type=Path, help="PEM certificate chain served to the API server (required)")
-    add("--tls-key", type=Path, help="PEM private key of --tls-cert (required)")
-    add("--sidecar-image", help="image of the injected sidecar container (required)")
-    add("--host", help="address to listen on (default 0.0.0.0)")
-    add("--port", type=_port, help="HTTPS port (default 8443; 0 picks a free port)")
-    add("--exclude-namespace", action="append", dest="exclude_namespaces", metavar="NAMESPACE",
-        help="never inject pods of this namespace (repeatable; default kube-system, kube-public, "
-             "kube-node-lease; the system namespaces are always excluded)")
-    add("--native-sidecars", choices=NATIVE_MODES,
-        help="inject the sidecar as a native sidecar (an init container with restartPolicy: Always): on, off, "
-             "or auto, on when the API server is Kubernetes 1.29 or newer (default auto)")
-    add("--on-error", choices=ON_ERROR,
-        help="when a pod cannot be injected (a bad annotation, or an error of the injector): allow admits it "
-             "unchanged with a warning, deny refuses it (default allow)")
-    add("--sidecar-cpu", help="CPU request of the sidecar (default 100m)")
-    add("--sidecar-memory", help="memory request and limit of the sidecar (default 256Mi)")
-    add("--cert-reload-secs", type=_positive_seconds,
-        help="how often the certificate files are checked for a change (default 10)")
-    add("--log-format", choices=LOG_FORMATS, help="text or json, one object a line (default text)")
-    add("--log-level", choices=LOG_LEVELS, help="debug, info, warning or error (default info)")
-    return parser
+    """The parser of the injector's flags (its ``--help``)."""
+    return _flags().parser
 
 
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,13 +82,8 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
 
         settings = parse(["--tls-cert", "tls.crt", "--tls-key", "tls.key", "--sidecar-image", "sidecar:1"])
     """
-    parser = build_parser()
-    values = flag_values(parser, parser.parse_args(argv), os.environ if environ is None else environ, ENV_PREFIX)
-    for required in ("tls_cert", "tls_key", "sidecar_image"):
-        if not values.get(required):
-            flag = "--" + required.replace("_", "-")
-            parser.error(f"{flag} (or {ENV_PREFIX}{required.upper()}) is required")
+    values = _flags().values(argv, os.environ if environ is None else environ)
     excluded = values.get("exclude_namespaces")
     if excluded is not None:
-        values["exclude_namespaces"] = tuple(dict.fromkeys([*SYSTEM_NAMESPACES, *excluded]))  # type: ignore[misc]
-    return Settings(**values)  # type: ignore[arg-type]
+        values["exclude_namespaces"] = tuple(dict.fromkeys([*SYSTEM_NAMESPACES, *excluded]))
+    return Settings(**values)

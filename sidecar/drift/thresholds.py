@@ -1,4 +1,8 @@
-"""Every default of the drift decisions, in one place; all of them are overridable and reported."""
+"""The thresholds and tests that decide drift and disagreement (`DriftSettings`).
+
+Every default of those decisions, in one place; each is overridable (the CLI's flags, which
+take their defaults from here) and reported with the result.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from sidecar.drift.stats import PSI_EPSILON, SCALE_FLOOR
 
 NUMERIC_TESTS = ("auto", "ks", "wasserstein", "js", "psi")
 CATEGORICAL_TESTS = ("auto", "chi2", "js", "psi")
+CORRECTIONS = ("bonferroni", "none")
 
 
 def _thresholds() -> dict[str, float]:
@@ -63,8 +68,8 @@ class DriftSettings:
             raise DriftError(f"unknown numeric test {self.numeric_test!r}: use one of {', '.join(NUMERIC_TESTS)}")
         if self.categorical_test not in CATEGORICAL_TESTS:
             raise DriftError(f"unknown class test {self.categorical_test!r}: use one of {', '.join(CATEGORICAL_TESTS)}")
-        if self.correction not in ("bonferroni", "none"):
-            raise DriftError(f"unknown correction {self.correction!r}: use bonferroni or none")
+        if self.correction not in CORRECTIONS:
+            raise DriftError(f"unknown correction {self.correction!r}: use {' or '.join(CORRECTIONS)}")
         if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
             raise DriftError("alpha and confidence must lie strictly between 0 and 1")
         if self.bins < 2:
