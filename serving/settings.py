@@ -134,7 +134,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     """Build settings from argv and the environment; exits with a usage message on error."""
     flags = _flags()
     values = flags.values(argv, os.environ if environ is None else environ)
-    if values.get("load_model") and values.get("model_control_mode", "none") != "explicit":
+    if values.get("load_model") and values.get("model_control_mode", Settings.model_control_mode) != "explicit":
         flags.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
     for dest in ("http_restricted_api", "grpc_restricted_protocol"):
         if dest in values:

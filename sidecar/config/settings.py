@@ -30,7 +30,7 @@ from serving.flags import (
     size_text,
 )
 
-from .converters import header_name, host_port, http_url, size
+from .converters import grpc_target, header_name, host_port, http_url, size
 
 ENV_PREFIX = "SIDECAR_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -174,11 +174,6 @@ def _header_pattern(value: str) -> str:
     return header_name(value)
 
 
-def _target(value: str) -> str:
-    parse_address(value, default_host="127.0.0.1")
-    return value
-
-
 def _flags() -> Flags:
     # The file's defaults, which these flags override: imported here, as the file's module imports this one.
     from .file import DriftConfig, PrimaryConfig
@@ -193,7 +188,7 @@ def _flags() -> Flags:
             Flag("--listen", "HTTP listen address (default {default})", parse_address),
             Flag("--grpc-listen", "gRPC listen address, or off (default {default})", _grpc_listen),
             Flag("--primary", f"the primary's HTTP URL (default {PrimaryConfig.http})", http_url),
-            Flag("--primary-grpc", f"the primary's gRPC HOST:PORT (default {PrimaryConfig.grpc})", _target),
+            Flag("--primary-grpc", f"the primary's gRPC HOST:PORT (default {PrimaryConfig.grpc})", grpc_target),
             Flag("--shadow", f"mirror requests to this shadow (repeatable; FRACTION 0..1, default "
                  f"{ShadowFlag.fraction:g}); gRPC upstreams and other options of a shadow go in the --config file",
                  parse_shadow, dest="shadows", metavar="NAME=URL[@FRACTION]", repeatable=True),
@@ -209,7 +204,7 @@ def _flags() -> Flags:
             Flag("--canary", "send WEIGHT percent of inference requests (sticky by key) to this HTTP upstream; the "
                  "analysis and other options of the canary go in the --config file", parse_canary,
                  metavar="URL[@WEIGHT]"),
-            Flag("--canary-grpc", "the canary's gRPC upstream", _target, metavar="HOST:PORT"),
+            Flag("--canary-grpc", "the canary's gRPC upstream", grpc_target, metavar="HOST:PORT"),
             Flag("--sticky-header", "the header (gRPC: metadata key) whose value keeps a user on one upstream, e.g. "
                  "x-user-id (default: the request id, else random)", header_name, metavar="NAME"),
             Flag("--admin-listen", "admin API (GET /sidecar/status, POST /sidecar/canary, /sidecar/rollback, "
