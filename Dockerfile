@@ -21,6 +21,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CONSTRAINT=/src/requi
 WORKDIR /src
 COPY requirements/build.txt requirements/build.txt
 COPY pyproject.toml README.md ./
+COPY inference_protocol inference_protocol
 COPY serving serving
 COPY sidecar sidecar
 RUN pip wheel --no-deps --wheel-dir /wheels .

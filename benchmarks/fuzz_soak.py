@@ -84,8 +84,8 @@ def attack_cost(http: Http, raw: Grpc, repeats: int = 200) -> dict[str, float]:
 
 def decoder_cost(repeats: int = 1000) -> dict[str, float]:
     """The attack's cost inside the server: parse and decode, timed and traced in this process."""
-    from serving.errors import InvalidInput
-    from serving.protobuf import decode_model_infer_request
+    from inference_protocol.errors import InvalidInput
+    from inference_protocol.protobuf import decode_model_infer_request
     attack = pb.ModelInferRequest(model_name="sentiment")
     attack.inputs.add(name="TEXT", datatype="BYTES", shape=[2147483648, 1])
     attack.raw_input_contents.append(b"\x01\x00\x00\x00ab\x00\x00")

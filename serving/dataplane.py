@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from inference_protocol.tensors import InferRequest, InferResponse, Tensor
+
 from .admission import Place
 from .config import ModelSpec, TensorSpec
 from .control import ModelControl
 from .errors import InvalidInput, NotFound, ServingError, Unavailable
 from .repository import Repository
-from .types import InferRequest, InferResponse, Tensor, Work
+from .types import Work
 
 SERVER_NAME = "shadowserve"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics", "schedule_policy")

@@ -9,9 +9,10 @@ import os
 import numpy as np
 import torch
 
+from inference_protocol.datatypes import NUMPY_DTYPES
+
 from .config import ModelSpec
 from .errors import ConfigError, ModelError
-from .types import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
 

@@ -176,7 +176,7 @@ class _Graph:
 
 
 def _torch_dtype(datatype: str, sample: Any) -> torch.dtype:
-    from .types import NUMPY_DTYPES
+    from inference_protocol.datatypes import NUMPY_DTYPES
     if datatype == "BF16":
         return torch.bfloat16
     return torch.from_numpy(np.zeros(1, dtype=NUMPY_DTYPES[datatype])).dtype

@@ -21,11 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from inference_protocol.protobuf import decode_model_infer_request, encode_model_infer_response, parameter_value
+
 from .access import AccessPolicy
 from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError
 from .grpc_access import RestrictedProtocols
-from .protobuf import decode_model_infer_request, encode_model_infer_response, parameter_value
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from inference_protocol.codecs import decode_infer_request, encode_infer_response
+from inference_protocol.errors import error_body
+from inference_protocol.headers import HEADER_LENGTH
+
 from .access import AccessPolicy, http_group
-from .codecs import decode_infer_request, encode_infer_response, error_body
 from .connections import ClientLimits, TimedRequest
 from .dataplane import DataPlane
 from .errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable
@@ -25,7 +28,6 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON = "application/json"
 RETRY_AFTER_SECS = "1"  # on a 503 from admission: a full queue drains within about a second
 

@@ -24,6 +24,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from inference_protocol.datatypes import float_from_bf16_bits
+from inference_protocol.predictions import top1
+
 from .config import ModelSpec
 
 LABELS = ("model", "version")
@@ -112,7 +115,7 @@ class PredictionStats:
             if array is None or array.size == 0:
                 continue
             if array.dtype == np.uint16 and name in self._bf16:
-                array = (array.astype(np.uint32) << 16).view(np.float32)
+                array = float_from_bf16_bits(array)
             values = array.reshape(-1)
             if values.dtype.kind == "f" and values.dtype != edges.dtype:
                 edges = edges.astype(values.dtype)  # compare in the output's own precision, without a copy of it
@@ -134,9 +137,9 @@ class PredictionStats:
     def _classes_update(self, name: str, scores: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[float], float]]:
         labels, class_counts = self.classes[name]
         conf_counts, conf_total = self.confidence[name]
-        top = np.argmax(scores, axis=1)
+        top = top1(scores)
         confidence = scores.max(axis=1)
-        finite = np.isfinite(confidence)
+        finite = np.isfinite(confidence)  # also drops rows holding NaN, whose top-1 is -1
         if not finite.all():
             top, confidence = top[finite], confidence[finite]
         top = np.minimum(top, len(class_counts) - 1)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .codecs import deserialize_bytes
+from inference_protocol.binary import deserialize_bytes
+from inference_protocol.datatypes import NUMPY_DTYPES
+
 from .config import ModelSpec, WarmupInput
 from .errors import ConfigError
 from .paths import confined
-from .types import NUMPY_DTYPES
 
 Batch = dict[str, np.ndarray]
 MAX_WARMUP_BYTES = 256 * 1024 * 1024  # every warm-up input together; a BYTES element counts as 64 bytes

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
-from serving.types import DATATYPES
+from inference_protocol.datatypes import DATATYPES
 
 from .conftest import RunningServer, write_model
 

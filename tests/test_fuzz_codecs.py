@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.codecs import decode_infer_request
-from serving.errors import InvalidInput, ServingError
-from serving.protobuf import CONTENTS_FIELD, decode_model_infer_request
-from serving.types import DATATYPES, InferRequest
+from inference_protocol.codecs import decode_infer_request
+from inference_protocol.datatypes import DATATYPES
+from inference_protocol.errors import InvalidInput, ServingError
+from inference_protocol.protobuf import CONTENTS_FIELD, decode_model_infer_request
+from inference_protocol.tensors import InferRequest
 
 # Bounded for CI: each property runs in a few seconds on a slow machine.
 FUZZ = settings(max_examples=300, deadline=None, database=None,
@@ -237,7 +238,7 @@ def test_the_measured_attack_costs_no_memory() -> None:
         del message.inputs[0].shape[:]
         message.inputs[0].shape.extend(shape)
         parsed = pb.ModelInferRequest.FromString(message.SerializeToString())
-        with Traced() as traced, pytest.raises(InvalidInput, match="declares|hold at most"):
+        with Traced() as traced, pytest.raises(InvalidInput, match=r"declares|hold at most"):
             decode_model_infer_request(parsed)
         assert traced.peak < 1024 * 1024
     header = orjson.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [67108864, 1],

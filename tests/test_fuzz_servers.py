@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from serving.types import DATATYPES, NUMPY_DTYPES
+from inference_protocol.datatypes import DATATYPES, NUMPY_DTYPES
 
 from .conftest import EXAMPLES, RunningServer
 from .test_fuzz_codecs import corrupt_messages, http_bodies, infer_messages, json_values

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.codecs import bf16_bits_from_float
+from inference_protocol.datatypes import bf16_bits_from_float
 from serving.config import parse_config
 from serving.metrics import MAX_CLASS_LABELS, MAX_PENDING_BATCHES, Metrics, PredictionStats, exposition
 

@@ -4,7 +4,8 @@ A tensor of shape ``[batch, ...]`` becomes, per prediction row:
 
 - numeric data (FP16/FP32/FP64/BF16): one column per element, named ``probs[3]``, and for
   two elements or more also ``probs.top1``, the index of the largest element (the predicted
-  class of a classifier, a categorical column); a single element is named ``score``;
+  class of a classifier, a categorical column; -1 for a row holding NaN, as
+  `inference_protocol.predictions.top1` says); a single element is named ``score``;
 - integers, BOOL and BYTES: categorical columns (class labels), named the same way;
 - tensors with more than ``max_elements`` elements per row (embeddings, images), or whose
   rows vary in size: one pooled column of all their values, ``embedding[*]``.
@@ -19,23 +20,18 @@ from typing import Literal
 
 import numpy as np
 
+from inference_protocol.datatypes import FLOAT_DATATYPES
+from inference_protocol.predictions import top1
+
 Kind = Literal["numeric", "categorical"]
 Columns = dict[str, tuple[Kind, np.ndarray]]
 MAX_ELEMENTS = 64
-NUMERIC_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 INPUT_PREFIX = "input:"
 
 
 def kind_of(datatype: str) -> Kind:
     """The column kind of a v2 datatype."""
-    return "numeric" if datatype.upper() in NUMERIC_TYPES else "categorical"
-
-
-def top1(matrix: np.ndarray) -> np.ndarray:
-    """Index of the largest element per row; -1 for rows holding NaN (argmax would say 0)."""
-    index = np.argmax(matrix, axis=1)
-    bad = np.isnan(matrix).any(axis=1)
-    return np.where(bad, -1, index)
+    return "numeric" if datatype.upper() in FLOAT_DATATYPES else "categorical"
 
 
 def as_labels(values: np.ndarray) -> np.ndarray:

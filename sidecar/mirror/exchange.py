@@ -11,12 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-# gRPC status codes as the HTTP status a v2 HTTP server would answer (as Triton maps them).
-GRPC_TO_HTTP = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
-                "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
-                "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501,
-                "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
-
 TIMEOUT, CONNECTION, CANCELLED = "timeout", "connection", "cancelled"
 TOO_LARGE = "too_large"  # a shadow's answer over its max_response_size
 OVER_BUDGET = "memory_budget"  # a shadow's answer the sidecar's shadow memory budget had no room for

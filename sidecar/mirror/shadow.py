@@ -25,11 +25,14 @@ from multidict import CIMultiDict
 
 from .budget import Held, MemoryBudget
 from ..config.file import ShadowConfig
-from .exchange import CANCELLED, CONNECTION, GRPC_TO_HTTP, OVER_BUDGET, TIMEOUT, TOO_LARGE, Answer, Exchange
+from inference_protocol.errors import GRPC_TO_HTTP
+from inference_protocol.headers import HEADER_LENGTH
+
+from .exchange import CANCELLED, CONNECTION, OVER_BUDGET, TIMEOUT, TOO_LARGE, Answer, Exchange
 from .metrics import MirrorMetrics
 from ..upstream.pool import BodyTooLarge, OverBudget
 from ..routing import sampled
-from ..upstream.client import HEADER_LENGTH, HttpUpstream, grpc_channel, shadow_headers, shadow_metadata
+from ..upstream.client import HttpUpstream, grpc_channel, shadow_headers, shadow_metadata
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,9 @@ from tritonclient.grpc import service_pb2
 
 from serving.connections import grpc_client_limits  # pure: the same client limits as serve's listener
 
-from ..mirror.exchange import CANCELLED, GRPC_TO_HTTP, TIMEOUT, Answer, Exchange
+from inference_protocol.errors import GRPC_TO_HTTP
+
+from ..mirror.exchange import CANCELLED, TIMEOUT, Answer, Exchange
 from .health import Health
 from .metrics import ProxyMetrics
 from ..mirror.shadow import choose_copies

@@ -23,6 +23,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from inference_protocol.headers import HEADER_LENGTH
+
 from ..mirror.exchange import CANCELLED, CONNECTION, TIMEOUT, Answer, Exchange
 from .guard import ConnectionGuard
 from .health import Health
@@ -32,7 +34,7 @@ from ..canary.controller import Controller
 from ..routing import CANARY, PRIMARY, infer_target, retry_on_primary, sampled, split, sticky_key, upstream_failed
 from .upstreams import MIN_BUFFER, CanaryUpstream, Runtime
 from ..records.decode import http_request_id
-from ..upstream.client import HEADER_LENGTH, HttpUpstream, forward_headers, response_headers
+from ..upstream.client import HttpUpstream, forward_headers, response_headers
 
 JSON = "application/json"
 REQUEST_ID = "x-request-id"

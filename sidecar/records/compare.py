@@ -2,7 +2,10 @@
 
 Top-1 is the argmax of the last dimension for class scores (a float output whose last
 dimension is over 1), and the value itself for integer, BOOL and BYTES outputs; a
-float output with one value per row has no top-1, only the difference. The offline drift
+float output with one value per row has no top-1, only the difference. Top-1 is
+`inference_protocol.predictions.top1`, as in the drift job and the runtime's metrics: a
+row holding NaN has top-1 -1, so two NaN rows agree and a NaN row never agrees with a
+real class. The offline drift
 job computes the full statistics; these are the live signal on /metrics.
 
 A record served by the primary compares each shadow with the primary; a record served by
@@ -20,15 +23,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .metrics import RecordMetrics
+from inference_protocol.datatypes import FLOAT_DATATYPES
+from inference_protocol.predictions import top1
+
 from ..routing import CANARY, PRIMARY
-from .tables import Record
 from .decode import TensorValue
+from .metrics import RecordMetrics
+from .tables import Record
 
 Pairs = Callable[[str, int, "int | None", "float | None"], None]  # source, rows, agreeing rows, mean abs diff
-
-_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
-
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
@@ -42,10 +45,10 @@ class Comparison:
 
 
 def _top1(primary: np.ndarray, shadow: np.ndarray, datatype: str) -> tuple[int, int] | None:
-    if datatype in _FLOATS:
+    if datatype in FLOAT_DATATYPES:
         if primary.ndim < 2 or primary.shape[-1] < 2:
             return None
-        a, b = primary.argmax(axis=-1), shadow.argmax(axis=-1)
+        a, b = top1(primary), top1(shadow)
         return int(a.size), int(np.count_nonzero(a == b))
     rows = primary.shape[0] if primary.ndim else 1
     same = (primary == shadow).reshape(rows, -1).all(axis=1) if rows else np.zeros(0, dtype=bool)

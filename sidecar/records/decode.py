@@ -1,23 +1,25 @@
 """Decode v2 requests and responses, HTTP (JSON or binary) and gRPC, into record tensors.
 
-Runs off the request path, on the recorder's thread. Shares serving's pure protocol
-helpers (`serving.codecs`, numpy only) so the sidecar reads tensors exactly as the
-model server writes them.
+Runs off the request path, on the recorder's thread. The wire format is
+`inference_protocol`'s (numpy only), the same code the model server encodes with, so the
+sidecar reads tensors exactly as they were written; this module only turns them into
+the record schema's float64 values and strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 from tritonclient.grpc import service_pb2
 
-from serving.codecs import decode_infer_request, decode_tensor, deserialize_bytes, float_from_bf16_bits
-from serving.errors import InvalidInput
-from serving.types import NUMPY_DTYPES, Tensor
+from inference_protocol.codecs import decode_infer_request, decode_tensors, split_body
+from inference_protocol.datatypes import float_from_bf16_bits
+from inference_protocol.errors import InvalidInput, NotJSON, error_message
+from inference_protocol.protobuf import decode_tensors as decode_grpc_tensors
+from inference_protocol.tensors import Role, Tensor
 
 
 class DecodeError(ValueError):
@@ -66,7 +68,7 @@ def tensor_value(name: str, datatype: str, array: np.ndarray) -> TensorValue:
         return TensorValue(name, datatype, shape, None,
                            [item if isinstance(item, bytes) else str(item).encode() for item in array.reshape(-1)])
     if datatype == "BF16":
-        array = float_from_bf16_bits(np.asarray(array, dtype=np.uint16))
+        array = float_from_bf16_bits(array)
     return TensorValue(name, datatype, shape, np.asarray(array, dtype=np.float64).reshape(-1), None)
 
 
@@ -75,19 +77,6 @@ def _from_tensor(tensor: Tensor) -> TensorValue:
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
-
-def _split(body: bytes, header_length: int | None) -> tuple[Any, memoryview]:
-    if header_length is not None and not 0 <= header_length <= len(body):
-        raise DecodeError(f"Inference-Header-Content-Length {header_length} does not fit a {len(body)}-byte body")
-    header = body if header_length is None else body[:header_length]
-    try:
-        obj = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise DecodeError("not a JSON object")
-    return obj, memoryview(body)[len(header):] if header_length is not None else memoryview(b"")
-
 
 def http_request(body: bytes, header_length: int | None) -> Decoded:
     """A v2 infer request body: its inputs and ``id``."""
@@ -98,79 +87,55 @@ def http_request(body: bytes, header_length: int | None) -> Decoded:
     return Decoded([_from_tensor(t) for t in request.inputs.values()], request_id=request.id)
 
 
+def _header(body: bytes, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
+    """A response body's JSON header (an object) and its binary section."""
+    try:
+        obj, binary = split_body(body, header_length, "output")
+    except NotJSON as exc:
+        raise DecodeError(f"not JSON: {exc.detail}") from None
+    except InvalidInput as exc:
+        raise DecodeError(str(exc)) from None
+    if not isinstance(obj, dict):
+        raise DecodeError("not a JSON object")
+    return obj, binary
+
+
 def http_request_id(body: bytes, header_length: int | None) -> str | None:
     """The ``id`` of a v2 infer request, or None; never raises (the primary judges the request)."""
     try:
-        obj, _ = _split(body, header_length)
-    except DecodeError:
+        obj, _ = split_body(body, header_length)
+    except InvalidInput:
         return None
-    request_id = obj.get("id")
+    request_id = obj.get("id") if isinstance(obj, dict) else None
     return request_id if isinstance(request_id, str) and request_id else None
 
 
 def http_response(body: bytes, header_length: int | None) -> Decoded:
     """A v2 infer response body (JSON data or the binary extension): its outputs and version."""
-    obj, binary = _split(body, header_length)
+    obj, binary = _header(body, header_length)
     raw_outputs = obj.get("outputs")
     if not isinstance(raw_outputs, list):
         raise DecodeError("no 'outputs' list")
-    tensors: list[TensorValue] = []
-    offset = 0
     try:
-        for raw in raw_outputs:
-            params = raw.get("parameters") if isinstance(raw, dict) else None
-            chunk = None
-            if isinstance(params, dict) and "binary_data_size" in params:
-                size = params["binary_data_size"]
-                if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                    raise DecodeError(f"output {raw.get('name')!r}: binary_data_size {size!r} does not fit the body")
-                chunk = binary[offset:offset + size]
-                offset += size
-            tensors.append(_from_tensor(decode_tensor(raw, chunk)))
+        tensors = [_from_tensor(t) for t in decode_tensors(raw_outputs, binary, "output")]
     except InvalidInput as exc:
-        raise DecodeError(str(exc).replace("input '", "output '")) from None
+        raise DecodeError(str(exc)) from None
     version = obj.get("model_version")
     return Decoded(tensors, model_name=obj.get("model_name"), model_version=None if version is None else str(version))
 
 
 def http_error(body: bytes) -> str | None:
     """The message of a v2 error body ``{"error": "..."}``, if it is one."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    message = obj.get("error") if isinstance(obj, dict) else None
-    return message if isinstance(message, str) else None
+    return error_message(body)
 
 
 # -- gRPC ----------------------------------------------------------------------------------------
 
-_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-
-
-def _grpc_tensor(name: str, datatype: str, shape: Any, raw: bytes | None, contents: Any) -> TensorValue:
-    if datatype not in NUMPY_DTYPES:
-        raise DecodeError(f"tensor {name!r}: unknown datatype {datatype!r}")
-    dims = tuple(int(d) for d in shape)
-    count = math.prod(dims)
+def _grpc_tensors(tensors: Sequence[Any], raw: Sequence[bytes], role: Role) -> list[TensorValue]:
     try:
-        if raw is not None:
-            if datatype == "BYTES":
-                return tensor_value(name, datatype, deserialize_bytes(raw, count, name).reshape(dims))
-            array = np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype])
-        elif datatype in _CONTENTS:
-            values = list(getattr(contents, _CONTENTS[datatype]))
-            if datatype == "BYTES":
-                return TensorValue(name, datatype, dims, None, [bytes(v) for v in values])
-            array = np.asarray(values, dtype=NUMPY_DTYPES[datatype])
-        else:
-            raise DecodeError(f"tensor {name!r}: {datatype} travels only as raw contents")
-        return tensor_value(name, datatype, array.reshape(dims))
-    except (InvalidInput, ValueError) as exc:
-        raise DecodeError(f"tensor {name!r}: {exc}") from None
+        return [_from_tensor(t) for t in decode_grpc_tensors(tensors, raw, role)]
+    except InvalidInput as exc:
+        raise DecodeError(str(exc)) from None
 
 
 def grpc_request(raw: bytes) -> Decoded:
@@ -179,9 +144,7 @@ def grpc_request(raw: bytes) -> Decoded:
         message = service_pb2.ModelInferRequest.FromString(raw)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError is not exported consistently
         raise DecodeError(f"not a ModelInferRequest: {exc}") from None
-    contents = list(message.raw_input_contents)
-    tensors = [_grpc_tensor(t.name, t.datatype, t.shape, contents[i] if i < len(contents) else None, t.contents)
-               for i, t in enumerate(message.inputs)]
+    tensors = _grpc_tensors(message.inputs, message.raw_input_contents, "input")
     return Decoded(tensors, model_name=message.model_name, model_version=message.model_version or None,
                    request_id=message.id or None)
 
@@ -192,8 +155,6 @@ def grpc_response(raw: bytes) -> Decoded:
         message = service_pb2.ModelInferResponse.FromString(raw)
     except Exception as exc:  # noqa: BLE001 - see grpc_request
         raise DecodeError(f"not a ModelInferResponse: {exc}") from None
-    contents = list(message.raw_output_contents)
-    tensors = [_grpc_tensor(t.name, t.datatype, t.shape, contents[i] if i < len(contents) else None, t.contents)
-               for i, t in enumerate(message.outputs)]
+    tensors = _grpc_tensors(message.outputs, message.raw_output_contents, "output")
     return Decoded(tensors, model_name=message.model_name, model_version=message.model_version or None,
                    request_id=message.id or None)

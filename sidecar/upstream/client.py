@@ -21,7 +21,6 @@ from .pool import Pool
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
                         "te", "trailer", "transfer-encoding", "upgrade"})
-HEADER_LENGTH = "Inference-Header-Content-Length"
 # gRPC metadata the channel sets itself (or rejects): never copied onto a forwarded call.
 GRPC_RESERVED = frozenset({"content-type", "user-agent", "te", "grpc-timeout", "grpc-encoding",
                            "grpc-accept-encoding", "grpc-message-type", "grpc-status", "grpc-message", "host"})

@@ -109,7 +109,8 @@ def test_model_repository_is_baked_in() -> None:
 def test_dockerignore_keeps_what_the_build_copies() -> None:
     ignored = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
                if l.strip() and not l.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "serving", "sidecar", "requirements", "examples"):
+    for needed in ("pyproject.toml", "README.md", "inference_protocol", "serving", "sidecar", "requirements",
+                   "examples"):
         assert needed not in ignored
     assert {".git", ".venv", "tests", "k8s"} <= set(ignored)
 
@@ -136,15 +137,17 @@ def _image_site_packages(target: Path) -> None:
 
 
 def test_sidecar_modules_import_without_torch(tmp_path: Path) -> None:
-    """The sidecar image holds only the lock's distributions: every sidecar module imports with just those."""
+    """The sidecar image holds only the lock's distributions: every sidecar module, and the protocol
+    package it shares with serve, imports with just those."""
     _image_site_packages(tmp_path)
     script = textwrap.dedent(f"""
         import importlib, pkgutil, sys
         sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT)!r}]
-        import sidecar
-        for module in pkgutil.walk_packages(sidecar.__path__, "sidecar."):
-            if not module.name.endswith(".__main__"):  # those run their command
-                importlib.import_module(module.name)
+        import inference_protocol, sidecar
+        for package in (inference_protocol, sidecar):
+            for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+                if not module.name.endswith(".__main__"):  # those run their command
+                    importlib.import_module(module.name)
         assert "torch" not in sys.modules
         try:
             import torch

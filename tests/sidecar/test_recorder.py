@@ -12,8 +12,8 @@ import pyarrow.dataset as ds
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.codecs import encode_infer_response
-from serving.types import InferResponse, Tensor
+from inference_protocol.codecs import encode_infer_response
+from inference_protocol.tensors import InferResponse, Tensor
 from sidecar.config.file import RecordingConfig
 from sidecar.mirror.exchange import Answer, Exchange
 from sidecar.records.metrics import RecordMetrics as Metrics

@@ -7,8 +7,9 @@ import orjson
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.codecs import encode_infer_response, serialize_bytes
-from serving.types import InferResponse, Tensor
+from inference_protocol.binary import serialize_bytes
+from inference_protocol.codecs import encode_infer_response
+from inference_protocol.tensors import InferResponse, Tensor
 from sidecar.records import decode as tensors
 from sidecar.records.decode import DecodeError
 

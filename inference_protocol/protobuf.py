@@ -1,20 +1,23 @@
-"""KServe v2 tensors in gRPC messages: ``ModelInferRequest`` in, ``ModelInferResponse`` out.
+"""v2 tensors in gRPC messages: ``ModelInferRequest`` and ``ModelInferResponse``.
 
-Pure numpy and the protos tritonclient ships (``tritonclient.grpc.service_pb2``); the
-binary layout of ``raw_input_contents`` is the same as HTTP's binary extension, so the
-decoding is shared with `serving.codecs`.
+The messages are the ones tritonclient ships (``tritonclient.grpc.service_pb2``); no gRPC
+server or channel is imported. The binary layout of ``raw_input_contents`` and
+``raw_output_contents`` is the binary extension's, so the decoding is `codecs.decode_tensor`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from .codecs import binary_data, decode_tensor, element_count
+from .binary import binary_data
+from .codecs import decode_tensor
+from .datatypes import NUMPY_DTYPES
 from .errors import InvalidInput
-from .types import NUMPY_DTYPES, InferRequest, InferResponse, RequestedOutput, Tensor
+from .tensors import InferRequest, InferResponse, RequestedOutput, Role, Tensor, element_count
 
 # v2 datatype -> the typed field of InferTensorContents (FP16 and BF16 travel only as raw bytes)
 CONTENTS_FIELD = {
@@ -30,18 +33,19 @@ def parameter_value(parameter: Any) -> Any:
     return getattr(parameter, choice) if choice else None
 
 
-def _typed_tensor(tensor: Any, shape: list[int]) -> Tensor:
+def _typed_tensor(tensor: Any, shape: list[int], role: Role) -> Tensor:
+    """A tensor whose values are in its typed ``contents`` field."""
     name, datatype = tensor.name, tensor.datatype
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         if datatype in NUMPY_DTYPES:
-            raise InvalidInput(f"input '{name}': {datatype} has no typed contents field; send it in "
-                               "raw_input_contents")
-        return decode_tensor({"name": name, "datatype": datatype, "shape": shape}, None)
-    count = element_count(name, shape)  # before anything is sized by it
+            raise InvalidInput(f"{role} '{name}': {datatype} has no typed contents field; send it in "
+                               f"raw_{role}_contents")
+        return decode_tensor({"name": name, "datatype": datatype, "shape": shape}, None, role)
+    count = element_count(name, shape, role)  # before anything is sized by it
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise InvalidInput(f"input '{name}': shape {shape} needs {count} values, contents has {len(values)}")
+        raise InvalidInput(f"{role} '{name}': shape {shape} needs {count} values, contents has {len(values)}")
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)
@@ -49,26 +53,32 @@ def _typed_tensor(tensor: Any, shape: list[int]) -> Tensor:
         try:
             array = np.array(values, dtype=NUMPY_DTYPES[datatype])
         except OverflowError:  # e.g. 300 in the int_contents of an INT8 input
-            raise InvalidInput(f"input '{name}': {field} holds values out of the range of {datatype}") from None
+            raise InvalidInput(f"{role} '{name}': {field} holds values out of the range of {datatype}") from None
     return Tensor(name, datatype, array.reshape(shape))
+
+
+def decode_tensors(tensors: Sequence[Any], raw: Sequence[bytes], role: Role = "input") -> list[Tensor]:
+    """A message's ``inputs`` (or ``outputs``) with their raw contents, or their typed contents without any."""
+    if raw and len(raw) != len(tensors):
+        raise InvalidInput(f"raw_{role}_contents has {len(raw)} entries for {len(tensors)} {role}s; "
+                           f"give one per {role}, in order")
+    out = []
+    for index, tensor in enumerate(tensors):
+        shape = list(tensor.shape)  # int64 on the wire: negative dims are refused with the JSON ones
+        if raw:
+            out.append(decode_tensor({"name": tensor.name, "datatype": tensor.datatype, "shape": shape},
+                                     memoryview(raw[index]), role))
+        else:
+            out.append(_typed_tensor(tensor, shape, role))
+    return out
 
 
 def decode_model_infer_request(message: Any) -> InferRequest:
     """A ``ModelInferRequest`` as an `InferRequest` (raw or typed contents)."""
     if not message.inputs:
         raise InvalidInput("the request needs at least one input")
-    raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
-                           "give one per input, in order")
     inputs: dict[str, Tensor] = {}
-    for index, tensor in enumerate(message.inputs):
-        shape = list(tensor.shape)  # int64 on the wire: negative dims are refused with the JSON ones
-        if raw:
-            decoded = decode_tensor({"name": tensor.name, "datatype": tensor.datatype, "shape": shape},
-                                    memoryview(raw[index]))
-        else:
-            decoded = _typed_tensor(tensor, shape)
+    for decoded in decode_tensors(message.inputs, message.raw_input_contents):
         if decoded.name in inputs:
             raise InvalidInput(f"input '{decoded.name}' is given twice")
         inputs[decoded.name] = decoded

@@ -1,4 +1,4 @@
-"""v2 tensors on the wire: JSON data, the binary extension, BYTES and BF16."""
+"""v2 HTTP bodies: JSON data, the binary extension, BYTES; every malformed body refused with a reason."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.codecs import (bf16_bits_from_float, decode_infer_request, deserialize_bytes, encode_infer_response,
-                            float_from_bf16_bits, serialize_bytes)
-from serving.errors import InvalidInput
-from serving.types import NUMPY_DTYPES, InferResponse, Tensor
+from inference_protocol.binary import deserialize_bytes, serialize_bytes
+from inference_protocol.codecs import decode_infer_request, encode_infer_response
+from inference_protocol.datatypes import NUMPY_DTYPES
+from inference_protocol.errors import InvalidInput
+from inference_protocol.tensors import InferResponse, Tensor
 
 NUMERIC = [t for t in NUMPY_DTYPES if t not in ("BYTES", "BF16")]
 
@@ -55,22 +56,11 @@ def test_bytes_tensors_round_trip_in_json_and_binary() -> None:
     assert length is None and orjson.loads(body)["outputs"][0]["data"] == ["héllo", "wörld"]
 
 
-def test_bf16_rounds_to_nearest_even_and_back() -> None:
-    values = np.array([1.0, -2.5, 3.140625, 1.00390625, 65504.0, np.inf], dtype=np.float32)
-    bits = bf16_bits_from_float(values)
-    back = float_from_bf16_bits(bits)
-    assert back[:3].tolist() == [1.0, -2.5, 3.140625]
-    assert back[3] == 1.0  # halfway between 1.0 and 1.0078125: ties to even
-    assert back[5] == np.inf
-    assert np.isnan(float_from_bf16_bits(bf16_bits_from_float(np.array([np.nan], np.float32))))[0]
-    decoded = decode_infer_request(request({"name": "b", "datatype": "BF16", "shape": [2], "data": [1.0, -2.5]}))
-    assert decoded.inputs["b"].array.tolist() == bf16_bits_from_float(np.array([1.0, -2.5])).tolist()
-
-
 def test_request_fields_id_parameters_and_outputs() -> None:
     decoded = decode_infer_request(request(
         {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, id="req-7",
-        parameters={"binary_data_output": True}, outputs=[{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}]))
+        parameters={"binary_data_output": True},
+        outputs=[{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}]))
     assert decoded.id == "req-7" and decoded.parameters == {"binary_data_output": True}
     assert [(o.name, o.binary) for o in decoded.outputs or []] == [("a", None), ("b", False)]
 

@@ -1,0 +1,213 @@
+"""v2 HTTP bodies: a JSON header with tensors in ``data``, optionally followed by binary tensor data.
+
+The runtime's HTTP transport decodes a request body with `decode_infer_request` and
+encodes a response with `encode_infer_response`; the sidecar reads both sides of an
+exchange with `split_body` and `decode_tensors`, so it reads tensors exactly as they were written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .binary import binary_data, deserialize_bytes, split_binary
+from .datatypes import NUMPY_DTYPES, bf16_bits_from_float, float_from_bf16_bits
+from .errors import InvalidInput, NotJSON, brief
+from .headers import HEADER_LENGTH
+from .tensors import MAX_DIMS, InferRequest, InferResponse, RequestedOutput, Role, Tensor, element_count
+
+_JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", dict: "an object",
+               type(None): "null"}
+
+
+def _flatten(data: list[Any], name: str, role: Role) -> list[Any]:
+    """The leaves of nested lists, in order; iterative, and no deeper than a shape can be."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                if len(stack) >= MAX_DIMS:
+                    raise InvalidInput(f"{role} '{name}': 'data' is nested more than {MAX_DIMS} lists deep")
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+# -- decode --------------------------------------------------------------------------------
+
+def split_body(body: bytes, header_length: int | None, role: Role = "input") -> tuple[Any, memoryview]:
+    """A body's JSON header, parsed (any JSON value), and its binary section (empty without a header length)."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    elif 0 <= header_length <= len(body):
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+    try:
+        return orjson.loads(header), binary
+    except orjson.JSONDecodeError as exc:
+        raise NotJSON("request" if role == "input" else "response", str(exc)) from None
+
+
+def _shape(name: str, value: Any, role: Role) -> tuple[tuple[int, ...], int]:
+    """A JSON shape and its element count."""
+    if type(value) is not list:
+        raise InvalidInput(f"{role} '{name}': 'shape' must be a list of non-negative integers, got {brief(value)}")
+    return tuple(value), element_count(name, value, role)
+
+
+def decode_tensor(obj: Any, binary: memoryview | None, role: Role = "input") -> Tensor:
+    """One entry of a message's ``inputs`` (or ``outputs``); ``binary`` is its slice of the binary data, if any."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise InvalidInput(f"each entry of '{role}s' must be an object with a string 'name'")
+    name = obj["name"]
+    datatype = obj.get("datatype")
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"{role} '{name}': unknown datatype {brief(datatype)}; use one of "
+                           f"{', '.join(NUMPY_DTYPES)}")
+    shape, count = _shape(name, obj.get("shape"), role)
+    dtype = NUMPY_DTYPES[datatype]
+    if binary is not None:
+        if datatype == "BYTES":
+            return Tensor(name, datatype, deserialize_bytes(binary, count, name, role).reshape(shape))
+        if len(binary) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"{role} '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
+                f"binary_data_size gives {len(binary)}")
+        return Tensor(name, datatype, np.frombuffer(binary, dtype=dtype).reshape(shape))
+    data = obj.get("data")
+    if data is None:
+        raise InvalidInput(f"{role} '{name}': give its values in 'data' or as binary data (binary_data_size)")
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        flat = _flatten(data, name, role)
+        if len(flat) != count:
+            raise InvalidInput(f"{role} '{name}': shape {list(shape)} needs {count} values, 'data' has {len(flat)}")
+        array = np.empty(count, dtype=object)
+        for index, item in enumerate(flat):
+            if isinstance(item, str):
+                array[index] = item.encode()
+            else:
+                raise InvalidInput(f"{role} '{name}': BYTES values in JSON must be strings, got "
+                                   f"{_JSON_TYPES.get(type(item), 'another value')}")
+        return Tensor(name, datatype, array.reshape(shape))
+    try:
+        array = np.asarray(data, dtype=np.float32 if datatype == "BF16" else dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"{role} '{name}': 'data' is not a {'rectangular' if data else ''} list of "
+                           f"{datatype} values ({str(exc)[:100]})") from None
+    if array.size != count:
+        raise InvalidInput(f"{role} '{name}': shape {list(shape)} needs {count} values, 'data' has {array.size}")
+    if datatype == "BF16":
+        array = bf16_bits_from_float(array)
+    return Tensor(name, datatype, array.reshape(shape))
+
+
+def decode_tensors(entries: list[Any], binary: memoryview, role: Role = "input") -> list[Tensor]:
+    """Every entry of a message's tensor list, with the binary data each one claims."""
+    chunks, _unclaimed = split_binary(entries, binary, role)
+    return [decode_tensor(entry, chunk, role) for entry, chunk in zip(entries, chunks, strict=True)]
+
+
+def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Parse a v2 infer request body (JSON, optionally followed by binary tensor data)."""
+    obj, binary = split_body(body, header_length)
+    if not isinstance(obj, dict):
+        raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = obj.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("the request needs a non-empty 'inputs' list")
+    chunks, unclaimed = split_binary(raw_inputs, binary)
+    inputs: dict[str, Tensor] = {}
+    for raw, chunk in zip(raw_inputs, chunks, strict=True):
+        tensor = decode_tensor(raw, chunk)
+        if tensor.name in inputs:
+            raise InvalidInput(f"input '{tensor.name}' is given twice")
+        inputs[tensor.name] = tensor
+    if unclaimed:
+        raise InvalidInput(f"{unclaimed} bytes of binary data are not claimed by any input's binary_data_size")
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    parameters = obj.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    if type(parameters.get("binary_data_output", False)) is not bool:
+        raise InvalidInput("parameter 'binary_data_output' must be true or false")
+    return InferRequest(inputs=inputs, id=request_id, parameters=parameters,
+                        outputs=_requested_outputs(obj.get("outputs")))
+
+
+def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    outputs = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each entry of 'outputs' must be an object with a string 'name'")
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput(f"output '{item['name']}': 'parameters' must be an object")
+        binary = params.get("binary_data")
+        if binary is not None and type(binary) is not bool:
+            raise InvalidInput(f"output '{item['name']}': parameter 'binary_data' must be true or false")
+        if "classification" in params:
+            raise InvalidInput(f"output '{item['name']}': the classification extension is not supported; "
+                               "request the scores and take the top-k on the client")
+        outputs.append(RequestedOutput(item["name"], binary))
+    return outputs
+
+
+# -- encode --------------------------------------------------------------------------------
+
+def json_data(tensor: Tensor) -> Any:
+    """The flat ``data`` of a tensor in a JSON response (orjson writes numpy arrays natively)."""
+    array = tensor.array
+    if tensor.datatype == "BYTES":
+        try:
+            return [item.decode() if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise InvalidInput(f"output '{tensor.name}' holds bytes that are not UTF-8; request it as binary "
+                               "data (parameters: {\"binary_data\": true})") from None
+    if tensor.datatype == "BF16":
+        array = float_from_bf16_bits(array)
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+def encode_infer_response(response: InferResponse, binary: Iterable[bool]) -> tuple[bytes, int | None]:
+    """Encode a response; ``binary`` says per output whether it goes in the binary section.
+
+    Returns the body and, when any output is binary, the length of its JSON header
+    (the value of ``Inference-Header-Content-Length``).
+    """
+    outputs = []
+    blobs: list[bytes | memoryview] = []
+    for tensor, as_binary in zip(response.outputs, binary, strict=False):  # the request chose the outputs
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if as_binary:
+            blob = binary_data(tensor)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = json_data(tensor)
+        outputs.append(entry)
+    obj: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id is not None:
+        obj["id"] = response.id
+    if response.parameters:
+        obj["parameters"] = response.parameters
+    obj["outputs"] = outputs
+    header = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
