@@ -33,23 +33,23 @@ from serving import logs  # the same log formats as serve (pure: imports nothing
 from serving.shutdown import stop_on_signals  # the same stop signals as serve (pure)
 
 from .canary.admin import admin_app
+from .canary.controller import Controller
 from .canary.metrics import CanaryMetrics
-from .config.metrics import ConfigMetrics
-from .mirror.metrics import MirrorMetrics
-from .proxy.metrics import ProxyMetrics
-from .records.metrics import RecordMetrics
-from .mirror.budget import MemoryBudget
 from .config.file import Config, ConfigError, load, restart_only_changes
+from .config.metrics import ConfigMetrics
+from .config.reload import ConfigWatcher
+from .config.settings import Settings, parse
+from .mirror.budget import MemoryBudget
+from .mirror.metrics import MirrorMetrics
 from .proxy.grpc import GrpcProxy, grpc_server_options
 from .proxy.guard import ConnectionGuard, GuardedSite
 from .proxy.health import Health
-from .records.live import LiveDriftHub
 from .proxy.http import HttpProxy
+from .proxy.metrics import ProxyMetrics
+from .proxy.upstreams import Upstreams, build, close, retire
+from .records.live import LiveDriftHub
+from .records.metrics import RecordMetrics
 from .records.recorder import Recorder
-from .config.reload import ConfigWatcher
-from .canary.controller import Controller
-from .proxy.upstreams import Runtime, build, close, retire
-from .config.settings import Settings, parse
 
 log = logging.getLogger("sidecar")
 
@@ -70,7 +70,7 @@ class SidecarMetrics:
 
 
 class Sidecar:
-    """A running sidecar: the proxies, the runtime in force, the recorder and the metrics."""
+    """A running sidecar: the proxies, the upstreams in force, the recorder and the metrics."""
 
     def __init__(self, settings: Settings, config: Config, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -78,21 +78,22 @@ class Sidecar:
         self.metrics = metrics = SidecarMetrics(registry)
         self.registry = metrics.registry
         self.proxy_metrics, self.mirror_metrics, self.record_metrics = metrics.proxy, metrics.mirror, metrics.records
-        self.canary = Controller(metrics.canary)
+        self.rollout = Controller(metrics.canary)
         self.mirror_metrics.shadow_memory_budget.set(settings.shadow_memory_budget_bytes)
         self.budget = MemoryBudget(settings.shadow_memory_budget_bytes, self.mirror_metrics.shadow_memory_held.set)
-        self.recorder = Recorder(config.recording, self.record_metrics, self.canary.pairs)
-        self.runtime: Runtime = None  # type: ignore[assignment]  # set by start()
-        self.health = Health(lambda: self.runtime)
-        self.http = HttpProxy(lambda: self.runtime, self.proxy_metrics, self.recorder.submit, self.health, self.canary)
-        self.grpc = GrpcProxy(lambda: self.runtime, self.proxy_metrics, self.recorder.submit, self.health, self.canary)
+        self.recorder = Recorder(config.recording, self.record_metrics, self.rollout.pairs)
+        self.upstreams: Upstreams = None  # type: ignore[assignment]  # set by start()
+        self.health = Health(lambda: self.upstreams)
+        proxied = (lambda: self.upstreams, self.proxy_metrics, self.recorder.submit, self.health, self.rollout)
+        self.http = HttpProxy(*proxied)
+        self.grpc = GrpcProxy(*proxied)
         self.watcher = ConfigWatcher(settings, self.apply, metrics.config) if settings.config_file else None
         self.http_port = self.grpc_port = self.metrics_port = self.admin_port = 0
         self._http_runner: web.BaseRunner | None = None
         self._metrics_runner: web.BaseRunner | None = None
         self._admin_runner: web.BaseRunner | None = None
         self._analysing: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()  # retiring runtimes
+        self._tasks: set[asyncio.Task[None]] = set()  # retiring upstreams
         self._watching: asyncio.Future[None] | None = None
         self._force = asyncio.Event()
         self._stopped = False
@@ -101,12 +102,12 @@ class Sidecar:
         settings = self.settings
         if self.config.drift is not None:
             self.recorder.drift = LiveDriftHub.load(self.config.drift, self.record_metrics)
-        self.runtime = build(self.config, self.mirror_metrics, budget=self.budget)
-        self.canary.configure(self.config.canary)
-        self._analysing = asyncio.ensure_future(self.canary.run())
+        self.upstreams = build(self.config, self.mirror_metrics, budget=self.budget)
+        self.rollout.configure(self.config.canary)
+        self._analysing = asyncio.ensure_future(self.rollout.run())
         self.recorder.start()
         # aiohttp's own cap on a body read whole is lifted: the proxy reads a body whole only
-        # up to the runtime's buffer limit and streams larger ones.
+        # up to the upstreams' buffer limit and streams larger ones.
         server = web.Server(self.http.handle, handler_cancellation=True,
                             request_factory=self.http.request_factory(1 << 62),
                             keepalive_timeout=settings.idle_timeout_secs)
@@ -126,7 +127,7 @@ class Sidecar:
         admin = settings.admin_listen
         if admin is not None:
             guard = self._guard("admin", settings.admin_max_connections)
-            app = admin_app(self.canary, self.status, token)
+            app = admin_app(self.rollout, self.status, token)
             app.middlewares.insert(0, guard.middleware)
             self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                                keepalive_timeout=settings.idle_timeout_secs)
@@ -186,7 +187,7 @@ class Sidecar:
         shadows = ", ".join(f"{s.name}={s.http or s.grpc}@{s.fraction:g}" for s in config.shadows) or "none"
         recording = config.recording.dir if config.recording.dir is not None else "off"
         canary = config.canary
-        described = (f"{canary.http or canary.grpc}@{self.canary.weight:g}%"
+        described = (f"{canary.http or canary.grpc}@{self.rollout.weight:g}%"
                      f"{' with analysis' if canary.analysis else ''}" if canary is not None else "none")
         drift = config.drift.profile if config.drift is not None else "off"
         log.info("primary=%s grpc=%s shadows: %s; canary: %s; recording: %s; live drift: %s", config.primary.http,
@@ -196,7 +197,7 @@ class Sidecar:
         """The admin API's ``GET /sidecar/status``: the canary, live drift and the upstreams."""
         config, hub = self.config, self.recorder.drift
         return {
-            "canary": self.canary.status(),
+            "canary": self.rollout.status(),
             "drift": hub.status() if hub is not None else None,
             "primary": {"http": config.primary.http, "grpc": config.primary.grpc},
             "shadows": [{"name": s.name, "http": s.http, "grpc": s.grpc, "fraction": s.fraction}
@@ -216,15 +217,15 @@ class Sidecar:
         if ignored:
             log.warning("%s changed in %s; these take effect at the next restart", ", ".join(ignored),
                         self.settings.config_file)
-        previous = self.runtime
-        self.runtime = build(config, self.mirror_metrics, previous, self.budget)
+        previous = self.upstreams
+        self.upstreams = build(config, self.mirror_metrics, previous, self.budget)
         self.recorder.policy = config.recording
         self.recorder.drift = hub
         self.config = config
-        self.canary.configure(config.canary)
+        self.rollout.configure(config.canary)
         log.info("configuration reloaded")
         self._describe(config)
-        self._spawn(retire(previous, self.runtime, self.settings.shadow_drain_secs))
+        self._spawn(retire(previous, self.upstreams, self.settings.shadow_drain_secs))
 
     def force_stop(self) -> None:
         """Stop waiting: a second SIGTERM or Ctrl-C."""
@@ -253,7 +254,7 @@ class Sidecar:
         self._stopped = True
         self.health.draining = True
         timeout = self.settings.drain_timeout_secs if drain_timeout is None else drain_timeout
-        if self.runtime is not None and timeout > 0:
+        if self.upstreams is not None and timeout > 0:
             log.info("draining: not ready; proxying until the primary has drained (up to %gs)", timeout)
             await self._wait_drained(timeout)
         for task in (self._watching, self._analysing):
@@ -263,13 +264,13 @@ class Sidecar:
         await self.grpc.stop(0 if self._force.is_set() else 1.0)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
-        if self.runtime is not None:
+        if self.upstreams is not None:
             grace = 0.0 if self._force.is_set() else self.settings.shadow_drain_secs
-            await close(self.runtime, grace)
+            await close(self.upstreams, grace)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         flushed = await asyncio.get_running_loop().run_in_executor(None, self.recorder.stop, RECORDER_FLUSH_SECS)
-        await self.canary.close()
+        await self.rollout.close()
         for runner in (self._metrics_runner, self._admin_runner):
             if runner is not None:
                 await runner.cleanup()

@@ -17,10 +17,11 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
+import orjson
 
-from .analysis import ANALYSED, Decision, IntervalMetrics, Outcome, State, Window, decide
 from ..config.canary import AnalysisConfig, CanaryConfig
+from ..upstream.client import TooLarge, once
+from .analysis import ANALYSED, Decision, IntervalMetrics, Outcome, State, Window, decide
 from .metrics import CanaryMetrics
 
 log = logging.getLogger("sidecar.canary")
@@ -54,8 +55,7 @@ class Controller:
         self._started = time.monotonic()
         self._changed = asyncio.Event()
         self._generation = 0
-        self._session: aiohttp.ClientSession | None = None
-        self._hooks: set[asyncio.Task[None]] = set()
+        self._hooks: set[asyncio.Task[str | None]] = set()
         self._export()
 
     # -- what the proxies and the recorder report ----------------------------------------------
@@ -201,14 +201,12 @@ class Controller:
 
     async def _post(self, hook: str, url: str, payload: dict[str, Any], timeout: float) -> str | None:
         """POST the event; None when the hook answered 2xx, else why not."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         try:
-            async with self._session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
-                await answer.read()
-                result = "ok" if 200 <= answer.status < 300 else "refused"
-                problem = None if result == "ok" else f"{url} answered {answer.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            status, _ = await once("POST", url, (("Content-Type", "application/json"),), orjson.dumps(payload),
+                                   timeout)
+            result = "ok" if 200 <= status < 300 else "refused"
+            problem = None if result == "ok" else f"{url} answered {status}"
+        except (asyncio.TimeoutError, OSError, TooLarge, ValueError) as exc:
             result, problem = "error", f"{url} failed ({type(exc).__name__}: {exc})"
         self.metrics.canary_webhooks.labels(hook, result).inc()
         if problem is not None:
@@ -229,15 +227,13 @@ class Controller:
         payload = self._payload("rollback", decision.weight_from, 0.0, decision.reason, decision.metrics)
         for url in analysis.rollback_webhooks:
             task = asyncio.ensure_future(self._post("rollback", url, payload, analysis.webhook_timeout_secs))
-            self._hooks.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(self._hooks.discard)  # type: ignore[arg-type]
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
 
     async def close(self) -> None:
-        """Let rollback notifications finish (each has its timeout), then close the webhook client."""
+        """Let rollback notifications finish (each has its timeout)."""
         if self._hooks:
             await asyncio.gather(*self._hooks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
 
     # -- status --------------------------------------------------------------------------------
 

@@ -17,47 +17,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
-import aiohttp
 import grpc
 from multidict import CIMultiDict
 
-from .budget import Held, MemoryBudget
-from ..config.file import ShadowConfig
 from inference_protocol.errors import GRPC_TO_HTTP
 from inference_protocol.headers import HEADER_LENGTH
 
+from ..config.file import ShadowConfig
+from ..routing import sampled
+from ..upstream.client import HttpUpstream, TooLarge, grpc_channel
+from ..upstream.headers import Metadata, shadow_headers, shadow_metadata
+from .budget import Held, MemoryBudget
 from .exchange import CANCELLED, CONNECTION, OVER_BUDGET, TIMEOUT, TOO_LARGE, Answer, Exchange
 from .metrics import MirrorMetrics
-from ..upstream.pool import BodyTooLarge, OverBudget
-from ..routing import sampled
-from ..upstream.client import HttpUpstream, grpc_channel, shadow_headers, shadow_metadata
 
 log = logging.getLogger(__name__)
 
-Metadata = tuple[tuple[str, str | bytes], ...]
+
 FAILURES_TO_REST = 5
 FIRST_REST_SECS = 0.5
 MAX_REST_SECS = 30.0
 # Failures that rest a shadow: it cannot be reached, does not answer in time, or answers
 # more than it may (reading it costs the event loop, which the primary's requests share).
 RESTING_ERRORS = frozenset({CONNECTION, TIMEOUT, TOO_LARGE})
-
-
-async def read_capped(response: aiohttp.ClientResponse, cap: int, held: Held) -> bytes:
-    """A response body, refusing one over ``cap`` bytes (or the budget) without reading all of it."""
-    if response.content_length is not None and response.content_length > cap:
-        raise BodyTooLarge(f"response of {response.content_length} bytes is over the limit of {cap} bytes")
-    chunks, total = [], 0
-    async for chunk in response.content.iter_any():
-        total += len(chunk)
-        if total > cap:
-            raise BodyTooLarge(f"response is over the limit of {cap} bytes")
-        if not held.take(len(chunk)):
-            raise OverBudget(f"no room in the shadow memory budget for {total} bytes of response")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Shadow:
@@ -196,27 +180,20 @@ class Shadow:
 
         async def send() -> Answer:
             start = http.begin()
-            headers: Mapping[str, str]
             try:
-                if http.pool is not None:
-                    # One deadline for the whole copy: connecting, the head and every byte of the body.
-                    resp = await http.pool.request(method, http.target(raw_path), copy.items(), body, http.timeout)
-                    status, headers, data = resp.status, resp.headers, await resp.read(cap, held.take)
-                else:
-                    async with http.session.request(method, http.url(raw_path), data=body, headers=copy,
-                                                    allow_redirects=False) as response:
-                        status, headers = response.status, response.headers
-                        data = await read_capped(response, cap, held)
-                length = headers.get(HEADER_LENGTH)
-                return Answer(self.name, status, (time.perf_counter() - start) * 1000, None, data,
+                # One deadline for the whole copy: connecting, the head and every byte of the body.
+                response = await http.send(method, raw_path, copy.items(), body)
+                data = await response.read(cap, held.take)
+                length = response.headers.get(HEADER_LENGTH)
+                return Answer(self.name, response.status, (time.perf_counter() - start) * 1000, None, data,
                               int(length) if length and length.isascii() and length.isdigit() else None)
             except asyncio.TimeoutError:
                 return Answer(self.name, None, (time.perf_counter() - start) * 1000, TIMEOUT)
-            except BodyTooLarge as exc:
+            except TooLarge as exc:
                 log.debug("shadow %s: %s", self.name, exc)
-                error = OVER_BUDGET if isinstance(exc, OverBudget) else TOO_LARGE
+                error = OVER_BUDGET if exc.over_budget else TOO_LARGE
                 return Answer(self.name, None, (time.perf_counter() - start) * 1000, error)
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # UpstreamError is an OSError
                 log.debug("shadow %s: %r", self.name, exc)
                 return Answer(self.name, None, (time.perf_counter() - start) * 1000, CONNECTION)
             finally:

@@ -17,37 +17,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2
 
+from inference_protocol.errors import GRPC_TO_HTTP
 from serving.connections import grpc_client_limits  # pure: the same client limits as serve's listener
 
-from inference_protocol.errors import GRPC_TO_HTTP
-
-from ..mirror.exchange import CANCELLED, TIMEOUT, Answer, Exchange
+from ..canary.controller import Controller
+from ..config.settings import Settings
+from ..mirror.exchange import TIMEOUT, Answer, Exchange
+from ..records.decode import DecodeError, grpc_request
+from ..routing import CANARY, PRIMARY, retry_on_primary
+from ..upstream.client import GRPC_MESSAGE_LIMIT
+from ..upstream.headers import Metadata, forward_metadata
 from .health import Health
 from .metrics import ProxyMetrics
-from ..mirror.shadow import choose_copies
-from ..canary.controller import Controller
-from ..routing import CANARY, PRIMARY, retry_on_primary, sampled, split, sticky_key, upstream_failed
-from .upstreams import CanaryUpstream, Runtime
-from ..config.settings import Settings
-from ..records.decode import DecodeError, grpc_request
-from ..upstream.client import GRPC_MESSAGE_LIMIT, forward_metadata
+from .plan import REQUEST_ID, Incoming, Plan, Proxy
+from .upstreams import Upstreams
 
 SERVICE = "inference.GRPCInferenceService"
 MODEL_INFER = f"/{SERVICE}/ModelInfer"
 MODEL_STREAM_INFER = f"/{SERVICE}/ModelStreamInfer"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-UNARY = frozenset(f"/{SERVICE}/{m.name}" for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+UNARY = frozenset(f"/{SERVICE}/{m.name}"
+                  for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                   if not m.client_streaming and not m.server_streaming)
-REQUEST_ID = "x-request-id"
-Metadata = tuple[tuple[str, Any], ...]
+
 
 
 def grpc_server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -67,6 +66,26 @@ def _lookup(metadata: Metadata, name: str) -> str | None:
         if key == name and isinstance(value, str):
             return value
     return None
+
+
+class _Route(NamedTuple):
+    """Where a unary call goes: the upstream's name, its channel, the channel's call objects, its timeout."""
+
+    name: str
+    channel: grpc.aio.Channel
+    calls: dict[str, grpc.aio.UnaryUnaryMultiCallable]
+    limit: float
+
+
+def _request_id(request: bytes) -> str | None:
+    try:
+        return grpc_request(request).request_id
+    except DecodeError:
+        return None
+
+
+def _code_status(code: grpc.StatusCode) -> int:
+    return GRPC_TO_HTTP.get(code.name, 500)
 
 
 class _Handlers(grpc.GenericRpcHandler):
@@ -91,22 +110,13 @@ class _Handlers(grpc.GenericRpcHandler):
         return handler
 
 
-class GrpcProxy:
+class GrpcProxy(Proxy):
     """The gRPC listener's handlers; `start` binds a grpc.aio server."""
 
-    def __init__(self, runtime: Callable[[], Runtime], metrics: ProxyMetrics, submit: Callable[[Exchange], object],
-                 health: Health, canary: Controller) -> None:
-        self._runtime = runtime
-        self.metrics = metrics
-        self._submit = submit
-        self.health = health
-        self.canary = canary
-        self.in_flight = 0  # the drain waits for it to reach 0
+    def __init__(self, upstreams: Callable[[], Upstreams], metrics: ProxyMetrics,
+                 submit: Callable[[Exchange], object], health: Health, rollout: Controller) -> None:
+        super().__init__(upstreams, metrics, submit, health, rollout, "grpc")
         self.server: grpc.aio.Server | None = None
-        self._request_duration = metrics.request_duration.labels("grpc")
-        self._hop = metrics.hop_duration.labels("grpc")
-        self._upstream_duration = {name: metrics.upstream_duration.labels(name, "grpc") for name in (PRIMARY, CANARY)}
-        self._retries = metrics.canary_retries.labels("grpc")
 
     async def start(self, host: str, port: int, options: Sequence[tuple[str, Any]] = ()) -> int:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
@@ -124,69 +134,25 @@ class GrpcProxy:
         if self.server is not None:
             await self.server.stop(grace)
 
-    def _enter(self) -> None:
-        self.in_flight += 1
-
-    def _leave(self) -> None:
-        self.in_flight -= 1
-
     async def health_check(self, request: health_pb2.HealthCheckRequest,
                            context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
         ready, _ = await self.health.ready()
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
-    def _sticky(self, canary: CanaryUpstream, metadata: Metadata, request: bytes | None) -> str:
-        header = _lookup(metadata, canary.header) if canary.header else None
-        request_id = _lookup(metadata, REQUEST_ID)
-        if header is None and request_id is None and request is not None:
-            try:
-                request_id = grpc_request(request).request_id
-            except DecodeError:
-                request_id = None
-        return sticky_key(header, request_id, "") or uuid.uuid4().hex
+    def _plan(self, ups: Upstreams, request: bytes | None, metadata: Metadata, infer: bool) -> Plan:
+        def lookup(name: str) -> str | None:
+            return _lookup(metadata, name)
+        incoming = Incoming("grpc", lookup, request, len(request) if request is not None else None, _request_id)
+        canary = ups.canary
+        return self.plan(ups, incoming, infer=infer, canary_here=canary is not None and canary.grpc is not None,
+                         mirror=request is not None and infer)
 
-    def _exchange(self, rt: Runtime, request: bytes, metadata: Metadata, served: str) -> tuple[Exchange | None,
-                                                                                                Metadata]:
-        """Send the copies (shadows; the primary's when the canary serves); an exchange collects the answers."""
-        request_id = _lookup(metadata, REQUEST_ID) or uuid.uuid4().hex
-        key = _lookup(metadata, rt.sample_header)
-        if key is None and rt.needs_key:
-            try:
-                key = grpc_request(request).request_id
-            except DecodeError:
-                key = None
-        key = key or request_id
-        copies = rt.canary.copies if served == CANARY and rt.canary is not None else None
-        chosen = choose_copies(rt.shadows, copies, key, "grpc", len(request))
-        if not chosen and not (rt.observe_fraction and sampled(key, rt.observe_fraction, "drift")):
-            return None, metadata
-        if chosen and _lookup(metadata, REQUEST_ID) is None:
-            metadata = (*metadata, (REQUEST_ID, request_id))
-        exchange = Exchange(key, request_id, time.time(), "", "grpc", request, None, self._submit, record=bool(chosen))
-        exchange.expect(len(chosen))
-        for shadow in chosen:
-            shadow.send_grpc(MODEL_INFER, request, metadata, exchange)
-        return exchange, metadata
-
-    def _count(self, upstream: str, code: grpc.StatusCode, received: float, upstream_secs: float | None) -> None:
-        self.metrics.requests.labels(upstream, "grpc", code.name).inc()
-        total = time.perf_counter() - received
-        self._request_duration.observe(total)
-        if upstream_secs is not None:  # streams have no single upstream time
-            self._hop.observe(max(0.0, total - upstream_secs))
-
-    def _observe(self, name: str, infer: bool, seconds: float | None, code: grpc.StatusCode) -> None:
-        if infer:
-            if seconds is not None:
-                self._upstream_duration[name].observe(seconds)
-            if self.canary.observing:
-                self.canary.observe(name, seconds, upstream_failed(GRPC_TO_HTTP.get(code.name, 500)))
-
-    async def _attempt(self, name: str, channel: grpc.aio.Channel, calls: dict[str, Any], method: str,
-                       request: bytes, metadata: Metadata, context: grpc.aio.ServicerContext,
-                       limit: float) -> tuple[grpc.aio.UnaryUnaryCall | grpc.aio.AioRpcError, Answer, float]:
+    async def _attempt(self, route: _Route, method: str, request: bytes, metadata: Metadata,
+                       context: grpc.aio.ServicerContext) -> tuple[grpc.aio.UnaryUnaryCall | grpc.aio.AioRpcError,
+                                                                   Answer, float]:
         """One unary call: the finished call, or its error; the answer for the records; the seconds it took."""
+        name, channel, calls, limit = route
         factory = calls.get(method)
         if factory is None:
             factory = calls[method] = channel.unary_unary(method)
@@ -199,64 +165,66 @@ class GrpcProxy:
             elapsed = time.perf_counter() - sent
             code = exc.code()
             error = TIMEOUT if code == grpc.StatusCode.DEADLINE_EXCEEDED else (exc.details() or code.name)
-            self._observe(name, method == MODEL_INFER, elapsed, code)
-            return exc, Answer(name, GRPC_TO_HTTP.get(code.name, 500), elapsed * 1000, error), elapsed
+            if method == MODEL_INFER:
+                self.observer.upstream(name, elapsed, _code_status(code))
+            return exc, Answer(name, _code_status(code), elapsed * 1000, error), elapsed
         elapsed = time.perf_counter() - sent
-        self._observe(name, method == MODEL_INFER, elapsed, grpc.StatusCode.OK)
+        if method == MODEL_INFER:
+            self.observer.upstream(name, elapsed, 200)
         return call, Answer(name, 200, elapsed * 1000, None, response), elapsed
 
     @staticmethod
-    def _details(rt: Runtime, served: str, error: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> str:
+    def _details(ups: Upstreams, served: str, error: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> str:
         """The message for a failed call: the upstream's own, or, when it never answered, one naming it (as Envoy)."""
         code, details = error.code(), error.details() or ""
-        canary = rt.canary.config if served == CANARY and rt.canary is not None else None
-        target = canary.grpc if canary is not None else rt.config.primary.grpc
+        canary = ups.canary.config if served == CANARY and ups.canary is not None else None
+        target = canary.grpc if canary is not None else ups.config.primary.grpc
         if code == grpc.StatusCode.UNAVAILABLE and not error.trailing_metadata():
             return f"upstream connect error: the {served} at {target} cannot be reached ({details})"
         remaining = context.time_remaining()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and (remaining is None or remaining > 0.05):
-            limit = canary.timeout_secs if canary is not None else rt.config.primary.timeout_secs
+            limit = canary.timeout_secs if canary is not None else ups.config.primary.timeout_secs
             return f"upstream request timeout: the {served} at {target} did not answer within {limit:g}s"
         return details
 
     async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         received = time.perf_counter()
-        rt = self._runtime()
-        primary = rt.primary_grpc
+        ups = self._upstreams()
+        primary = ups.primary_grpc
         if primary is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar has no gRPC primary (--primary-grpc)")
             raise AssertionError("not reached: abort raises")
         metadata = forward_metadata(context.invocation_metadata())
-        served, channel, calls, limit = PRIMARY, primary, rt.grpc_calls, rt.config.primary.timeout_secs
-        canary, weight, infer = rt.canary, self.canary.weight, method == MODEL_INFER
-        if infer and canary is not None and canary.grpc is not None and weight > 0:
-            if split(self._sticky(canary, metadata, request), weight) == CANARY:
-                served, channel, calls, limit = CANARY, canary.grpc, canary.grpc_calls, canary.config.timeout_secs
-        exchange = None
-        if infer and (rt.shadows or served == CANARY or rt.observe_fraction):
-            exchange, metadata = self._exchange(rt, request, metadata, served)
-        self._enter()
+        plan = self._plan(ups, request, metadata, method == MODEL_INFER)
+        if plan.add_request_id is not None:
+            metadata = (*metadata, (REQUEST_ID, plan.add_request_id))
+        for shadow in plan.copies:
+            shadow.send_grpc(MODEL_INFER, request, metadata, plan.exchange)  # type: ignore[arg-type]  # copies: an exchange
+        on_primary = _Route(PRIMARY, primary, ups.grpc_calls, ups.config.primary.timeout_secs)
+        canary = ups.canary
+        route = (_Route(CANARY, canary.grpc, canary.grpc_calls, canary.config.timeout_secs)
+                 if plan.served == CANARY and canary is not None and canary.grpc is not None else on_primary)
+        self.in_flight += 1
         answer: Answer | None = None
         code = grpc.StatusCode.CANCELLED
         elapsed: float | None = None
         first = 0.0
         try:
-            outcome, answer, elapsed = await self._attempt(served, channel, calls, method, request, metadata,
-                                                           context, limit)
+            outcome, answer, elapsed = await self._attempt(route, method, request, metadata, context)
             remaining = context.time_remaining()
             if isinstance(outcome, grpc.aio.AioRpcError) and retry_on_primary(
-                    served, answer.status, idempotent=True, body_held=True) and (remaining is None or remaining > 0):
-                self._retries.inc()
-                served, first, answer = PRIMARY, elapsed, None  # a cancelled retry is not the canary's answer
-                outcome, answer, elapsed = await self._attempt(PRIMARY, primary, rt.grpc_calls, method, request,
-                                                               metadata, context, rt.config.primary.timeout_secs)
+                    plan.served, answer.status, idempotent=True, body_held=True) and (
+                    remaining is None or remaining > 0):
+                self.observer.retries.inc()
+                plan.served, first, answer = PRIMARY, elapsed, None  # a cancelled retry is not the canary's answer
+                outcome, answer, elapsed = await self._attempt(on_primary, method, request, metadata, context)
             elapsed += first
             if isinstance(outcome, grpc.aio.AioRpcError):
                 code = outcome.code()
                 trailing = forward_metadata(tuple(outcome.trailing_metadata() or ()))
                 if trailing:
                     context.set_trailing_metadata(trailing)
-                await context.abort(code, self._details(rt, served, outcome, context))
+                await context.abort(code, self._details(ups, plan.served, outcome, context))
             code = grpc.StatusCode.OK
             initial = forward_metadata(tuple(await outcome.initial_metadata()))
             if initial:
@@ -267,33 +235,32 @@ class GrpcProxy:
             assert answer is not None and answer.body is not None
             return answer.body
         finally:
-            self._leave()
-            if exchange is not None:
-                exchange.set_primary(answer or Answer(served, None, None, CANCELLED))
-            self._count(served, code, received, elapsed)
+            self.in_flight -= 1
+            plan.settle(answer)
+            self.observer.answered(plan.served, code.name, received, elapsed)
 
     async def stream(self, method: str, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        rt = self._runtime()
-        channel = rt.primary_grpc
+        ups = self._upstreams()
+        channel = ups.primary_grpc
         if channel is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar has no gRPC primary (--primary-grpc)")
             raise AssertionError("not reached: abort raises")
         received = time.perf_counter()
         metadata = forward_metadata(context.invocation_metadata())
-        served = PRIMARY
-        canary, weight, infer = rt.canary, self.canary.weight, method == MODEL_STREAM_INFER
-        if infer and canary is not None and canary.grpc is not None and weight > 0:
-            if split(self._sticky(canary, metadata, None), weight) == CANARY:
-                served, channel = CANARY, canary.grpc  # the whole stream: one upstream
-        call = channel.stream_stream(method)(metadata=metadata, timeout=context.time_remaining())
+        infer = method == MODEL_STREAM_INFER
+        plan = self._plan(ups, None, metadata, infer)
+        if plan.served == CANARY and ups.canary is not None and ups.canary.grpc is not None:
+            channel = ups.canary.grpc  # the whole stream: one upstream
+        call: grpc.aio.StreamStreamCall = channel.stream_stream(method)(metadata=metadata,
+                                                                        timeout=context.time_remaining())
 
         async def pump() -> None:
             async for message in requests:
                 await call.write(message)
             await call.done_writing()
 
-        self._enter()
+        self.in_flight += 1
         pumping = asyncio.ensure_future(pump())
         code = grpc.StatusCode.CANCELLED
         try:
@@ -317,6 +284,7 @@ class GrpcProxy:
         finally:
             pumping.cancel()
             call.cancel()
-            self._leave()
-            self._observe(served, infer, None, code)
-            self._count(served, code, received, None)
+            self.in_flight -= 1
+            if infer:
+                self.observer.upstream(plan.served, None, _code_status(code))
+            self.observer.answered(plan.served, code.name, received, None)

@@ -10,29 +10,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import aiohttp
-
-from .upstreams import Runtime
+from ..upstream.client import TooLarge
+from .upstreams import Upstreams
 
 PRIMARY_READY_PATH = "/v2/health/ready"
-PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+PROBE_TIMEOUT = 2.0
+PROBE_MAX_BYTES = 64 * 1024  # a readiness answer is a few bytes; more is not read
 
 
 class Health:
     """Answers readiness by asking the primary, each time it is asked (probes are infrequent)."""
 
-    def __init__(self, runtime: Callable[[], Runtime]) -> None:
-        self._runtime = runtime
+    def __init__(self, upstreams: Callable[[], Upstreams]) -> None:
+        self._upstreams = upstreams
         self.draining = False
 
     async def primary_ready(self) -> tuple[bool, str]:
         """Whether the primary answers 200 on its v2 readiness endpoint, and what it said."""
-        upstream = self._runtime().primary
+        upstream = self._upstreams().primary
         try:
-            async with upstream.session.get(upstream.url(PRIMARY_READY_PATH), timeout=PROBE_TIMEOUT) as response:
-                await response.read()
-                return response.status == 200, f"primary answered {response.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            response = await upstream.send("GET", PRIMARY_READY_PATH, (), timeout=PROBE_TIMEOUT)
+            await response.read(PROBE_MAX_BYTES)
+            return response.status == 200, f"primary answered {response.status}"
+        except (OSError, asyncio.TimeoutError, TooLarge) as exc:
             return False, f"primary unreachable at {upstream.base_url}: {type(exc).__name__}"
 
     async def ready(self) -> tuple[bool, str]:

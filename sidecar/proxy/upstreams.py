@@ -1,6 +1,6 @@
-"""What a configuration becomes at run time: upstream clients, shadows and the canary's upstreams.
+"""The upstreams of one configuration: the primary's clients, the shadows and the canary's.
 
-A reload builds a new `Runtime` and swaps it in; requests already running keep the one
+A reload builds new `Upstreams` and swaps them in; requests already running keep the one
 they started with. Shadows, the canary and its copies whose configuration did not change
 carry over (connections, copies in flight); the ones replaced or removed finish and close.
 The canary's weight is not here: it changes at run time (`sidecar.canary.controller`).
@@ -13,10 +13,10 @@ import logging
 
 import grpc
 
-from ..mirror.budget import MemoryBudget
 from ..config.canary import CanaryConfig
 from ..config.file import Config, PrimaryConfig, ShadowConfig
 from ..config.headers import PASS_ALL
+from ..mirror.budget import MemoryBudget
 from ..mirror.metrics import MirrorMetrics
 from ..mirror.shadow import Shadow
 from ..routing import PRIMARY, needs_key
@@ -24,7 +24,7 @@ from ..upstream.client import HttpUpstream, grpc_channel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_BUFFER", "PRIMARY", "CanaryUpstream", "Runtime", "build", "close", "retire"]
+__all__ = ["MIN_BUFFER", "PRIMARY", "CanaryUpstream", "Upstreams", "build", "close", "retire"]
 
 MIN_BUFFER = 1024 * 1024  # bodies up to this size are read whole even when nothing mirrors them
 
@@ -42,8 +42,8 @@ class CanaryUpstream:
         self.grpc_calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
 
-class Runtime:
-    """The upstreams and shadows of one configuration."""
+class Upstreams:
+    """The primary's clients, the shadows and the canary of one configuration, and what routing reads of it."""
 
     def __init__(self, config: Config, primary: HttpUpstream, primary_grpc: grpc.aio.Channel | None,
                  shadows: tuple[Shadow, ...], canary: CanaryUpstream | None = None) -> None:
@@ -74,7 +74,7 @@ def _copies_config(config: Config) -> ShadowConfig | None:
                         headers=PASS_ALL)
 
 
-def _canary(config: Config, metrics: MirrorMetrics, previous: Runtime | None,
+def _canary(config: Config, metrics: MirrorMetrics, previous: Upstreams | None,
             budget: MemoryBudget | None) -> CanaryUpstream | None:
     canary = config.canary
     if canary is None:
@@ -98,9 +98,9 @@ def _canary(config: Config, metrics: MirrorMetrics, previous: Runtime | None,
     return upstream
 
 
-def build(config: Config, metrics: MirrorMetrics, previous: Runtime | None = None,
-          budget: MemoryBudget | None = None) -> Runtime:
-    """A runtime for ``config``, reusing what ``previous`` has that did not change; every copy holds ``budget``."""
+def build(config: Config, metrics: MirrorMetrics, previous: Upstreams | None = None,
+          budget: MemoryBudget | None = None) -> Upstreams:
+    """The upstreams of ``config``, reusing what ``previous`` has that did not change; every copy holds ``budget``."""
     old = previous.config.primary if previous is not None else None
     same_http = previous is not None and old is not None and (old.http, old.timeout_secs, old.connect_timeout_secs,
                                                                old.max_connections) == (
@@ -119,13 +119,13 @@ def build(config: Config, metrics: MirrorMetrics, previous: Runtime | None = Non
             shadows.append(existing)
         else:
             shadows.append(Shadow(shadow_config, metrics, budget))
-    runtime = Runtime(config, primary, channel, tuple(shadows), _canary(config, metrics, previous, budget))
+    upstreams = Upstreams(config, primary, channel, tuple(shadows), _canary(config, metrics, previous, budget))
     if previous is not None and channel is previous.primary_grpc:
-        runtime.grpc_calls = previous.grpc_calls
-    return runtime
+        upstreams.grpc_calls = previous.grpc_calls
+    return upstreams
 
 
-async def retire(previous: Runtime, current: Runtime, shadow_grace: float) -> None:
+async def retire(previous: Upstreams, current: Upstreams, shadow_grace: float) -> None:
     """Close what ``previous`` had that ``current`` does not use, once its requests are done."""
     waits = []
     live = {id(s) for s in current.shadows}
@@ -150,14 +150,14 @@ async def retire(previous: Runtime, current: Runtime, shadow_grace: float) -> No
         await asyncio.gather(*waits, return_exceptions=True)
 
 
-async def close(runtime: Runtime, shadow_grace: float) -> None:
+async def close(upstreams: Upstreams, shadow_grace: float) -> None:
     """Close everything: shadows get ``shadow_grace`` seconds to finish their copies."""
-    canary = runtime.canary
+    canary = upstreams.canary
     copies = [canary.copies] if canary is not None and canary.copies is not None else []
-    await asyncio.gather(*(s.close(shadow_grace) for s in (*runtime.shadows, *copies)), return_exceptions=True)
-    await runtime.primary.close()
-    if runtime.primary_grpc is not None:
-        await runtime.primary_grpc.close()
+    await asyncio.gather(*(s.close(shadow_grace) for s in (*upstreams.shadows, *copies)), return_exceptions=True)
+    await upstreams.primary.close()
+    if upstreams.primary_grpc is not None:
+        await upstreams.primary_grpc.close()
     if canary is not None:
         if canary.http is not None:
             await canary.http.close()

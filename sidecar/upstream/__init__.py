@@ -1,1 +1,1 @@
-"""Clients of the hop to an upstream: HTTP/1.1 keep-alive pools and gRPC channels, and the hop's header rules."""
+"""Clients of the hop to an upstream: one HTTP/1.1 client (parsed by llhttp), gRPC channels, header rules."""

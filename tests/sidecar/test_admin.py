@@ -148,7 +148,7 @@ def test_a_token_guards_every_endpoint(upstreams: Upstreams) -> None:
         for token in (None, "wrong"):
             assert call(f"{sidecar.admin_url}/sidecar/status", token=token)[0] == 401
             assert call(f"{sidecar.admin_url}/sidecar/rollback", {}, token=token)[0] == 401
-        assert sidecar.sidecar.canary.phase == "idle"
+        assert sidecar.sidecar.rollout.phase == "idle"
         assert call(f"{sidecar.admin_url}/sidecar/status", token="s3cret")[0] == 200
         assert call(f"{sidecar.admin_url}/sidecar/canary", {"weight": 5}, token="s3cret")[0] == 200
     finally:
@@ -167,7 +167,7 @@ def test_the_configuration_file_sets_the_weight_without_a_restart(upstreams: Ups
     write(path, data)
     options = {"config_file": path, "grpc_listen": None}
     sidecar = RunningSidecar(load(settings(**options)), **options)
-    controller = sidecar.sidecar.canary
+    controller = sidecar.sidecar.rollout
     try:
         assert (controller.weight, controller.phase) == (10, "manual")
         call(f"{sidecar.admin_url}/sidecar/canary", {"weight": 30})
@@ -185,7 +185,7 @@ def test_the_configuration_file_sets_the_weight_without_a_restart(upstreams: Ups
         del data["canary"]
         write(path, data)
         wait_until(lambda: sidecar.metric("sidecar_config_reloads_total", result="applied") == 3, 10, "a reload")
-        assert controller.phase == "off" and sidecar.sidecar.runtime.canary is None
+        assert controller.phase == "off" and sidecar.sidecar.upstreams.canary is None
     finally:
         sidecar.stop()
 

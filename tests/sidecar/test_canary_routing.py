@@ -115,7 +115,7 @@ def test_a_failed_canary_request_is_answered_by_the_primary(broken: str, serve_v
         assert sidecar.metric("sidecar_canary_retries_total", protocol="grpc") == 3
         assert sidecar.metric("sidecar_requests_total", upstream="primary", protocol="http", code="200") == 3
         assert sidecar.metric("sidecar_requests_total", upstream="primary", protocol="grpc", code="OK") == 3
-        current = sidecar.sidecar.canary.window.metrics(0.0, 100.0)
+        current = sidecar.sidecar.rollout.window.metrics(0.0, 100.0)
         assert (current.canary_requests, current.canary_errors) == (6, 6)  # every failure counts for the analysis
     finally:
         sidecar.stop()

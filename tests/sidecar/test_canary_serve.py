@@ -80,7 +80,7 @@ def run(primary: ModelServer, canary: ModelServer, points: np.ndarray, until: tu
     sidecar = RunningSidecar(config)
     load = Load(sidecar.http, points, rows)
     try:
-        wait_until(lambda: sidecar.sidecar.canary.phase in until, timeout, f"the canary to reach {until}")
+        wait_until(lambda: sidecar.sidecar.rollout.phase in until, timeout, f"the canary to reach {until}")
     except BaseException:
         load.stop()
         sidecar.stop()
@@ -101,7 +101,7 @@ def candidate(serve_candidate: Candidate) -> Iterator[Candidate]:
 
 def assert_rolled_back(sidecar: RunningSidecar, load: Load, check: str) -> None:
     """Rolled back after failure_limit failed intervals in a row, never ramped; then no canary traffic."""
-    controller = sidecar.sidecar.canary
+    controller = sidecar.sidecar.rollout
     decisions = analysed(controller)
     actions = [action for action, _, _ in decisions]
     assert actions[-1] == "rollback" and "ramp" not in actions, actions
@@ -111,7 +111,7 @@ def assert_rolled_back(sidecar: RunningSidecar, load: Load, check: str) -> None:
     assert controller.decisions[-1].reason.startswith("rollback after 2 failed interval(s) in a row: ")
     assert check in controller.decisions[-1].reason, controller.decisions[-1].reason
     assert (controller.weight, controller.phase) == (0.0, "rolled_back")
-    canary = sidecar.sidecar.runtime.canary
+    canary = sidecar.sidecar.upstreams.canary
     upstream = canary.http if canary is not None else None
     assert upstream is not None
     wait_until(lambda: upstream.in_flight == 0, 20, "the canary's requests in flight to finish")
@@ -130,7 +130,7 @@ def test_a_good_canary_ramps_to_max_and_is_ready_to_promote(serve_v1: ModelServe
     sidecar, load = run(serve_v1, candidate, points, ("ready", "rolled_back"))
     try:
         load.stop()
-        controller = sidecar.sidecar.canary
+        controller = sidecar.sidecar.rollout
         decisions = analysed(controller)
         assert controller.phase == "ready", [d.reason for d in controller.decisions]
         assert [(a, w) for a, w, _ in decisions if a != "wait"] == [("ramp", 40), ("ramp", 60), ("ready", 60)]
@@ -166,7 +166,7 @@ def test_a_slow_canary_is_rolled_back(serve_v1: ModelServer, candidate: Candidat
     sidecar, load = run(serve_v1, candidate, points, ("rolled_back", "ready"))
     try:
         assert_rolled_back(sidecar, load, "s, limit 2 x primary")
-        metrics = sidecar.sidecar.canary.decisions[-1].metrics
+        metrics = sidecar.sidecar.rollout.decisions[-1].metrics
         assert metrics is not None and (metrics.canary_p99 or 0) >= 0.5
     finally:
         load.stop()

@@ -1,13 +1,13 @@
-"""The lean HTTP/1.1 client against scripted servers: framing, keep-alive, failures, limits."""
+"""The HTTP/1.1 upstream client against scripted servers: framing, keep-alive, streamed bodies, failures, limits."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sidecar.upstream.pool import BodyTooLarge, Pool, UpstreamError
+from sidecar.upstream.pool import Pool, TooLarge, UpstreamError
 
 from .support import free_port
 
@@ -140,7 +140,7 @@ def test_garbage_and_truncated_responses_are_upstream_errors(reply: bytes) -> No
         with pytest.raises(UpstreamError):
             response = await pool.request("POST", "/", [], b"x", 5)
             await response.read()
-        assert pool._open == 0  # noqa: SLF001 - the broken connection is not kept
+        assert pool._open == 0
 
     run(script, client)
 
@@ -160,7 +160,7 @@ def test_refused_connections_and_timeouts() -> None:
     async def client(pool: Pool, connections: list[int]) -> None:
         with pytest.raises(asyncio.TimeoutError):
             await pool.request("GET", "/", [], b"", 0.2)
-        assert pool._open == 0  # noqa: SLF001
+        assert pool._open == 0
 
     run(silent, client)
 
@@ -176,7 +176,7 @@ def test_connections_the_upstream_closed_while_idle_are_not_reused() -> None:
             response = await pool.request("GET", "/", [], b"", 5)
             assert await response.read() == b"ok"
             for _ in range(100):  # let the upstream's FIN arrive while the connection is idle
-                if all(conn.closed for conn, _ in pool._idle):  # noqa: SLF001
+                if all(conn.closed for conn, _ in pool._idle):
                     break
                 await asyncio.sleep(0.01)
 
@@ -191,9 +191,57 @@ def test_the_limit_queues_requests_and_caps_bodies() -> None:
 
         # four at once over one connection: each waits for the one before it to be read
         assert await asyncio.gather(*(one(i) for i in range(4))) == [f"echo:{i}".encode() for i in range(4)]
-        assert pool._open == 1  # noqa: SLF001
+        assert pool._open == 1
         response = await pool.request("POST", "/", [], b"x" * 100, 5)
-        with pytest.raises(BodyTooLarge):
-            await response.read(cap=50)
+        with pytest.raises(TooLarge):
+            await response.read(max_bytes=50)
 
     assert len(run(keep_alive, client, limit=1)) == 1
+
+
+async def echo_framing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers with how the request body came: its framing header, then the body as received."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        framing = next(line for line in lines if line.lower().startswith((b"content-length:", b"transfer-encoding:")))
+        if framing.lower().startswith(b"content-length:"):
+            body = await reader.readexactly(int(framing.split(b":")[1]))
+        else:
+            body = b""
+            while True:
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                body += (await reader.readexactly(size + 2))[:-2]
+                if size == 0:
+                    break
+        reply = framing + b"|" + body
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(reply)).encode() + b"\r\n\r\n" + reply)
+        await writer.drain()
+
+
+def test_streamed_bodies_go_chunked_or_with_their_declared_length_on_a_reused_connection() -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"ab", b"", b"cde"):
+            yield part
+
+    async def client(pool: Pool, connections: list[int]) -> None:
+        response = await pool.request("POST", "/", [], parts(), 5)
+        assert await response.read() == b"Transfer-Encoding: chunked|abcde"
+        response = await pool.request("POST", "/", [("Content-Length", "5")], parts(), 5)
+        assert await response.read() == b"Content-Length: 5|abcde"
+
+    assert len(run(echo_framing, client)) == 1
+
+
+def test_a_streamed_body_that_breaks_fails_its_request() -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"ab"
+        raise ConnectionResetError("the client went away")
+
+    async def client(pool: Pool, connections: list[int]) -> None:
+        with pytest.raises(UpstreamError, match="client went away"):
+            response = await pool.request("POST", "/", [], broken(), 5)
+            await response.read()
+        assert pool._open == 0
+
+    run(echo_framing, client)

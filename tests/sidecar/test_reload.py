@@ -112,10 +112,10 @@ def test_unchanged_shadows_and_upstreams_carry_over_a_reload(upstreams: Upstream
         sidecar = running.sidecar
         write(path, config_data(upstreams, "a", "b"))
         wait_until(lambda: running.metric("sidecar_config_reloads_total", result="applied") == 1, 10, "a reload")
-        kept = sidecar.runtime.shadows[0]
+        kept = sidecar.upstreams.shadows[0]
         write(path, config_data(upstreams, "a"))
         wait_until(lambda: running.metric("sidecar_config_reloads_total", result="applied") == 2, 10, "a reload")
-        assert sidecar.runtime.shadows == (kept,)  # same object: its connections and counters stay
-        assert sidecar.runtime.primary.session is not None and not sidecar.runtime.primary.session.closed
+        assert sidecar.upstreams.shadows == (kept,)  # same object: its connections and counters stay
+        assert not sidecar.upstreams.primary.closed  # the same client, still open
     finally:
         running.stop()
