@@ -10,7 +10,10 @@ direct to ``serve``; through the sidecar with no shadow; with one shadow at 100%
 ``--slow-ms``) at 100%. Each at concurrency 1 and 64 (closed loop). Then the hop alone at
 1000 req/s over 16 connections (open loop), to a no-op upstream and to ``serve``, direct
 and through the sidecar: the difference of the percentiles is what the sidecar adds, the
-figure Istio publishes for its two Envoy hops (p90 0.228 ms, p99 0.298 ms).
+figure Istio publishes for its two Envoy hops (p90 0.228 ms, p99 0.298 ms). Last, the hop's
+upstream client alone, the sidecar's against aiohttp's ClientSession, at concurrency 1 and 16
+to the no-op upstream (``benchmarks/upstream_clients.py``): the row that decides which client
+the sidecar keeps.
 
 Every point runs ``--repeats`` times, the points interleaved so that the machine's noise
 hits all of them alike; the medians are reported. The load generator (``load`` mode of
@@ -177,7 +180,7 @@ class Process:
     def __init__(self, name: str, argv: list[str], logs: Path) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
-        self._file = open(self.log, "wb")
+        self._file = open(self.log, "wb")  # noqa: SIM115 - the process writes to it until stop() closes it
         self.proc = subprocess.Popen(argv, stdout=self._file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=ROOT, start_new_session=True)
 
@@ -220,10 +223,25 @@ def measure(port: int, body: Path, concurrency: int, duration: float, warmup: fl
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def clients(port: int, concurrency: int, duration: float, warmup: float) -> dict[str, dict[str, Any]]:
+    """The sidecar's upstream client and aiohttp's, each in a closed loop to ``port`` from one process."""
+    argv = [sys.executable, str(HERE / "upstream_clients.py"), "--port", str(port), "--concurrency",
+            str(concurrency), "--duration", str(duration), "--warmup", str(warmup)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=2 * (duration + warmup) + 120, check=False)
+    if done.returncode != 0:
+        failed = {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"), "cpu_us": float("nan"),
+                  "requests": 0, "failures": 1}
+        return {"lean": failed, "aiohttp": failed}
+    out: dict[str, dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of each figure over repetitions; failures add up."""
     good = [r for r in runs if r["requests"]] or runs
-    out = {key: statistics.median(r[key] for r in good) for key in ("rps", "p50", "p90", "p99")}
+    out: dict[str, Any] = {key: statistics.median(r[key] for r in good)
+                           for key in ("rps", "p50", "p90", "p99", "cpu_us")
+                           if key in good[0]}
     out["failures"] = sum(r["failures"] for r in runs)
     return out
 
@@ -299,7 +317,8 @@ def run(args: argparse.Namespace) -> str:
                   f"http://127.0.0.1:{metrics_port}/readyz")
         model_systems = [("direct to serve", ports["serve"])] + [(label, listen[label]) for label in sidecars
                                                                  if "no-op" not in label]
-        hop_systems = [("direct to no-op", ports["noop"]), ("sidecar, no-op upstream", listen["sidecar, no-op upstream"]),
+        hop_systems = [("direct to no-op", ports["noop"]),
+                       ("sidecar, no-op upstream", listen["sidecar, no-op upstream"]),
                        ("direct to serve", ports["serve"]), ("sidecar, no shadow", listen["sidecar, no shadow"])]
         points: list[tuple[str, int, int, float | None]] = [
             (label, port, concurrency, None) for concurrency in (1, 64) for label, port in model_systems]
@@ -311,6 +330,11 @@ def run(args: argparse.Namespace) -> str:
                 print(f"  [{repeat + 1}/{args.repeats}] {label}, {point} ...", file=sys.stderr, flush=True)
                 runs.setdefault((label, point), []).append(
                     measure(port, body, concurrency, args.duration, args.warmup, rate))
+            for concurrency in (1, 16):
+                print(f"  [{repeat + 1}/{args.repeats}] upstream clients, c={concurrency} ...", file=sys.stderr,
+                      flush=True)
+                for name, figures in clients(ports["noop"], concurrency, args.duration, args.warmup).items():
+                    runs.setdefault((f"client: {name}", f"c={concurrency}"), []).append(figures)
         results.update({key: median(values) for key, values in runs.items()})
         scraped = {label: scrape(address) for label, address in metrics.items()}
         args.load_after = os.getloadavg()[0]
@@ -338,7 +362,7 @@ def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, An
         "- Request: `classifier`, one row of 64 FP32 as JSON. Latencies in ms, measured by the client.",
         "", "| system | load | req/s | p50 | p90 | p99 | failed |", "|---|---|---:|---:|---:|---:|---:|"]
     for (label, point), r in results.items():
-        if point != "1000/s":
+        if point != "1000/s" and not label.startswith("client: "):
             lines.append(_row(label, point, r))
     lines += ["", "Added by the sidecar (through the sidecar less direct, same load):", "",
               "| configuration | load | p50 | p90 | p99 |", "|---|---|---:|---:|---:|"]
@@ -357,6 +381,14 @@ def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, An
         hop[upstream] = (p["p90"] - d["p90"], p["p99"] - d["p99"])
         lines.append(f"| {upstream} | {d['p50']:.3f} / {d['p90']:.3f} / {d['p99']:.3f} | {p['p50']:.3f} / "
                      f"{p['p90']:.3f} / {p['p99']:.3f} | {hop[upstream][0]:+.3f} | {hop[upstream][1]:+.3f} |")
+    lines += ["", "The hop's upstream client alone, to the no-op upstream from one process (closed loop; CPU: "
+              "that process's, per request):", "", "| client | load | req/s | p50 | p99 | CPU µs/request |",
+              "|---|---|---:|---:|---:|---:|"]
+    for (label, point), r in results.items():
+        if label.startswith("client: "):
+            name = "sidecar.upstream (llhttp)" if label == "client: lean" else "aiohttp ClientSession"
+            lines.append(f"| {name} | {point} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
+                         f"{r['cpu_us']:.0f} |")
     own = scraped.get("sidecar, no-op upstream", {})
     count = total(own, "sidecar_hop_duration_seconds_count")
     mean_hop = total(own, "sidecar_hop_duration_seconds_sum") / count * 1000 if count else float("nan")
