@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.drift.synthetic import START, write_records  # noqa: E402
+from sidecar.drift.synthetic import START, write_records
 
 PEERS = HERE / ".peers"
 EVIDENTLY = ("evidently==0.7.23", "pandas<3")  # evidently 0.7 imports a helper pandas 3 removed
@@ -118,21 +118,21 @@ def generate(directory: Path, records: int) -> None:
 def measure(command: list[str], timeout: float = 3600) -> tuple[float, float, str]:
     """Run ``command``; return (wall seconds, peak resident MiB, stdout)."""
     started = time.perf_counter()
-    out = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=False)
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            process.kill()
-            os.wait4(process.pid, 0)
-            raise TimeoutError(" ".join(command))
-        time.sleep(0.05)
-    wall = time.perf_counter() - started
-    out.seek(0)
-    text = out.read().decode()
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=False)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                os.wait4(process.pid, 0)
+                raise TimeoutError(" ".join(command))
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        text = out.read().decode()
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise RuntimeError(f"{command} failed: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
     return wall, usage.ru_maxrss / 1024, text
@@ -165,7 +165,8 @@ def run_evidently(python: Path, sizes: list[int], timeout: float) -> tuple[list[
         try:
             wall, peak, out = measure([str(python), "-c", EVIDENTLY_PROGRAM, str(n), "0", str(work)], timeout)
         except (TimeoutError, RuntimeError) as error:
-            note = f"Evidently at {n:,} rows per window: {'over the time limit' if isinstance(error, TimeoutError) else 'failed'}"
+            why = "over the time limit" if isinstance(error, TimeoutError) else "failed"
+            note = f"Evidently at {n:,} rows per window: {why}"
             break
         result = json.loads(out.strip().splitlines()[-1])
         rows.append({"n": n, "wall": wall, "peak": peak, "values": result["values"]})
@@ -177,7 +178,7 @@ def agreement(work_n: int, evidently_values: dict[str, dict[str, object]]) -> li
     """Our values on Evidently's data, side by side, where the definitions coincide."""
     namespace: dict[str, object] = {}
     exec(DATA_MODULE, namespace)  # the very same generator
-    ref, cur = namespace["windows"](work_n, 0)  # type: ignore[operator]
+    ref, cur = namespace["windows"](work_n, 0)  # type: ignore[operator]  # the function exec() just defined
     from sidecar.drift import window_drift
     report = window_drift({"p": ref}, {"p": cur})
     lines = ["| column | Evidently method | Evidently | ours (same definition) |", "|---|---|---:|---:|"]
@@ -254,13 +255,14 @@ def main() -> int:
                   "reference and current of n rows each; time and memory of the whole process, imports "
                   "and data generation included; sizes from --evidently-sizes):",
                   "", "| rows per window | wall time | peak memory | rows/s |", "|---:|---:|---:|---:|"]
-        lines += [f"| {r['n']:,} | {r['wall']:.1f} s | {r['peak']:,.0f} MiB | {2 * int(r['n']) / float(r['wall']):,.0f} |"
-                  for r in rows]
+        lines += [f"| {r['n']:,} | {r['wall']:.1f} s | {r['peak']:,.0f} MiB | "
+                  f"{2 * int(r['n']) / float(r['wall']):,.0f} |" for r in rows]
         if note:
             lines += ["", note + f" ({args.evidently_timeout:.0f} s)."]
         for row in rows[:2]:
-            lines += ["", f"Values on the same {row['n']:,} + {row['n']:,} rows (Evidently picks its test by size):", ""]
-            lines += agreement(int(row["n"]), row["values"])  # type: ignore[arg-type]
+            lines += ["", f"Values on the same {row['n']:,} + {row['n']:,} rows "
+                      "(Evidently picks its test by size):", ""]
+            lines += agreement(int(row["n"]), row["values"])  # type: ignore[arg-type]  # run_evidently's JSON
     else:
         lines += ["", "Evidently: not measured."]
     section = "\n".join(lines)

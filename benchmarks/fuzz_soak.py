@@ -27,15 +27,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
-import orjson  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from tritonclient.grpc import service_pb2 as pb  # noqa: E402
+import grpc
+import orjson
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as pb
 
-from tests.conftest import EXAMPLES, Serve  # noqa: E402
-from tests.test_fuzz_codecs import corrupt_messages, infer_messages  # noqa: E402
-from tests.test_fuzz_servers import Grpc, Http, good_answers, http_calls  # noqa: E402
+from tests.conftest import EXAMPLES, Serve
+from tests.test_fuzz_codecs import corrupt_messages, infer_messages
+from tests.test_fuzz_servers import Grpc, Http, good_answers, http_calls
 
 
 def rss_mib(pid: int) -> float:

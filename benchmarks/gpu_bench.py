@@ -41,9 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from harness import PROGRAMS, ServerProcess, Unavailable, machine, scrape_histogram, write_section
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -107,8 +106,9 @@ def build_repository(root: Path, delay_us: int, instances: int) -> Path:
     with torch.no_grad():
         for module in model.modules():  # BatchNorm statistics that keep activations in range
             if isinstance(module, nn.BatchNorm2d):
-                module.running_var.uniform_(0.5, 1.5)  # type: ignore[union-attr]
-                module.running_mean.uniform_(-0.1, 0.1)  # type: ignore[union-attr]
+                assert module.running_var is not None and module.running_mean is not None  # tracked by default
+                module.running_var.uniform_(0.5, 1.5)
+                module.running_mean.uniform_(-0.1, 0.1)
         traced = torch.jit.trace(model, torch.randn(1, *IMAGE), check_trace=False)
     version = root / MODEL / "1"
     version.mkdir(parents=True)
@@ -210,13 +210,13 @@ def drive(grpc_url: str, concurrency: int, processes: int, duration: float, warm
                                           stderr=subprocess.PIPE, text=True, start_new_session=True))
         deadline = time.monotonic() + 120
         for proc in procs:  # each says "warm" once its warm-up is done
-            assert proc.stdout is not None
+            assert proc.stdout is not None and proc.stderr is not None
             ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
             line = proc.stdout.readline() if ready else ""
             if line.strip() != "warm":
                 if ready:
                     proc.wait(timeout=10)
-                why = proc.stderr.read() if proc.poll() is not None else "no word after 120 s"  # type: ignore[union-attr]
+                why = proc.stderr.read() if proc.poll() is not None else "no word after 120 s"
                 raise Unavailable(f"a load process did not warm up: {line.strip()} {' '.join(why.split())[-300:]}")
         start_at = time.time() + 0.5
         for proc in procs:

@@ -51,7 +51,7 @@ class ServerProcess:
                  cwd: Path | None = None) -> None:
         self.name = name
         self.log = log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 - outlives this call; closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
 
@@ -167,7 +167,7 @@ def hey(url: str, body: Path, concurrency: int, duration: float | None = None, r
     argv += ["-z", f"{duration:g}s"] if duration is not None else ["-n", str(max(requests or 0, concurrency))]
     limit = (duration or 0) + 120
     try:
-        done = subprocess.run(argv + [url], capture_output=True, text=True, timeout=limit, check=False)
+        done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
         return failed_point(f"hey did not finish within {limit:.0f}s")
     return parse_hey(done.stdout + done.stderr)

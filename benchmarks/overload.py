@@ -39,7 +39,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
 from harness import ServerProcess, machine, write_section
 
 HERE = Path(__file__).resolve().parent
@@ -120,7 +119,7 @@ def wrk(url: str, body: Path, connections: int, seconds: float, threads: int) ->
     return {"requests": float(total.group(1)), "seconds": elapsed,
             "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
             "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
-            "errors_detail": errors.group(0) if errors else "none"}  # type: ignore[dict-item]
+            "errors_detail": errors.group(0) if errors else "none"}  # type: ignore[dict-item]  # the one text field
 
 
 def after_check(url: str, body: Path, count: int = 200) -> tuple[int, float]:
@@ -198,7 +197,8 @@ def main() -> int:
         finally:
             status = serve.stop()
     load_after = loadavg()
-    ratios = [flood["ok_rps"] / cap["ok_rps"] for cap, flood in zip(rows[::2], rows[1::2]) if cap["ok_rps"]]
+    pairs = zip(rows[::2], rows[1::2], strict=False)  # (capacity, flood) phases, alternated
+    ratios = [flood["ok_rps"] / cap["ok_rps"] for cap, flood in pairs if cap["ok_rps"]]
     label = f" ({args.label})" if args.label else ""
     defaults = vars(parser.parse_args([]))  # the command as it was run: every flag that differs
     shown = [f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()

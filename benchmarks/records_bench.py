@@ -30,18 +30,19 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sidecar.records.metrics import RecordMetrics as Metrics  # noqa: E402
-from sidecar.records.segments import SegmentWriter  # noqa: E402
-from sidecar.records.spool import ParquetBuilder  # noqa: E402
-from sidecar.records.tables import Record, ResponseRecord, to_table  # noqa: E402
-from sidecar.records.decode import tensor_value  # noqa: E402
-from tests.sidecar.test_shared_records import all_ids, writing  # noqa: E402
+from sidecar.records.decode import tensor_value
+from sidecar.records.metrics import RecordMetrics as Metrics
+from sidecar.records.segments import SegmentWriter
+from sidecar.records.spool import ParquetBuilder
+from sidecar.records.tables import Record, ResponseRecord, to_table
+from tests.sidecar.test_shared_records import all_ids, writing
 
 
 def record(index: int, width: int) -> Record:
     out = tensor_value("OUT", "FP32", np.random.default_rng(index).random((1, width), dtype=np.float32))
     return Record(f"r{index}", 1.7e9 + index, "m", "http", [out] if width > 10 else None,
-                  ResponseRecord("primary", "1", 200, 1.0, None, [out]), [ResponseRecord("v2", "2", 200, 1.0, None, [out])])
+                  ResponseRecord("primary", "1", 200, 1.0, None, [out]),
+                  [ResponseRecord("v2", "2", 200, 1.0, None, [out])])
 
 
 def writer_rate(count: int, width: int, stream: bool) -> tuple[float, float]:

@@ -27,10 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 import peers
-from harness import (PROGRAMS, Point, ServerProcess, Unavailable, free_port, hey, load_program, machine,
-                     median_point, scrape_batch_size, write_section)
+from harness import (
+    PROGRAMS,
+    Point,
+    ServerProcess,
+    Unavailable,
+    free_port,
+    hey,
+    load_program,
+    machine,
+    median_point,
+    scrape_batch_size,
+    write_section,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -262,7 +272,7 @@ def render(args: argparse.Namespace, raw: dict) -> str:
     failures = [(s.label, CLIENTS[s.client], d) for s in systems for c in args.concurrency
                 for d in medians[(s.key, c)].detail]
     if failures:
-        lines += ["", "Failures:", ""] + sorted({f"- {label} ({client}): {d}" for label, client, d in failures})
+        lines += ["", "Failures:", "", *sorted({f"- {label} ({client}): {d}" for label, client, d in failures})]
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ class Child:
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name = name
         self.log = log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 - outlives this call; closed in stop()
         self.process = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.exit_status: int | None = None

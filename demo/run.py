@@ -63,8 +63,8 @@ def repository(out: Path, role: str, version: int) -> Path:
 
 def start_serve(children: Children, out: Path, role: str, version: int) -> dict[str, Any]:
     child = children.start(f"serve {role} (v{version})",
-                           command("serving") + ["--model-repository", str(repository(out, role, version))]
-                           + SERVE_FLAGS, out / "logs" / f"serve-{role}.log")
+                           [*command("serving"), "--model-repository", str(repository(out, role, version)),
+                            *SERVE_FLAGS], out / "logs" / f"serve-{role}.log")
     ports = child.wait_for("listening ")
     child.wait_for("ready=true")
     return {"http": f"http://127.0.0.1:{ports['http_port']}", "grpc": f"127.0.0.1:{ports['grpc_port']}",
@@ -87,8 +87,8 @@ def sidecar_config(out: Path, shadow: dict[str, Any], canary: dict[str, Any]) ->
 
 
 def start_sidecar(children: Children, out: Path, primary: dict[str, Any], config: Path) -> dict[str, Any]:
-    child = children.start("sidecar", command("sidecar") + [
-        "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--metrics-port", "0",
+    child = children.start("sidecar", [
+        *command("sidecar"), "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--metrics-port", "0",
         "--admin-listen", "127.0.0.1:0", "--primary", primary["http"], "--primary-grpc", primary["grpc"],
         "--record-dir", str(out / "records"), "--config", str(config), "--log-format", "json",
         "--drain-timeout-secs", "10"], out / "logs" / "sidecar.log")

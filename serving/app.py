@@ -13,7 +13,6 @@ import asyncio
 import gc
 import logging
 import os
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -48,7 +47,7 @@ class Server:
         self.metrics_port = 0
         self.abandoned = 0  # requests still running when the drain gave up
         self._runners: list[web.BaseRunner] = []
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[asyncio.Server] = []
         self.connection_limits: dict[str, ConnectionLimit] = {}  # by port name: open and refused connections
         self._force = asyncio.Event()
 

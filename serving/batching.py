@@ -259,7 +259,7 @@ class Batcher:
                 task.add_done_callback(self._running.discard)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:  # the loop must survive anything
                 log.exception("batcher %s: unexpected error while forming a batch; continuing", self.name)
 
     def _least_busy(self) -> int:
@@ -344,13 +344,13 @@ class Batcher:
                 results = await self._workers[worker](live)
             except ServingError as exc:
                 results = [exc] * len(live)
-            except Exception as exc:  # noqa: BLE001 - a worker must not kill the loop
+            except Exception as exc:  # a worker must not kill the loop
                 log.exception("batcher %s: worker failed on a batch of %d requests", self.name, len(live))
                 results = [ModelError(f"model '{self.name}' failed: {failure_text(exc)}")] * len(live)
             if len(results) != len(live):
                 results = [ModelError(f"model '{self.name}' returned {len(results)} results for "
                                       f"{len(live)} requests")] * len(live)
-            for item, result in zip(live, results):
+            for item, result in zip(live, results, strict=True):
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):
@@ -358,7 +358,7 @@ class Batcher:
                 else:
                     item.future.set_result(result)
         finally:
-            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._running.discard(asyncio.current_task())
             self._idle.append(worker)
             self._wakeup.set()
             self._settled.set()

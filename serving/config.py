@@ -169,9 +169,9 @@ def config_to_json(message: Any) -> dict[str, Any]:
     try:
         obj = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                         always_print_fields_with_no_presence=True)
-    except TypeError:  # protobuf < 5.26
-        obj = json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                        including_default_value_fields=True)
+    except TypeError:  # protobuf < 5.26, whose keyword the current stubs no longer have
+        obj = json_format.MessageToDict(  # type: ignore[call-arg]  # that older keyword
+            message, preserving_proto_field_name=True, including_default_value_fields=True)
     _int64_as_numbers(message.DESCRIPTOR, obj)
     return obj
 
@@ -334,7 +334,8 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
         named = repr(config.name) if name_problem(config.name) is None else "a name that is not a model name"
         raise ConfigError(f"the config names the model {named} but its directory is '{name}'; they must match")
     config.name = name
-    if config.platform in ("", TORCHSCRIPT) and config.backend in ("", "pytorch") and (config.platform or config.backend):
+    if (config.platform in ("", TORCHSCRIPT) and config.backend in ("", "pytorch")
+            and (config.platform or config.backend)):
         platform = TORCHSCRIPT
         config.platform, config.backend = TORCHSCRIPT, "pytorch"
     elif config.backend == PYTHON and config.platform == "":
@@ -353,7 +354,8 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
             raise ConfigError(f"{kind} names must be unique, got {names}")
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
-    elif config.version_policy.WhichOneof("policy_choice") == "latest" and config.version_policy.latest.num_versions < 1:
+    elif (config.version_policy.WhichOneof("policy_choice") == "latest"
+          and config.version_policy.latest.num_versions < 1):
         raise ConfigError("version_policy latest needs num_versions >= 1")
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_FILENAMES[platform]

@@ -162,7 +162,7 @@ class ConnectionLimit:
 
 
 async def listen(runner: web.BaseRunner, host: str, port: int, limits: ClientLimits,
-                 name: str) -> tuple[asyncio.AbstractServer, ConnectionLimit]:
+                 name: str) -> tuple[asyncio.Server, ConnectionLimit]:
     """Listen on ``host:port`` for a set-up aiohttp runner, with the connection cap."""
     assert runner.server is not None, "call runner.setup() first"
     factory = ConnectionLimit(runner.server, limits.max_connections, name)

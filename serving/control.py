@@ -80,7 +80,7 @@ class ModelControl:
             await asyncio.sleep(self.poll_secs)
             try:
                 await self.poll_once()
-            except Exception:  # noqa: BLE001 - polling must go on
+            except Exception:  # polling must go on
                 log.exception("polling the model repository failed; trying again in %gs", self.poll_secs)
 
     async def poll_once(self) -> None:

@@ -19,7 +19,7 @@ from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 from .admission import Place
 from .config import ModelSpec, TensorSpec
 from .control import ModelControl
-from .errors import InvalidInput, NotFound, ServingError, Unavailable
+from .errors import InvalidInput, ServingError, Unavailable
 from .repository import Repository
 from .types import Work
 
@@ -28,7 +28,7 @@ EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "
 
 
 def _shape_matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
-    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
+    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))
 
 
 def check_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple[Any, ...]]:
@@ -79,7 +79,7 @@ def _check_tensor(spec: ModelSpec, expected: TensorSpec, tensor: Tensor) -> None
     shape = tensor.array.shape
     batched = spec.max_batch_size > 0
     inner = shape[1:] if batched else shape
-    if inner != expected.dims and not _shape_matches(inner, expected.dims) or (batched and not shape):
+    if (inner != expected.dims and not _shape_matches(inner, expected.dims)) or (batched and not shape):
         raise InvalidInput(f"input '{expected.name}' has shape {list(shape)} but model '{spec.name}' expects "
                            f"{_full_dims(spec, expected)}" + (" (the first dimension is the batch)" if batched else ""))
     if batched and not 1 <= shape[0] <= spec.max_batch_size:

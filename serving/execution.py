@@ -114,7 +114,7 @@ class BatchExecutor:
             if self.outputs is not None and isinstance(value, torch.Tensor) and value.device.type == "cuda":
                 pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True) if value.numel() == 0 else \
                     torch.from_numpy(self.outputs.buffer(tensor.name, tuple(value.shape), _np_dtype(value)))
-                with torch.cuda.stream(self.stream):  # type: ignore[arg-type]
+                with torch.cuda.stream(self.stream):
                     pinned.copy_(value, non_blocking=True)
                 value = pinned
             staged[tensor.name] = value

@@ -51,7 +51,7 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             await context.abort(_status(exc), str(exc))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception:  # noqa: BLE001 - never a traceback to the client
+        except Exception:  # never a traceback to the client
             log.exception("unhandled error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
         raise AssertionError("unreachable")  # context.abort raises
@@ -189,7 +189,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(infer_response=encode_model_infer_response(response))
         except ServingError as exc:
             message = str(exc)
-        except Exception:  # noqa: BLE001 - one request's failure must not end the stream
+        except Exception:  # one request's failure must not end the stream
             log.exception("unhandled error in ModelStreamInfer")
             message = "internal server error; the server log has the details"
         return pb.ModelStreamInferResponse(

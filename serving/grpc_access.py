@@ -21,8 +21,8 @@ class RestrictedProtocols(grpc.aio.ServerInterceptor):
         self.policy = policy
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
-                                                             Awaitable[grpc.RpcMethodHandler]],
-                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                                                             Awaitable[grpc.RpcMethodHandler | None]],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         group = GRPC_METHOD_GROUPS.get(details.method, "")
         metadata = {key: value for key, value in details.invocation_metadata or ()
                     if isinstance(value, str)}  # binary (-bin) metadata is never a credential here

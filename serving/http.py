@@ -143,7 +143,7 @@ class HttpTransport:
         except web.HTTPRequestEntityTooLarge as exc:
             return _error(413, f"request body too large ({exc.text}); raise --max-request-bytes "
                                "or send smaller requests")
-        except Exception:  # noqa: BLE001 - never a traceback to the client
+        except Exception:  # never a traceback to the client
             log.exception("unhandled error on %s %s", request.method, request.path)
             return _error(500, "internal server error; the server log has the details")
 

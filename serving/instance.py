@@ -113,7 +113,7 @@ class ModelInstance:
         inputs = self.executor.to_device(self._gather(batch), rows)
         assembled = time.monotonic_ns()
         try:
-            outputs = await self.handler.predict(inputs)  # type: ignore[misc]
+            outputs = await self.handler.predict(inputs)  # type: ignore[misc]  # an async override of the sync base
         except ServingError:
             raise
         except Exception as exc:
@@ -153,7 +153,7 @@ class ModelInstance:
                     raise ModelError(f"model '{spec.name}': output '{tensor.name}' has shape {list(array.shape)} "
                                      f"but the batch has {rows} rows; the first dimension must be the batch")
                 if tensor.reshape is not None:
-                    host[tensor.name] = array.reshape((rows,) + tensor.dims)
+                    host[tensor.name] = array.reshape((rows, *tensor.dims))
             elif tensor.reshape is not None:
                 host[tensor.name] = array.reshape(tensor.dims)
         self.stats.predictions.submit(host)

@@ -141,7 +141,7 @@ async def _unload_instances(model: ModelVersion) -> None:
     for instance in model.instances:
         try:
             await loop.run_in_executor(None, instance.unload)
-        except Exception:  # noqa: BLE001 - a failing unload must not stop the others
+        except Exception:  # a failing unload must not stop the others
             log.exception("model %s version %d: unload failed", model.spec.name, model.version)
 
 

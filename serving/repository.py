@@ -154,7 +154,7 @@ class Repository:
         results = await asyncio.gather(*(start_version(spec, v, self.root / spec.name / str(v), self.placement,
                                                        self.metrics) for v in to_start), return_exceptions=True)
         failures = []
-        for version, result in zip(to_start, results):
+        for version, result in zip(to_start, results, strict=True):
             previous = entry.versions.get(version)
             if isinstance(result, BaseException):
                 reason = self._reason(result)
@@ -164,8 +164,9 @@ class Repository:
                 if previous is not None and previous.state == READY:
                     log.warning("model %s version %d keeps serving its previous load", spec.name, version)
                 else:
+                    where = self.root / spec.name / str(version)
                     entry.versions[version] = ModelVersion(spec, version, state=UNAVAILABLE, reason=reason,
-                                                           fingerprint=fingerprint(self.root / spec.name / str(version)))
+                                                           fingerprint=fingerprint(where))
                 continue
             entry.versions[version] = result
             if previous is not None and previous.state == READY:

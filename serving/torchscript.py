@@ -27,7 +27,7 @@ def positional_order(names: list[str]) -> list[str]:
     """Names ordered by their ``__<index>`` suffix when all have one, else as given."""
     matches = [_INDEXED.match(n) for n in names]
     if all(matches):
-        return [n for _, n in sorted(zip((int(m.group(1)) for m in matches if m), names))]
+        return [n for _, n in sorted(zip((int(m.group(1)) for m in matches if m), names, strict=True))]
     return list(names)
 
 
@@ -72,7 +72,7 @@ class TorchScriptModel(Model):
             if len(result) < len(self.output_order):
                 raise ModelError(f"forward returned {len(result)} tensors but config.pbtxt declares "
                                  f"{len(self.output_order)} outputs")
-            return dict(zip(self.output_order, result))
+            return dict(zip(self.output_order, result, strict=False))  # extra tensors are dropped
         raise ModelError(f"forward returned {type(result).__name__}; expected a tensor, tuple, list or dict")
 
     def unload(self) -> None:

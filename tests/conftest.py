@@ -10,8 +10,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,6 +21,7 @@ from serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "models"
+T = TypeVar("T")
 
 
 class RunningServer:
@@ -27,13 +29,13 @@ class RunningServer:
 
     def __init__(self, repository: Path, **overrides: object) -> None:
         settings = Settings(model_repository=repository, host="127.0.0.1", http_port=0, grpc_port=0,
-                            metrics_port=0, cpu_threads=1, **overrides)  # type: ignore[arg-type]
+                            metrics_port=0, cpu_threads=1, **overrides)  # type: ignore[arg-type]  # fields of each type
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self.thread.start()
         self.server: Server = self.call(start(settings))
 
-    def call(self, coroutine, timeout: float = 60):  # type: ignore[no-untyped-def]
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     @property
@@ -86,10 +88,12 @@ class Serve:
              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--log-format", "json",
              "--cpu-threads", "1", *flags],
             stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None  # stderr=PIPE
+        self.stderr = self.process.stderr
         self.lines: list[dict] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            line = self.process.stderr.readline()  # type: ignore[union-attr]
+            line = self.stderr.readline()
             if not line:
                 break
             self.lines.append(json.loads(line))
@@ -106,7 +110,7 @@ class Serve:
         pipe underneath and lose what that stream had already buffered).
         """
         self.process.wait(timeout=timeout)
-        rest = self.process.stderr.read()  # type: ignore[union-attr]
+        rest = self.stderr.read()
         self.lines += [json.loads(line) for line in rest.splitlines() if line.strip()]
         return self.process.returncode
 

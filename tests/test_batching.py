@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -316,7 +316,7 @@ def test_batches_go_to_the_least_busy_device() -> None:
         started: list[str] = []
         release = asyncio.Event()
 
-        def worker(name: str):  # type: ignore[no-untyped-def]
+        def worker(name: str) -> Callable[[list[Pending]], Awaitable[list[Any]]]:
             async def run(batch: list[Pending]) -> list[Any]:
                 started.append(name)
                 await release.wait()

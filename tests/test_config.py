@@ -131,7 +131,7 @@ def test_labels_are_read_inside_the_model_directory_only(tmp_path: Path) -> None
     def labelled(name: str) -> str:
         return BASE.replace("dims: [ 1 ]", f'dims: [ 1 ] label_filename: "{name}"')
 
-    with pytest.raises(ConfigError, match="m/labels.txt resolves outside") as info:
+    with pytest.raises(ConfigError, match=r"m/labels\.txt resolves outside") as info:
         parse_config(labelled("labels.txt"), tmp_path / "m")
     assert str(tmp_path) not in str(info.value)
     assert parse_config(labelled("alias.txt"), tmp_path / "m").outputs[0].labels == ("cat",)

@@ -55,7 +55,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # the rollback took effect: the canary served its slice before it, and nothing received after it
     received = [ts.timestamp() for ts in records.column("timestamp").to_pylist()]
     upstreams = pc.struct_field(records.column("primary"), "upstream").to_pylist()
-    served = [ts for ts, upstream in zip(received, upstreams) if upstream == "canary"]
+    served = [ts for ts, upstream in zip(received, upstreams, strict=True) if upstream == "canary"]
     assert served and min(served) < rollback["time"]
     assert max(served) < rollback["time"] + 0.5, "the canary served requests after it was rolled back"
     assert sum(ts > rollback["time"] + 0.5 for ts in received) > 100

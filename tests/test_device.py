@@ -185,7 +185,8 @@ def test_warm_up_runs_before_readiness(tmp_path: Path) -> None:
     recorder(repo, "auto", logs / "auto.log", "dynamic_batching { preferred_batch_size: [ 4 ] }")
     recorder(repo, "explicit", logs / "explicit.log", """
         model_warmup [
-          { name: "zeros" batch_size: 3 inputs { key: "X" value { data_type: TYPE_FP32 dims: [ 2 ] zero_data: true } } },
+          { name: "zeros" batch_size: 3
+            inputs { key: "X" value { data_type: TYPE_FP32 dims: [ 2 ] zero_data: true } } },
           { name: "file" batch_size: 1 count: 2
             inputs { key: "X" value { data_type: TYPE_FP32 dims: [ 2 ] input_data_file: "x.bin" } } }
         ]""")
@@ -202,7 +203,7 @@ def test_warm_up_runs_before_readiness(tmp_path: Path) -> None:
         assert (logs / "explicit.log").read_text().splitlines() == \
             ["[3, 2] [0.0, 0.0] bf16=False", "[1, 2] [5.0, 6.0] bf16=False", "[1, 2] [5.0, 6.0] bf16=False"]
         assert not (logs / "off.log").exists()
-        index = {row["name"]: row for row in server.server.repository.index()}  # type: ignore[union-attr]
+        index = {row["name"]: row for row in server.server.repository.index()}  # type: ignore[union-attr]  # started: a repository
         assert index["bad_sample"]["state"] == "UNAVAILABLE" and "missing.bin" in index["bad_sample"]["reason"]
         assert index["auto"]["state"] == index["explicit"]["state"] == "READY"
     finally:
@@ -250,7 +251,7 @@ def test_bf16_autocast_torch_compile_and_cuda_graphs_options_on_cpu(tmp_path: Pa
             assert client.infer(name, [inp]).as_numpy("Y").tolist() == [[3.0]]
         assert (logs / "bf16.log").read_text().strip().endswith("bf16=True")
         assert (logs / "graphs.log").read_text().strip().endswith("bf16=False")
-        compiled = server.server.repository.get("compiled").instances[0]  # type: ignore[union-attr]
+        compiled = server.server.repository.get("compiled").instances[0]  # type: ignore[union-attr]  # started: a repository
         assert compiled.executor.predict is not compiled.handler.predict
         assert any("cuda_graphs needs a GPU instance" in r.getMessage() for r in caplog.records)
     finally:

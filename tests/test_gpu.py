@@ -76,10 +76,10 @@ def test_classifier_on_the_gpu_matches_the_cpu() -> None:
     gpu = RunningServer(EXAMPLES, device="cuda")
     try:
         on_gpu = infer_classifier(gpu, x)
-        instance = gpu.server.repository.get("classifier").instances[0]  # type: ignore[union-attr]
+        instance = gpu.server.repository.get("classifier").instances[0]  # type: ignore[union-attr]  # started: a repository
         assert instance.device.type == "cuda"
         assert instance.executor.inputs is not None
-        staged = instance.executor.inputs._buffers["INPUT__0"]  # noqa: SLF001
+        staged = instance.executor.inputs._buffers["INPUT__0"]  # the pool is private: the test looks inside
         assert staged.is_pinned()
     finally:
         gpu.stop()
@@ -110,7 +110,7 @@ def test_options_keep_the_answers(tmp_path: Path) -> None:
             np.testing.assert_allclose(infer(server, "plain", x), expected, rtol=1e-3, atol=1e-3)
             np.testing.assert_allclose(infer(server, "graphs", x), expected, rtol=1e-3, atol=1e-3)
             np.testing.assert_allclose(infer(server, "half", x), expected, rtol=2e-2, atol=0.5)
-        graphs = server.server.repository.get("graphs").instances[0].executor.graphs  # type: ignore[union-attr]
+        graphs = server.server.repository.get("graphs").instances[0].executor.graphs  # type: ignore[union-attr]  # started: a repository
         assert set(graphs) >= {1, 16}
     finally:
         server.stop()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import queue
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -59,7 +60,9 @@ def test_infer_matches_http_bit_for_bit(server: RunningServer) -> None:
     ("nope", lambda: [classifier_input(np.ones((1, 64), np.float32))], grpc.StatusCode.NOT_FOUND,
      "unknown model 'nope'"),
 ])
-def test_errors_carry_the_status_and_the_http_message(server: RunningServer, model, inputs, code, message) -> None:  # type: ignore[no-untyped-def]
+def test_errors_carry_the_status_and_the_http_message(server: RunningServer, model: str,
+                                                      inputs: Callable[[], list[grpcclient.InferInput]],
+                                                      code: grpc.StatusCode, message: str) -> None:
     client = grpcclient.InferenceServerClient(grpc_url(server))
     with pytest.raises(InferenceServerException, match=message) as error:
         client.infer(model, inputs())
@@ -106,7 +109,7 @@ def test_aio_client_and_stream(server: RunningServer) -> None:
             assert await client.is_server_ready()
             x = np.zeros((2, 64), np.float32)
 
-            async def requests():  # type: ignore[no-untyped-def]
+            async def requests() -> AsyncIterator[dict[str, Any]]:
                 for i in range(5):
                     inp = grpcaio.InferInput("INPUT__0", [2, 64], "FP32")
                     inp.set_data_from_numpy(x)
@@ -158,7 +161,7 @@ def x_input(value: float, rows: int = 1) -> list[grpcaio.InferInput]:
 
 def test_a_model_that_is_not_ready_is_unavailable(faults: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(grpc_url(faults))
-    with pytest.raises(InferenceServerException, match="model 'broken' is not ready: .*weights are corrupt") as error:
+    with pytest.raises(InferenceServerException, match=r"model 'broken' is not ready: .*weights are corrupt") as error:
         client.infer("broken", x_input(1))
     assert error.value.status() == str(grpc.StatusCode.UNAVAILABLE)
     assert not client.is_model_ready("broken") and client.is_model_ready("slow")
@@ -167,7 +170,8 @@ def test_a_model_that_is_not_ready_is_unavailable(faults: RunningServer) -> None
 def test_a_failing_handler_is_internal_for_its_request_only(faults: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(grpc_url(faults))
     for _ in range(3):
-        with pytest.raises(InferenceServerException, match="model 'crash' version 1 failed: .*the handler broke") as error:
+        with pytest.raises(InferenceServerException,
+                           match=r"model 'crash' version 1 failed: .*the handler broke") as error:
             client.infer("crash", x_input(1))
         assert error.value.status() == str(grpc.StatusCode.INTERNAL)
         assert "Traceback" not in str(error.value)

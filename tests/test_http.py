@@ -11,7 +11,6 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
-from tritonclient.utils import InferenceServerException
 
 from .conftest import EXAMPLES, RunningServer
 
@@ -126,7 +125,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(examples_ser
     before = sync.get_inference_statistics("classifier", "1")["model_stats"][0]
     results = concurrent_requests(examples_server, xs)
     after = sync.get_inference_statistics("classifier", "1")["model_stats"][0]
-    for x, got in zip(xs, results):
+    for x, got in zip(xs, results, strict=True):
         np.testing.assert_allclose(got, classifier_alone(1, x), rtol=1e-5, atol=1e-6)
     requests = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
     batches = after["execution_count"] - before["execution_count"]

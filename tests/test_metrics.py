@@ -35,7 +35,7 @@ def test_value_histogram_uses_le_edges_and_skips_non_finite_values() -> None:
     stats = PredictionStats(spec('{ name: "Y" data_type: TYPE_FP32 dims: [ 2 ] }',
                                  'parameters { key: "prediction_buckets" value { string_value: "0,1" } }'))
     stats.observe({"Y": np.array([[-1.0, 0.0], [0.5, 1.0], [2.0, np.nan]], np.float32)})
-    edges, counts, total = stats.values["Y"]
+    _edges, counts, total = stats.values["Y"]
     assert counts.tolist() == [2, 2, 1]  # <=0: -1, 0; (0, 1]: 0.5, 1; above: 2; NaN left out
     assert total[0] == 2.5
 
@@ -44,7 +44,7 @@ def test_class_scores_count_the_top_class_and_its_confidence() -> None:
     stats = PredictionStats(spec('{ name: "P" data_type: TYPE_FP32 dims: [ 3 ] }',
                                  'parameters { key: "class_scores" value { string_value: "P" } }'))
     stats.observe({"P": np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]], np.float32)})
-    labels, counts = stats.classes["P"]
+    _labels, counts = stats.classes["P"]
     assert counts[:3].tolist() == [1, 1, 1] and counts[-1] == 0
     assert stats.class_label("P", 1) == "1" and stats.class_label("P", MAX_CLASS_LABELS) == "other"
     conf_counts, conf_total = stats.confidence["P"]

@@ -9,7 +9,9 @@ import os
 import shutil
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,7 +179,7 @@ def test_poll_mode_follows_the_repository(tmp_path: Path) -> None:
     try:
         client = httpclient.InferenceServerClient(server.url)
 
-        def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+        def wait_for(condition: Callable[[], object], what: str) -> None:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 if condition():
@@ -246,12 +248,12 @@ def test_unloaded_versions_are_freed_over_load_unload_cycles(tmp_path: Path) -> 
     try:
         client = httpclient.InferenceServerClient(server.url)
 
-        def cycle(load: bool = True) -> list[weakref.ref]:  # type: ignore[type-arg]
+        def cycle(load: bool = True) -> list[weakref.ref[Any]]:
             if load:
                 client.load_model("heavy")
             assert answer(client, "heavy") == 1.0
-            loaded = server.server.repository.models["heavy"].versions[1]  # type: ignore[union-attr]
-            refs: list[weakref.ref] = [weakref.ref(loaded.batcher)]  # type: ignore[type-arg]
+            loaded = server.server.repository.models["heavy"].versions[1]  # type: ignore[union-attr]  # started
+            refs: list[weakref.ref[Any]] = [weakref.ref(loaded.batcher)]
             for instance in loaded.instances:
                 weights = instance.handler.weights  # type: ignore[union-attr]  # Heavy's own attribute
                 refs += [weakref.ref(instance), weakref.ref(instance.handler), weakref.ref(weights)]

@@ -126,8 +126,8 @@ def test_requests_past_a_full_queue_get_503_before_their_body_is_read(
             past = await asyncio.gather(*(post(session, url, b"{not json") for _ in range(20)),
                                         post(session, url, GOOD))
             # a body that is still on its way (it never comes) is not waited for either
-            head = (f"POST /v2/models/gated/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: 1000000\r\n\r\n").encode()
+            head = (b"POST /v2/models/gated/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000000\r\n\r\n")
             partial = await raw_status(server.server.http_port, head, b'{"inputs": [')
             gate.open()
             done = await asyncio.gather(*admitted)

@@ -96,7 +96,8 @@ def test_exit_timeout_bounds_the_drain(tmp_path: Path) -> None:
 
 def test_a_missing_repository_exits_one_with_the_reason(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "nope"),
-                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "is not a directory" in out.stderr
 
@@ -110,7 +111,7 @@ def test_console_script_serves_the_examples() -> None:
                                 "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1"],
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
-        first = json.loads(process.stderr.readline())  # type: ignore[union-attr]
+        first = json.loads(process.stderr.readline())  # type: ignore[union-attr]  # stderr=PIPE
         assert first["message"].startswith("listening http=127.0.0.1:") and first["http_port"] > 0
     finally:
         process.send_signal(signal.SIGINT)

@@ -68,8 +68,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     write_model(repo, "keyword", """
         backend: "pytorch"
         max_batch_size: 4
-        input [ { name: "values" data_type: TYPE_FP64 dims: [ 3 ] }, { name: "scale" data_type: TYPE_FP64 dims: [ 1 ] } ]
-        output [ { name: "total" data_type: TYPE_FP64 dims: [ 1 ] }, { name: "scaled" data_type: TYPE_FP64 dims: [ 3 ] } ]
+        input [ { name: "values" data_type: TYPE_FP64 dims: [ 3 ] },
+                { name: "scale" data_type: TYPE_FP64 dims: [ 1 ] } ]
+        output [ { name: "total" data_type: TYPE_FP64 dims: [ 1 ] },
+                 { name: "scaled" data_type: TYPE_FP64 dims: [ 3 ] } ]
         default_model_filename: "weights.ts"
         """, {3: {"weights.ts": script(Keyword())}})
     write_model(repo, "grid", """

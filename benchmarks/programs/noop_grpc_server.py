@@ -20,13 +20,15 @@ OUTPUT = bytes(40)  # ten FP32 zeros
 
 
 class Noop(service_pb2_grpc.GRPCInferenceServiceServicer):
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
         response.outputs.add(name="OUTPUT__0", datatype="FP32", shape=[1, 10])
         response.raw_output_contents.append(OUTPUT)
         return response
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
 

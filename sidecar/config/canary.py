@@ -29,8 +29,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .converters import (ConfigError, fields, fraction, grpc_target, header_name, http_url, optional, percent,
-                     positive_duration, positive_int, positive_number, positive_percent, url_list)
+from .converters import (
+    ConfigError,
+    fields,
+    fraction,
+    grpc_target,
+    header_name,
+    http_url,
+    optional,
+    percent,
+    positive_duration,
+    positive_int,
+    positive_number,
+    positive_percent,
+    url_list,
+)
 
 
 @dataclasses.dataclass(frozen=True)

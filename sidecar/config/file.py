@@ -36,10 +36,22 @@ from typing import Any
 import yaml
 
 from .canary import AnalysisConfig, CanaryConfig, canary_from, check
+from .converters import (
+    ConfigError,
+    GiB,
+    MiB,
+    fields,
+    fraction,
+    grpc_target,
+    header_name,
+    http_url,
+    optional,
+    positive_duration,
+    positive_int,
+    size,
+)
 from .headers import HeaderRules, header_rules
 from .settings import CanaryFlag, Settings
-from .converters import (GiB, MiB, ConfigError, fields, fraction, grpc_target, header_name, http_url, optional,
-                     positive_duration, positive_int, size)
 
 __all__ = ["AnalysisConfig", "CanaryConfig", "Config", "ConfigError", "DriftConfig", "HeaderRules", "PrimaryConfig",
            "RecordingConfig", "SamplingConfig", "ShadowConfig", "from_mapping", "load", "restart_only_changes",

@@ -3,6 +3,7 @@ so its size depends on the number of columns, not on the number of records."""
 
 from __future__ import annotations
 
+import itertools
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def _bin_labels(plot: dict[str, Any]) -> list[str]:
         return [str(x) for x in plot["labels"]]
     edges = plot["edges"]
     labels = [f"<{_label(edges[0])}"] if edges else ["all"]
-    labels += [f"{_label(a)}..{_label(b)}" for a, b in zip(edges, edges[1:])]
+    labels += [f"{_label(a)}..{_label(b)}" for a, b in itertools.pairwise(edges)]
     if edges:
         labels.append(f">={_label(edges[-1])}")
     if plot.get("nonfinite"):
@@ -42,12 +43,12 @@ def histogram_svg(plot: dict[str, Any]) -> str:
     if not ref:
         return ""
     ref_total, cur_total = max(sum(ref), 1), max(sum(cur), 1)
-    shares = [(r / ref_total, c / cur_total) for r, c in zip(ref, cur)]
+    shares = [(r / ref_total, c / cur_total) for r, c in zip(ref, cur, strict=False)]
     top = max(max(p) for p in shares) or 1.0
     slot = WIDTH / len(shares)
     bar = slot * 0.4
     parts = [f'<svg width="{WIDTH}" height="{HEIGHT + 30}" role="img">']
-    for i, ((r, c), label) in enumerate(zip(shares, _bin_labels(plot))):
+    for i, ((r, c), label) in enumerate(zip(shares, _bin_labels(plot), strict=False)):
         x = i * slot + slot * 0.1
         for share, cls, dx in ((r, "ref", 0.0), (c, "cur", bar)):
             h = share / top * HEIGHT

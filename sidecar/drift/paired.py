@@ -12,9 +12,9 @@ from sidecar.drift import stats
 from sidecar.drift.columns import MAX_ELEMENTS, array_columns, as_labels, kind_of, tensor_columns, top1
 from sidecar.drift.errors import DriftError
 from sidecar.drift.profile import Profile
-from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.stats import Statistic
 from sidecar.drift.summary import add_columns
+from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.window import WindowReport, compare_profiles
 
 SPEARMAN_LIMIT = 2_000_000  # pairs; above it Spearman runs on a seeded uniform sample of this size
@@ -187,9 +187,9 @@ class PairAccumulator:
         if not out.classes and out.elements:
             mean = out.primary_sum / out.pairs
             std = float(np.sqrt(max(out.primary_sq_sum / out.pairs - mean * mean, 0.0)))
-            normed = statistics["mad"].value / stats.scale(std, abs(mean))  # type: ignore[operator]
+            normed = statistics["mad"].value / stats.scale(std, abs(mean))  # type: ignore[operator]  # set with elements
             statistics["mad_normed"] = stats.Statistic(normed if statistics["mad"].value else 0.0)
-            if statistics["mad_normed"].value > s.max_mad:  # type: ignore[operator]
+            if statistics["mad_normed"].value > s.max_mad:  # type: ignore[operator]  # set on the line above
                 reasons.append(f"mean absolute difference {normed:.3g} std above {s.max_mad:.3g}")
             rho = statistics["spearman"].value if "spearman" in statistics else None
             if rho is not None and rho < s.min_spearman:

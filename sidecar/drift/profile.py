@@ -77,11 +77,13 @@ class Profile:
         for name in list(self.columns) + [n for n in other.columns if n not in self.columns]:
             mine, theirs = self.columns.get(name), other.columns.get(name)
             if mine is None or theirs is None:
-                columns[name] = mine or theirs  # type: ignore[assignment]
+                kept = mine or theirs
+                assert kept is not None, "the name comes from one of the two profiles"
+                columns[name] = kept
             elif mine.kind != theirs.kind:
                 raise DriftError(f"column {name!r} is {mine.kind} in one profile and {theirs.kind} in the other")
             else:
-                columns[name] = mine.merge(theirs)  # type: ignore[arg-type]
+                columns[name] = mine.merge(theirs)  # type: ignore[arg-type]  # same kind, checked above
         return Profile(columns, self.bins, _merge_sources(self.source, other.source))
 
     def to_json(self) -> dict[str, Any]:

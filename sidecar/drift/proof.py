@@ -54,7 +54,8 @@ def _column_votes(column: ColumnResult, settings: DriftSettings) -> dict[str, bo
     st = column.statistics
     if "ks" in st:
         votes["ks p<0.05"] = bool(st["ks"].p_value is not None and st["ks"].p_value < settings.alpha)
-        votes[f"wasserstein>={settings.thresholds['wasserstein']}"] = (st["wasserstein"].value or 0) >= settings.thresholds["wasserstein"]
+        wasserstein = settings.thresholds["wasserstein"]
+        votes[f"wasserstein>={wasserstein}"] = (st["wasserstein"].value or 0) >= wasserstein
     if "chi2" in st:
         votes["chi2 p<0.05"] = bool(st["chi2"].p_value is not None and st["chi2"].p_value < settings.alpha)
     votes[f"js>={settings.thresholds['js']}"] = (st["js"].value or 0) >= settings.thresholds["js"]
@@ -82,7 +83,10 @@ def _paired_votes(flip: bool, rng: np.random.Generator, n: int, settings: DriftS
     if flip:
         says3 = np.argmax(primary, axis=1) == 3
         shadow[says3, 5] = shadow[says3, 3] + 1
-    softmax = lambda z: np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # noqa: E731
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
     report = compare_arrays({"probs": softmax(primary)}, {"probs": softmax(shadow)}, labels=truth, settings=settings,
                             distribution=False)
     output = report.outputs[0]

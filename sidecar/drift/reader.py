@@ -68,7 +68,8 @@ class TensorBlock:
     def take(self, index: np.ndarray | None = None) -> np.ndarray:
         """Values of the tensors at ``index`` (all by default): (predictions, width), or 1-D when pooled."""
         starts, lengths = (self.starts, self.lengths) if index is None else (self.starts[index], self.lengths[index])
-        if len(starts) and starts[-1] - starts[0] == int(lengths[:-1].sum()) and np.all(np.diff(starts) == lengths[:-1]):
+        if (len(starts) and starts[-1] - starts[0] == int(lengths[:-1].sum())
+                and np.all(np.diff(starts) == lengths[:-1])):
             values = self.flat[int(starts[0]):int(starts[-1] + lengths[-1])]  # contiguous: no copy
         else:
             values = self.flat[_ranges(starts, lengths)]
@@ -111,7 +112,7 @@ def count_rows(files: list[Path]) -> int:
 def _tensor_blocks(tensors: pa.StructArray, rows: np.ndarray) -> dict[str, TensorBlock]:
     if len(tensors) == 0:
         return {}
-    fields = dict(zip([f.name for f in tensors.type], tensors.flatten()))
+    fields = dict(zip([f.name for f in tensors.type], tensors.flatten(), strict=True))
     names = pc.dictionary_encode(fields["name"])
     codes = names.indices.fill_null(-1).to_numpy(zero_copy_only=False)
     datatypes = fields["datatype"].fill_null("").to_numpy(zero_copy_only=False)
@@ -154,7 +155,7 @@ def _strings(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _responses(responses: pa.StructArray, rows: np.ndarray) -> tuple[dict[str, TensorBlock], int, int]:
     """Tensors of a response column; also how many responses there were and how many failed."""
-    fields = dict(zip([f.name for f in responses.type], responses.flatten()))
+    fields = dict(zip([f.name for f in responses.type], responses.flatten(), strict=True))
     valid = responses.is_valid().to_numpy(zero_copy_only=False)
     failed = int(fields["error"].is_valid().to_numpy(zero_copy_only=False).sum()) if "error" in fields else 0
     outputs = fields["outputs"]

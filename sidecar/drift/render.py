@@ -41,7 +41,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -77,7 +77,8 @@ def compare_table(report: CompareReport) -> str:
     header = ["output", "pairs", "agreement", "disagreement CI", "MAD", "Spearman", "McNemar p", "verdict"]
     counts = report.counts
     lines = [f"primary vs {report.shadow}: {counts.get('records', 0):,} records, "
-             f"{counts.get('shadow_failed', 0):,} shadow failures, {counts.get('paired_predictions', 0):,} paired predictions",
+             f"{counts.get('shadow_failed', 0):,} shadow failures, "
+             f"{counts.get('paired_predictions', 0):,} paired predictions",
              "", _grid(header, rows)]
     for o in report.outputs:
         lines += [f"{o.name}: {reason}" for reason in o.reasons]

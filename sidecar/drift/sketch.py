@@ -118,9 +118,10 @@ class Sketch:
     def from_json(cls, data: dict[str, object]) -> Sketch:
         keys = np.cumsum(unpack(str(data["keys"]))).astype(np.int64)
         counts = unpack(str(data["counts"])).astype(np.int64)
-        if len(keys) != len(counts) or len(keys) != int(data["buckets"]):  # type: ignore[call-overload]
+        # int() of a JSON value: one of another type raises, as a damaged profile should
+        if len(keys) != len(counts) or len(keys) != int(data["buckets"]):  # type: ignore[call-overload]  # see above
             raise ValueError("sketch keys and counts differ in length")
-        return cls(int(data["bits"]), int(data["cap"]), keys, counts)  # type: ignore[call-overload]
+        return cls(int(data["bits"]), int(data["cap"]), keys, counts)  # type: ignore[call-overload]  # as above
 
 
 def pack(array: np.ndarray) -> str:

@@ -123,7 +123,7 @@ class NumericColumn:
             idx = np.searchsorted(cum, np.array(qs) * cum[-1])
             mid = (self.sketch.lower_bounds() + self.sketch.upper_bounds()) / 2
             values = np.clip(mid[np.minimum(idx, len(mid) - 1)], self.minimum, self.maximum)
-        return {f"p{round(q * 100)}": float(v) for q, v in zip(qs, values)}
+        return {f"p{round(q * 100)}": float(v) for q, v in zip(qs, values, strict=True)}
 
 
 @dataclass
@@ -140,7 +140,7 @@ class CategoricalColumn:
 
     def add(self, labels: np.ndarray) -> None:
         unique, counts = np.unique(labels, return_counts=True)
-        for label, count in zip(unique.tolist(), counts.tolist()):
+        for label, count in zip(unique.tolist(), counts.tolist(), strict=True):
             key = str(label)
             self.counts[key] = self.counts.get(key, 0) + int(count)
         self._check()

@@ -100,6 +100,11 @@ def records_table(primary: Mapping[str, np.ndarray], *, shadows: Mapping[str, Ma
     ], schema=SCHEMA)
 
 
+def _part(arrays: Mapping[str, np.ndarray] | None, rows: slice) -> dict[str, np.ndarray] | None:
+    """The ``rows`` of every array (one segment's share), or None for no arrays."""
+    return None if arrays is None else {k: np.asarray(v)[rows] for k, v in arrays.items()}
+
+
 def write_records(directory: str | Path, primary: Mapping[str, np.ndarray], *,
                   shadows: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                   inputs: Mapping[str, np.ndarray] | None = None, model: str = "classifier",
@@ -113,14 +118,11 @@ def write_records(directory: str | Path, primary: Mapping[str, np.ndarray], *,
     files = []
     for number, begin in enumerate(range(0, max(n, 1), segment_rows)):
         end = min(n, begin + segment_rows)
-
-        def part(arrays: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
-            return None if arrays is None else {k: np.asarray(v)[begin:end] for k, v in arrays.items()}
-
+        rows = slice(begin, end)
         table = records_table(
-            part(primary) or {}, model=model, start=start + step * begin, step=step, first_id=begin,
-            shadows={name: part(arrays) or {} for name, arrays in (shadows or {}).items()},
-            inputs=part(inputs), shadow_errors={k: v[begin:end] for k, v in (shadow_errors or {}).items()})
+            _part(primary, rows) or {}, model=model, start=start + step * begin, step=step, first_id=begin,
+            shadows={name: _part(arrays, rows) or {} for name, arrays in (shadows or {}).items()},
+            inputs=_part(inputs, rows), shadow_errors={k: v[begin:end] for k, v in (shadow_errors or {}).items()})
         path = directory / f"{prefix}-{number:05d}.parquet"
         pq.write_table(table, path)
         files.append(path)

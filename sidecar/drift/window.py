@@ -10,10 +10,10 @@ import numpy as np
 
 from sidecar.drift import stats
 from sidecar.drift.profile import Profile
-from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.sketch import quantile_edges
 from sidecar.drift.stats import Statistic
 from sidecar.drift.summary import CategoricalColumn, Column, NumericColumn
+from sidecar.drift.thresholds import DriftSettings
 
 P_VALUE_TESTS = ("ks", "chi2")
 HISTOGRAM_CLASSES = 20  # classes drawn in the report (the most frequent); all are tested
@@ -151,7 +151,9 @@ def _categorical(name: str, ref: CategoricalColumn, cur: CategoricalColumn,
 
 def _missing(name: str, ref: Column | None, cur: Column | None) -> ColumnResult:
     where = "current" if cur is None or cur.total == 0 else "reference"
-    kind = (ref or cur).kind  # type: ignore[union-attr]
+    known = ref or cur
+    assert known is not None, "a column missing from both windows is never compared"
+    kind = known.kind
     return ColumnResult(name, kind, _summary(ref), _summary(cur), {}, None, drift=True,
                         reason=f"no values in the {where} window")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -58,11 +58,12 @@ class _Guarded(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        tcp = cast(asyncio.Transport, transport)  # a server's stream protocol is given a stream transport
+        self.transport = tcp
         guard = self.guard
         if guard.open >= guard.max_connections:
             guard.refused.inc()
-            self.transport.write(BUSY)  # type: ignore[union-attr]
+            tcp.write(BUSY)
             transport.close()
             return
         self.inner = self._make()

@@ -37,7 +37,7 @@ def test_flipped_class_with_labels(tmp_path: Path) -> None:
     assert output.labels and output.labels["labelled"] == n - 40
     assert output.labels["shadow_only"] == int((says3 & (truth == 5) & ~errors).sum())  # primary said 3, truth 5
     assert output.labels["primary_only"] == int((says3 & (truth == 3) & ~errors).sum())
-    assert output.statistics["mcnemar"].p_value < 1e-10  # type: ignore[operator]
+    assert output.statistics["mcnemar"].p_value < 1e-10  # type: ignore[operator]  # computed for classes
     assert any("less accurate" in r for r in output.reasons)
     assert output.timeline["metric"] == "agreement" and sum(output.timeline["pairs"]) == n - 40
     no_nan(to_document(report))

@@ -20,7 +20,7 @@ def test_columns_per_element_and_top1() -> None:
                                    "score": np.linspace(0, 1, 100)})
     assert set(profile.columns) == {f"probs[{i}]" for i in range(10)} | {"probs.top1", "label", "score"}
     assert isinstance(profile.columns["probs.top1"], CategoricalColumn)
-    assert profile.columns["label"].counts == {"0": 34, "1": 33, "2": 33}  # type: ignore[union-attr]
+    assert profile.columns["label"].counts == {"0": 34, "1": 33, "2": 33}  # type: ignore[union-attr]  # a column of that kind
     assert isinstance(profile.columns["score"], NumericColumn)
 
 
@@ -37,12 +37,12 @@ def test_profiles_of_parts_merge_into_the_profile_of_the_whole(tmp_path: Path) -
         a, b = whole.columns[name], merged.columns[name]
         if isinstance(a, NumericColumn):
             assert isinstance(b, NumericColumn)
-            for x, y in zip(whole.bins_of(name), merged.bins_of(name)):
+            for x, y in zip(whole.bins_of(name), merged.bins_of(name), strict=True):
                 assert np.array_equal(x, y)
             assert (a.count, a.minimum, a.maximum) == (b.count, b.minimum, b.maximum)
             assert a.mean == pytest.approx(b.mean, rel=1e-12) and a.std == pytest.approx(b.std, rel=1e-9)
         else:
-            assert a.counts == b.counts  # type: ignore[union-attr]
+            assert a.counts == b.counts  # type: ignore[union-attr]  # a column of that kind
     assert merged.source["predictions"] == 100_000
 
 
@@ -64,7 +64,7 @@ def test_small_windows_keep_raw_values_until_the_limit() -> None:
     column = small.columns["x"]
     assert isinstance(column, NumericColumn) and column.raw is not None and len(column.raw) == RAW_LIMIT // 2
     both = small.merge(small).merge(small)
-    assert both.columns["x"].raw is None  # type: ignore[union-attr]
+    assert both.columns["x"].raw is None  # type: ignore[union-attr]  # a column of that kind
 
 
 def test_bad_profiles_are_clear_errors(tmp_path: Path) -> None:
@@ -82,4 +82,4 @@ def test_bad_profiles_are_clear_errors(tmp_path: Path) -> None:
 
 def test_too_many_classes_is_marked_not_failed() -> None:
     profile = Profile.from_arrays({"id": np.arange(5000)})
-    assert profile.columns["id"].overflow  # type: ignore[union-attr]
+    assert profile.columns["id"].overflow  # type: ignore[union-attr]  # a column of that kind

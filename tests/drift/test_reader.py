@@ -63,9 +63,9 @@ def test_batches_orders_missing_outputs_failures_and_strings(tmp_path: Path) -> 
     assert chunk.tensors["inputs"]["x"].take().tolist() == [[1, 2], [3, 4]]
     assert chunk.upstreams == {"v2", "v3"}
     profile = profile_records(Window(tmp_path / "r"))
-    assert profile.columns["t"].counts == {"yes": 1}  # type: ignore[union-attr]
-    assert profile.columns["c"].counts == {"3": 1, "4": 1, "5": 1}  # type: ignore[union-attr]
-    assert profile.columns["input:x[1]"].count == 2  # type: ignore[union-attr]
+    assert profile.columns["t"].counts == {"yes": 1}  # type: ignore[union-attr]  # a column of that kind
+    assert profile.columns["c"].counts == {"3": 1, "4": 1, "5": 1}  # type: ignore[union-attr]  # a column of that kind
+    assert profile.columns["input:x[1]"].count == 2  # type: ignore[union-attr]  # a column of that kind
 
 
 def test_rows_of_varying_size_are_pooled(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_rows_of_varying_size_are_pooled(tmp_path: Path) -> None:
             for i in range(4)]
     _write(tmp_path / "r" / "a.parquet", rows)
     profile = profile_records(Window(tmp_path / "r"))
-    assert list(profile.columns) == ["seq[*]"] and profile.columns["seq[*]"].count == 10  # type: ignore[union-attr]
+    assert list(profile.columns) == ["seq[*]"] and profile.columns["seq[*]"].count == 10  # type: ignore[union-attr]  # a column of that kind
 
 
 def test_time_range_model_and_suffix_filters(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_time_range_model_and_suffix_filters(tmp_path: Path) -> None:
     assert sum(c.records for c in chunks) == 30
     got = np.concatenate([c.tensors["primary"]["probs"].take() for c in chunks])
     assert np.allclose(got, probs[10:40])
-    with pytest.raises(DriftError, match="2 models .*--model"):
+    with pytest.raises(DriftError, match=r"2 models .*--model"):
         profile_records(Window(tmp_path / "r"))
     with pytest.raises(DriftError, match="no records in"):
         profile_records(Window(tmp_path / "r", "nope"))
@@ -98,7 +98,7 @@ def test_missing_and_foreign_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DriftError, match="no records at"):
         profile_records(Window(tmp_path / "nothing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DriftError, match="no .parquet segments"):
+    with pytest.raises(DriftError, match=r"no \.parquet segments"):
         profile_records(Window(tmp_path / "empty"))
     pq.write_table(pa.table({"a": [1]}), tmp_path / "foreign.parquet")
     with pytest.raises(DriftError, match="not a record segment"):

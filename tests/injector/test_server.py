@@ -46,7 +46,7 @@ def settings(volume: SecretVolume, **overrides: object) -> Settings:
     values: dict[str, object] = {"tls_cert": volume.cert, "tls_key": volume.key, "host": "127.0.0.1", "port": 0,
                                  "sidecar_image": "registry.example.com/shadowserve/sidecar:0.1.0",
                                  "native_sidecars": "on", "cert_reload_secs": 0.05}
-    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]  # fields of each type
 
 
 def run(volume: SecretVolume, ca: trustme.CA, scenario: Scenario) -> None:

@@ -57,7 +57,7 @@ def kustomize(*directories: Path) -> list[str]:
     processes = [subprocess.Popen([binary, "kustomize", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for d in directories]
     outputs = []
-    for directory, process in zip(directories, processes):
+    for directory, process in zip(directories, processes, strict=True):
         out, err = process.communicate(timeout=120)
         if process.returncode != 0:
             raise AssertionError(f"kubectl kustomize {directory} failed:\n{err}")
@@ -67,7 +67,7 @@ def kustomize(*directories: Path) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _rendered() -> dict[str, str]:
-    return dict(zip(KUSTOMIZATIONS, kustomize(*(K8S / path for path in KUSTOMIZATIONS))))
+    return dict(zip(KUSTOMIZATIONS, kustomize(*(K8S / path for path in KUSTOMIZATIONS)), strict=True))
 
 
 def render(path: str | Path) -> list[dict[str, Any]]:

@@ -25,7 +25,8 @@ LOCK = ROOT / "requirements" / "runtime.txt"
 
 def instructions(text: str) -> Iterator[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
-    logical = re.sub(r"\\\n\s*", " ", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    kept = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    logical = re.sub(r"\\\n\s*", " ", kept)
     for line in logical.splitlines():
         if line.strip():
             keyword, _, rest = line.strip().partition(" ")
@@ -107,8 +108,8 @@ def test_model_repository_is_baked_in() -> None:
 
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
-    ignored = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
-               if l.strip() and not l.startswith("#")]
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
     for needed in ("pyproject.toml", "README.md", "inference_protocol", "serving", "sidecar", "requirements",
                    "examples"):
         assert needed not in ignored

@@ -57,7 +57,8 @@ def _check(stage: str, env: dict[str, str]) -> int:
     line = next(rest for keyword, rest in stages()[stage] if keyword == "HEALTHCHECK")
     command = json.loads(line[line.index("CMD ") + 4:])
     assert command[0] == "python"
-    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30, check=False).returncode
+    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30,
+                          check=False).returncode
 
 
 def _free_port() -> int:

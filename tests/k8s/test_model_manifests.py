@@ -81,7 +81,7 @@ def test_every_container_is_locked_down(path: str) -> None:
             assert "memory" in c["resources"]["limits"], (where, c["name"])
 
 
-@pytest.mark.parametrize("path", MODEL_OVERLAYS + ["injector/cert-manager"])
+@pytest.mark.parametrize("path", [*MODEL_OVERLAYS, "injector/cert-manager"])
 def test_service_ports_are_named_and_reach_a_container(path: str) -> None:
     """Each Service port has a name and its targetPort names exactly one port of the pods it selects."""
     resources = render(path)

@@ -92,7 +92,7 @@ def test_dashboard_is_well_formed() -> None:
     assert len({p["id"] for p in panels}) == len(panels)
     for panel in panels:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
     defined = {v["name"] for v in dashboard["templating"]["list"]} | {"__rate_interval", "__interval", "__range"}
     used = set(re.findall(r"\$\{?(\w+)", json.dumps(panels) + json.dumps(dashboard["templating"])))
     assert used <= defined, used - defined

@@ -90,7 +90,7 @@ def test_canary_weight_is_set_in_one_place(tmp_path: Path) -> None:
     data["canary"]["weight"] = 25
     values.write_text(yaml.safe_dump(data))
     before, after = render("overlays/canary"), render(copy / "overlays" / "canary")
-    changed = [(a["kind"], a["metadata"]["name"]) for a, b in zip(before, after) if a != b]
+    changed = [(a["kind"], a["metadata"]["name"]) for a, b in zip(before, after, strict=False) if a != b]
     assert len(before) == len(after) and changed == [("ConfigMap", "shadowserve-sidecar-config")]
     assert _config(after)["canary"]["weight"] == 25
     # The ConfigMap keeps its name, so running sidecars re-read it rather than restarting.

@@ -73,6 +73,6 @@ def test_untrusted_inputs_are_checked_and_secrets_not_inlined() -> None:
                                                   ("x;rm -rf /", "10", False), ("0.2.0", "1e3", False)])
 def test_input_check_runs(tag: str, weight: str, ok: bool) -> None:
     check = next(s["run"] for s in _workflow()["jobs"]["evaluate"]["steps"] if s.get("name") == "Check the inputs")
-    result = subprocess.run(["bash", "-eo", "pipefail", "-c", check], env={"CANDIDATE_TAG": tag,
-                                                                          "CANARY_WEIGHT": weight}, timeout=10, check=False)
+    result = subprocess.run(["bash", "-eo", "pipefail", "-c", check],
+                            env={"CANDIDATE_TAG": tag, "CANARY_WEIGHT": weight}, timeout=10, check=False)
     assert (result.returncode == 0) == ok
