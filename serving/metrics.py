@@ -14,9 +14,9 @@ import asyncio
 import bisect
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -135,7 +135,7 @@ class PredictionStats:
                 total[0] += summed
 
     def _classes_update(self, name: str, scores: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list[float], float]]:
-        labels, class_counts = self.classes[name]
+        _, class_counts = self.classes[name]
         conf_counts, conf_total = self.confidence[name]
         top = top1(scores)
         confidence = scores.max(axis=1)
@@ -317,7 +317,7 @@ class ModelCollector(Collector):
                                            labels=("model", "version", "output"))
         for stats in models:
             p = stats.predictions
-            with p._lock:  # noqa: SLF001 - a consistent snapshot
+            with p._lock:  # a consistent snapshot (the collector is its owner's friend)
                 for output, (edges, counts, total) in p.values.items():
                     values.add_metric([stats.model, stats.version, output], _buckets(edges, counts), total[0])
                 for output, (_labels, counts) in p.classes.items():
@@ -328,7 +328,7 @@ class ModelCollector(Collector):
                                                 "class": p.class_label(output, index)}, count)
                 for output, (counts, total) in p.confidence.items():
                     confidence.add_metric([stats.model, stats.version, output],
-                                          _buckets(p._confidence_edges, counts), total[0])  # noqa: SLF001
+                                          _buckets(p._confidence_edges, counts), total[0])
         yield values
         yield classes
         yield confidence

@@ -186,8 +186,8 @@ def test_handler_failures_are_500_for_that_batch_only(mixed_repository: RunningS
 def test_failures_are_counted_by_reason(mixed_repository: RunningServer) -> None:
     post(f"http://{mixed_repository.url}/v2/models/faulty/infer", x_request(-1))
     text = asyncio.run(_text(mixed_repository.metrics_url))
-    line = next(l for l in text.splitlines()
-                if l.startswith('nv_inference_request_failure{model="faulty",reason="BACKEND"'))
+    line = next(row for row in text.splitlines()
+                if row.startswith('nv_inference_request_failure{model="faulty",reason="BACKEND"'))
     assert float(line.split()[-1]) >= 1
 
 

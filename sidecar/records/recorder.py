@@ -12,6 +12,7 @@ directory is set and the request was mirrored: written through to disk within
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -19,16 +20,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import decode as tensors
-from .compare import Agreement, Pairs
 from ..config.file import RecordingConfig
 from ..mirror.exchange import Answer, Exchange
+from ..routing import sampled
+from . import decode as tensors
+from .compare import Agreement, Pairs
+from .decode import Decoded, DecodeError, TensorValue
 from .live import LiveDriftHub, clear_gauges
 from .metrics import RecordMetrics
-from ..routing import sampled
 from .segments import FLUSH_SECS, SegmentWriter
 from .tables import Record, ResponseRecord
-from .decode import Decoded, DecodeError, TensorValue
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def to_record(exchange: Exchange, policy: RecordingConfig, metrics: RecordMetric
 def _safely(step: Callable[[], object]) -> None:
     try:
         step()
-    except Exception:  # noqa: BLE001 - the thread never dies; the writer counts its own losses
+    except Exception:  # the thread never dies; the writer counts its own losses
         log.exception("the record writer failed")
 
 
@@ -165,9 +166,9 @@ class Recorder:
             if writer is not None:
                 _safely(writer.tick)
             if hub is not None:
-                _safely(lambda: hub.refresh(time.monotonic()))  # noqa: B023 - called at once
+                _safely(functools.partial(hub.refresh, time.monotonic()))
         if hub is not None:
-            _safely(lambda: hub.refresh(time.monotonic(), force=True))  # noqa: B023 - called at once
+            _safely(functools.partial(hub.refresh, time.monotonic(), force=True))
         if writer is not None:
             _safely(writer.close)
 
@@ -179,7 +180,7 @@ class Recorder:
         try:
             record = to_record(exchange, self.policy if exchange.record else _NO_INPUTS, self.metrics)
             self.agreement.observe(record)
-        except Exception:  # noqa: BLE001 - the thread never dies; the record is counted lost
+        except Exception:  # the thread never dies; the record is counted lost
             log.exception("cannot decode the record of request %s", exchange.key)
             if exchange.record:
                 self.metrics.records_lost.labels("encode_error").inc()

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .schema import RESPONSE, SCHEMA, TENSOR
 from .decode import TensorValue
+from .schema import RESPONSE, SCHEMA, TENSOR
 
 
 @dataclasses.dataclass
@@ -95,7 +95,7 @@ def _responses(responses: Sequence[ResponseRecord]) -> pa.StructArray:
 def to_table(records: Sequence[Record]) -> pa.Table:
     """An Arrow table in exactly the record schema, one row per record."""
     shadows = [shadow for record in records for shadow in record.shadows]
-    micros = [int(round(record.timestamp * 1_000_000)) for record in records]
+    micros = [round(record.timestamp * 1_000_000) for record in records]
     columns = [
         pa.array([r.request_id for r in records], pa.string()),
         pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
