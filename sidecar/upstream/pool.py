@@ -155,7 +155,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.keepalive_secs = keepalive_secs
         self.tls = tls
-        self._authority = f"{host}:{port}"
+        self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
         self._idle: list[tuple[Connection, float]] = []
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()

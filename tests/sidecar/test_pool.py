@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -245,3 +246,26 @@ def test_a_streamed_body_that_breaks_fails_its_request() -> None:
         assert pool._open == 0
 
     run(echo_framing, client)
+
+
+def test_https_upstreams_are_reached_over_tls() -> None:
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    authority.configure_trust(client_tls)
+
+    async def main() -> None:
+        server = await asyncio.start_server(keep_alive, "127.0.0.1", 0, ssl=server_tls)
+        pool = Pool("localhost", server.sockets[0].getsockname()[1], 2, 5.0, 30.0, client_tls)
+        try:
+            for _ in range(2):
+                response = await pool.request("POST", "/", [], b"tls", 5)
+                assert await response.read() == b"echo:tls"
+            assert pool._open == 1  # one TLS connection, kept alive
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(main())
