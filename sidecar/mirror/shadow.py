@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from multidict import CIMultiDict
@@ -96,14 +96,14 @@ class Shadow:
             self._probing = True  # this copy is the probe; the others wait for its answer
         return True
 
-    def _start(self, protocol: str, send: Callable[[], asyncio.Future[Answer]], exchange: Exchange,
+    def _start(self, protocol: str, send: Callable[[], Awaitable[Answer]], exchange: Exchange,
                held: Held) -> None:
         task = asyncio.get_running_loop().create_task(self._run(protocol, send, exchange, held))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(lambda _: held.release())  # also when cancelled before it ever ran
 
-    async def _run(self, protocol: str, send: Callable[[], asyncio.Future[Answer]], exchange: Exchange,
+    async def _run(self, protocol: str, send: Callable[[], Awaitable[Answer]], exchange: Exchange,
                    held: Held) -> None:
         self._sends[protocol].inc()
         self._in_flight.inc()
@@ -199,7 +199,7 @@ class Shadow:
             finally:
                 http.end()
 
-        self._start("http", send, exchange, held)  # type: ignore[arg-type]
+        self._start("http", send, exchange, held)
 
     def send_grpc(self, method: str, body: bytes, metadata: Metadata, exchange: Exchange) -> None:
         channel = self.grpc
@@ -231,7 +231,7 @@ class Shadow:
                     return Answer(self.name, None, elapsed, CONNECTION)  # never reached a server
                 return Answer(self.name, GRPC_TO_HTTP.get(code.name, 500), elapsed, exc.details() or code.name)
 
-        self._start("grpc", send, exchange, held)  # type: ignore[arg-type]
+        self._start("grpc", send, exchange, held)
 
     async def close(self, grace: float) -> None:
         """Stop taking copies, let pending ones finish for ``grace`` seconds, cancel the rest, close pools."""

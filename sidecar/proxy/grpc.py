@@ -198,8 +198,9 @@ class GrpcProxy(Proxy):
         plan = self._plan(ups, request, metadata, method == MODEL_INFER)
         if plan.add_request_id is not None:
             metadata = (*metadata, (REQUEST_ID, plan.add_request_id))
-        for shadow in plan.copies:
-            shadow.send_grpc(MODEL_INFER, request, metadata, plan.exchange)  # type: ignore[arg-type]  # copies: an exchange
+        if plan.exchange is not None:  # copies go only with one
+            for shadow in plan.copies:
+                shadow.send_grpc(MODEL_INFER, request, metadata, plan.exchange)
         on_primary = _Route(PRIMARY, primary, ups.grpc_calls, ups.config.primary.timeout_secs)
         canary = ups.canary
         route = (_Route(CANARY, canary.grpc, canary.grpc_calls, canary.config.timeout_secs)

@@ -33,7 +33,7 @@ from ..upstream.headers import forward_headers, response_headers
 from .guard import ConnectionGuard
 from .health import Health
 from .metrics import ProxyMetrics
-from .plan import REQUEST_ID, Incoming, Proxy
+from .plan import REQUEST_ID, Incoming, Plan, Proxy
 from .upstreams import MIN_BUFFER, Upstreams
 
 JSON = "application/json"
@@ -45,6 +45,23 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 def _header_length(value: str | None) -> int | None:
     return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+async def _body(request: web.BaseRequest, headers: CIMultiDict[str],
+                limit: int) -> tuple[bytes | None, bytes | AsyncIterable[bytes]]:
+    """The body as sent upstream, and the same bytes when held (up to ``limit``), else None: streamed through."""
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        # The client waits for this before it sends the body (curl for up to a second).
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if not request.body_exists:
+        return b"", b""
+    length = request.content_length
+    if length is not None and length <= limit:
+        held = await request.read()
+        return held, held
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    return None, request.content.iter_any()  # never held whole
 
 
 class _Reply:
@@ -118,36 +135,25 @@ class HttpProxy(Proxy):
         received = time.perf_counter()
         ups = self._upstreams()
         headers = forward_headers(request.headers)
-        length = request.content_length
-        held: bytes | None = None
-        body: bytes | AsyncIterable[bytes]
-        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-            # The client waits for this before it sends the body (curl for up to a second).
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if not request.body_exists:
-            held = body = b""
-        elif length is not None and length <= ups.buffer_limit:
-            held = body = await request.read()
-        else:
-            body = request.content.iter_any()  # streamed through, never held whole
-            if length is not None:
-                headers["Content-Length"] = str(length)
+        held, body = await _body(request, headers, ups.buffer_limit)
         target = infer_target(request.path) if request.method == "POST" else None
-        plan = None
+        plan = Plan(PRIMARY)
         if target is not None:
             header_length = _header_length(request.headers.get(HEADER_LENGTH))
-            incoming = Incoming("http", request.headers.get, held, length if held is None else len(held),
+            size = request.content_length if held is None else len(held)
+            incoming = Incoming("http", request.headers.get, held, size,
                                 lambda data: http_request_id(data, header_length), target[0], header_length)
             canary = ups.canary
             plan = self.plan(ups, incoming, infer=True, canary_here=canary is not None and canary.http is not None,
                              mirror=True)
             if plan.add_request_id is not None:
                 headers[REQUEST_ID] = plan.add_request_id
-            for shadow in plan.copies:
-                shadow.send_http(request.method, request.raw_path, headers, held, plan.exchange)  # type: ignore[arg-type]  # copies: held
+            if plan.exchange is not None and held is not None:  # copies go only with both
+                for shadow in plan.copies:
+                    shadow.send_http(request.method, request.raw_path, headers, held, plan.exchange)
         call = _Call(request, headers, body, target is not None, received)
-        call.may_stream = plan is None or plan.exchange is None
-        if plan is not None and plan.served == CANARY and ups.canary is not None and ups.canary.http is not None:
+        call.may_stream = plan.exchange is None
+        if plan.served == CANARY and ups.canary is not None and ups.canary.http is not None:
             call.to(CANARY, ups.canary.http, retry=held is not None)
         else:
             call.to(PRIMARY, ups.primary, retry=False)
@@ -159,12 +165,10 @@ class HttpProxy(Proxy):
                                                               body_held=held is not None):
                 self.observer.retries.inc()
                 upstream_secs, reply = reply.upstream_secs, None
-                if plan is not None:
-                    plan.served = PRIMARY  # a cancelled retry is not the canary's answer
+                plan.served = PRIMARY  # a cancelled retry is not the canary's answer
                 reply = await self._send(call.to(PRIMARY, ups.primary, retry=False))
         finally:
-            if plan is not None:
-                plan.settle(reply.answer if isinstance(reply, _Reply) else None)
+            plan.settle(reply.answer if isinstance(reply, _Reply) else None)
         if not isinstance(reply, _Reply):
             return reply  # streamed back, counted
         out = reply.out

@@ -118,9 +118,9 @@ def _head(method: str, target: str, headers: Iterable[tuple[str, str]], body: Bo
         lines.append(f"{name}: {value}")
     if not has_host:
         lines.append(f"Host: {host}")
-    if held:
+    if isinstance(body, bytes):
         if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")  # type: ignore[arg-type]  # held: bytes
+            lines.append(f"Content-Length: {len(body)}")
     elif length is not None:
         lines.append(f"Content-Length: {length}")
     else:
