@@ -1,0 +1,109 @@
+"""The routing plan, without a listener: who serves, who gets copies, the exchange, and what is observed."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry
+
+from sidecar.canary.controller import Controller
+from sidecar.canary.metrics import CanaryMetrics
+from sidecar.config.canary import CanaryConfig
+from sidecar.config.file import Config, PrimaryConfig, ShadowConfig
+from sidecar.mirror.exchange import Exchange
+from sidecar.mirror.metrics import MirrorMetrics
+from sidecar.proxy.health import Health
+from sidecar.proxy.metrics import ProxyMetrics
+from sidecar.proxy.plan import Incoming, Proxy
+from sidecar.proxy.upstreams import Upstreams, build
+from sidecar.routing import CANARY, PRIMARY
+
+CANARY_AT_HALF = CanaryConfig("http://127.0.0.1:9", "127.0.0.1:9", weight=50.0, sticky_header="x-user",
+                              copy_fraction=0.0)
+
+
+def proxy(config: Config, protocol: str = "http") -> tuple[Proxy, Upstreams, list[Exchange]]:
+    registry = CollectorRegistry()
+    upstreams = build(config, MirrorMetrics(registry))
+    rollout = Controller(CanaryMetrics(registry))
+    rollout.configure(config.canary)
+    submitted: list[Exchange] = []
+    return (Proxy(lambda: upstreams, ProxyMetrics(registry), submitted.append, Health(lambda: upstreams), rollout,
+                  protocol), upstreams, submitted)
+
+
+def request(headers: dict[str, str], body: bytes | None = b"{}", protocol: str = "http",
+            decoded: list[bytes] | None = None) -> Incoming:
+    def decode(data: bytes) -> str | None:
+        if decoded is not None:
+            decoded.append(data)
+        return "body-id"
+    return Incoming(protocol, headers.get, body, len(body) if body is not None else None, decode, "m")
+
+
+def test_the_canary_serves_its_share_of_sticky_keys_alike_for_both_transports() -> None:
+    config = Config(primary=PrimaryConfig(grpc=None), canary=CANARY_AT_HALF)
+    http, ups, _ = proxy(config)
+    grpc, grpc_ups, _ = proxy(config, "grpc")
+    served = []
+    for user in range(400):
+        headers = {"x-user": f"user-{user}"}
+        one = http.plan(ups, request(headers), infer=True, canary_here=True, mirror=True).served
+        other = grpc.plan(grpc_ups, request(headers, protocol="grpc"), infer=True, canary_here=True, mirror=True)
+        assert one == other.served  # one key, one upstream, whatever the transport
+        assert http.plan(ups, request(headers), infer=True, canary_here=True, mirror=True).served == one
+        served.append(one)
+    assert 0.35 < served.count(CANARY) / len(served) < 0.65
+    # Not an inference request, or no canary on this transport: the primary.
+    assert http.plan(ups, request({"x-user": "u"}), infer=False, canary_here=True, mirror=False).served == PRIMARY
+    assert all(http.plan(ups, request({"x-user": f"u{i}"}), infer=True, canary_here=False, mirror=True).served
+               == PRIMARY for i in range(50))
+
+
+def test_copies_come_with_an_exchange_and_a_request_id_when_the_client_gave_none() -> None:
+    config = Config(primary=PrimaryConfig(grpc=None), shadows=(ShadowConfig("s", "http://127.0.0.1:9"),))
+    http, ups, submitted = proxy(config)
+    plan = http.plan(ups, request({}), infer=True, canary_here=False, mirror=True)
+    assert [shadow.name for shadow in plan.copies] == ["s"] and plan.exchange is not None
+    assert plan.add_request_id is not None and plan.exchange.request_id == plan.add_request_id
+    given = http.plan(ups, request({"x-request-id": "r-1"}), infer=True, canary_here=False, mirror=True)
+    assert given.add_request_id is None and given.exchange is not None and given.exchange.request_id == "r-1"
+    for held in (plan, given):
+        for shadow in held.copies:
+            shadow.budget.give(2)  # what admit() took for the copies never sent here
+    plan.settle(None)  # no answer came: the exchange records the primary as cancelled, and waits for the copy
+    assert submitted == []
+
+
+def test_a_streamed_body_is_not_mirrored_and_is_never_decoded() -> None:
+    config = Config(primary=PrimaryConfig(grpc=None), shadows=(ShadowConfig("s", "http://127.0.0.1:9"),),
+                    canary=CANARY_AT_HALF)
+    http, ups, _ = proxy(config)
+    decoded: list[bytes] = []
+    plan = http.plan(ups, request({}, body=None, decoded=decoded), infer=True, canary_here=True, mirror=True)
+    assert plan.copies == [] and plan.exchange is None and decoded == []
+
+
+def test_the_body_is_decoded_once_for_the_sticky_key_and_the_sample_key() -> None:
+    config = Config(primary=PrimaryConfig(grpc=None), shadows=(ShadowConfig("s", "http://127.0.0.1:9", fraction=0.5),),
+                    canary=CANARY_AT_HALF)
+    http, ups, _ = proxy(config)
+    decoded: list[bytes] = []
+    plan = http.plan(ups, request({}, decoded=decoded), infer=True, canary_here=True, mirror=True)
+    assert decoded == [b"{}"]  # no x-user, no x-request-id: the body's id keys both decisions
+    for shadow in plan.copies:
+        shadow.budget.give(2)
+
+
+def test_the_observer_counts_times_and_leaves_the_hop() -> None:
+    http, _, _ = proxy(Config(primary=PrimaryConfig(grpc=None)))
+    registry = http.metrics.registry
+    received = time.perf_counter() - 0.010
+    http.observer.upstream(PRIMARY, 0.004, 200)
+    http.observer.answered(PRIMARY, "200", received, 0.004)
+    http.observer.answered(PRIMARY, "200", received, None)  # streamed: no hop
+    sample = registry.get_sample_value
+    assert sample("sidecar_requests_total", {"upstream": PRIMARY, "protocol": "http", "code": "200"}) == 2
+    assert sample("sidecar_upstream_duration_seconds_count", {"upstream": PRIMARY, "protocol": "http"}) == 1
+    assert sample("sidecar_hop_duration_seconds_count", {"protocol": "http"}) == 1
+    assert 0.005 < (sample("sidecar_hop_duration_seconds_sum", {"protocol": "http"}) or 0) < 1.0
