@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # after the path: the client measured is this checkout's, not an installed one
+from loadgen import percentiles  # beside this script
 
 from sidecar.upstream.client import HttpUpstream
 
@@ -56,13 +57,8 @@ async def _closed_loop(send: Send, concurrency: int, duration: float, warmup: fl
     cpu, began = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(began + duration, True) for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    ordered = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else float("nan")
-
     count = len(latencies)
-    return {"rps": count / elapsed, "p50": pct(50), "p99": pct(99), "cpu_us": cpu / count * 1e6 if count else 0.0,
+    return {"rps": count / elapsed, **percentiles(latencies), "cpu_us": cpu / count * 1e6 if count else 0.0,
             "requests": count, "failures": failures}
 
 
