@@ -104,7 +104,7 @@ class Connection(asyncio.Protocol):
         # own size line takes; a feed that held a head's end, a chunk size or body starts afresh.
         framing = max(0, len(data) - self._fed_body - CHUNK_FRAMING * self._fed_chunks)
         self._framing = framing if self._fed_mark else self._framing + framing
-        if self._framing > MAX_HEAD:
+        if self._framing > MAX_HEAD and not self._done:  # a response complete in this feed is whole
             self._fail(UpstreamError(f"response head, chunk-size lines or trailers over {MAX_HEAD // 1024} KiB"))
 
     def eof_received(self) -> bool:
