@@ -18,7 +18,8 @@ from sidecar.proxy.plan import Incoming, Proxy
 from sidecar.proxy.upstreams import Upstreams, build
 from sidecar.routing import CANARY, PRIMARY
 
-CANARY_AT_HALF = CanaryConfig("http://127.0.0.1:9", "127.0.0.1:9", weight=50.0, sticky_header="x-user",
+# No gRPC target: a grpc.aio channel needs an event loop, and the plan is told which transport the canary serves.
+CANARY_AT_HALF = CanaryConfig("http://127.0.0.1:9", None, weight=50.0, sticky_header="x-user",
                               copy_fraction=0.0)
 
 
