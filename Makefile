@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 #   make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo run test install clean
+.PHONY: demo run test lint install clean
 
 # requirements/runtime.txt pins every runtime dependency but torch, as the images do.
 $(VENV)/.installed: pyproject.toml requirements/runtime.txt
@@ -25,8 +25,16 @@ demo: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/serve --model-repository examples/models --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
+# Lint and types first (seconds), then the suite: a finding fails the run like a failing test.
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy alone, as `make test` runs them.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -252,7 +252,7 @@ class Controller:
             "ready_to_promote": self.phase == "ready",
             "failures": self.failures,
             "analysis": None if analysis is None else {
-                **{k: v for k, v in dataclasses.asdict(analysis).items()},
+                **dataclasses.asdict(analysis),
                 "intervals": self.intervals,
                 "current": self.window.metrics(time.time(), self.weight).to_dict(),
             },

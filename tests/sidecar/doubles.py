@@ -169,7 +169,7 @@ class Doubles:
 
 async def _main(port_file: Path) -> None:
     doubles = await Doubles().start()
-    port_file.write_text(json.dumps(doubles.urls))
+    await asyncio.to_thread(port_file.write_text, json.dumps(doubles.urls))
     await asyncio.Event().wait()
 
 

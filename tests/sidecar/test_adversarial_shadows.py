@@ -37,7 +37,8 @@ from .support import LoopThread, SidecarProcess, wait_until
 TRAFFIC_SECS = 1.5  # past the shadow timeout (1 s): a blackholed shadow has rested by the end
 CLIENTS = 8
 RSS_GROWTH = 64 * 1024 * 1024
-BODY = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": [0.25] * 64}]}).encode()
+BODY = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 64],
+                               "data": [0.25] * 64}]}).encode()
 INFER = "/v2/models/classifier/infer"
 
 
@@ -117,7 +118,8 @@ def same_answer(body: bytes, expected: bytes) -> bool:
     got, want = json.loads(body), json.loads(expected)
     values = [np.asarray(o.pop("data"), dtype=np.float64) for o in (*got["outputs"], *want["outputs"])]
     half = len(values) // 2
-    return got == want and all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(values[:half], values[half:]))
+    pairs = zip(values[:half], values[half:], strict=True)
+    return got == want and all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in pairs)
 
 
 async def load(address: str, seconds: float, expected: bytes) -> tuple[int, list[str]]:
@@ -199,7 +201,8 @@ def test_a_misbehaving_shadow_leaves_the_primary_untouched_and_memory_bounded(ha
             assert wrong == [] and more >= 10
             now = scrape(harness.process.metrics)
             again = value(now, "sidecar_shadow_requests_total", None) or sum(
-                v for (n, labels), v in now.items() if n == "sidecar_shadow_requests_total" and ("shadow", kind) in labels)
+                v for (n, labels), v in now.items()
+                if n == "sidecar_shadow_requests_total" and ("shadow", kind) in labels)
             assert again - sent <= 2, f"{again - sent} copies sent in 1 s to a resting shadow: more than a probe a rest"
     elif kind == "error500":
         assert skipped == 0, "a shadow that answers (even 500) must not be rested"

@@ -7,7 +7,18 @@ import threading
 
 import pytest
 
-from sidecar.canary.analysis import FAIL, INCONCLUSIVE, PASS, Decision, IntervalMetrics, State, Window, decide, evaluate, replay
+from sidecar.canary.analysis import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Decision,
+    IntervalMetrics,
+    State,
+    Window,
+    decide,
+    evaluate,
+    replay,
+)
 from sidecar.config.canary import AnalysisConfig
 
 CONFIG = AnalysisConfig(interval_secs=1, step_weight=10, max_weight=30, min_requests=10, failure_limit=2,
@@ -17,9 +28,10 @@ CONFIG = AnalysisConfig(interval_secs=1, step_weight=10, max_weight=30, min_requ
 
 def interval(**overrides: object) -> IntervalMetrics:
     """A healthy interval: 100 canary requests, no errors, latencies like the primary's, answers that agree."""
-    values: dict[str, object] = dict(start=0.0, end=1.0, weight=10.0, canary_requests=100, canary_errors=0,
-                                     canary_p99=0.020, primary_requests=900, primary_errors=1, primary_p99=0.020,
-                                     compared_rows=100, agree_rows=98, diff_requests=100, diff_sum=1.0)
+    values: dict[str, object] = {
+        "start": 0.0, "end": 1.0, "weight": 10.0, "canary_requests": 100, "canary_errors": 0, "canary_p99": 0.020,
+        "primary_requests": 900, "primary_errors": 1, "primary_p99": 0.020, "compared_rows": 100, "agree_rows": 98,
+        "diff_requests": 100, "diff_sum": 1.0}
     values.update(overrides)
     return IntervalMetrics(**values)  # type: ignore[arg-type]
 
@@ -95,7 +107,7 @@ def test_decisions_round_trip_through_json_and_replay_the_same() -> None:
     outcomes = replay(CONFIG, State(10.0), metrics)
     log = [json.loads(json.dumps(Decision(0.0, "analysis", o.action, 0.0, o.weight, o.phase, o.reason, o.verdict,
                                           o.failures, m, o.checks).to_dict()))
-           for o, m in zip(outcomes, metrics)]
+           for o, m in zip(outcomes, metrics, strict=True)]
     again = replay(CONFIG, State(10.0), [IntervalMetrics.from_dict(entry["metrics"]) for entry in log])
     assert [(o.action, o.weight, o.reason) for o in again] == [(e["action"], e["weight_to"], e["reason"]) for e in log]
     assert [o.action for o in again] == ["ramp", "hold", "rollback"]
@@ -135,6 +147,6 @@ def test_the_window_keeps_a_bounded_uniform_sample(monkeypatch: pytest.MonkeyPat
     window = Window(0.0)
     for index in range(10_000):
         window.observe("canary", 1.0 if index < 5_000 else 2.0, failed=False)
-    samples = window._latencies["canary"]  # noqa: SLF001 - the reservoir itself
+    samples = window._latencies["canary"]
     assert len(samples) == 100 and 20 < samples.count(2.0) < 80  # both halves represented
     assert window.metrics(1.0, 5.0).canary_requests == 10_000

@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from sidecar.canary.analysis import IntervalMetrics, State, replay
+from sidecar.canary.controller import Controller
 from sidecar.config.canary import AnalysisConfig, CanaryConfig
 from sidecar.config.file import Config, PrimaryConfig, RecordingConfig
 from sidecar.drift import Window
 from sidecar.drift.reader import read_chunks
-from sidecar.canary.controller import Controller
 
 from .conftest import Candidate, ModelServer
 from .support import LoopThread, RunningSidecar, read_records, wait_until

@@ -7,9 +7,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.records.compare import Agreement, compare
+from sidecar.records.decode import tensor_value
 from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.tables import Record, ResponseRecord
-from sidecar.records.decode import tensor_value
 
 
 def scores(rows: list[list[float]]) -> list:

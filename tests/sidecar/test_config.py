@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config.file import (AnalysisConfig, CanaryConfig, Config, ConfigError, DriftConfig, HeaderRules, PrimaryConfig,
-                            RecordingConfig, ShadowConfig, load, restart_only_changes)
+from sidecar.config.file import (
+    AnalysisConfig,
+    CanaryConfig,
+    Config,
+    ConfigError,
+    DriftConfig,
+    HeaderRules,
+    PrimaryConfig,
+    RecordingConfig,
+    ShadowConfig,
+    load,
+    restart_only_changes,
+)
 from sidecar.config.headers import DEFAULT_DENY, DENY_PREFIXES
 from sidecar.config.settings import CanaryFlag, ShadowFlag
 

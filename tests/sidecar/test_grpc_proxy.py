@@ -63,7 +63,7 @@ def test_streaming_inference_passes_through(sidecar: RunningSidecar, serve_v1: M
     for url in (serve_v1.grpc, sidecar.grpc):
         results: queue.Queue = queue.Queue()
         client = grpcclient.InferenceServerClient(url)
-        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        client.start_stream(callback=lambda result, error, results=results: results.put((result, error)))
         for index in range(5):
             inputs = [grpcclient.InferInput("INPUT__0", [2, 64], "FP32")]
             inputs[0].set_data_from_numpy(points[index * 2:index * 2 + 2])
@@ -76,7 +76,7 @@ def test_streaming_inference_passes_through(sidecar: RunningSidecar, serve_v1: M
         client.stop_stream()
         client.close()
         answers[url] = [got[str(i)] for i in range(5)]
-    for direct, proxied in zip(answers[serve_v1.grpc], answers[sidecar.grpc]):
+    for direct, proxied in zip(answers[serve_v1.grpc], answers[sidecar.grpc], strict=True):
         # A stream's requests are batched together as they arrive, and a different batch
         # changes the float32 sums by an ulp: equal up to that.
         np.testing.assert_allclose(proxied, direct, rtol=1e-5, atol=1e-7)

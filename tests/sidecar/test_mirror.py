@@ -134,7 +134,8 @@ def test_a_faulty_shadow_never_touches_the_primary_answer(kind: str, faults: Fau
             if kind in ("hang", "slow"):
                 # The client has its answer while this request's copy is still pending at the shadow.
                 assert sidecar.metric("sidecar_shadow_in_flight", shadow=kind) >= 1
-                wait_until(lambda: f"{kind}-{index}" in faults.received.get(kind, []), 10, "the copy to arrive")
+                copy = f"{kind}-{index}"
+                wait_until(lambda copy=copy: copy in faults.received.get(kind, []), 10, "the copy to arrive")
         wait_until(lambda: sidecar.metric(metric, shadow=kind, **labels) == REQUESTS, 30, f"{metric} to count")
         assert sidecar.metric("sidecar_requests_total", upstream="primary", protocol="http", code="200") == REQUESTS
     finally:

@@ -18,9 +18,9 @@ from sidecar.config.file import RecordingConfig
 from sidecar.mirror.exchange import Answer, Exchange
 from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.recorder import Recorder, to_record
-from sidecar.routing import sampled
 from sidecar.records.segments import finished_segments
 from sidecar.records.spool import read_batches
+from sidecar.routing import sampled
 
 from .support import wait_until
 

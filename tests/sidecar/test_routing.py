@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.routing import (Route, bucket, choose, infer_target, needs_key, retry_on_primary, sampled, split,
-                             sticky_key, upstream_failed)
+from sidecar.routing import (
+    Route,
+    bucket,
+    choose,
+    infer_target,
+    needs_key,
+    retry_on_primary,
+    sampled,
+    split,
+    sticky_key,
+    upstream_failed,
+)
 
 KEYS = [f"request-{i}" for i in range(20_000)]
 

@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.drift.errors import DriftError
 from sidecar.drift.reader import segment_files
+from sidecar.records.decode import tensor_value
 from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.schema import SCHEMA
 from sidecar.records.segments import SegmentWriter, finished_segments
 from sidecar.records.spool import read_batches
 from sidecar.records.tables import Record, ResponseRecord
-from sidecar.records.decode import tensor_value
 
 from .support import ROOT
 

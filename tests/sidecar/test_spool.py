@@ -76,7 +76,7 @@ def test_wherever_a_kill_cuts_the_stream_exactly_the_complete_batches_are_kept(s
         path, ends = dead_writer(directory, sizes)
         cut = int(where * ends[-1])
         os.truncate(path, cut)
-        kept = sum(rows for rows, end in zip(sizes, ends) if end <= cut)
+        kept = sum(rows for rows, end in zip(sizes, ends, strict=True) if end <= cut)
         assert request_ids(recover(directory)) == [f"r{i}" for i in range(kept)]
         assert list(directory.glob(".*")) == []
 

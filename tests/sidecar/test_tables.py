@@ -7,9 +7,9 @@ import datetime
 import numpy as np
 import pyarrow.compute as pc
 
+from sidecar.records.decode import tensor_value
 from sidecar.records.schema import SCHEMA
 from sidecar.records.tables import Record, ResponseRecord, to_table
-from sidecar.records.decode import tensor_value
 
 SCORES = tensor_value("OUT", "FP32", np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32))
 WORDS = tensor_value("TXT", "BYTES", np.array([b"a", b""], dtype=object))
