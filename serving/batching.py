@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
-from .admission import Place
 from .config import BatchPolicy
 from .errors import ModelError, ServingError, Unavailable, failure_text
 
@@ -174,10 +173,6 @@ class Batcher:
             else:
                 self._expiry = loop.call_at(deadline, self._give_up)
                 break
-
-    def place(self, wait_s: float = 0.0, rejected: Callable[[Unavailable], None] | None = None) -> Place:
-        """`reserve` on entering an ``async with``, `release` on leaving it; ``rejected`` sees a refusal."""
-        return Place(self, wait_s, rejected)
 
     def release(self) -> None:
         """Give back a place taken by `reserve`."""

@@ -183,7 +183,7 @@ class DataPlane:
         batcher, stats = model.batcher, model.stats
         assert batcher is not None and stats is not None
         # a rejection is counted as Triton counts one, with no time spent
-        return batcher.place(wait_s, lambda exc: stats.record_request(0, exc.reason))
+        return Place(batcher, wait_s, lambda exc: stats.record_request(0, exc.reason))
 
     # -- inference -------------------------------------------------------------------------
 

@@ -35,8 +35,9 @@ from serving.shutdown import stop_on_signals  # the same stop signals as serve (
 from .canary.admin import admin_app
 from .canary.controller import Controller
 from .canary.metrics import CanaryMetrics
-from .config.file import Config, ConfigError, load, restart_only_changes
+from .config.file import Config, ConfigError, restart_only_changes
 from .config.metrics import ConfigMetrics
+from .config.overrides import load
 from .config.reload import ConfigWatcher
 from .config.settings import Settings, parse
 from .mirror.budget import MemoryBudget

@@ -18,8 +18,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .file import Config, ConfigError, load
+from .file import Config, ConfigError
 from .metrics import ConfigMetrics
+from .overrides import load
 from .settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from serving.flags import (
 )
 
 from .converters import grpc_target, header_name, host_port, http_url, size
+from .file import DriftConfig, PrimaryConfig
 
 ENV_PREFIX = "SIDECAR_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -175,9 +176,6 @@ def _header_pattern(value: str) -> str:
 
 
 def _flags() -> Flags:
-    # The file's defaults, which these flags override: imported here, as the file's module imports this one.
-    from .file import DriftConfig, PrimaryConfig
-
     return Flags(
         "sidecar", "Proxy KServe v2 traffic to the primary model server (or a weighted canary), mirror it to "
                    "shadow models and record the primary/shadow pairs.",

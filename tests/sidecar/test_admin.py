@@ -20,7 +20,8 @@ from sidecar.app import start
 from sidecar.canary.controller import Controller
 from sidecar.canary.metrics import CanaryMetrics as Metrics
 from sidecar.config.canary import AnalysisConfig, CanaryConfig
-from sidecar.config.file import Config, PrimaryConfig, load
+from sidecar.config.file import Config, PrimaryConfig
+from sidecar.config.overrides import load
 from sidecar.config.settings import Address
 from sidecar.routing import split
 

@@ -17,10 +17,10 @@ from sidecar.config.file import (
     PrimaryConfig,
     RecordingConfig,
     ShadowConfig,
-    load,
     restart_only_changes,
 )
 from sidecar.config.headers import DEFAULT_DENY, DENY_PREFIXES
+from sidecar.config.overrides import load
 from sidecar.config.settings import CanaryFlag, ShadowFlag
 
 from .support import settings

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from sidecar.config.file import load
+from sidecar.config.overrides import load
 
 from .support import LoopThread, RunningSidecar, Stub, settings, wait_until
 
