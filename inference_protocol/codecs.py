@@ -42,6 +42,19 @@ def _flatten(data: list[Any], name: str, role: Role) -> list[Any]:
 
 # -- decode --------------------------------------------------------------------------------
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """An optional JSON object body: empty is ``{}`` (the repository and admin endpoints accept none)."""
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise NotJSON("request", str(exc)) from None
+    if not isinstance(value, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return value
+
+
 def split_body(body: bytes, header_length: int | None, role: Role = "input") -> tuple[Any, memoryview]:
     """A body's JSON header, parsed (any JSON value), and its binary section (empty without a header length)."""
     if header_length is None:

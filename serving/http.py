@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from inference_protocol.codecs import decode_infer_request, encode_infer_response
+from inference_protocol.codecs import decode_infer_request, encode_infer_response, json_object
 from inference_protocol.errors import error_body
 from inference_protocol.headers import HEADER_LENGTH
 
@@ -41,17 +41,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
-    """An optional JSON object body (the repository endpoints accept an empty one)."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return body
+    return json_object(await request.read())
 
 
 Endpoint = Callable[..., Awaitable[web.Response]]

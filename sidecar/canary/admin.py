@@ -20,12 +20,14 @@ configured.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from inference_protocol.codecs import json_object
+from inference_protocol.errors import InvalidInput
 
 from .controller import Controller
 
@@ -42,18 +44,11 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(text=orjson.dumps({"error": "the body is not JSON"}).decode(),
+        return json_object(await request.read())
+    except InvalidInput as exc:
+        raise web.HTTPBadRequest(text=orjson.dumps({"error": str(exc)}).decode(),
                                  content_type="application/json") from None
-    if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text=orjson.dumps({"error": "the body must be a JSON object"}).decode(),
-                                 content_type="application/json")
-    return data
 
 
 def _reason(data: dict[str, Any], default: str) -> str:

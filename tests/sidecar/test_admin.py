@@ -124,7 +124,7 @@ def test_status_weight_rollback_and_promote(upstreams: Upstreams) -> None:
         assert sidecar.metric("sidecar_canary_changes_total", source="admin", action="set") == 1
 
         for body_sent, message in (({"weight": 101}, "PERCENT from 0 to 100"), ({"weight": "10"}, "PERCENT"),
-                                   (b"{nope", "not JSON"), (b"[1]", "JSON object")):
+                                   (b"{nope", "not valid JSON"), (b"[1]", "JSON object")):
             status, body = call(f"{sidecar.admin_url}/sidecar/canary", body_sent)
             assert status == 400 and message in body["error"]
     finally:
