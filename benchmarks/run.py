@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 for system in systems[shift:] + systems[:shift]:
                     before = scrape_batch_size(system.metrics, MODEL) if system.metrics and concurrency == top else None
                     point = system.measure(concurrency, args.duration, min(args.warmup, 500), body)
-                    if before is not None:
+                    if before is not None and system.metrics:  # `before` comes only from a metrics URL
                         after = scrape_batch_size(system.metrics, MODEL)
                         batches[system.key].append((after[0] - before[0], after[1] - before[1]))
                     points[(system.key, concurrency)].append(point)

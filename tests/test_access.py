@@ -93,8 +93,9 @@ def test_grpc_restricted_protocol_needs_its_metadata(restricted: RunningServer) 
                 with pytest.raises(grpc.RpcError) as info:
                     call(metadata)
                 assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-                assert f"triton-grpc-protocol-{ADMIN}" in info.value.details()
-                assert SECRET not in info.value.details()
+                details = info.value.details()
+                assert details is not None and f"triton-grpc-protocol-{ADMIN}" in details
+                assert SECRET not in details
         assert any(m.name == "doubler" for m in client.get_model_repository_index(headers=header).models)
         assert client.get_model_config("doubler", headers=header).config.name == "doubler"
         # health, with its own key, covers the standard health service too (as in Triton)
@@ -102,11 +103,11 @@ def test_grpc_restricted_protocol_needs_its_metadata(restricted: RunningServer) 
         with pytest.raises(InferenceServerException, match="expecting header 'triton-grpc-protocol-probe'"):
             client.is_server_ready()
         assert client.is_server_ready(headers=probe) and client.is_model_ready("doubler", headers=probe)
-        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]  # the stubs omit HealthStub's methods
         with pytest.raises(grpc.RpcError) as info:
-            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            check(health_pb2.HealthCheckRequest(), timeout=30)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        serving = health.Check(health_pb2.HealthCheckRequest(), metadata=tuple(probe.items()), timeout=30)
+        serving = check(health_pb2.HealthCheckRequest(), metadata=tuple(probe.items()), timeout=30)
         assert serving.status == health_pb2.HealthCheckResponse.SERVING
         # open groups: metadata, statistics (restricted over HTTP only), inference
         assert client.get_model_metadata("doubler").name == "doubler"

@@ -44,7 +44,8 @@ def test_places_reserved_before_the_body_is_read_count_against_the_queue() -> No
         await batcher.reserve()
         batcher.release()
         worker.release.set()
-        assert await asyncio.gather(running, queued) == [("done", "running"), ("done", "reserved")]
+        # gather gives a list (typeshed types it as a tuple of the two results)
+        assert list(await asyncio.gather(running, queued)) == [("done", "running"), ("done", "reserved")]
         await batcher.stop()
     run(scenario())
 

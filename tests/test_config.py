@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import TORCHSCRIPT, InstanceGroup, parse_config
+from serving.config import TORCHSCRIPT, InstanceGroup, ModelSpec, parse_config
 from serving.errors import ConfigError
 
 BASE = """
@@ -17,7 +17,7 @@ output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] } ]
 """
 
 
-def parse(text: str, name: str = "m", tmp: Path | None = None) -> object:
+def parse(text: str, name: str = "m", tmp: Path | None = None) -> ModelSpec:
     return parse_config(text, (tmp or Path("/nonexistent")) / name)
 
 

@@ -189,8 +189,9 @@ def test_dot_dot_over_grpc_is_invalid(server: RunningServer, layout: Layout) -> 
                 with pytest.raises(grpc.RpcError) as info:
                     stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
                                              timeout=30)
-                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
-                assert str(layout.root) not in info.value.details()
+                details = info.value.details()
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, details)
+                assert details is not None and str(layout.root) not in details
         with pytest.raises(grpc.RpcError) as info:  # a config that is not a string
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(
                 model_name="target", parameters={"config": pb.ModelRepositoryParameter(int64_param=3)}), timeout=30)
@@ -342,8 +343,9 @@ def test_fuzzed_grpc_loads_are_never_a_server_error(server: RunningServer, layou
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
                                      timeout=30)
         except grpc.RpcError as exc:
-            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), exc.details()
-            assert str(layout.root) not in exc.details()
+            details = exc.details()
+            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), details
+            assert details is not None and str(layout.root) not in details
         assert not layout.marker.exists()
     finally:
         channel.close()

@@ -97,7 +97,7 @@ def test_every_transport_gives_identical_outputs(server: RunningServer, datatype
     import tritonclient.grpc as grpcclient
 
     data = sample(datatype)
-    got = {}
+    got: dict[str, object] = {}
     for transport, module, url in (("http-json", httpclient, server.url), ("http-binary", httpclient, server.url),
                                    ("grpc", grpcclient, f"127.0.0.1:{server.server.grpc_port}")):
         client = module.InferenceServerClient(url)

@@ -15,14 +15,14 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 
-from serving.config import parse_config
+from serving.config import ModelSpec, parse_config
 from serving.device import HostBuffers, Placement
 from serving.errors import ConfigError
 
 from .conftest import RunningServer, write_model
 
 
-def spec_with(groups: str) -> object:
+def spec_with(groups: str) -> ModelSpec:
     return parse_config(f"""
         backend: "python"
         max_batch_size: 4
@@ -203,7 +203,8 @@ def test_warm_up_runs_before_readiness(tmp_path: Path) -> None:
         assert (logs / "explicit.log").read_text().splitlines() == \
             ["[3, 2] [0.0, 0.0] bf16=False", "[1, 2] [5.0, 6.0] bf16=False", "[1, 2] [5.0, 6.0] bf16=False"]
         assert not (logs / "off.log").exists()
-        index = {row["name"]: row for row in server.server.repository.index()}  # type: ignore[union-attr]  # started: a repository
+        assert server.server.repository is not None  # a started server has its repository
+        index = {row["name"]: row for row in server.server.repository.index()}
         assert index["bad_sample"]["state"] == "UNAVAILABLE" and "missing.bin" in index["bad_sample"]["reason"]
         assert index["auto"]["state"] == index["explicit"]["state"] == "READY"
     finally:
@@ -251,7 +252,8 @@ def test_bf16_autocast_torch_compile_and_cuda_graphs_options_on_cpu(tmp_path: Pa
             assert client.infer(name, [inp]).as_numpy("Y").tolist() == [[3.0]]
         assert (logs / "bf16.log").read_text().strip().endswith("bf16=True")
         assert (logs / "graphs.log").read_text().strip().endswith("bf16=False")
-        compiled = server.server.repository.get("compiled").instances[0]  # type: ignore[union-attr]  # started: a repository
+        assert server.server.repository is not None  # a started server has its repository
+        compiled = server.server.repository.get("compiled").instances[0]
         assert compiled.executor.predict is not compiled.handler.predict
         assert any("cuda_graphs needs a GPU instance" in r.getMessage() for r in caplog.records)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -88,7 +88,7 @@ def test_bodies_over_the_limit_get_413(small_limit_server: RunningServer) -> Non
     assert status == 413 and "--max-request-bytes" in body["error"]
 
     async def chunked() -> tuple[int, dict]:  # no Content-Length: the limit holds while reading
-        async def stream():  # type: ignore[no-untyped-def]
+        async def stream() -> AsyncIterator[bytes]:
             for start in range(0, len(big), 100):
                 yield big[start:start + 100]
         async with aiohttp.ClientSession() as session:

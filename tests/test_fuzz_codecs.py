@@ -13,6 +13,7 @@ import re
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -172,9 +173,10 @@ class Traced:
 def shallow_stack(frames: int = 120) -> Iterator[None]:
     """Let the block use only ``frames`` more stack frames: a server calls the decoders deep
     in its own stack, so a decoder's depth must not grow with the input's nesting."""
-    depth, frame = 0, sys._getframe()
+    depth = 0
+    frame: FrameType | None = sys._getframe()
     while frame is not None:
-        depth, frame = depth + 1, frame.f_back  # type: ignore[assignment]
+        depth, frame = depth + 1, frame.f_back
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(depth + frames)
     try:

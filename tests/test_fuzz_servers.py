@@ -167,7 +167,8 @@ class Grpc:
     def call(self, method: str, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
         async def go() -> tuple[grpc.StatusCode, bytes | str]:
             try:
-                return grpc.StatusCode.OK, await self.channel.unary_unary(SERVICE + method)(data, timeout=10)
+                unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(SERVICE + method)
+                return grpc.StatusCode.OK, await unary(data, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 return exc.code(), exc.details() or ""
         return self.loop.run_until_complete(go())
@@ -341,11 +342,15 @@ def test_one_bad_stream_message_fails_only_itself(server: RunningServer) -> None
 
     async def scenario() -> list[Any]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.server.grpc_port}") as channel:
-            call = channel.stream_stream(SERVICE + "ModelStreamInfer")(timeout=30)
+            stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+                SERVICE + "ModelStreamInfer")
+            call = stream(timeout=30)
             answers = []
             for message in messages:
                 await call.write(message)
-                answers.append(pb.ModelStreamInferResponse.FromString(await call.read()))
+                reply = await call.read()
+                assert isinstance(reply, bytes)  # an answer, not the end of the stream: one per message
+                answers.append(pb.ModelStreamInferResponse.FromString(reply))
             await call.done_writing()
             assert await call.read() == grpc.aio.EOF
             assert await call.code() == grpc.StatusCode.OK

@@ -76,7 +76,8 @@ def test_classifier_on_the_gpu_matches_the_cpu() -> None:
     gpu = RunningServer(EXAMPLES, device="cuda")
     try:
         on_gpu = infer_classifier(gpu, x)
-        instance = gpu.server.repository.get("classifier").instances[0]  # type: ignore[union-attr]  # started: a repository
+        assert gpu.server.repository is not None  # a started server has its repository
+        instance = gpu.server.repository.get("classifier").instances[0]
         assert instance.device.type == "cuda"
         assert instance.executor.inputs is not None
         staged = instance.executor.inputs._buffers["INPUT__0"]  # the pool is private: the test looks inside
@@ -110,7 +111,8 @@ def test_options_keep_the_answers(tmp_path: Path) -> None:
             np.testing.assert_allclose(infer(server, "plain", x), expected, rtol=1e-3, atol=1e-3)
             np.testing.assert_allclose(infer(server, "graphs", x), expected, rtol=1e-3, atol=1e-3)
             np.testing.assert_allclose(infer(server, "half", x), expected, rtol=2e-2, atol=0.5)
-        graphs = server.server.repository.get("graphs").instances[0].executor.graphs  # type: ignore[union-attr]  # started: a repository
+        assert server.server.repository is not None  # a started server has its repository
+        graphs = server.server.repository.get("graphs").instances[0].executor.graphs
         assert set(graphs) >= {1, 16}
     finally:
         server.stop()

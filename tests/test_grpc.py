@@ -136,13 +136,14 @@ def test_typed_contents_are_accepted(server: RunningServer) -> None:
     tensor.contents.fp32_contents.append(1.0)
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(request)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs 64 values" in error.value.details()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs 64 values" in (error.value.details() or "")
 
 
 def test_health_service_follows_readiness(server: RunningServer) -> None:
     stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(grpc_url(server)))
+    check = stub.Check  # type: ignore[attr-defined]  # the stubs omit HealthStub's methods
     for service in ("", "inference.GRPCInferenceService"):
-        response = stub.Check(health_pb2.HealthCheckRequest(service=service))
+        response = check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -218,7 +219,8 @@ def test_sigterm_lets_in_flight_grpc_requests_finish_then_exits_zero() -> None:
                 with pytest.raises(InferenceServerException, match="shutting down") as late:
                     await client.infer("slow", x_input(100), client_timeout=30)
                 health = health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(target))
-                status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=10)).status
+                check = health.Check  # type: ignore[attr-defined]  # the stubs omit HealthStub's methods
+                status = (await check(health_pb2.HealthCheckRequest(), timeout=10)).status
                 results = await asyncio.gather(*in_flight)
                 return [r.as_numpy("Y").tolist() for r in results], str(late.value.status()), status
 

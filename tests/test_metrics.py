@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from inference_protocol.datatypes import bf16_bits_from_float
-from serving.config import parse_config
+from serving.config import ModelSpec, parse_config
 from serving.metrics import MAX_CLASS_LABELS, MAX_PENDING_BATCHES, Metrics, PredictionStats, exposition
 
 
-def spec(outputs: str, parameters: str = "") -> object:
+def spec(outputs: str, parameters: str = "") -> ModelSpec:
     return parse_config(f"""
         backend: "python"
         max_batch_size: 8

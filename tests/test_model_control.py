@@ -252,10 +252,11 @@ def test_unloaded_versions_are_freed_over_load_unload_cycles(tmp_path: Path) -> 
             if load:
                 client.load_model("heavy")
             assert answer(client, "heavy") == 1.0
-            loaded = server.server.repository.models["heavy"].versions[1]  # type: ignore[union-attr]  # started
+            assert server.server.repository is not None  # a started server has its repository
+            loaded = server.server.repository.models["heavy"].versions[1]
             refs: list[weakref.ref[Any]] = [weakref.ref(loaded.batcher)]
             for instance in loaded.instances:
-                weights = instance.handler.weights  # type: ignore[union-attr]  # Heavy's own attribute
+                weights = instance.handler.weights  # type: ignore[attr-defined]  # the test model Heavy's own attribute
                 refs += [weakref.ref(instance), weakref.ref(instance.handler), weakref.ref(weights)]
             del loaded, instance, weights
             client.unload_model("heavy")

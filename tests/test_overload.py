@@ -89,7 +89,7 @@ async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
 
 
 async def fill(server: RunningServer, session: aiohttp.ClientSession, url: str,
-               queue: int) -> list[asyncio.Future]:
+               queue: int) -> list[asyncio.Task[tuple[int, dict, str | None]]]:
     """One request running behind the closed gate, then ``queue`` more waiting in the queue."""
     assert server.server.repository is not None
     batcher = server.server.repository.get("gated").batcher

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -104,7 +104,7 @@ def test_queue_timeouts_and_the_timeout_parameter(server: tuple[RunningServer, P
     running, logs = server
     url = f"http://{running.url}/v2/models/timeouts/infer"
 
-    async def scenario() -> list[tuple[int, dict]]:
+    async def scenario() -> Sequence[tuple[int, dict]]:
         async with aiohttp.ClientSession() as session:
             first = asyncio.ensure_future(infer(session, url, 1))
             await asyncio.sleep(0.05)

@@ -111,7 +111,8 @@ def test_console_script_serves_the_examples() -> None:
                                 "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1"],
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
-        first = json.loads(process.stderr.readline())  # type: ignore[union-attr]  # stderr=PIPE
+        assert process.stderr is not None  # stderr=PIPE
+        first = json.loads(process.stderr.readline())
         assert first["message"].startswith("listening http=127.0.0.1:") and first["http_port"] > 0
     finally:
         process.send_signal(signal.SIGINT)

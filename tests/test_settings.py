@@ -60,12 +60,15 @@ def test_restricted_apis_as_triton_writes_them() -> None:
     http = settings.http_restricted_api
     admin = http.restricted("model-repository")
     assert admin is not None and admin.key == "admin-key" and admin.value == "a=b,c"  # split at the first '='
-    assert http.restricted("model-config") is admin and http.restricted("statistics").key == "stats-key"
+    statistics = http.restricted("statistics")
+    assert http.restricted("model-config") is admin and statistics is not None and statistics.key == "stats-key"
     assert http.restricted("inference") is None and http.restricted("health") is None
     assert http.denial("model-repository", {"admin-key": "a=b,c"}) is None
-    assert "expecting header 'admin-key'" in http.denial("model-repository", {"admin-key": "a=b"})
+    denial = http.denial("model-repository", {"admin-key": "a=b"})
+    assert denial is not None and "expecting header 'admin-key'" in denial
     grpc = settings.grpc_restricted_protocol
-    assert grpc.restricted("health").key == "infer-key" and grpc.restricted("model-repository").value == "x"
+    health, repository = grpc.restricted("health"), grpc.restricted("model-repository")
+    assert health is not None and health.key == "infer-key" and repository is not None and repository.value == "x"
     assert "a=b,c" not in repr(settings) and "'x'" not in repr(settings)  # values stay out of logs and reprs
     assert parse(["--model-repository", "r"], {}).http_restricted_api.restrictions == ()  # default: open
 

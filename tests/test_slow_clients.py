@@ -78,7 +78,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
 
 async def good_requests(url: str, seconds: float) -> list[int]:
     """A well-behaved client sending requests back to back for ``seconds``."""
-    statuses = []
+    statuses: list[int] = []
     async with aiohttp.ClientSession() as session:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and len(statuses) < 500:

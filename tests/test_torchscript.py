@@ -156,6 +156,7 @@ def test_a_file_that_is_not_torchscript_is_reported(tmp_path: Path) -> None:
         """, {1: {"model.pt": b"PK\x03\x04 this is not an archive"}})
     server = RunningServer(tmp_path)
     try:
+        assert server.server.repository is not None
         index = server.server.repository.index()
         assert index[0]["state"] == "UNAVAILABLE" and "not a TorchScript archive" in index[0]["reason"]
     finally:

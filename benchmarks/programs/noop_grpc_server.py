@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -51,10 +52,12 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    factory: Callable[[], asyncio.AbstractEventLoop] | None
     try:
         import uvloop
         factory = uvloop.new_event_loop
     except ImportError:
         factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    # asyncio.Runner is Python 3.11+, as are the interpreters these programs run on; mypy checks for 3.10
+    with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[attr-defined]  # 3.11+, see above
         runner.run(main(args.host, args.port))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -150,7 +151,7 @@ class Doubles:
                     sock.bind(("127.0.0.1", 0))
                     port = sock.getsockname()[1]
             else:
-                server = await asyncio.start_server(lambda r, w, k=kind: self._connection(k, r, w), "127.0.0.1", 0,
+                server = await asyncio.start_server(functools.partial(self._connection, kind), "127.0.0.1", 0,
                                                     backlog=1024)
                 self.servers.append(server)
                 port = server.sockets[0].getsockname()[1]

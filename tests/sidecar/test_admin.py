@@ -8,7 +8,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ class Upstreams:
         self.canary = Stub(self._model("2"), self.loop)
         self.webhook = Stub(self._webhook, self.loop)
 
-    def _model(self, version: str):  # type: ignore[no-untyped-def]
+    def _model(self, version: str) -> Callable[[web.Application], None]:
         async def infer(request: web.Request) -> web.Response:
             await request.read()
             return web.json_response({"model_name": "m", "model_version": version, "outputs": []})
-        return lambda app: app.router.add_post("/v2/models/m/infer", infer)
+        def routes(app: web.Application) -> None:
+            app.router.add_post("/v2/models/m/infer", infer)
+        return routes
 
     def _webhook(self, app: web.Application) -> None:
         async def hook(request: web.Request) -> web.Response:

@@ -182,8 +182,9 @@ def test_a_misbehaving_shadow_leaves_the_primary_untouched_and_memory_bounded(ha
         return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
     for name, reason in counters:  # timeouts come a second after the copies that cause them
-        wait_until(lambda name=name, reason=reason: value(scrape(harness.process.metrics), name, reason) > 0, 5,
-                   f"{name}{{reason={reason}}} for the {kind} shadow")
+        def counted(name: str = name, reason: str | None = reason) -> bool:
+            return value(scrape(harness.process.metrics), name, reason) > 0
+        wait_until(counted, 5, f"{name}{{reason={reason}}} for the {kind} shadow")
     metrics = scrape(harness.process.metrics)
     sent = value(metrics, "sidecar_shadow_requests_total", None) or sum(
         v for (n, labels), v in metrics.items() if n == "sidecar_shadow_requests_total" and ("shadow", kind) in labels)

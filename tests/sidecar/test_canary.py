@@ -33,7 +33,7 @@ def interval(**overrides: object) -> IntervalMetrics:
         "primary_requests": 900, "primary_errors": 1, "primary_p99": 0.020, "compared_rows": 100, "agree_rows": 98,
         "diff_requests": 100, "diff_sum": 1.0}
     values.update(overrides)
-    return IntervalMetrics(**values)  # type: ignore[arg-type]
+    return IntervalMetrics(**values)  # type: ignore[arg-type]  # fields of each type
 
 
 @pytest.mark.parametrize("metrics, verdict, failed", [

@@ -42,7 +42,7 @@ def http_version(url: str, rows: np.ndarray, **options: object) -> str:
     try:
         inputs = [httpclient.InferInput("INPUT__0", list(rows.shape), "FP32")]
         inputs[0].set_data_from_numpy(rows)
-        answer = client.infer("classifier", inputs, **options)  # type: ignore[arg-type]
+        answer = client.infer("classifier", inputs, **options)
         return str(answer.get_response()["model_version"])
     finally:
         client.close()
@@ -53,7 +53,7 @@ def grpc_version(url: str, rows: np.ndarray, **options: object) -> str:
     try:
         inputs = [grpcclient.InferInput("INPUT__0", list(rows.shape), "FP32")]
         inputs[0].set_data_from_numpy(rows)
-        return str(client.infer("classifier", inputs, **options).get_response().model_version)  # type: ignore[arg-type]
+        return str(client.infer("classifier", inputs, **options).get_response().model_version)
     finally:
         client.close()
 

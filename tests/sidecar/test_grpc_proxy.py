@@ -59,6 +59,7 @@ def test_tritonclient_grpc_gets_exactly_what_the_primary_answers(sidecar: Runnin
 
 def test_streaming_inference_passes_through(sidecar: RunningSidecar, serve_v1: ModelServer,
                                             points: np.ndarray) -> None:
+    assert serve_v1.grpc is not None  # the model server listens for gRPC here
     answers: dict[str, list[np.ndarray]] = {}
     for url in (serve_v1.grpc, sidecar.grpc):
         results: queue.Queue = queue.Queue()
@@ -84,14 +85,15 @@ def test_streaming_inference_passes_through(sidecar: RunningSidecar, serve_v1: M
 
 def test_server_streaming_methods_of_other_services_pass_through(sidecar: RunningSidecar) -> None:
     with grpc.insecure_channel(sidecar.grpc) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        stub = health_pb2_grpc.HealthStub(channel)
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)  # type: ignore[attr-defined]  # the stubs omit HealthStub's methods
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
 
 
 def test_health_checks_answer_from_the_sidecar_readiness(sidecar: RunningSidecar) -> None:
     with grpc.insecure_channel(sidecar.grpc) as channel:
-        check = health_pb2_grpc.HealthStub(channel).Check
+        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]  # the stubs omit HealthStub's methods
         assert check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         sidecar.sidecar.health.draining = True
         try:
@@ -115,7 +117,9 @@ class Upstream(grpc.GenericRpcHandler):
         return None
 
     async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        received = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        metadata = context.invocation_metadata()
+        assert metadata is not None  # grpc.aio gives a call's metadata to its handler
+        received = {k: v for k, v in metadata if isinstance(v, str)}
         await context.send_initial_metadata((("x-seen-auth", received.get("authorization", "")),))
         context.set_trailing_metadata((("x-trailer", "t"), ("x-echo", received.get("x-custom", ""))))
         if request == b"fail":
@@ -151,7 +155,7 @@ def stand_in() -> Iterator[tuple[Upstream, RunningSidecar, str]]:
 def test_metadata_trailers_and_status_pass_through(stand_in: tuple[Upstream, RunningSidecar, str]) -> None:
     _, running, _ = stand_in
     with grpc.insecure_channel(running.grpc) as channel:
-        method = channel.unary_unary(CONFIG_METHOD)
+        method: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(CONFIG_METHOD)
         response, call = method.with_call(b"hi", metadata=(("authorization", "Bearer t"), ("x-custom", "c")),
                                           timeout=10)
         assert response == b"echo:hi"
@@ -161,14 +165,16 @@ def test_metadata_trailers_and_status_pass_through(stand_in: tuple[Upstream, Run
             method(b"fail", timeout=10)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.value.details() == "busy: try later"
-        assert ("x-trailer", "t") in error.value.trailing_metadata()
+        # the stubs type RpcError's trailing entries as a class of their own; grpc gives (key, value) tuples
+        assert ("x-trailer", "t") in error.value.trailing_metadata()  # type: ignore[comparison-overlap]  # see above
 
 
 def test_the_client_deadline_carries_over(stand_in: tuple[Upstream, RunningSidecar, str]) -> None:
     upstream, running, _ = stand_in
     with grpc.insecure_channel(running.grpc) as channel:
         with pytest.raises(grpc.RpcError) as error:
-            channel.unary_unary(METADATA_METHOD)(b"", timeout=0.5)
+            method: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METADATA_METHOD)
+            method(b"", timeout=0.5)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # gRPC rounds a timeout up when it encodes it (grpc-timeout), once per hop: a few ms above the client's
     # 0.5 s, never the sidecar's own 60 s limit.

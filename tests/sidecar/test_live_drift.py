@@ -14,7 +14,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from sidecar.config.canary import CanaryConfig
-from sidecar.config.file import Config, DriftConfig, PrimaryConfig, RecordingConfig, ShadowConfig, load
+from sidecar.config.file import Config, DriftConfig, PrimaryConfig, RecordingConfig, ShadowConfig
+from sidecar.config.overrides import load
 from sidecar.drift import LiveDrift, Profile
 
 from .conftest import ModelServer
@@ -48,10 +49,10 @@ def send(sidecar: RunningSidecar, points: np.ndarray) -> None:
         infer(sidecar.http, points[start:start + 8])
 
 
-def expected(reference: Path, answers: np.ndarray) -> dict[str, tuple[float, float]]:
+def expected(reference: Path, answers: np.ndarray) -> dict[str, tuple[float | None, float | None]]:
     live = LiveDrift(Profile.load(reference), window=1000)
     live.observe({"OUTPUT__0": answers})
-    return {name: (value.psi, value.js) for name, value in live.snapshot().items()}  # type: ignore[misc]
+    return {name: (value.psi, value.js) for name, value in live.snapshot().items()}
 
 
 def gauges(sidecar: RunningSidecar, upstream: str) -> dict[str, tuple[float, float]]:

@@ -8,7 +8,7 @@ answers directly; the records are read back from Parquet.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -41,7 +41,7 @@ class Faults:
         self.urls["down"] = f"http://127.0.0.1:{free_port()}"
         self.urls["garbage"] = f"http://127.0.0.1:{self.garbage_server.sockets[0].getsockname()[1]}"
 
-    def _routes(self, name: str):  # type: ignore[no-untyped-def]
+    def _routes(self, name: str) -> Callable[[web.Application], None]:
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await request.read()
             self.received.setdefault(name, []).append(request.headers.get("x-request-id", ""))
@@ -61,7 +61,9 @@ class Faults:
                         k: v for k, v in answer.headers.items()
                         if k.lower() in ("content-type", "inference-header-content-length")})
 
-        return lambda app: app.router.add_post("/v2/models/{model}/infer", handler)
+        def routes(app: web.Application) -> None:
+            app.router.add_post("/v2/models/{model}/infer", handler)
+        return routes
 
     async def _garbage(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
@@ -135,7 +137,10 @@ def test_a_faulty_shadow_never_touches_the_primary_answer(kind: str, faults: Fau
                 # The client has its answer while this request's copy is still pending at the shadow.
                 assert sidecar.metric("sidecar_shadow_in_flight", shadow=kind) >= 1
                 copy = f"{kind}-{index}"
-                wait_until(lambda copy=copy: copy in faults.received.get(kind, []), 10, "the copy to arrive")
+
+                def arrived(copy: str = copy) -> bool:
+                    return copy in faults.received.get(kind, [])
+                wait_until(arrived, 10, "the copy to arrive")
         wait_until(lambda: sidecar.metric(metric, shadow=kind, **labels) == REQUESTS, 30, f"{metric} to count")
         assert sidecar.metric("sidecar_requests_total", upstream="primary", protocol="http", code="200") == REQUESTS
     finally:

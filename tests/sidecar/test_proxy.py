@@ -30,7 +30,7 @@ def sidecar(serve_v1: ModelServer) -> Iterator[RunningSidecar]:
 def get(url: str, method: str = "GET", **kwargs: object) -> tuple[int, dict[str, str], bytes]:
     async def fetch() -> tuple[int, dict[str, str], bytes]:
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, url, **kwargs) as response:  # type: ignore[arg-type]
+            async with session.request(method, url, **kwargs) as response:
                 return response.status, dict(response.headers), await response.read()
     return asyncio.run(fetch())
 

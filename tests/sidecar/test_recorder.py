@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -29,7 +30,8 @@ SCORES = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
 
 
 def request_body(request_id: str | None) -> bytes:
-    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 4], "data": X.reshape(-1).tolist()}]}
+    body: dict[str, object] = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 4],
+                                           "data": X.reshape(-1).tolist()}]}
     if request_id is not None:
         body["id"] = request_id
     return orjson.dumps(body)
@@ -78,7 +80,7 @@ def test_error_answers_and_garbage_are_recorded_as_errors() -> None:
     ex.add_shadow(Answer("broken", 500, 1.0, None, b"<html>"))
     record = to_record(ex, RecordingConfig(), metrics)
     assert (record.primary.status, record.primary.error) == (404, "unknown model")
-    assert record.shadows[0].error.startswith("invalid response: not JSON")
+    assert (record.shadows[0].error or "").startswith("invalid response: not JSON")
     assert record.shadows[1].error == "HTTP 500"
     assert metrics.registry.get_sample_value("sidecar_shadow_errors_total",
                                              {"shadow": "garbage", "reason": "invalid_response"}) == 1
@@ -96,7 +98,7 @@ def test_inputs_are_kept_by_policy_and_under_the_cap() -> None:
     assert kept == [k for k in keys if sampled(k, 0.3, "inputs")] and 30 < len(kept) < 90
 
 
-def recorder(tmp_path: Path, **kwargs: object) -> tuple[Recorder, Metrics]:
+def recorder(tmp_path: Path, **kwargs: Any) -> tuple[Recorder, Metrics]:  # RecordingConfig's fields
     metrics = Metrics(CollectorRegistry())
     config = dataclasses.replace(RecordingConfig(dir=tmp_path), **kwargs)
     return Recorder(config, metrics), metrics

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +27,14 @@ class Upstreams:
         self.seen: Counter[str] = Counter()
         self.stubs = {name: Stub(self._routes(name), self.loop) for name in ("primary", "a", "b")}
 
-    def _routes(self, name: str):  # type: ignore[no-untyped-def]
+    def _routes(self, name: str) -> Callable[[web.Application], None]:
         async def infer(request: web.Request) -> web.Response:
             await request.read()
             self.seen[name] += 1
             return web.json_response({"model_name": "m", "model_version": "1", "outputs": []})
-        return lambda app: app.router.add_post("/v2/models/m/infer", infer)
+        def routes(app: web.Application) -> None:
+            app.router.add_post("/v2/models/m/infer", infer)
+        return routes
 
     def url(self, name: str) -> str:
         return self.stubs[name].url

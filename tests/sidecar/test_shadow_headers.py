@@ -55,7 +55,9 @@ class Recorder:
         class Handler(grpc.GenericRpcHandler):
             def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
                 async def record(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                    recorder.grpc.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+                    metadata = context.invocation_metadata()
+                    assert metadata is not None  # grpc.aio gives a call's metadata to its handler
+                    recorder.grpc.append({k: v for k, v in metadata if isinstance(v, str)})
                     return b""
                 return grpc.unary_unary_rpc_method_handler(record)
 
@@ -145,9 +147,9 @@ def test_allow_list_mode_sends_only_the_named_headers(recorders: tuple[Recorder,
     seen = shadow.http if protocol == "http" else shadow.grpc
     seen.clear()
     rules = HeaderRules(set=(("x-shadow", "yes"),), allow=frozenset({"x-user-id"}))
-    upstream = {"http": shadow.url} if protocol == "http" else {"grpc": shadow.grpc_target}
+    http, grpc_target = (shadow.url, None) if protocol == "http" else (None, shadow.grpc_target)
     running = RunningSidecar(Config(primary=PrimaryConfig(http=serve_v1.http_url, grpc=serve_v1.grpc),
-                                    shadows=(ShadowConfig("rec", headers=rules, **upstream),)))
+                                    shadows=(ShadowConfig("rec", http=http, grpc=grpc_target, headers=rules),)))
     try:
         (http_infer if protocol == "http" else grpc_infer)(getattr(running, protocol), points,
                                                            {**CREDENTIALS, **PLAIN, "X-Other": "o"})

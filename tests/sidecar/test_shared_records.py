@@ -96,7 +96,7 @@ class Writer:
 
 @contextmanager
 def writing(*args: object) -> Iterator[Writer]:
-    writer = Writer(*args)  # type: ignore[arg-type]
+    writer = Writer(*args)  # type: ignore[arg-type]  # Writer's own parameters, passed through
     try:
         yield writer
     finally:
