@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.drift import DriftError, Window, profile_records
 from sidecar.drift.reader import read_chunks
+from sidecar.drift.summary import CategoricalColumn, NumericColumn
 from sidecar.drift.synthetic import START, records_table, write_records
 from sidecar.records.schema import RESPONSE, SCHEMA, TENSOR
 
@@ -63,9 +64,10 @@ def test_batches_orders_missing_outputs_failures_and_strings(tmp_path: Path) -> 
     assert chunk.tensors["inputs"]["x"].take().tolist() == [[1, 2], [3, 4]]
     assert chunk.upstreams == {"v2", "v3"}
     profile = profile_records(Window(tmp_path / "r"))
-    assert profile.columns["t"].counts == {"yes": 1}  # type: ignore[union-attr]  # a column of that kind
-    assert profile.columns["c"].counts == {"3": 1, "4": 1, "5": 1}  # type: ignore[union-attr]  # a column of that kind
-    assert profile.columns["input:x[1]"].count == 2  # type: ignore[union-attr]  # a column of that kind
+    t, c, x = profile.columns["t"], profile.columns["c"], profile.columns["input:x[1]"]
+    assert isinstance(t, CategoricalColumn) and t.counts == {"yes": 1}
+    assert isinstance(c, CategoricalColumn) and c.counts == {"3": 1, "4": 1, "5": 1}
+    assert isinstance(x, NumericColumn) and x.count == 2
 
 
 def test_rows_of_varying_size_are_pooled(tmp_path: Path) -> None:
@@ -73,7 +75,8 @@ def test_rows_of_varying_size_are_pooled(tmp_path: Path) -> None:
             for i in range(4)]
     _write(tmp_path / "r" / "a.parquet", rows)
     profile = profile_records(Window(tmp_path / "r"))
-    assert list(profile.columns) == ["seq[*]"] and profile.columns["seq[*]"].count == 10  # type: ignore[union-attr]  # a column of that kind
+    seq = profile.columns.get("seq[*]")
+    assert list(profile.columns) == ["seq[*]"] and isinstance(seq, NumericColumn) and seq.count == 10
 
 
 def test_time_range_model_and_suffix_filters(tmp_path: Path) -> None:
