@@ -53,7 +53,7 @@ class OutputComparison:
     labels: dict[str, int] | None
     disagreement: bool
     reasons: list[str]
-    timeline: dict[str, list[Any]]
+    timeline: dict[str, Any]  # "metric" names the measure; the rest are lists, one entry per time bucket
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "pairs": self.pairs, "disagreement": self.disagreement,
@@ -208,7 +208,7 @@ class PairAccumulator:
                                 _timeline(out))
 
 
-def _timeline(out: _Output) -> dict[str, list[Any]]:
+def _timeline(out: _Output) -> dict[str, Any]:
     """Agreement rate (or mean absolute difference) per time bucket, for the report's plot."""
     if not out.times:
         return {}

@@ -40,7 +40,7 @@ def test_flipped_class_with_labels(tmp_path: Path) -> None:
     mcnemar = output.statistics["mcnemar"].p_value
     assert mcnemar is not None and mcnemar < 1e-10  # computed for classes
     assert any("less accurate" in r for r in output.reasons)
-    assert output.timeline["metric"] == "agreement"  # type: ignore[comparison-overlap]  # a str, typed list[Any]
+    assert output.timeline["metric"] == "agreement"
     assert sum(output.timeline["pairs"]) == n - 40
     no_nan(to_document(report))
     assert report.distribution.columns[0].name == "probs[0]"
