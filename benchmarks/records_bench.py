@@ -35,7 +35,7 @@ from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.segments import SegmentWriter
 from sidecar.records.spool import ParquetBuilder
 from sidecar.records.tables import Record, ResponseRecord, to_table
-from tests.sidecar.test_shared_records import all_ids, writing
+from tests.sidecar.records.test_shared_records import all_ids, writing
 
 
 def record(index: int, width: int) -> Record:

@@ -12,8 +12,8 @@ from sidecar.records.segments import finished_segments
 from sidecar.records.spool import OwnerLock, Stream, lock_path, segment_stem
 from sidecar.records.tables import to_table
 
-from ..sidecar.test_segments import record
-from ..sidecar.test_spool import dead_writer
+from ..sidecar.records.test_segments import record
+from ..sidecar.records.test_spool import dead_writer
 
 
 def test_recover_finishes_dead_writers_below_the_root_and_leaves_live_ones(

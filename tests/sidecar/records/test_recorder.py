@@ -23,7 +23,7 @@ from sidecar.records.segments import finished_segments
 from sidecar.records.spool import read_batches
 from sidecar.routing import sampled
 
-from .support import wait_until
+from ..support import wait_until
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 SCORES = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)

@@ -30,9 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.mirror.shadow import FAILURES_TO_REST
 
-from .conftest import ModelServer
-from .doubles import Doubles
-from .support import LoopThread, SidecarProcess, wait_until
+from ..conftest import ModelServer
+from ..doubles import Doubles
+from ..support import LoopThread, SidecarProcess, wait_until
 
 TRAFFIC_SECS = 1.5  # past the shadow timeout (1 s): a blackholed shadow has rested by the end
 CLIENTS = 8

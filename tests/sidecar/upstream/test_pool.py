@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.upstream.pool import Pool, TooLarge, UpstreamError
 
-from .support import free_port
+from ..support import free_port
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -18,8 +18,8 @@ import tritonclient.http as httpclient
 from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowConfig
 from sidecar.routing import sampled
 
-from .conftest import ModelServer
-from .support import RunningSidecar, output_array, read_records, wait_until
+from ..conftest import ModelServer
+from ..support import RunningSidecar, output_array, read_records, wait_until
 
 
 def http_infer(url: str, rows: np.ndarray, request_id: str, binary: bool) -> np.ndarray:

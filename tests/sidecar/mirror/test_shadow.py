@@ -19,8 +19,8 @@ from aiohttp import web
 
 from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowConfig
 
-from .conftest import ModelServer
-from .support import LoopThread, RunningSidecar, Stub, free_port, output_array, read_records, wait_until
+from ..conftest import ModelServer
+from ..support import LoopThread, RunningSidecar, Stub, free_port, output_array, read_records, wait_until
 
 REQUESTS = 4
 SLOW_SECS = 2.0  # the slow shadow: hundreds of times the primary's few milliseconds

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sidecar.config.file import Config, PrimaryConfig
 
-from .support import RunningSidecar, SidecarProcess, Stub
+from ..support import RunningSidecar, SidecarProcess, Stub
 
 HEADER_SECS = 0.5
 REQUEST = b"GET /v2/models/m HTTP/1.1\r\nHost: sidecar\r\n\r\n"

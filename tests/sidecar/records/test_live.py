@@ -18,8 +18,8 @@ from sidecar.config.file import Config, DriftConfig, PrimaryConfig, RecordingCon
 from sidecar.config.overrides import load
 from sidecar.drift import LiveDrift, Profile
 
-from .conftest import ModelServer
-from .support import RunningSidecar, settings, wait_until
+from ..conftest import ModelServer
+from ..support import RunningSidecar, settings, wait_until
 
 COLUMNS = [f"OUTPUT__0[{i}]" for i in range(10)] + ["OUTPUT__0.top1"]
 

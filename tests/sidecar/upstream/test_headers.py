@@ -19,8 +19,8 @@ from aiohttp import web
 from sidecar.config.file import CanaryConfig, Config, PrimaryConfig, ShadowConfig
 from sidecar.config.headers import HeaderRules
 
-from .conftest import ModelServer
-from .support import LoopThread, RunningSidecar, Stub, wait_until
+from ..conftest import ModelServer
+from ..support import LoopThread, RunningSidecar, Stub, wait_until
 
 CREDENTIALS = {"Authorization": "Bearer secret", "Cookie": "session=secret", "X-Api-Key": "secret",
                "X-Auth-Token": "secret", "X-Amz-Security-Token": "secret", "X-Goog-Iam-Authorization-Token": "secret",

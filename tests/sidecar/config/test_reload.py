@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sidecar.config.overrides import load
 
-from .support import LoopThread, RunningSidecar, Stub, settings, wait_until
+from ..support import LoopThread, RunningSidecar, Stub, settings, wait_until
 
 
 class Upstreams:

@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.config.file import Config, PrimaryConfig
 
-from .support import LoopThread, RunningSidecar, free_port, wait_until
+from ..support import LoopThread, RunningSidecar, free_port, wait_until
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 PRIMARY_TIMEOUT = 1.0

@@ -15,8 +15,8 @@ import tritonclient.grpc as grpcclient
 
 from sidecar.config.file import Config, PrimaryConfig, ShadowConfig
 
-from .conftest import ModelServer
-from .support import LoopThread, RunningSidecar, wait_until
+from ..conftest import ModelServer
+from ..support import LoopThread, RunningSidecar, wait_until
 
 REQUESTS = 12
 

@@ -15,8 +15,8 @@ from sidecar.config.canary import CanaryConfig
 from sidecar.config.file import Config, PrimaryConfig
 from sidecar.routing import split
 
-from .conftest import Candidate, ModelServer
-from .support import RunningSidecar, free_port
+from ..conftest import Candidate, ModelServer
+from ..support import RunningSidecar, free_port
 
 WEIGHT = 50.0
 USERS = [f"user-{i}" for i in range(16)]

@@ -20,10 +20,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from .conftest import ModelServer
-from .support import SidecarProcess, wait_until
+from ..conftest import ModelServer
+from ..support import SidecarProcess, wait_until
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "fixtures" / "sidecar_slow"
+REPOSITORY = Path(__file__).resolve().parents[2] / "fixtures" / "sidecar_slow"
 PER_PROTOCOL = 3
 
 

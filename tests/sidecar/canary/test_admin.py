@@ -25,7 +25,7 @@ from sidecar.config.overrides import load
 from sidecar.config.settings import Address
 from sidecar.routing import split
 
-from .support import LoopThread, RunningSidecar, Stub, settings, wait_until
+from ..support import LoopThread, RunningSidecar, Stub, settings, wait_until
 
 
 class Upstreams:

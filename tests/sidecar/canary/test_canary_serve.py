@@ -26,8 +26,8 @@ from sidecar.config.file import Config, PrimaryConfig, RecordingConfig
 from sidecar.drift import Window
 from sidecar.drift.reader import read_chunks
 
-from .conftest import Candidate, ModelServer
-from .support import LoopThread, RunningSidecar, read_records, wait_until
+from ..conftest import Candidate, ModelServer
+from ..support import LoopThread, RunningSidecar, read_records, wait_until
 
 ANALYSIS = AnalysisConfig(interval_secs=1.0, step_weight=20, max_weight=60, min_requests=5, failure_limit=2,
                           max_error_rate=0.05, max_p99_ratio=2.0, p99_slack_secs=0.2, max_disagreement=0.1)

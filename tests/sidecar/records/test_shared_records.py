@@ -29,7 +29,7 @@ from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.segments import SegmentWriter, finished_segments
 from sidecar.records.spool import read_batches
 
-from .support import ROOT, SidecarProcess, Stub, wait_until
+from ..support import ROOT, SidecarProcess, Stub, wait_until
 
 RECORDING = """
 import sys, time
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.config.file import RecordingConfig
 from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.recorder import Recorder
-from tests.sidecar.test_recorder import exchange
+from tests.sidecar.records.test_recorder import exchange
 directory, tag = Path(sys.argv[1]), sys.argv[2]
 rate, count, segment = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 recorder = Recorder(RecordingConfig(dir=directory, segment_records=segment), Metrics(CollectorRegistry()))

@@ -23,7 +23,7 @@ from sidecar.config.headers import DEFAULT_DENY, DENY_PREFIXES
 from sidecar.config.overrides import load
 from sidecar.config.settings import CanaryFlag, ShadowFlag
 
-from .support import settings
+from ..support import settings
 
 FULL = """
 primary: {http: "http://model:8000/", grpc: "model:8001", timeout: 90s, connect_timeout: 250ms, max_connections: 10}

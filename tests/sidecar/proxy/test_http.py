@@ -16,8 +16,8 @@ from aiohttp import web
 
 from sidecar.config.file import Config, HeaderRules, PrimaryConfig, ShadowConfig
 
-from .conftest import ModelServer
-from .support import RunningSidecar, Stub, free_port, wait_until
+from ..conftest import ModelServer
+from ..support import RunningSidecar, Stub, free_port, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from sidecar.records.segments import SegmentWriter, finished_segments
 from sidecar.records.spool import read_batches
 from sidecar.records.tables import Record, ResponseRecord
 
-from .support import ROOT
+from ..support import ROOT
 
 
 def record(index: int, width: int = 10) -> Record:
@@ -101,7 +101,7 @@ from sidecar.drift.errors import DriftError
 from sidecar.drift.reader import segment_files
 from sidecar.records.metrics import RecordMetrics as Metrics
 from sidecar.records.segments import SegmentWriter
-from tests.sidecar.test_segments import record
+from tests.sidecar.records.test_segments import record
 w = SegmentWriter(Path(sys.argv[1]), Metrics(CollectorRegistry()), 2, 3600.0, 1 << 30, row_group_records=1)
 for index in range(5):
     w.append(record(index), 100)

@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from sidecar.config.file import Config, PrimaryConfig, ShadowConfig
 
-from .conftest import ModelServer
-from .support import LoopThread, RunningSidecar, free_port, wait_until
+from ..conftest import ModelServer
+from ..support import LoopThread, RunningSidecar, free_port, wait_until
 
 CONFIG_METHOD = "/inference.GRPCInferenceService/ModelConfig"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
