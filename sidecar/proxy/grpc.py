@@ -141,6 +141,9 @@ class GrpcProxy(Proxy):
         return health_pb2.HealthCheckResponse(status=status)
 
     def _plan(self, ups: Upstreams, request: bytes | None, metadata: Metadata, infer: bool) -> Plan:
+        if not infer or not self.routes(ups):
+            return Plan(PRIMARY)
+
         def lookup(name: str) -> str | None:
             return _lookup(metadata, name)
         incoming = Incoming("grpc", lookup, request, len(request) if request is not None else None, _request_id)

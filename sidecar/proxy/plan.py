@@ -121,6 +121,14 @@ class Proxy:
         self.in_flight = 0  # the drain waits for it to reach 0
         self.observer = Observer(metrics, protocol, rollout)
 
+    def routes(self, ups: Upstreams) -> bool:
+        """Whether a request may go anywhere but the primary, or leave copies: else it needs no plan.
+
+        The common case (no shadow, no live drift, no canary taking traffic) then builds
+        nothing per request.
+        """
+        return bool(ups.shadows or ups.observe_fraction or (ups.canary is not None and self.rollout.weight > 0))
+
     def plan(self, ups: Upstreams, request: Incoming, *, infer: bool, canary_here: bool, mirror: bool) -> Plan:
         """Route ``request``: the canary (when it serves this transport: ``canary_here``) or the primary.
 
