@@ -135,13 +135,7 @@ class HttpProxy(Proxy):
         received = time.perf_counter()
         ups = self._upstreams()
         headers = forward_headers(request.headers)
-        held: bytes | None
-        body: bytes | AsyncIterable[bytes]
-        length = request.content_length
-        if length is not None and 0 < length <= ups.buffer_limit and "Expect" not in request.headers:
-            held = body = await request.read()  # the common case, without _body's coroutine
-        else:
-            held, body = await _body(request, headers, ups.buffer_limit)
+        held, body = await _body(request, headers, ups.buffer_limit)
         target = infer_target(request.path) if request.method == "POST" else None
         plan = Plan(PRIMARY)
         if target is not None and self.routes(ups):
