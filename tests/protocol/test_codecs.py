@@ -7,9 +7,11 @@ import struct
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference_protocol.binary import deserialize_bytes, serialize_bytes
-from inference_protocol.codecs import decode_infer_request, encode_infer_response
+from inference_protocol.codecs import decode_infer_request, encode_infer_response, json_object
 from inference_protocol.datatypes import NUMPY_DTYPES
 from inference_protocol.errors import InvalidInput
 from inference_protocol.tensors import InferResponse, Tensor
@@ -142,3 +144,27 @@ def test_non_utf8_bytes_output_in_json_asks_for_binary() -> None:
         encode_infer_response(InferResponse("m", "1", [tensor]), [False])
     body, length = encode_infer_response(InferResponse("m", "1", [tensor]), [True])
     assert length is not None and body[length:] == struct.pack("<I", 2) + b"\xff\xfe"
+
+
+@pytest.mark.parametrize(("body", "expected"), [(b"", {}), (b"  \n", {}), (b'{"a": 1}', {"a": 1})])
+def test_an_optional_json_object_body(body: bytes, expected: dict[str, object]) -> None:
+    assert json_object(body) == expected
+
+
+@pytest.mark.parametrize(("body", "message"), [(b"{nope", "not valid JSON"), (b"[1]", "must be a JSON object"),
+                                                (b'"text"', "must be a JSON object"), (b"\xff\xfe", "not valid JSON")])
+def test_a_body_that_is_no_json_object_is_refused(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        json_object(body)
+
+
+@given(st.one_of(st.binary(max_size=256), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
+    max_leaves=16).map(orjson.dumps)))
+def test_any_body_gives_an_object_or_a_client_error(body: bytes) -> None:
+    try:
+        result = json_object(body)
+    except InvalidInput:
+        return
+    assert isinstance(result, dict)
