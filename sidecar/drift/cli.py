@@ -17,6 +17,7 @@ from sidecar.drift.columns import MAX_ELEMENTS
 from sidecar.drift.errors import DriftError
 from sidecar.drift.html import write_html
 from sidecar.drift.jobs import compare_records, profile_records, report_records
+from sidecar.drift.judged import judged_versions
 from sidecar.drift.profile import Profile
 from sidecar.drift.progress import ProgressBar
 from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
@@ -211,9 +212,10 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         return _finish(report, args, f"Drift of {args.current}")
     bar = _progress(args, [args.records], "compare")
-    result = compare_records(Window(args.records, args.model, args.since, args.until), args.shadow,
-                             labels=args.labels, progress=bar, **options)
+    window = Window(args.records, args.model, args.since, args.until)
+    result = compare_records(window, args.shadow, labels=args.labels, progress=bar, **options)
     bar.close()
+    result.judged = judged_versions(window, args.shadow)  # what a promotion's evidence must name
     return _finish(result, args, f"Primary vs {args.shadow}")
 
 

@@ -97,14 +97,17 @@ def _output_figure(output: OutputComparison) -> str:
 
 def render_html(report: Report, title: str = "Drift report") -> str:
     """The whole report as one HTML page."""
+    judged = ""
     if isinstance(report, CompareReport):
+        if report.judged is not None:  # the version the evidence is for, under the verdict
+            judged = f'<p class="judged">judged: <b>{escape(report.judged.describe())}</b></p>'
         body = ("<h2>Agreement over time</h2>" + "".join(_output_figure(o) for o in report.outputs)
                 + f"<h2>Distribution of {escape(report.shadow)} against the primary</h2>"
                 + _window_body(report.distribution))
     else:
         body = "<h2>Reference vs current</h2>" + _window_body(report)
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{escape(title)}: {escape(status(report))}</h1>"
+            f"<style>{STYLE}</style></head><body><h1>{escape(title)}: {escape(status(report))}</h1>{judged}"
             f"<pre>{escape(table(report))}</pre>{body}</body></html>\n")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from sidecar.drift import stats
 from sidecar.drift.columns import MAX_ELEMENTS, array_columns, as_labels, kind_of, tensor_columns, top1
 from sidecar.drift.errors import DriftError
+from sidecar.drift.judged import Judged
 from sidecar.drift.profile import Profile
 from sidecar.drift.stats import Statistic
 from sidecar.drift.summary import add_columns
@@ -71,6 +72,7 @@ class CompareReport:
     distribution: WindowReport
     counts: dict[str, int]
     settings: DriftSettings
+    judged: Judged | None = None  # the model and version the shadow answered from (set by the compare job)
 
     @property
     def disagreement(self) -> bool:
@@ -81,7 +83,9 @@ class CompareReport:
         return self.distribution.drift
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "compare", "shadow": self.shadow, "disagreement": self.disagreement,
+        return {"kind": "compare", "shadow": self.shadow,
+                "judged": self.judged.to_json() if self.judged is not None else None,
+                "disagreement": self.disagreement,
                 "drift": self.drift, "counts": self.counts, "settings": self.settings.to_json(),
                 "outputs": [o.to_json() for o in self.outputs],
                 "distribution": self.distribution.to_json()}

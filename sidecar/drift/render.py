@@ -76,7 +76,8 @@ def compare_table(report: CompareReport) -> str:
                      "DISAGREE" if o.disagreement else "ok"])
     header = ["output", "pairs", "agreement", "disagreement CI", "MAD", "Spearman", "McNemar p", "verdict"]
     counts = report.counts
-    lines = [f"primary vs {report.shadow}: {counts.get('records', 0):,} records, "
+    judged = f" ({report.judged.describe()})" if report.judged is not None else ""
+    lines = [f"primary vs {report.shadow}{judged}: {counts.get('records', 0):,} records, "
              f"{counts.get('shadow_failed', 0):,} shadow failures, "
              f"{counts.get('paired_predictions', 0):,} paired predictions",
              "", _grid(header, rows)]
