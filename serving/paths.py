@@ -12,31 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from inference_protocol.names import MAX_NAME_LENGTH, MAX_VERSION_DIGITS, name_problem
+from inference_protocol.names import version_directory as version_directory  # serving reads it from here
+
 from .errors import ConfigError
 
-MAX_NAME_LENGTH = 255  # NAME_MAX: a model name is a directory name
-MAX_VERSION_DIGITS = 19  # int64, as Triton parses versions
 MAX_LABEL_BYTES = 4 * 1024 * 1024  # a labels file is read whole at load, one class name a line
 MAX_LABEL_LENGTH = 1024
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a model name, or None when it can."""
-    if not name:
-        return "it is empty"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"it is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
-    if name in (".", ".."):
-        return "'.' and '..' are not directories of the repository"
-    if "/" in name or "\\" in name:
-        return "it holds a path separator; a model name is one directory of the repository"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "it holds a control character"
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
-        return "it is not valid UTF-8"
-    if name.startswith("."):
-        return "names starting with '.' are hidden directories, which the repository skips"
-    return None
 
 
 def shown(name: str) -> str:
@@ -52,13 +34,6 @@ def request_version(text: str) -> int | None:
         return None
     number = int(text)
     return number if 0 < number < 2**63 else None
-
-
-def version_directory(name: str) -> int | None:
-    """The version a directory holds, as Triton reads them: positive, no leading zero; else None."""
-    if not name.isascii() or not name.isdigit() or name.startswith("0") or len(name) > MAX_VERSION_DIGITS:
-        return None
-    return int(name)
 
 
 def relative_file_problem(value: str) -> str | None:
