@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("inference_protocol", "serving", "sidecar")
+PACKAGES = ("inference_protocol", "model_registry", "serving", "sidecar")
 MAX_LINES = 400
 # What the sidecar may take from serving: pure modules, no torch, no server (see each one's docstring).
 SIDECAR_MAY_IMPORT = {"serving.connections", "serving.flags", "serving.logs", "serving.shutdown"}
@@ -100,6 +100,19 @@ def test_the_protocol_package_needs_no_server_and_no_torch(path: Path) -> None:
     heavy = {name for name in _imports(path) if name.split(".")[0] in {"torch", "aiohttp", "grpc", "serving",
                                                                        "sidecar"}}
     assert not heavy, f"{path.relative_to(ROOT)} imports {heavy}: the protocol package stays pure"
+
+
+@pytest.mark.parametrize("path", _in("model_registry"), ids=_name)
+def test_the_registry_package_needs_no_torch_and_no_server(path: Path) -> None:
+    heavy = {name for name in _imports(path) if name.split(".")[0] in {"torch", "aiohttp", "grpc", "serving",
+                                                                       "sidecar"}}
+    assert not heavy, f"{path.relative_to(ROOT)} imports {heavy}: serve and the sidecar both use the registry"
+
+
+@pytest.mark.parametrize("path", [p for p in _in("model_registry") if p.name != "store.py"], ids=_name)
+def test_only_the_store_imports_mlflow(path: Path) -> None:
+    assert not any(name.split(".")[0] == "mlflow" for name in _imports(path)), \
+        f"{path.relative_to(ROOT)} imports mlflow: only model_registry/store.py does, lazily"
 
 
 @pytest.mark.parametrize("path", _in("sidecar"), ids=_name)
