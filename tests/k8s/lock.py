@@ -1,40 +1,63 @@
-"""The images' lock file: the dependency closure of pyproject.toml without torch.
+"""The images' lock files: the dependency closure of pyproject.toml without torch, and of its registry extra.
 
-``python -m tests.k8s.lock > requirements/runtime.txt`` rewrites it with the versions
+``python -m tests.k8s.lock > requirements/runtime.txt`` rewrites the first and
+``python -m tests.k8s.lock registry > requirements/registry.txt`` the second, with the versions
 installed in the running environment (CPython 3.11 on Linux, the images' Python), after
-``pip install -e .`` there (the installed project's metadata is pyproject.toml's). test_dockerfile.py
-checks the file against the same closure.
+``pip install -c requirements/runtime.txt -e '.[registry]'`` there (the installed project's metadata
+is pyproject.toml's). test_dockerfile.py checks the files against the same closures.
 """
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 FROM_BASE_IMAGE = {"torch"}  # the PyTorch base image brings torch and its own dependencies
-HEADER = """\
+REGISTRY = "registry"  # the extra both images install beside the runtime lock
+HEADERS = {
+    "": """\
 # Pinned runtime dependencies of both images: the closure of pyproject.toml's
 # `dependencies` without torch, which comes from the model image's PyTorch base.
 # The images install this file, then the project's wheel with --no-deps, so what
 # runs in a container is exactly this list (tests/k8s/test_dockerfile.py checks
 # that it covers pyproject.toml and its own dependencies).
 # Resolved for CPython 3.11 on Linux x86_64; to refresh, see docs/deploy.md.
-"""
+""",
+    REGISTRY: """\
+# Pinned dependencies of pyproject.toml's `registry` extra (MLflow's client, SQLAlchemy,
+# Alembic) that requirements/runtime.txt does not pin already. Both images install the
+# two files together, then the project's wheel with --no-deps, so the registry client
+# (shadowserve-registry, serve --model-source, the sidecar's audit writes) runs on exactly
+# these (tests/k8s/test_dockerfile.py checks that the two cover the extra's closure).
+# Resolved for CPython 3.11 on Linux x86_64 together with runtime.txt; to refresh:
+#   pip install -c requirements/runtime.txt -e '.[registry]'
+#   python -m tests.k8s.lock registry > requirements/registry.txt
+""",
+}
 
 
-def declared() -> list[Requirement]:
-    """pyproject.toml's dependencies (as the installed project declares them), less the base image's."""
+def declared(extra: str = "") -> list[Requirement]:
+    """pyproject.toml's dependencies (``extra=""``) or those one extra adds, as the installed project
+    declares them, less the base image's."""
     requirements = [Requirement(raw) for raw in metadata.requires("shadowserve") or []]
-    return [r for r in requirements if canonicalize_name(r.name) not in FROM_BASE_IMAGE
-            and (r.marker is None or r.marker.evaluate({"extra": ""}))]
+    kept = []
+    for r in requirements:
+        if canonicalize_name(r.name) in FROM_BASE_IMAGE:
+            continue
+        in_base = r.marker is None or r.marker.evaluate({"extra": ""})
+        if (in_base and not extra) or (extra and not in_base and r.marker is not None
+                                        and r.marker.evaluate({"extra": extra})):
+            kept.append(r)
+    return kept
 
 
-def closure() -> dict[str, str]:
-    """Every distribution the declared dependencies need, with extras, as installed here: name → version."""
+def _walk(seeds: list[Requirement]) -> dict[str, str]:
+    """Every distribution the seeds need, with extras, as installed here: name → version."""
     found: dict[str, set[str]] = {}
-    todo = [(canonicalize_name(r.name), set(r.extras)) for r in declared()]
+    todo = [(canonicalize_name(r.name), set(r.extras)) for r in seeds]
     while todo:
         name, extras = todo.pop()
         if name in found and extras <= found[name]:
@@ -47,5 +70,18 @@ def closure() -> dict[str, str]:
     return {name: metadata.version(name) for name in sorted(found)}
 
 
+def closure(extra: str = "") -> dict[str, str]:
+    """The runtime lock's distributions (``extra=""``), or what the extra needs beyond them."""
+    runtime = _walk(declared())
+    if not extra:
+        return runtime
+    # Walked together, so that an extra of a runtime package the extra asks for counts too.
+    both = _walk(declared() + declared(extra))
+    return {name: version for name, version in both.items() if name not in runtime}
+
+
 if __name__ == "__main__":
-    print(HEADER + "".join(f"{name}=={version}\n" for name, version in closure().items()), end="")
+    which = sys.argv[1] if len(sys.argv) > 1 else ""
+    if which not in HEADERS:
+        sys.exit(f"usage: python -m tests.k8s.lock [{REGISTRY}]")
+    print(HEADERS[which] + "".join(f"{name}=={version}\n" for name, version in closure(which).items()), end="")

@@ -1,4 +1,4 @@
-"""The Dockerfile, statically (no Docker engine here): hadolint, its stages, the lock file, HEALTHCHECKs."""
+"""The Dockerfile, statically (no Docker engine here): hadolint, its stages, the lock files, HEALTHCHECKs."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from .kube import ROOT
-from .lock import closure, declared
+from .lock import REGISTRY, closure, declared
 
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements" / "runtime.txt"
+REGISTRY_LOCK = ROOT / "requirements" / "registry.txt"
 
 
 def instructions(text: str) -> Iterator[tuple[str, str]]:
@@ -45,9 +46,9 @@ def stages() -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def lock() -> dict[str, str]:
+def lock(path: Path = LOCK) -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in LOCK.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, sep, version = line.partition("==")
             assert sep and re.fullmatch(r"[\w.]+", version), f"not pinned exactly: {line}"
@@ -99,12 +100,32 @@ def test_final_stages(stage: str, entrypoint: str, ports: str) -> None:
 
 
 def test_model_repository_is_baked_in() -> None:
-    steps = stages()["model"]
-    assert ("ARG", "MODEL_REPOSITORY=examples/models") in steps
-    assert ("COPY", "${MODEL_REPOSITORY} /models") in steps
+    """From the build context by default, through the models stage, owned by root."""
+    models, steps = stages()["models"], stages()["model"]
+    assert models[0] == ("FROM", "model-build AS models"), "the pull runs on the model image's own environment"
+    assert ("ARG", "MODEL_REPOSITORY=examples/models") in models
+    assert ("COPY", "${MODEL_REPOSITORY} /context") in models
+    assert ("COPY", "--from=models --chown=0:0 /models /models") in steps
     env = " ".join(rest for k, rest in steps if k == "ENV")
     assert "SERVING_MODEL_REPOSITORY=/models" in env
     assert (ROOT / "examples" / "models").is_dir()
+
+
+def test_registry_build_args_label_the_image() -> None:
+    """MODEL_URI, MODEL_VERSION and MODEL_MANIFEST_SHA256 reach the pull and become the labels; credentials
+    are BuildKit secrets, never build arguments (those stay in the image's history)."""
+    models, steps = stages()["models"], stages()["model"]
+    labels = " ".join(rest for k, rest in steps if k == "LABEL")
+    for arg, label in (("MODEL_URI", "model-uri"), ("MODEL_VERSION", "model-version"),
+                       ("MODEL_MANIFEST_SHA256", "model-manifest-sha256")):
+        assert ("ARG", f'{arg}=""') in models and ("ARG", f'{arg}=""') in steps, arg
+        assert f'io.shadowserve.{label}="${{{arg}}}"' in labels, label
+    (pull,) = [rest for k, rest in models if k == "RUN"]
+    for variable in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert re.search(rf"--mount=type=secret,id=[\w-]+,env={variable}\b", pull), variable
+    every_arg = " ".join(rest for stage in stages().values() for k, rest in stage if k == "ARG")
+    assert not re.search(r"TOKEN|PASSWORD|SECRET", every_arg)
+    assert 'pull "$MODEL_URI" --dest /models' in pull
 
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
@@ -126,9 +147,33 @@ def test_lock_is_the_dependency_closure() -> None:
         assert requirement.specifier.contains(version, prereleases=True), f"{version} vs {requirement}"
 
 
+def test_registry_lock_is_the_extras_closure() -> None:
+    """The registry extra's dependencies that the runtime lock lacks, and theirs, each pinned once."""
+    pins, runtime = lock(REGISTRY_LOCK), lock()
+    assert not set(pins) & set(runtime), "pinned in runtime.txt already: drop it from registry.txt"
+    assert set(pins) == set(closure(REGISTRY)), \
+        "regenerate it: python -m tests.k8s.lock registry > requirements/registry.txt"
+    assert {"mlflow-skinny", "sqlalchemy", "alembic"} <= set(pins)
+    assert "torch" not in pins and "mlflow" not in pins, "MLflow's client only: no server, UI or torch"
+    for requirement in declared(REGISTRY):
+        name = canonicalize_name(requirement.name)
+        version = pins.get(name) or runtime[name]
+        assert requirement.specifier.contains(version, prereleases=True), f"{version} vs {requirement}"
+
+
+def test_both_images_install_both_locks() -> None:
+    for stage in ("sidecar-build", "model-build"):
+        steps = stages()[stage]
+        assert ("COPY", "requirements/runtime.txt requirements/registry.txt /tmp/") in steps, stage
+        runs = " ".join(rest for k, rest in steps if k == "RUN")
+        assert "--requirement /tmp/runtime.txt --requirement /tmp/registry.txt" in runs, stage
+        assert "model_registry.cli" in runs and "mlflow" in runs, f"{stage} checks the registry client imports"
+    assert ("COPY", "model_registry model_registry") in stages()["wheel"]
+
+
 def _image_site_packages(target: Path) -> None:
-    """Link the lock's distributions, and nothing else, from this environment into ``target``."""
-    for name in lock():
+    """Link the locks' distributions, and nothing else, from this environment into ``target``."""
+    for name in {**lock(), **lock(REGISTRY_LOCK)}:
         dist = metadata.distribution(name)
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
         for top in tops:
@@ -138,14 +183,15 @@ def _image_site_packages(target: Path) -> None:
 
 
 def test_sidecar_modules_import_without_torch(tmp_path: Path) -> None:
-    """The sidecar image holds only the lock's distributions: every sidecar module, and the protocol
-    package it shares with serve, imports with just those."""
+    """The sidecar image holds only the locks' distributions: every sidecar module, the protocol package
+    it shares with serve, the registry package and MLflow's client import with just those."""
     _image_site_packages(tmp_path)
     script = textwrap.dedent(f"""
         import importlib, pkgutil, sys
         sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT)!r}]
-        import inference_protocol, sidecar
-        for package in (inference_protocol, sidecar):
+        import inference_protocol, model_registry, sidecar
+        import mlflow, mlflow.artifacts, sqlalchemy, alembic  # what model_registry.store imports lazily
+        for package in (inference_protocol, sidecar, model_registry):
             for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
                 if not module.name.endswith(".__main__"):  # those run their command
                     importlib.import_module(module.name)
