@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -34,7 +35,8 @@ from serving.shutdown import stop_on_signals  # the same stop signals as serve (
 
 from .canary.admin import admin_app
 from .canary.controller import Controller
-from .canary.metrics import CanaryMetrics
+from .canary.metrics import CanaryMetrics, RegistryMetrics
+from .canary.registry import RegistryLink, verdict
 from .config.file import Config, ConfigError, restart_only_changes
 from .config.metrics import ConfigMetrics
 from .config.overrides import load
@@ -55,6 +57,7 @@ from .records.recorder import Recorder
 log = logging.getLogger("sidecar")
 
 RECORDER_FLUSH_SECS = 30.0
+REGISTRY_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 READY_POLL_SECS = 0.25
 
 
@@ -68,6 +71,7 @@ class SidecarMetrics:
         self.records = RecordMetrics(self.registry, self.mirror)
         self.canary = CanaryMetrics(self.registry)
         self.config = ConfigMetrics(self.registry)
+        self.model_registry = RegistryMetrics(self.registry)
 
 
 class Sidecar:
@@ -80,6 +84,9 @@ class Sidecar:
         self.registry = metrics.registry
         self.proxy_metrics, self.mirror_metrics, self.record_metrics = metrics.proxy, metrics.mirror, metrics.records
         self.rollout = Controller(metrics.canary)
+        # The model registry (MLflow): only opened, on its own thread, once a model is named.
+        self.registry_link = RegistryLink(settings.registry_uri, metrics.model_registry)
+        self.rollout.listeners.append(self.registry_link.decision)
         self.mirror_metrics.shadow_memory_budget.set(settings.shadow_memory_budget_bytes)
         self.budget = MemoryBudget(settings.shadow_memory_budget_bytes, self.mirror_metrics.shadow_memory_held.set)
         self.recorder = Recorder(config.recording, self.record_metrics, self.rollout.pairs)
@@ -104,6 +111,7 @@ class Sidecar:
         if self.config.drift is not None:
             self.recorder.drift = LiveDriftHub.load(self.config.drift, self.record_metrics)
         self.upstreams = build(self.config, self.mirror_metrics, budget=self.budget)
+        self.registry_link.configure(self.config)
         self.rollout.configure(self.config.canary)
         self._analysing = asyncio.ensure_future(self.rollout.run())
         self.recorder.start()
@@ -128,7 +136,7 @@ class Sidecar:
         admin = settings.admin_listen
         if admin is not None:
             guard = self._guard("admin", settings.admin_max_connections)
-            app = admin_app(self.rollout, self.status, token)
+            app = admin_app(self.rollout, self.status, token, self.verdict)
             app.middlewares.insert(0, guard.middleware)
             self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                                keepalive_timeout=settings.idle_timeout_secs)
@@ -201,10 +209,15 @@ class Sidecar:
             "canary": self.rollout.status(),
             "drift": hub.status() if hub is not None else None,
             "primary": {"http": config.primary.http, "grpc": config.primary.grpc},
-            "shadows": [{"name": s.name, "http": s.http, "grpc": s.grpc, "fraction": s.fraction}
-                        for s in config.shadows],
+            "shadows": [{"name": s.name, "http": s.http, "grpc": s.grpc, "fraction": s.fraction,
+                         "model": str(s.model) if s.model is not None else None} for s in config.shadows],
             "recording": str(config.recording.dir) if config.recording.dir is not None else None,
+            "registry": self.registry_link.status(),
         }
+
+    def verdict(self) -> dict[str, Any]:
+        """The admin API's ``GET /sidecar/canary/verdict`` (`sidecar.canary.registry.verdict`)."""
+        return verdict(self.rollout, self.registry_link)
 
     async def apply(self, config: Config) -> None:
         """Put a new configuration in force for the next requests; nothing in flight is disturbed.
@@ -223,6 +236,7 @@ class Sidecar:
         self.recorder.policy = config.recording
         self.recorder.drift = hub
         self.config = config
+        self.registry_link.configure(config)
         self.rollout.configure(config.canary)
         log.info("configuration reloaded")
         self._describe(config)
@@ -270,8 +284,11 @@ class Sidecar:
             await close(self.upstreams, grace)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        flushed = await asyncio.get_running_loop().run_in_executor(None, self.recorder.stop, RECORDER_FLUSH_SECS)
-        await self.rollout.close()
+        loop = asyncio.get_running_loop()
+        flushed = await loop.run_in_executor(None, self.recorder.stop, RECORDER_FLUSH_SECS)
+        await self.rollout.close()  # rollback webhooks first: they may queue nothing more, but decisions did
+        registry_grace = 0.0 if self._force.is_set() else self.settings.registry_flush_secs
+        await loop.run_in_executor(None, self.registry_link.stop, registry_grace)
         for runner in (self._metrics_runner, self._admin_runner):
             if runner is not None:
                 await runner.cleanup()
@@ -338,6 +355,10 @@ def _run(settings: Settings, config: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``sidecar`` command."""
     settings = parse(argv)
+    # A registry that hangs costs a write a few seconds, not MLflow's default of 120 s a try with
+    # retries; writes wait on their own thread anyway. The user's own settings win.
+    for name, value in REGISTRY_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     logs.configure(settings.log_format, settings.log_level)
     try:
         config = load(settings)

@@ -10,6 +10,10 @@
     weight 0 at once; the canary stays there until a weight is set again.
 ``POST /sidecar/promote`` ``{"reason": "..."}``
     every inference request to the canary (100%); the analysis stops.
+``GET /sidecar/canary/verdict``
+    the canary verdict (``shadowserve.canary.verdict/1``): the registered model and version
+    judged, the phase, whether it passed (ready to promote, or promoted) and the decisions;
+    the evidence ``shadowserve-registry promote --evidence`` takes.
 
 With a bearer token (``SIDECAR_ADMIN_TOKEN``, ``--admin-token-file``), every request needs
 ``Authorization: Bearer <token>``; without one, keep the listener on localhost. Each POST
@@ -56,8 +60,9 @@ def _reason(data: dict[str, Any], default: str) -> str:
     return f"{default}: {reason}" if isinstance(reason, str) and reason else default
 
 
-def admin_app(controller: Controller, status: Callable[[], dict[str, Any]], token: str | None) -> web.Application:
-    """The admin application; ``status`` builds the whole status document."""
+def admin_app(controller: Controller, status: Callable[[], dict[str, Any]], token: str | None,
+              verdict: Callable[[], dict[str, Any]]) -> web.Application:
+    """The admin application; ``status`` builds the whole status document, ``verdict`` the canary verdict."""
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -71,6 +76,9 @@ def admin_app(controller: Controller, status: Callable[[], dict[str, Any]], toke
 
     async def get_status(request: web.Request) -> web.Response:
         return _json(status())
+
+    async def get_verdict(request: web.Request) -> web.Response:
+        return _json(verdict())
 
     async def set_canary(request: web.Request) -> web.Response:
         data = await _body(request)
@@ -95,6 +103,7 @@ def admin_app(controller: Controller, status: Callable[[], dict[str, Any]], toke
 
     app = web.Application(middlewares=[authorize])
     app.router.add_get("/sidecar/status", get_status)
+    app.router.add_get("/sidecar/canary/verdict", get_verdict)
     app.router.add_post("/sidecar/canary", set_canary)
     app.router.add_post("/sidecar/rollback", action("rollback", controller.rollback))
     app.router.add_post("/sidecar/promote", action("promote", controller.promote))

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -56,6 +57,9 @@ class Controller:
         self._changed = asyncio.Event()
         self._generation = 0
         self._hooks: set[asyncio.Task[str | None]] = set()
+        # Called with every decision and whether it moved the weight or the phase (the registry's
+        # writer); each must return at once.
+        self.listeners: list[Callable[[Decision, bool], None]] = []
         self._export()
 
     # -- what the proxies and the recorder report ----------------------------------------------
@@ -135,6 +139,11 @@ class Controller:
             self._generation += 1
             self._changed.set()
         self._export()
+        for listener in self.listeners:
+            try:
+                listener(decision, moved)
+            except Exception:  # a listener's bug must not stop the canary's change
+                log.exception("canary decision listener %r failed", listener)
         level = logging.DEBUG if action == "wait" else logging.INFO
         log.log(level, "canary %s (%s): %g%% -> %g%%, %s: %s", action, source, decision.weight_from, weight, phase,
                 reason, extra={"canary": decision.to_dict()})
@@ -245,6 +254,7 @@ class Controller:
             "configured": config is not None,
             "http": config.http if config else None,
             "grpc": config.grpc if config else None,
+            "model": str(config.model) if config is not None and config.model is not None else None,
             "sticky_header": config.sticky_header if config else None,
             "copy_fraction": config.copy_fraction if config else None,
             "weight": self.weight,

@@ -32,3 +32,19 @@ class CanaryMetrics:
                                           "disagreement, mean_abs_diff", ["measure"], registry=r)
         self.canary_webhooks = Counter("sidecar_canary_webhook_calls", "Webhook calls, by hook (pre_ramp, rollback) "
                                        "and result (ok, refused, error)", ["hook", "result"], registry=r)
+
+
+class RegistryMetrics:
+    """The sidecar's calls to the model registry (`sidecar.canary.registry`), on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry_writes = Counter("sidecar_registry_writes", "Canary decisions written to the model registry "
+                                       "(audit entry and version tags), by outcome: written, failed (the registry "
+                                       "was down or answered an error), dropped (the queue was full, or the "
+                                       "sidecar stopped first)", ["outcome"], registry=r)
+        self.registry_resolutions = Counter("sidecar_registry_resolutions", "Model URIs of the canary and shadows "
+                                            "resolved to a version, by outcome: resolved, failed, dropped",
+                                            ["outcome"], registry=r)
+        self.registry_queued = Gauge("sidecar_registry_queued", "Registry calls waiting for the worker thread",
+                                     registry=r)

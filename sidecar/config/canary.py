@@ -5,6 +5,7 @@
     canary:
       http: http://model-candidate:8000
       grpc: model-candidate:8001
+      model: models:/classifier@challenger   # what it serves: decisions go to this version in the registry
       weight: 10                 # percent of inference requests, sticky by key
       sticky_header: x-user-id   # the sticky key; else the request id, else random
       timeout: 10s
@@ -29,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from model_registry.uris import ModelUri  # pure: the registry's URIs, no MLflow
+
 from .converters import (
     ConfigError,
     fields,
@@ -36,6 +39,7 @@ from .converters import (
     grpc_target,
     header_name,
     http_url,
+    model_uri,
     optional,
     percent,
     positive_duration,
@@ -84,10 +88,11 @@ class CanaryConfig:
     max_connections: int = 1000
     copy_fraction: float = 1.0
     analysis: AnalysisConfig | None = None
+    model: ModelUri | None = None  # the registered model it serves: its decisions are written there
 
     def same_target(self, other: CanaryConfig | None) -> bool:
-        """Whether ``other`` is the same canary (the same addresses)."""
-        return other is not None and (self.http, self.grpc) == (other.http, other.grpc)
+        """Whether ``other`` is the same canary (the same addresses, the same registered model)."""
+        return other is not None and (self.http, self.grpc, self.model) == (other.http, other.grpc, other.model)
 
     def same_upstream(self, other: CanaryConfig | None) -> bool:
         """Whether ``other`` reaches the canary the same way (its connections can be kept)."""
@@ -117,7 +122,8 @@ _ANALYSIS = {"interval": positive_duration, "step_weight": positive_percent, "ma
 _ANALYSIS_ALIASES = {"interval": "interval_secs", "p99_slack": "p99_slack_secs"}
 _CANARY = {"http": optional(http_url), "grpc": optional(grpc_target), "weight": percent,
            "sticky_header": optional(header_name), "timeout": positive_duration, "connect_timeout": positive_duration,
-           "max_connections": positive_int, "copy_fraction": fraction, "analysis": lambda value: value}
+           "max_connections": positive_int, "copy_fraction": fraction, "analysis": lambda value: value,
+           "model": model_uri}
 _CANARY_ALIASES = {"timeout": "timeout_secs", "connect_timeout": "connect_timeout_secs"}
 
 

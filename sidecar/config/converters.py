@@ -15,6 +15,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+# Pure (no MLflow): the URIs a shadow or the canary may be named by.
+from model_registry.errors import RegistryError
+from model_registry.uris import ModelUri, parse_model_uri
+
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -122,6 +126,16 @@ def host_port(value: Any, default_host: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not HOST:PORT (port 0..65535; 0 picks a free port)")
     return host.strip("[]") or default_host, int(port)
+
+
+def model_uri(value: Any) -> ModelUri:
+    """A registered model: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a model URI: write models:/NAME@ALIAS or models:/NAME/VERSION")
+    try:
+        return parse_model_uri(value.strip())
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def grpc_target(value: Any) -> str:

@@ -17,6 +17,8 @@ configuration::
         max_body_size: 64MiB
         max_response_size: 4MiB
         headers: {set: {x-shadow: "true"}, remove: [x-tenant-secret, x-corp-auth-*]}
+      - model: models:/classifier@challenger   # the registered model it serves; the name defaults to the alias
+        http: http://classifier-challenger:8000
     recording: {dir: /records, inputs: sampled, inputs_fraction: 0.1, max_input_size: 1MiB}
     canary: {http: http://classifier-v2:8000, grpc: classifier-v2:8001, weight: 10, sticky_header: x-user-id}
     drift: {profile: /etc/shadowserve/reference.json, window: 10000}
@@ -35,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from model_registry.uris import ModelUri  # pure: the registry's URIs, no MLflow
+
 from .canary import AnalysisConfig, CanaryConfig, canary_from
 from .converters import (
     ConfigError,
@@ -45,6 +49,7 @@ from .converters import (
     grpc_target,
     header_name,
     http_url,
+    model_uri,
     optional,
     positive_duration,
     positive_int,
@@ -80,6 +85,7 @@ class ShadowConfig:
     max_body_bytes: int = 64 * MiB  # a request body copied to the shadow
     max_response_bytes: int = 4 * MiB  # a shadow's answer: read up to this, then the copy fails
     headers: HeaderRules = HeaderRules()
+    model: ModelUri | None = None  # the registered model it serves (models:/NAME@ALIAS), if named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +130,12 @@ class Config:
     def shadow(self, name: str) -> ShadowConfig | None:
         return next((shadow for shadow in self.shadows if shadow.name == name), None)
 
+    def models(self) -> tuple[ModelUri, ...]:
+        """The registered models the canary and the shadows are named by (the registry is opened for them)."""
+        named = [self.canary.model] if self.canary is not None and self.canary.model is not None else []
+        named += [shadow.model for shadow in self.shadows if shadow.model is not None]
+        return tuple(dict.fromkeys(named))
+
 
 # -- values ----------------------------------------------------------------------------------
 
@@ -140,7 +152,7 @@ _PRIMARY = {"http": http_url, "grpc": optional(grpc_target), "timeout": positive
 _SHADOW: dict[str, Callable[[Any], Any]] = {
     "name": str, "http": optional(http_url), "grpc": optional(grpc_target), "fraction": fraction,
     "timeout": positive_duration, "max_in_flight": positive_int, "max_body_size": size,
-    "max_response_size": size, "headers": header_rules}
+    "max_response_size": size, "headers": header_rules, "model": model_uri}
 _RECORDING = {"dir": optional(Path), "inputs": input_mode, "inputs_fraction": fraction, "max_input_size": size,
               "segment_records": positive_int, "segment_seconds": positive_duration, "max_size": size,
               "queue_records": positive_int, "queue_size": size}
@@ -162,9 +174,13 @@ def _shadows(data: Any) -> list[ShadowConfig]:
     for index, item in enumerate(data):
         path = f"shadows[{index}]"
         values = fields(item, path, _SHADOW, _ALIASES)
+        if "name" not in values and values.get("model") is not None:
+            model = values["model"]  # named by its alias (challenger), or v3 for a fixed version
+            values["name"] = model.alias if model.alias is not None else f"v{model.version}"
         name = values.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{path}.name: give each shadow a name of letters, digits, '.', '_' or '-'")
+            raise ConfigError(f"{path}.name: give each shadow a name of letters, digits, '.', '_' or '-' "
+                              "(or a model: models:/NAME@ALIAS, which names it by its alias)")
         if name in RESERVED:
             raise ConfigError(f"{path}.name: {name!r} names the {name} in the records; give the shadow another name")
         if values.get("http") is None and values.get("grpc") is None:

@@ -106,6 +106,8 @@ class Settings:
     admin_max_connections: int = 64  # on the metrics and admin listeners each
     grpc_max_connection_idle_secs: float = 300.0  # a gRPC connection with no call for this long gets GOAWAY
     grpc_max_concurrent_streams: int = 1024  # calls at once on one gRPC connection
+    registry_uri: str | None = None  # None: MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_URI, else ./registry
+    registry_flush_secs: float = 5.0  # on SIGTERM, how long queued registry writes may take
 
     def admin_bearer(self) -> str | None:
         """The admin API's bearer token: ``--admin-token``, else the first line of ``--admin-token-file``."""
@@ -236,6 +238,11 @@ def _flags() -> Flags:
                  "long (default {default})", positive_seconds),
             Flag("--grpc-max-concurrent-streams", "calls at once on one gRPC client connection (default {default})",
                  positive_int),
+            Flag("--registry-uri", "the model registry that canary decisions are written to, opened only when the "
+                 "canary or a shadow names a model (models:/NAME@ALIAS); default: MLFLOW_REGISTRY_URI, else "
+                 "MLFLOW_TRACKING_URI, else the embedded one under ./registry", metavar="URI"),
+            Flag("--registry-flush-secs", "on SIGTERM, how long queued registry writes may take before they are "
+                 "dropped (default {default})", seconds),
             *log_flags(),
         ])
 
