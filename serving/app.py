@@ -13,6 +13,8 @@ import asyncio
 import gc
 import logging
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -28,8 +30,11 @@ from .grpc import GrpcTransport
 from .http import HttpTransport, metrics_app
 from .metrics import Metrics
 from .repository import Repository
-from .settings import Settings
+from .settings import Settings, default_model_cache_dir
 from .shutdown import stop_on_signals
+
+if TYPE_CHECKING:
+    from .sources import ModelSources
 
 log = logging.getLogger("serving")
 
@@ -40,6 +45,7 @@ class Server:
         self.metrics = Metrics(registry)
         self.repository: Repository | None = None
         self.control: ModelControl | None = None
+        self.sources: ModelSources | None = None  # with --model-source: the registry models
         self.dataplane: DataPlane | None = None
         self.grpc: GrpcTransport | None = None
         self.http_port = 0
@@ -54,15 +60,14 @@ class Server:
     async def start(self) -> None:
         """Listen, then load the models; readiness turns true once every model has been tried."""
         settings = self.settings
-        if not settings.model_repository.is_dir():
-            raise ConfigError(f"--model-repository {settings.model_repository} is not a directory")
+        root = self._repository_root()
         placement = Placement(settings.device)
         device = placement.default()  # fails early on --device cuda without a GPU
         threads = configure_threads(settings.cpu_threads)
         register_gpu_metrics(self.metrics.registry)
-        self.repository = Repository(settings.model_repository, placement, self.metrics)
+        self.repository = Repository(root, placement, self.metrics)
         self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,
-                                    settings.repository_poll_secs)
+                                    settings.repository_poll_secs, self.sources)
         self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
         limits = ClientLimits(settings.http_header_timeout_secs, settings.http_body_timeout_secs,
                               settings.max_connections, settings.admission_wait_secs)
@@ -79,6 +84,8 @@ class Server:
         log.info("listening http=%s:%d grpc=%s:%d metrics=%s:%d", host, self.http_port, host, self.grpc_port,
                  host, self.metrics_port,
                  extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+        if self.sources is not None:
+            await self.sources.start()  # listening meanwhile: a long download is no failed liveness probe
         await self.control.start()
         # What start-up made (torch, the models) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks ~200,000 objects (0.2 s with
@@ -88,7 +95,25 @@ class Server:
         await self.grpc.update_health()
         ready = self.dataplane.ready()
         log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
-                 len(self.repository.models), settings.model_repository, device, threads)
+                 len(self.repository.models), root, device, threads)
+
+    def _repository_root(self) -> Path:
+        """The model repository to serve: --model-repository, or the one --model-source lays out in the cache."""
+        settings = self.settings
+        if settings.model_source:
+            if settings.model_repository is not None:
+                raise ConfigError("--model-repository and --model-source both give the models: use one (the "
+                                  "sources are laid out as a repository in --model-cache-dir)")
+            from .sources import ModelSources  # the registry's modules, only when a source is given
+
+            self.sources = ModelSources(settings.model_source, settings.registry_uri,
+                                        settings.model_cache_dir or default_model_cache_dir(), self.metrics)
+            return self.sources.root
+        if settings.model_repository is None:
+            raise ConfigError("--model-repository is required, unless --model-source gives the models")
+        if not settings.model_repository.is_dir():
+            raise ConfigError(f"--model-repository {settings.model_repository} is not a directory")
+        return settings.model_repository
 
     async def _listen(self, runner: web.BaseRunner, port: int, limits: ClientLimits, name: str) -> int:
         # Our own drain waits for in-flight requests; aiohttp's shutdown (shutdown_timeout)
@@ -133,6 +158,8 @@ class Server:
             await self.control.stop()
         if self.repository is not None:
             await self.repository.close()
+        if self.sources is not None:
+            self.sources.close()
         if self.grpc is not None:
             await self.grpc.stop(grace=2.0)
         for listener in self._listeners:

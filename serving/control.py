@@ -7,12 +7,18 @@
 * ``poll``: every model loads at start-up, and the repository is re-scanned every
   ``--repository-poll-secs``: new models load, removed ones unload, and changed configs or
   version directories reload; the load and unload requests are refused.
+
+With ``--model-source``, the repository is laid out from the registry (`serving.sources`),
+and each poll first follows the sources' aliases: a source that moved installs its new
+version, which this scan then loads as it would any changed model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Protocol
 
 from .errors import ServingError, Unsupported
 from .repository import Repository
@@ -22,10 +28,24 @@ log = logging.getLogger(__name__)
 MODES = ("none", "explicit", "poll")
 
 
+class Sources(Protocol):
+    """What model control asks of the registry sources (`serving.sources.ModelSources`)."""
+
+    async def refresh(self) -> set[str]:
+        """Follow the aliases before a scan; the models that got a new version to try."""
+
+    async def settle(self, repository: Repository) -> None:
+        """After a scan: note which new versions loaded and which failed."""
+
+    def reasons(self) -> Mapping[str, str]:
+        """Why a model does not serve what its source names, by model, for the index."""
+
+
 class ModelControl:
     def __init__(self, repository: Repository, mode: str = "none", load_models: tuple[str, ...] = (),
-                 poll_secs: float = 15.0) -> None:
+                 poll_secs: float = 15.0, sources: Sources | None = None) -> None:
         self.repository = repository
+        self.sources = sources
         self.mode = mode
         self.load_models = load_models
         self.poll_secs = poll_secs
@@ -43,6 +63,8 @@ class ModelControl:
         self.required = set(names)
         for name in names:
             await self._load_logged(name)
+        if self.sources is not None:
+            await self.sources.settle(self.repository)
         if self.mode == "poll":
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
 
@@ -84,7 +106,8 @@ class ModelControl:
                 log.exception("polling the model repository failed; trying again in %gs", self.poll_secs)
 
     async def poll_once(self) -> None:
-        """Bring the loaded models in line with the repository on disk."""
+        """Bring the loaded models in line with the repository on disk (and the disk with the registry)."""
+        moved = await self.sources.refresh() if self.sources is not None else set()
         on_disk = set(self.repository.scan())
         for name in sorted(set(self.repository.models) - on_disk):
             if self.repository.models[name].default is not None:
@@ -92,7 +115,10 @@ class ModelControl:
                 await self.repository.unload(name)
             self.required.discard(name)
         for name in sorted(on_disk):
-            await self._load_logged(name, retry_failed=False)
+            # a version a source installs on purpose is tried, even one that failed before
+            await self._load_logged(name, retry_failed=name in moved)
+        if self.sources is not None:
+            await self.sources.settle(self.repository)
 
     async def stop(self) -> None:
         if self._poller is not None:

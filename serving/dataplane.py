@@ -154,7 +154,15 @@ class DataPlane:
     # -- model control ---------------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        return self.repository.index(ready_only)
+        rows = self.repository.index(ready_only)
+        if self.control.sources is not None:
+            # a registry source that could not move its model (verification, loading) says so on
+            # the rows that still serve, or carry no reason of their own
+            reasons = self.control.sources.reasons()
+            for row in rows:
+                if row["name"] in reasons and (row["state"] == "READY" or not row.get("reason")):
+                    row["reason"] = reasons[row["name"]]
+        return rows
 
     async def load_model(self, name: str, config_json: str | None = None) -> None:
         """Load or reload a model (``--model-control-mode explicit`` only)."""

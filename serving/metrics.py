@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -374,6 +375,11 @@ class Metrics:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="prediction-stats")
         self.collector = ModelCollector()
         self.registry.register(self.collector)
+        self.source_checks = PrometheusCounter("serving_model_source_updates", "Checks of each --model-source against "
+                                               "the registry, by outcome", ("model", "source", "outcome"),
+                                               registry=self.registry)
+        self.source_version = Gauge("serving_model_source_version", "The registry version each --model-source serves",
+                                    ("model", "source"), registry=self.registry)
 
     async def exposition(self) -> bytes:
         """The text exposition, written on the counting thread: after every batch submitted before it."""

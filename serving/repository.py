@@ -9,9 +9,9 @@
 Loading a model that is already loaded is a reload: versions whose config and files
 are unchanged keep serving untouched; a changed or new version is loaded beside the old
 one, takes over once it is ready, and the old one then drains and unloads; versions the
-version policy no longer selects drain and unload. A broken model directory is logged,
-shown with its reason in the index, and leaves the other models serving; a failed reload
-leaves the previous load serving.
+version policy no longer selects drain and unload once every version it selects is ready.
+A broken model directory is logged, shown with its reason in the index, and leaves the
+other models serving; a failed reload leaves the previous load serving.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ class Repository:
 
     async def _apply(self, entry: ModelEntry, spec: ModelSpec, wanted: list[int], retry_failed: bool) -> bool:
         to_start = [v for v in wanted if not self._unchanged(entry.versions.get(v), spec, retry_failed)]
-        to_retire = [m for v, m in entry.versions.items() if v not in wanted and m.state == READY]
+        dropped = [m for v, m in entry.versions.items() if v not in wanted and m.state == READY]
+        to_retire: list[ModelVersion] = []
         for version in to_start:
             if entry.versions.get(version) is None or entry.versions[version].state != READY:
                 entry.versions[version] = ModelVersion(spec, version)  # LOADING, shown in the index
@@ -171,6 +172,13 @@ class Repository:
             entry.versions[version] = result
             if previous is not None and previous.state == READY:
                 to_retire.append(previous)
+        # Versions the policy dropped keep serving until every version it selects is ready, as
+        # Triton keeps the previous load when a reload fails: a broken new version is no outage.
+        if all(v in entry.versions and entry.versions[v].state == READY for v in wanted):
+            to_retire += dropped
+        elif dropped and failures:
+            log.warning("model %s keeps serving version(s) %s until version(s) %s load", spec.name,
+                        ", ".join(str(m.version) for m in dropped), ", ".join(str(v) for v in wanted))
         for model in to_retire:
             model.state = UNLOADING  # no longer routed; what it holds drains
         entry.refresh()

@@ -39,7 +39,10 @@ CONTROL_MODES = ("none", "explicit", "poll")
 class Settings:
     """Everything `serve` is configured with, parsed once at start-up."""
 
-    model_repository: Path
+    model_repository: Path | None = None  # required, unless model_source gives the models
+    model_source: tuple[str, ...] = ()  # models:/NAME@ALIAS or models:/NAME/VERSION, as written by str(ModelUri)
+    registry_uri: str | None = None  # None: MLflow's variables, then the embedded default (Registry.open)
+    model_cache_dir: Path | None = None  # None: default_model_cache_dir()
     host: str = "0.0.0.0"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -63,6 +66,24 @@ class Settings:
     grpc_restricted_protocol: AccessPolicy = dataclasses.field(default_factory=AccessPolicy)
 
 
+def default_model_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where registry models are kept when --model-cache-dir is not given: the XDG cache, then shadowserve/models."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
+    return Path(base) / "shadowserve" / "models"
+
+
+def _model_uri(value: str) -> str:
+    # model_registry.uris is pure: no MLflow is imported until a registry is opened.
+    from model_registry.errors import RegistryError
+    from model_registry.uris import parse_model_uri
+
+    try:
+        return str(parse_model_uri(value))
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _device(value: str) -> str:
     if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
@@ -82,8 +103,17 @@ def _flags() -> Flags:
         "Every flag can also be set with a SERVING_* environment variable, e.g. --http-port as SERVING_HTTP_PORT. "
         "Flags win over the environment.",
         ENV_PREFIX, Settings, [
-            Flag("--model-repository", "directory of <model>/config.pbtxt and <model>/<version>/", Path,
-                 required=True),
+            Flag("--model-repository", "directory of <model>/config.pbtxt and <model>/<version>/ (required, unless "
+                 "--model-source gives the models)", Path),
+            Flag("--model-source", "a registry model to serve: models:/NAME@ALIAS (followed as the alias moves, with "
+                 "--model-control-mode poll) or models:/NAME/VERSION; repeatable, one per model (SERVING_MODEL_SOURCE "
+                 "takes several separated by ';' or spaces); instead of --model-repository", _model_uri,
+                 metavar="URI", repeatable=True, split=r"[;\s]+"),
+            Flag("--registry-uri", "the model registry of --model-source: sqlite:///PATH or a path (local), "
+                 "http(s)://HOST (an mlflow server) (default: MLFLOW_REGISTRY_URI, else MLFLOW_TRACKING_URI, else "
+                 "the embedded registry under ./registry)", metavar="URI"),
+            Flag("--model-cache-dir", "where --model-source models are downloaded, verified and laid out as a model "
+                 "repository (default: $XDG_CACHE_HOME or ~/.cache, then shadowserve/models)", Path),
             Flag("--host", "address to listen on (default {default})"),
             Flag("--http-port", "KServe v2 HTTP port (default {default}; 0 picks a free port)", port),
             Flag("--grpc-port", "KServe v2 gRPC port (default {default}; 0 picks a free port)", port),
@@ -133,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from argv and the environment; exits with a usage message on error."""
     flags = _flags()
-    values = flags.values(argv, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    values = flags.values(argv, environ)
+    if values.get("model_source"):  # giving --model-repository too is refused at start-up, as a ConfigError
+        values.setdefault("model_cache_dir", default_model_cache_dir(environ))
+    elif not values.get("model_repository"):
+        flags.error(f"{flags.names('model_repository')} is required, unless --model-source gives the models")
     if values.get("load_model") and values.get("model_control_mode", Settings.model_control_mode) != "explicit":
         flags.error("--load-model needs --model-control-mode explicit (the other modes load every model)")
     for dest in ("http_restricted_api", "grpc_restricted_protocol"):
