@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, MutableMapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -352,13 +352,20 @@ def _run(settings: Settings, config: Config) -> int:
     return asyncio.run(serve_until_signal(settings, config))
 
 
+def bound_registry_calls(environ: MutableMapping[str, str]) -> None:
+    """MLflow's HTTP timeout and retries for the registry, unless the user set them.
+
+    A registry that hangs then costs a write a few seconds, not MLflow's default of 120 s a try
+    with retries (writes wait on their own thread anyway; this bounds the flush at SIGTERM).
+    """
+    for name, value in REGISTRY_HTTP_DEFAULTS.items():
+        environ.setdefault(name, value)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``sidecar`` command."""
     settings = parse(argv)
-    # A registry that hangs costs a write a few seconds, not MLflow's default of 120 s a try with
-    # retries; writes wait on their own thread anyway. The user's own settings win.
-    for name, value in REGISTRY_HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    bound_registry_calls(os.environ)
     logs.configure(settings.log_format, settings.log_level)
     try:
         config = load(settings)

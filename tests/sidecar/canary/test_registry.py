@@ -4,6 +4,8 @@ and registries that hang or answer garbage while requests and the analysis go on
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -21,6 +23,7 @@ from model_registry.errors import EvidenceRefused
 from model_registry.evidence import judge
 from model_registry.store import Registry
 from model_registry.uris import ModelUri
+from sidecar.app import bound_registry_calls
 from sidecar.canary.analysis import Decision
 from sidecar.canary.metrics import RegistryMetrics
 from sidecar.canary.registry import TAG_DECISION, TAG_PHASE, TAG_UPDATED, RegistryLink, worth_writing
@@ -29,7 +32,7 @@ from sidecar.config.file import Config, PrimaryConfig
 
 from ...conftest import EXAMPLES
 from ..doubles import Doubles
-from ..support import LoopThread, RunningSidecar, Stub, wait_until
+from ..support import LoopThread, RunningSidecar, SidecarProcess, Stub, wait_until
 
 CHALLENGER = ModelUri("classifier", alias="challenger")
 ANALYSIS = AnalysisConfig(interval_secs=0.2, step_weight=25, max_weight=75, min_requests=1, max_p99_ratio=None)
@@ -259,6 +262,15 @@ def test_what_is_worth_writing(source: str, action: str, changed: bool, written:
     assert worth_writing(decision, changed) is written
 
 
+def test_the_entry_point_bounds_mlflow_calls_unless_the_user_did() -> None:
+    environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+    bound_registry_calls(environ)
+    assert environ == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+    environ = {}
+    bound_registry_calls(environ)
+    assert environ == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+
+
 def test_nothing_opens_the_registry_without_a_model(models: Models, tmp_path: Path) -> None:
     config = models.config()
     assert config.canary is not None
@@ -273,3 +285,25 @@ def test_nothing_opens_the_registry_without_a_model(models: Models, tmp_path: Pa
     finally:
         sidecar.stop()
     assert not (tmp_path / "never.db").exists()
+
+
+def test_sigterm_flushes_the_queue_before_the_exit(registry: Registry, models: Models, tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(json.dumps({"primary": {"http": models.primary.url, "grpc": None},
+                                "canary": {"http": models.canary.url, "weight": 10, "model": str(CHALLENGER)}}))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    process = SidecarProcess("--config", str(path), "--listen", "127.0.0.1:0", "--grpc-listen", "off",
+                             "--metrics-port", "0", "--drain-timeout-secs", "0", "--registry-uri", registry.uri,
+                             "--registry-flush-secs", "30", "--log-level", "debug", env=env)
+    try:
+        resolved = process.wait_log(f"{CHALLENGER} is version 2", 60)
+        assert resolved["version"] == 2
+        status, _ = call(f"{process.admin}/sidecar/rollback", {"reason": "right before the signal"})
+        assert status == 200
+        process.process.send_signal(signal.SIGTERM)  # the write is still queued, or being written
+        assert process.finish(60) == 0
+    finally:
+        process.kill()
+    last = _sidecar_entries(registry)[-1]
+    assert (last.action, last.reason, last.version) == ("rollback", "admin API: rollback: right before the signal",
+                                                        2)
