@@ -69,10 +69,6 @@ class Source:
     def name(self) -> str:
         return self.uri.name
 
-    @property
-    def moves(self) -> bool:
-        return self.uri.alias is not None
-
     def keeps_serving(self) -> str:
         return f"version {self.served[0].version} keeps serving" if self.served else "nothing serves"
 
@@ -103,7 +99,8 @@ class ModelSources:
         self.sources = [Source(uri) for uri in parsed]
         self.registry_uri = registry_uri
         self.cache_dir = cache_dir
-        self.root = cache_dir / "repository"
+        self.root = cache_dir / "repository"  # what the server serves, laid out by `install`
+        self.fetched = cache_dir / "versions"  # the verified copies, by `fetch`
         self.metrics = metrics
         self.clock = clock
         self.registry: Registry | None = None
@@ -114,22 +111,28 @@ class ModelSources:
 
     async def start(self) -> Path:
         """Resolve, fetch, verify and install every source; the repository to serve. ConfigError on failure."""
-        await asyncio.to_thread(self._lock_cache)
+        try:
+            await asyncio.to_thread(self._lock_cache)
+            await asyncio.to_thread(self._clear_repository)
+        except OSError as exc:
+            raise ConfigError(f"--model-cache-dir {self.cache_dir} is not usable: {exc.strerror or exc}") from None
         try:
             self.registry = await asyncio.to_thread(Registry.open, self.registry_uri, announce=log.info)
         except RegistryError as exc:
             raise ConfigError(f"--model-source: cannot open the registry: {exc}") from None
-        await asyncio.to_thread(self._clear_repository)
         for source in self.sources:
             try:
                 version = await asyncio.to_thread(self.registry.resolve, source.uri)
-                path = await asyncio.to_thread(fetch, self.registry, version, self.cache_dir / "versions")
+                path = await asyncio.to_thread(fetch, self.registry, version, self.fetched)
+                await asyncio.to_thread(install, self.root, source.name, [(version, path)], [version.version])
             except VerificationFailed as exc:
                 raise ConfigError(f"--model-source {source.uri} failed verification: {exc}; nothing to serve "
                                   "until the artifacts match their manifest") from None
             except RegistryError as exc:
                 raise ConfigError(f"--model-source {source.uri}: {exc}") from None
-            await asyncio.to_thread(install, self.root, source.name, [(version, path)], [version.version])
+            except OSError as exc:  # the cache: full, or not writable
+                raise ConfigError(f"--model-source {source.uri}: cannot keep it in --model-cache-dir "
+                                  f"{self.cache_dir}: {exc.strerror or exc}") from None
             source.candidate = (version, path)
             log.info("model %s: %s is version %d (manifest %s)", source.name, source.uri, version.version,
                      version.manifest_digest[:12])
@@ -167,7 +170,7 @@ class ModelSources:
         """Re-resolve the alias sources and install the versions they moved to; the models to (re)load."""
         moved: set[str] = set()
         registry = self.registry
-        following = [source for source in self.sources if source.moves]
+        following = [source for source in self.sources if source.uri.moves]
         if registry is None:
             return moved
         for index, source in enumerate(following):
@@ -211,7 +214,7 @@ class ModelSources:
             source.backoff = RETRY_FIRST_SECS  # a version not tried yet: at once, with a fresh back-off
         log.info("model %s: %s moved to version %d", source.name, source.uri, version.version)
         try:
-            path = await asyncio.to_thread(fetch, registry, version, self.cache_dir / "versions")
+            path = await asyncio.to_thread(fetch, registry, version, self.fetched)
         except VerificationFailed as exc:
             self._failed(source, version.version, "verification_failed", f"failed verification: {exc}")
             return False
@@ -260,7 +263,7 @@ class ModelSources:
         # The cache keeps the version serving and the one before it (a quick move back); older
         # copies would fill the disk over a long life of alias moves.
         try:
-            for path in (self.cache_dir / "versions" / name).iterdir():
+            for path in (self.fetched / name).iterdir():
                 if path.is_dir() and _FETCHED.fullmatch(path.name) and path not in keep:
                     shutil.rmtree(path, ignore_errors=True)
         except OSError as exc:
