@@ -1,0 +1,124 @@
+"""Registries to test against: the embedded default (SQLite) and a real ``mlflow server``.
+
+The server is MLflow's own, installed on first use into ``tests/.peers/mlflow`` (its pins,
+pyarrow's among them, conflict with this project's, so it gets its own virtualenv) and started
+on a free port with a SQLite backend and a local artifact root: the artifacts travel over its
+REST API (``mlflow-artifacts:/``), as they do for a team's server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from model_registry.store import Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSIFIER = ROOT / "examples" / "models" / "classifier"
+PEERS = ROOT / "tests" / ".peers"
+MLFLOW = "mlflow==3.17.2"  # the server release matching the mlflow-skinny client the test extra installs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mlflow_executable() -> Path:
+    """MLflow's server in its own virtualenv, installed once."""
+    venv = PEERS / "mlflow"
+    executable = venv / "bin" / "mlflow"
+    marker = venv / f".installed-{MLFLOW}"
+    if not marker.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", MLFLOW], check=True,
+                       timeout=900)
+        marker.touch()
+    return executable
+
+
+@dataclass
+class Backend:
+    """A registry under test, and where its artifact files lie on this disk (for tampering)."""
+
+    uri: str
+    artifacts: Path
+
+    def open(self) -> Registry:
+        return Registry.open(self.uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    executable = mlflow_executable()
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [str(executable), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).read().strip() == b"OK":
+                break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.3)
+    yield Backend(url, root / "artifacts")
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    """One embedded registry for the session (creating its database takes seconds): tests use their own names."""
+    root = tmp_path_factory.mktemp("embedded") / "registry"
+    return Backend(str(root), root / "artifacts")
+
+
+@pytest.fixture(params=["embedded", "server"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each test twice: on the embedded registry and on the real server."""
+    chosen: Backend = request.getfixturevalue("embedded" if request.param == "embedded" else "mlflow_server")
+    return chosen
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """A registered-model name no other test uses (the server is shared by the session)."""
+    return "m-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[-80:].strip("-")
+
+
+def model_dir(where: Path, name: str, version: int = 1, payload: bytes | None = None) -> Path:
+    """A copy of the example classifier's directory, one version, renamed to ``name``."""
+    target = where / f"{name}-src-{version}"
+    (target / str(version)).mkdir(parents=True)
+    shutil.copy(CLASSIFIER / str(version) / "model.pt", target / str(version) / "model.pt")
+    if payload is not None:
+        (target / str(version) / "extra.bin").write_bytes(payload)
+    shutil.copy(CLASSIFIER / "labels.txt", target / "labels.txt")
+    config = (CLASSIFIER / "config.pbtxt").read_text().replace('name: "classifier"', f'name: "{name}"')
+    (target / "config.pbtxt").write_text(config)
+    return target
