@@ -197,6 +197,7 @@ class Sidecar:
         recording = config.recording.dir if config.recording.dir is not None else "off"
         canary = config.canary
         described = (f"{canary.http or canary.grpc}@{self.rollout.weight:g}%"
+                     f"{f' serving {canary.model}' if canary.model else ''}"
                      f"{' with analysis' if canary.analysis else ''}" if canary is not None else "none")
         drift = config.drift.profile if config.drift is not None else "off"
         log.info("primary=%s grpc=%s shadows: %s; canary: %s; recording: %s; live drift: %s", config.primary.http,

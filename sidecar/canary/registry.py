@@ -95,6 +95,7 @@ class RegistryLink:
         self.metrics = metrics
         self.actor = actor or f"sidecar@{socket.gethostname()}"
         self.canary: ModelUri | None = None  # the canary's registered model, in the configuration in force
+        self.models: tuple[ModelUri, ...] = ()  # every model the configuration in force names
         self.resolved: Mapping[ModelUri, Version] = {}  # the last good resolutions; replaced whole, never mutated
         self._open = opener or (lambda: Registry.open(uri, announce=log.info))
         self._queue: queue.Queue[Job | None] = queue.Queue(queue_size)
@@ -109,7 +110,8 @@ class RegistryLink:
     def configure(self, config: Config) -> None:
         """The configuration in force: resolve every model it names (again, on a reload)."""
         self.canary = config.canary.model if config.canary is not None else None
-        for uri in config.models():
+        self.models = config.models()
+        for uri in self.models:
             self._submit(RESOLVE, functools.partial(self._resolve, uri=uri))
 
     def decision(self, decision: Decision, changed: bool) -> None:
@@ -129,7 +131,7 @@ class RegistryLink:
         """What ``GET /sidecar/status`` shows of the registry."""
         return {"uri": self.uri, "started": self._thread is not None, "healthy": not self._failing,
                 "queued": self._queue.qsize(),
-                "models": {str(uri): version.version for uri, version in self.resolved.items()}}
+                "models": {str(uri): self.version(uri) for uri in self.models}}
 
     def _submit(self, kind: str, work: Callable[[Registry], None]) -> None:
         if self._closed.is_set():

@@ -202,6 +202,7 @@ canary:
     assert (first["source"], first["action"], first["weight_to"]) == ("config", "set", 10)
     assert (last["source"], last["action"], last["verdict"]) == ("analysis", "wait", "inconclusive")
     assert last["reason"].startswith("inconclusive: the canary served")
-    assert status["shadows"] == [{"name": "v2", "http": serve_v2.http_url, "grpc": serve_v2.grpc, "fraction": 1.0}]
+    assert status["shadows"] == [{"name": "v2", "http": serve_v2.http_url, "grpc": serve_v2.grpc, "fraction": 1.0,
+                                  "model": None}]
     records = read_records(tmp_path / "records")
     assert len(records) == 30 and {r["shadows"][-1]["upstream"] for r in records.values()} <= {"v2", "primary"}

@@ -204,6 +204,8 @@ def test_a_registry_that_hangs_or_lies_delays_nothing(kind: str, models: Models,
         assert sidecar.metric("sidecar_registry_resolutions_total", outcome="failed") >= 1
         status, verdict = call(f"{sidecar.admin_url}/sidecar/canary/verdict")
         assert status == 200 and verdict["model"] == "classifier" and verdict["version"] is None
+        status, body = call(f"{sidecar.admin_url}/sidecar/status")
+        assert body["registry"]["models"] == {str(CHALLENGER): None} and body["registry"]["healthy"] is False
     finally:
         traffic.stop()
         began = time.monotonic()
