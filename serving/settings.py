@@ -113,7 +113,7 @@ def _flags() -> Flags:
                  "http(s)://HOST (an mlflow server) (default: MLFLOW_REGISTRY_URI, else MLFLOW_TRACKING_URI, else "
                  "the embedded registry under ./registry)", metavar="URI"),
             Flag("--model-cache-dir", "where --model-source models are downloaded, verified and laid out as a model "
-                 "repository (default: $XDG_CACHE_HOME or ~/.cache, then shadowserve/models)", Path),
+                 "repository (default: $XDG_CACHE_HOME or ~/.cache, then shadowserve/models)", Path, metavar="DIR"),
             Flag("--host", "address to listen on (default {default})"),
             Flag("--http-port", "KServe v2 HTTP port (default {default}; 0 picks a free port)", port),
             Flag("--grpc-port", "KServe v2 gRPC port (default {default}; 0 picks a free port)", port),
