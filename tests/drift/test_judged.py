@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sidecar.drift.synthetic import records_table
 from .conftest import softmax
 
 
-def _with_versions(table: pa.Table, versions: list[str | None], column: str = "shadows") -> pa.Table:
+def _with_versions(table: pa.Table, versions: Sequence[str | None], column: str = "shadows") -> pa.Table:
     """The table with each row's (only) shadow response carrying ``versions[row]``."""
     shadows = table.column(column).combine_chunks()
     flat = shadows.flatten()
@@ -32,7 +33,7 @@ def _with_versions(table: pa.Table, versions: list[str | None], column: str = "s
     return table.set_column(table.schema.get_field_index(column), column, lists)
 
 
-def _write(directory: Path, versions: list[str | None], *, errors: np.ndarray | None = None,
+def _write(directory: Path, versions: Sequence[str | None], *, errors: np.ndarray | None = None,
            canary_rows: int = 0) -> Path:
     rng = np.random.default_rng(3)
     probs = softmax(rng.normal(size=(len(versions), 4)))
@@ -76,7 +77,7 @@ def test_two_versions_give_no_version_and_the_counts(tmp_path: Path, capsys: pyt
 def test_failed_and_canary_served_answers_are_not_counted(tmp_path: Path) -> None:
     errors = np.zeros(100, bool)
     errors[:10] = True  # these answered from version 9, but with an error: nothing paired
-    versions: list[str | None] = ["9"] * 10 + ["4"] * 10 + ["2"] * 80  # rows 10..19: served by the canary
+    versions = ["9"] * 10 + ["4"] * 10 + ["2"] * 80  # rows 10..19: served by the canary
     records = _write(tmp_path / "mixed", versions, errors=errors, canary_rows=20)
     judged = judged_versions(Window(records), "v2")
     assert judged == Judged("classifier", {"2": 80}) and judged.version == "2"
