@@ -17,7 +17,6 @@ from sidecar.drift.columns import MAX_ELEMENTS
 from sidecar.drift.errors import DriftError
 from sidecar.drift.html import write_html
 from sidecar.drift.jobs import compare_records, profile_records, report_records
-from sidecar.drift.judged import judged_versions
 from sidecar.drift.profile import Profile
 from sidecar.drift.progress import ProgressBar
 from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
@@ -215,7 +214,6 @@ def run(args: argparse.Namespace) -> int:
     window = Window(args.records, args.model, args.since, args.until)
     result = compare_records(window, args.shadow, labels=args.labels, progress=bar, **options)
     bar.close()
-    result.judged = judged_versions(window, args.shadow)  # what a promotion's evidence must name
     return _finish(result, args, f"Primary vs {args.shadow}")
 
 

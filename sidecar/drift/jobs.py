@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from sidecar.drift.columns import INPUT_PREFIX, MAX_ELEMENTS, tensor_columns
 from sidecar.drift.errors import DriftError
+from sidecar.drift.judged import judged_versions
 from sidecar.drift.paired import CompareReport, PairAccumulator
 from sidecar.drift.profile import Profile
 from sidecar.drift.reader import INPUTS, PRIMARY, Chunk, Progress, Window, read_chunks
@@ -185,4 +186,5 @@ def compare_records(window: Window, shadow: str, *, labels: Path | None = None,
     report = accumulator.finish()
     report.distribution.reference = {**source.to_json(), "upstream": PRIMARY}
     report.distribution.current = source.to_json()
+    report.judged = judged_versions(window, shadow)  # what a promotion's evidence must name
     return report
