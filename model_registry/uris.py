@@ -84,6 +84,7 @@ def parse_model_uri(text: str) -> ModelUri:
         return ModelUri(check_model_name(name), alias=check_alias(alias))
     name, slash, version = rest.rpartition("/")
     if not slash:
-        raise RegistryError(f"{text!r} names no version or alias: write models:/{rest}/VERSION or "
-                            f"models:/{rest}@ALIAS")
+        shown = ascii(rest)[1:-1]
+        raise RegistryError(f"{text!r} names no version or alias: write models:/{shown}/VERSION or "
+                            f"models:/{shown}@ALIAS")
     return ModelUri(check_model_name(name), version=check_version(version))

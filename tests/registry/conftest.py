@@ -1,6 +1,6 @@
 """Registries to test against: the embedded default (SQLite) and a real ``mlflow server``.
 
-The server is MLflow's own, installed on first use into ``tests/.peers/mlflow`` (its pins,
+The server is MLflow's own, installed on first use into ``.peers/mlflow`` (its pins,
 pyarrow's among them, conflict with this project's, so it gets its own virtualenv) and started
 on a free port with a SQLite backend and a local artifact root: the artifacts travel over its
 REST API (``mlflow-artifacts:/``), as they do for a team's server.
@@ -25,7 +25,7 @@ from model_registry.store import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER = ROOT / "examples" / "models" / "classifier"
-PEERS = ROOT / "tests" / ".peers"
+PEERS = ROOT / ".peers"  # outside the packages and tests that lint and the layout rules read
 MLFLOW = "mlflow==3.17.2"  # the server release matching the mlflow-skinny client the test extra installs
 
 
