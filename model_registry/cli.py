@@ -21,7 +21,7 @@ from .audit import AuditEntry
 from .errors import EvidenceRefused, RegistryError, VerificationFailed
 from .evidence import judge
 from .pull import pull
-from .store import Registry
+from .store import Registry, bound_calls
 from .uris import ModelUri, check_alias, check_model_name, check_version, parse_model_uri
 
 DONE, REFUSED, ERROR = 0, 1, 2
@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's and Alembic's INFO lines are noise here
+    bound_calls(os.environ)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:

@@ -12,10 +12,11 @@ sidecar import without the ``registry`` extra installed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,19 @@ EXPERIMENT = "shadowserve-registry"
 ARTIFACT_PATH = "model"
 TAG_MANIFEST = "shadowserve.manifest_sha256"
 TAG_VERSION_DIR = "shadowserve.version_directory"
-# A registry that hangs or is down fails a call in about half a minute, not MLflow's default of
-# 120 s per try with 7 retries; the user's own MLFLOW_HTTP_* settings win.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def bound_calls(environ: MutableMapping[str, str], timeout_secs: int = 10, retries: int = 2) -> None:
+    """MLflow's HTTP timeout and retries for an ``mlflow server``, unless the user set them.
+
+    MLflow reads them from the environment at every call, and waits 120 s a try with 7 retries
+    by default: a registry that hangs would hold a command, a poll or a flush for many minutes.
+    Entry points call this once (``shadowserve-registry``, ``serve``, the sidecar) with their
+    own bound; the user's ``MLFLOW_HTTP_*`` settings win.
+    """
+    for name, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout_secs), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries),
+                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
+        environ.setdefault(name, str(value))
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,12 @@ class Registry:
         """The registry at ``uri``, MLflow's environment variables, or the embedded default."""
         embedded = not (uri or os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI"))
         resolved, artifacts = locate(uri)
-        for key, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(key, value)
         try:
             from mlflow import MlflowClient
         except ImportError:
             raise NotInstalled("the registry needs MLflow: pip install 'shadowserve[registry]'") from None
+        # store.py turns a failing database into one line; MLflow's own logger would add a traceback at each call
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         if embedded and announce is not None:
             announce(f"registry: embedded at ./{EMBEDDED} (set --registry-uri or MLFLOW_TRACKING_URI for a team "
                      "server)")
@@ -223,6 +233,8 @@ def _mlflow_errors(doing: str, target: ModelUri | None = None) -> Iterator[None]
             raise NotFound(_not_found(target, message)) from None
         if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"):
             raise RegistryError(f"cannot {doing}: {message}") from None
+        if message.startswith("API request to") and "failed with exception" in message:
+            raise Unreachable(f"cannot {doing}: the registry is unreachable ({_network_reason(message)})") from None
         raise Unreachable(f"cannot {doing}: the registry failed ({message[:300]})") from None
     except OSError as exc:  # connection refused, a timeout, an unreadable local store
         raise Unreachable(f"cannot {doing}: the registry is unreachable ({str(exc).splitlines()[0][:300]})") \
@@ -233,6 +245,18 @@ def _mlflow_errors(doing: str, target: ModelUri | None = None) -> Iterator[None]
             raise Unreachable(f"cannot {doing}: the registry is unreachable or broken "
                               f"({str(exc).splitlines()[0][:300] if str(exc) else kind})") from None
         raise
+
+
+def _network_reason(message: str) -> str:
+    """What went wrong under MLflow's "API request to ... failed with exception ..." line."""
+    for marker, reason in (("NewConnectionError", "connection refused or no route"),
+                           ("timed out", "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT"),
+                           ("RemoteDisconnected", "it closed the connection"),
+                           ("NameResolutionError", "the host name does not resolve"),
+                           ("SSLError", "TLS failed")):
+        if marker in message:
+            return reason
+    return message.split("failed with exception", 1)[1].strip()[:200]
 
 
 def _not_found(target: ModelUri | None, message: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -35,7 +36,11 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(run(parse(argv)))
+    settings = parse(argv)
+    if settings.model_source:  # a registry that hangs holds a poll seconds, not minutes
+        from model_registry.store import bound_calls
+        bound_calls(os.environ)
+    sys.exit(run(settings))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from model_registry.store import bound_calls
 from serving import logs  # the same log formats as serve (pure: imports nothing heavy)
 from serving.shutdown import stop_on_signals  # the same stop signals as serve (pure)
 
@@ -57,7 +58,6 @@ from .records.recorder import Recorder
 log = logging.getLogger("sidecar")
 
 RECORDER_FLUSH_SECS = 30.0
-REGISTRY_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 READY_POLL_SECS = 0.25
 
 
@@ -354,13 +354,9 @@ def _run(settings: Settings, config: Config) -> int:
 
 
 def bound_registry_calls(environ: MutableMapping[str, str]) -> None:
-    """MLflow's HTTP timeout and retries for the registry, unless the user set them.
-
-    A registry that hangs then costs a write a few seconds, not MLflow's default of 120 s a try
-    with retries (writes wait on their own thread anyway; this bounds the flush at SIGTERM).
-    """
-    for name, value in REGISTRY_HTTP_DEFAULTS.items():
-        environ.setdefault(name, value)
+    """A registry that hangs costs a canary write a few seconds (they wait on their own thread
+    anyway; this bounds the flush at SIGTERM), unless the user set MLflow's own bounds."""
+    bound_calls(environ, timeout_secs=5, retries=1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

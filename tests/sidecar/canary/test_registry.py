@@ -267,10 +267,11 @@ def test_what_is_worth_writing(source: str, action: str, changed: bool, written:
 def test_the_entry_point_bounds_mlflow_calls_unless_the_user_did() -> None:
     environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
     bound_registry_calls(environ)
-    assert environ == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+    assert environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60" and environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     environ = {}
     bound_registry_calls(environ)
-    assert environ == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+    assert environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5" and environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
 
 
 def test_nothing_opens_the_registry_without_a_model(models: Models, tmp_path: Path) -> None:
