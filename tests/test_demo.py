@@ -1,4 +1,5 @@
-"""The README's first command, shortened: the whole system on the bundled example, end to end."""
+"""The README's first command, shortened: the whole system on the bundled example, end to end,
+with its models from the embedded registry and the canary's rollback in the registry's audit log."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -59,5 +61,40 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert served and min(served) < rollback["time"]
     assert max(served) < rollback["time"] + 0.5, "the canary served requests after it was rolled back"
     assert sum(ts > rollback["time"] + 0.5 for ts in received) > 100
-    assert sorted(p.name for p in out.iterdir()) == ["records", "reports", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["records", "registry", "reports", "summary.json"]
     assert "Drift: before the shift against after it" in done.stdout
+    assert_registry(out, summary, rollback, done.stdout)
+
+
+def assert_registry(out: Path, summary: dict[str, Any], rollback: dict[str, Any], stdout: str) -> None:
+    """Served from the registry, judged by version, refused promotion, and the whole story in the audit log."""
+    assert summary["aliases"] == {"champion": 1, "challenger": 2}
+    assert summary["judged"] == {"model": "classifier", "version": "2"}  # the compare report judged the shadow's v2
+    # the status names the models by their registry URIs, resolved to the versions served
+    assert summary["canary"]["registry"]["models"] == {"models:/classifier@challenger": 2}
+    verdict = json.loads((out / "reports" / "verdict.json").read_text())
+    assert verdict["format"] == "shadowserve.canary.verdict/1"
+    assert (verdict["model"], verdict["version"], verdict["registry"]) == ("classifier", "2",
+                                                                          "models:/classifier@challenger")
+    assert (verdict["phase"], verdict["passed"]) == ("rolled_back", False)
+    assert summary["verdict"]["version"] == "2"
+    promotion = summary["promotion"]  # version 2 disagrees with version 1 on ~13%: no promotion
+    assert promotion["exit_status"] == 1 and "refused" in promotion["output"]
+    history = summary["history"]
+    moves = [(e["action"], e["alias"], e["version"]) for e in history if e["action"] in ("register", "alias")]
+    assert moves == [("register", None, 1), ("register", None, 2), ("alias", "champion", 1), ("alias", "challenger", 2)]
+    assert all(e["reason"] for e in history if e["action"] == "alias")  # each alias move says why
+    (logged,) = [e for e in history if e["action"] == "rollback"]
+    assert logged["actor"].startswith("sidecar@") and (logged["alias"], logged["version"]) == ("challenger", 2)
+    assert logged["reason"] == rollback["reason"] and "disagreement" in logged["reason"]
+    assert logged["checks"]["disagreement"] == "fail"
+    assert logged["disagreement"] == rollback["metrics"]["disagreement"]
+    assert not any(e["actor"].startswith("sidecar@") for e in history if e["action"] not in ("rollback", "ramp"))
+    assert history[-1]["action"] == "refused" and (history[-1]["alias"], history[-1]["version"]) == ("champion", 2)
+    assert "its status is 'disagreement'" in history[-1]["reason"]
+    assert [e["action"] for e in history if e["action"] not in ("ramp",)] == [
+        "register", "register", "alias", "alias", "rollback", "refused"]
+    # what the user reads: the refusal and the audit log as `shadowserve-registry history` prints it
+    assert "(exit status 1)" in stdout and "== shadowserve-registry history classifier ==" in stdout
+    assert "rollback @challenger 2: rollback after 2 failed interval(s)" in stdout
+    assert "refused @champion 2: the report did not pass" in stdout
