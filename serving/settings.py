@@ -165,6 +165,11 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     flags = _flags()
     environ = os.environ if environ is None else environ
     values = flags.values(argv, environ)
+    on_command_line = vars(flags.parser.parse_args(argv))
+    if "model_source" in on_command_line and "model_repository" not in on_command_line:
+        # flags win over variables: the model image's SERVING_MODEL_REPOSITORY=/models gives way to
+        # `docker run IMAGE --model-source ...`; both on the command line is still refused at start-up
+        values.pop("model_repository", None)
     if values.get("model_source"):  # giving --model-repository too is refused at start-up, as a ConfigError
         values.setdefault("model_cache_dir", default_model_cache_dir(environ))
     elif not values.get("model_repository"):

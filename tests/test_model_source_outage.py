@@ -58,6 +58,16 @@ def test_the_model_source_settings(tmp_path: Path) -> None:
     assert parse(["--model-repository", "r"], {"XDG_CACHE_HOME": "/xdg"}).model_cache_dir is None  # no source
 
 
+def test_a_source_on_the_command_line_replaces_the_images_repository_variable() -> None:
+    image = {"SERVING_MODEL_REPOSITORY": "/models"}  # what the model image sets
+    assert parse(["--model-source", "models:/a@b"], image).model_repository is None
+    assert parse([], image).model_repository == Path("/models")
+    both_in_env = parse([], {**image, "SERVING_MODEL_SOURCE": "models:/a@b"})  # refused at start-up, as both flags
+    assert both_in_env.model_repository == Path("/models") and both_in_env.model_source == ("models:/a@b",)
+    both_flags = parse(["--model-source", "models:/a@b", "--model-repository", "r"], {})
+    assert both_flags.model_repository == Path("r")
+
+
 @pytest.mark.parametrize("argv, env, message", [
     (["--model-source", "classifier@champion"], {}, "'classifier@champion' is not a model URI"),
     (["--model-source", "models:/classifier"], {}, "names no version or alias"),
