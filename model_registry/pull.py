@@ -42,7 +42,8 @@ def fetch(registry: Registry, version: Version, cache: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     try:
-        root = registry.download(version, partial)
+        _check_manifest_first(registry, version, partial)
+        root = registry.download(version, partial / "files")
         try:
             manifest.verify(root, version.manifest_digest)
         except VerificationFailed as exc:
@@ -55,6 +56,26 @@ def fetch(registry: Registry, version: Version, cache: Path) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _check_manifest_first(registry: Registry, version: Version, scratch: Path) -> None:
+    """The manifest alone, checked against the registry's digest, before any model file is downloaded.
+
+    A rewritten manifest fails at once, not after gigabytes; and a version whose files would not
+    fit on this disk is refused with the sizes, instead of filling it.
+    """
+    (scratch / "manifest").mkdir()
+    copy = registry.download(version, scratch / "manifest", manifest.MANIFEST_NAME)
+    try:
+        document = manifest.read(copy.parent, version.manifest_digest)
+    except VerificationFailed as exc:
+        raise VerificationFailed(f"{version.uri}: {exc}", exc.path) from None
+    sizes = [entry.get("size") for entry in document["files"].values() if isinstance(entry, dict)]
+    needed = sum(size for size in sizes if isinstance(size, int) and size > 0)
+    free = shutil.disk_usage(scratch).free
+    if needed > free:
+        raise RegistryError(f"{version.uri} needs {needed:,} bytes and {scratch.parent} has {free:,} free: "
+                            "free space or choose another cache directory")
 
 
 def _place(source: Path, target: Path) -> None:

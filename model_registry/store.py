@@ -123,11 +123,12 @@ class Registry:
             model = self._client.get_registered_model(check_model_name(name))
         return audit.entries(model.tags or {})
 
-    def download(self, version: Version, dest: Path) -> Path:
-        """The version's files as the artifact store holds them, into ``dest``: NOT verified."""
+    def download(self, version: Version, dest: Path, file: str | None = None) -> Path:
+        """The version's files (or one ``file``) as the artifact store holds them, into ``dest``: NOT verified."""
         from mlflow.artifacts import download_artifacts
-        with _mlflow_errors(f"download {version.uri}"):
-            return Path(download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=self.uri))
+        source = version.source if file is None else f"{version.source.rstrip('/')}/{file}"
+        with _mlflow_errors(f"download {version.uri}" + (f" {file}" if file else "")):
+            return Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=self.uri))
 
     # -- writing -------------------------------------------------------------------------------
 
