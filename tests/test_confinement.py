@@ -20,7 +20,7 @@ from urllib.parse import quote
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -131,14 +131,17 @@ def config_json(**changes: Any) -> dict[str, Any]:
 
 
 def assert_refused(status: int, body: dict[str, Any], layout: Layout, statuses: tuple[int, ...] = (400,),
-                   says: str = "", echoes_input: bool = False) -> None:
+                   says: str = "", echoes_input: bool = False, sent: tuple[str, ...] = ()) -> None:
     """Refused with a message that names no host path (``echoes_input``: except what the client sent)."""
     assert status in statuses, (status, body)
     message = body["error"]
     assert str(layout.root) not in message and os.path.realpath(layout.root) not in message, message
     if not echoes_input:
         assert not re.search(r"(^|[\s'\"(])/(tmp|etc|home|root|work|usr)\b", message), message
-    assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", message), message  # no Python exception class
+    ours = message
+    for text in sent:  # a model the client named 'AError' is echoed back; that is not an exception's class
+        ours = ours.replace(text, "")
+    assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", ours), message  # no Python exception class
     assert says in message, message
     assert not layout.marker.exists(), "a file outside the model's directory was imported"
 
@@ -321,12 +324,13 @@ _names = st.sampled_from(["target", "..", ".", "%2E%2E", "a/b", "/etc", "target/
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(name=_names, config=overrides() | st.none())
+@example(name="AError", config=None)  # a name CI drew once: echoed back, it is no exception class in a message
 def test_fuzzed_loads_are_never_a_server_error(server: RunningServer, layout: Layout, name: str,
                                                config: str | None) -> None:
     status, body = load(server, name, config)
     assert status in (200, 400, 404), (name, config, status, body)
     if status != 200:
-        assert_refused(status, body, layout, (400, 404), echoes_input=True)
+        assert_refused(status, body, layout, (400, 404), echoes_input=True, sent=(name, config or ""))
     assert infer(server) == [3.0]
 
 
