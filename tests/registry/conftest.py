@@ -8,8 +8,10 @@ REST API (``mlflow-artifacts:/``), as they do for a team's server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,7 +71,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]
     process = subprocess.Popen(
         [str(executable), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"})
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"},
+        start_new_session=True)  # its uvicorn and job workers are children: stopped together, by group
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -79,15 +82,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
         time.sleep(0.3)
     yield Backend(url, root / "artifacts")
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(20)
     except subprocess.TimeoutExpired:
-        process.kill()
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
     log.close()
 
 
