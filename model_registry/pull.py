@@ -104,13 +104,15 @@ def install(dest: Path, name: str, versions: Sequence[tuple[Version, Path]], ser
     dest.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".install-{name}-", dir=dest))
     try:
+        documents = {number: manifest.read(path, version.manifest_digest)
+                     for number, (version, path) in by_number.items()}
         for number, (_, path) in by_number.items():
-            directory = manifest.read(path, by_number[number][0].manifest_digest)["version_directory"]
+            directory = documents[number]["version_directory"]
             for file in (path / directory).rglob("*"):
                 if file.is_file():
                     _place(file, staged / str(number) / file.relative_to(path / directory))
         newest = by_number[max(serve)][1]
-        model_level = manifest.read(newest, by_number[max(serve)][0].manifest_digest)
+        model_level = documents[max(serve)]
         for rel in model_level["files"]:
             if not rel.startswith(f"{model_level['version_directory']}/") and rel != layout.CONFIG:
                 _place(newest / rel, staged / rel)
