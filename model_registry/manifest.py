@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from inference_protocol.names import version_directory
+
 from .errors import VerificationFailed
 
 MANIFEST_NAME = "shadowserve-manifest.json"
@@ -58,7 +60,8 @@ def read(root: Path, expected_digest: str) -> dict[str, Any]:
     except ValueError:
         raise VerificationFailed(f"{MANIFEST_NAME} is not JSON", MANIFEST_NAME) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(
-            document.get("files"), dict) or not isinstance(document.get("version_directory"), str):
+            document.get("files"), dict) or not isinstance(document.get("version_directory"), str) or \
+            version_directory(document["version_directory"]) is None:
         raise VerificationFailed(f"{MANIFEST_NAME} is not a {FORMAT} manifest", MANIFEST_NAME)
     return document
 

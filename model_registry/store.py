@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -31,6 +32,7 @@ EXPERIMENT = "shadowserve-registry"
 ARTIFACT_PATH = "model"
 TAG_MANIFEST = "shadowserve.manifest_sha256"
 TAG_VERSION_DIR = "shadowserve.version_directory"
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def bound_calls(environ: MutableMapping[str, str], timeout_secs: int = 10, retries: int = 2) -> None:
@@ -115,7 +117,7 @@ class Registry:
                 found = self._client.get_model_version_by_alias(target.name, target.alias)
             else:
                 found = self._client.get_model_version(target.name, str(target.version))
-        return _version(found)
+        return _version(found, target)
 
     def history(self, name: str) -> list[AuditEntry]:
         """The audit log of a registered model, oldest first."""
@@ -152,7 +154,7 @@ class Registry:
                 self._ensure_model(name)
                 created = self._client.create_model_version(name, f"{run.info.artifact_uri}/{ARTIFACT_PATH}",
                                                             run_id=run.info.run_id, tags=all_tags)
-        version = _version(created)
+        version = _version(created, ModelUri(name))
         self.record(name, AuditEntry.now("register", actor=actor, version=version.version,
                                          details={"manifest_sha256": version.manifest_digest, "files": len(files),
                                                   "source_directory": str(model_dir)}))
@@ -211,9 +213,19 @@ class Registry:
                 raise
 
 
-def _version(found: Any) -> Version:
+def _version(found: Any, asked: ModelUri) -> Version:
+    """A version from the registry's answer, which must be about what was asked: its name and number
+    become directory names, and its digest a cache path, so a registry that lies is refused here."""
     tags = dict(found.tags or {})
-    return Version(found.name, int(found.version), tags.get(TAG_MANIFEST, ""), found.source, found.run_id or None,
+    number = str(found.version)
+    if found.name != asked.name or not number.isdigit() or int(number) <= 0 or (
+            asked.version is not None and int(number) != asked.version):
+        raise Unreachable(f"the registry answered {found.name!r} version {number!r} when asked for {asked}: "
+                          "it is not a registry to trust")
+    digest = tags.get(TAG_MANIFEST, "")
+    if digest and not DIGEST.fullmatch(digest):
+        digest = ""  # not a SHA-256: treated as no manifest, which a pull refuses
+    return Version(found.name, int(number), digest, found.source, found.run_id or None,
                    tags, tuple(getattr(found, "aliases", None) or ()))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -86,3 +87,43 @@ def test_the_default_bounds_leave_the_users_own() -> None:
     environ = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5"}
     bound_calls(environ)
     assert environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5" and environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+
+
+class Liar(Double):
+    """An MLflow-shaped registry whose answers are well-formed but about something else."""
+
+    def __init__(self, version: dict[str, object]) -> None:
+        self.version = version
+        super().__init__("liar")
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            body = json.dumps({"model_version": self.version}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            conn.close()
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ({"name": "../../etc", "version": "1"}, "answered '../../etc'"),  # a name that would leave the repository
+    ({"name": "m", "version": "-3"}, "answered 'm' version '-3'"),
+    ({"name": "m", "version": "1", "tags": [{"key": "shadowserve.manifest_sha256", "value": "../../../../x"}]},
+     "has no manifest digest"),  # a digest that would leave the cache
+])
+def test_a_registry_that_lies_about_the_version_is_not_trusted(answer: dict[str, object], message: str,
+                                                               tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    liar = Liar({"source": "mlflow-artifacts:/1/x/artifacts/model", "status": "READY", **answer})
+    try:
+        status = main(["--registry-uri", f"http://127.0.0.1:{liar.port}", "pull", "models:/m@champion",
+                       "--dest", str(tmp_path / "repo")])
+    finally:
+        liar.close()
+    err = capsys.readouterr().err
+    assert status in (1, 2) and message in err and err.count("\n") == 1, err
+    assert not list((tmp_path / "repo").glob("*/*")) and not (tmp_path / "etc").exists()
