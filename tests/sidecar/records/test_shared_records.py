@@ -188,7 +188,11 @@ def test_live_sidecars_sharing_a_directory_never_touch_each_others_records(tmp_p
         b.kill()  # SIGKILL: its open segment (30 records) stays as a stream
         c = sidecar(records, config, primary, shadow)  # finishes b's segment, leaves a's alone
         started.append(c)
-        wait_until(lambda: len(finished_segments(records)) == 5, 20, "the dead replica's segment finished")
+        # the segment is written first and its stream removed after it (a crash between keeps the stream):
+        # wait for both, then only a's stream is left
+        wait_until(lambda: len(finished_segments(records)) == 5 and not any(
+            f"-{b.process.pid}-" in p.name for p in records.glob(".records-*.arrows")), 20,
+            "the dead replica's segment finished and its stream removed")
         assert [n for n in live if n in {p.name for p in records.glob(".records-*.arrows")}] == [
             n for n in live if f"-{a.process.pid}-" in n]
         for process in (a, c):
