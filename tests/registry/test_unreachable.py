@@ -16,12 +16,14 @@ from model_registry.store import bound_calls
 
 from .conftest import free_port, model_dir
 
+BODIES = {"html": b"<html>a proxy's login page, not MLflow</html>", "garbage": b'{"weird": [1'}
+
 
 class Double:
-    """An HTTP listener that never answers (``hang``) or answers 200 with bytes that are not MLflow's API."""
+    """An HTTP listener that answers every request 200 with ``body``, or never answers when it is None."""
 
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
+    def __init__(self, body: bytes | None) -> None:
+        self.body = body
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
@@ -34,13 +36,12 @@ class Double:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            if self.behaviour == "hang":
+            if self.body is None:
                 self.held.append(conn)  # read nothing, answer nothing, keep it open
                 continue
             conn.recv(65536)
-            body = b"<html>a proxy's login page, not MLflow</html>" if self.behaviour == "html" else b'{"weird": [1'
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                         + str(len(self.body)).encode() + b"\r\nConnection: close\r\n\r\n" + self.body)
             conn.close()
 
     def close(self) -> None:
@@ -51,7 +52,7 @@ class Double:
 
 @pytest.fixture(params=["hang", "html", "garbage"])
 def double(request: pytest.FixtureRequest) -> Iterator[Double]:
-    server = Double(request.param)
+    server = Double(BODIES.get(request.param))
     yield server
     server.close()
 
@@ -89,26 +90,6 @@ def test_the_default_bounds_leave_the_users_own() -> None:
     assert environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5" and environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
 
 
-class Liar(Double):
-    """An MLflow-shaped registry whose answers are well-formed but about something else."""
-
-    def __init__(self, version: dict[str, object]) -> None:
-        self.version = version
-        super().__init__("liar")
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            body = json.dumps({"model_version": self.version}).encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-            conn.close()
-
-
 @pytest.mark.parametrize(("answer", "message"), [
     ({"name": "../../etc", "version": "1"}, "answered '../../etc'"),  # a name that would leave the repository
     ({"name": "m", "version": "-3"}, "answered 'm' version '-3'"),
@@ -118,7 +99,9 @@ class Liar(Double):
 def test_a_registry_that_lies_about_the_version_is_not_trusted(answer: dict[str, object], message: str,
                                                                tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    liar = Liar({"source": "mlflow-artifacts:/1/x/artifacts/model", "status": "READY", **answer})
+    # well-formed MLflow JSON, about something else
+    liar = Double(json.dumps({"model_version": {"source": "mlflow-artifacts:/1/x/artifacts/model",
+                                                "status": "READY", **answer}}).encode())
     try:
         status = main(["--registry-uri", f"http://127.0.0.1:{liar.port}", "pull", "models:/m@champion",
                        "--dest", str(tmp_path / "repo")])
