@@ -19,10 +19,11 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from .errors import ConfigError
 from .paths import check_filename, name_problem, read_labels
+from .platforms import DEFAULT_FILENAMES, ENSEMBLE, ONNX, PLATFORMS, PYTHON, TORCHSCRIPT, Completer, model_kind
 
-TORCHSCRIPT = "pytorch_libtorch"
-PYTHON = "python"
-DEFAULT_FILENAMES = {TORCHSCRIPT: "model.pt", PYTHON: "model.py"}
+__all__ = ["DEFAULT_FILENAMES", "ENSEMBLE", "ONNX", "PLATFORMS", "PYTHON", "TORCHSCRIPT", "Completer", "ModelSpec",
+           "TensorSpec", "model_kind", "parse_config", "parse_config_json", "spec_from_proto"]
+
 MAX_INSTANCES = 64  # the counts of every instance_group together
 MAX_WARMUP_COUNT = 1000  # model_warmup batches, every sample's count together
 DEFAULT_PREDICTION_BUCKETS = (-10.0, -5.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
@@ -297,7 +298,7 @@ def _batch_policy(config: pb.ModelConfig) -> BatchPolicy:
     )
 
 
-def parse_config(text: str, model_dir: Path) -> ModelSpec:
+def parse_config(text: str, model_dir: Path, complete: Completer | None = None) -> ModelSpec:
     """Parse and validate one model's config.pbtxt; fills Triton's defaults into the proto."""
     try:
         config = text_format.Parse(text, pb.ModelConfig())
@@ -305,10 +306,10 @@ def parse_config(text: str, model_dir: Path) -> ModelSpec:
         raise ConfigError(f"config.pbtxt is not a valid ModelConfig: {exc}") from None
     except (ValueError, RecursionError):  # text_format raises these for some malformed values and nesting
         raise ConfigError("config.pbtxt is not a valid ModelConfig: a value cannot be read") from None
-    return spec_from_proto(config, model_dir)
+    return spec_from_proto(config, model_dir, complete)
 
 
-def parse_config_json(text: str, model_dir: Path) -> ModelSpec:
+def parse_config_json(text: str, model_dir: Path, complete: Completer | None = None) -> ModelSpec:
     """A config given as JSON (the ``config`` override of a load request), as Triton accepts it."""
     try:
         obj = orjson.loads(text)
@@ -324,28 +325,23 @@ def parse_config_json(text: str, model_dir: Path) -> ModelSpec:
         # json_format raises these for values of the wrong shape (a list for a message, ...)
         raise ConfigError("the config override is not a valid ModelConfig in JSON: a field holds a value of "
                           "the wrong type; compare with GET /v2/models/<model>/config") from None
-    return spec_from_proto(config, model_dir)
+    return spec_from_proto(config, model_dir, complete)
 
 
-def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
-    """Validate a ModelConfig and type it; fills Triton's defaults into the proto."""
+def spec_from_proto(config: pb.ModelConfig, model_dir: Path, complete: Completer | None = None) -> ModelSpec:
+    """Validate a ModelConfig and type it; fills Triton's defaults (and, with ``complete``, what the
+    model itself declares) into the proto."""
     name = model_dir.name
     if config.name and config.name != name:
         named = repr(config.name) if name_problem(config.name) is None else "a name that is not a model name"
         raise ConfigError(f"the config names the model {named} but its directory is '{name}'; they must match")
     config.name = name
-    if (config.platform in ("", TORCHSCRIPT) and config.backend in ("", "pytorch")
-            and (config.platform or config.backend)):
-        platform = TORCHSCRIPT
-        config.platform, config.backend = TORCHSCRIPT, "pytorch"
-    elif config.backend == PYTHON and config.platform == "":
-        platform = PYTHON
-    else:
-        raise ConfigError(
-            f"unsupported platform {config.platform!r} / backend {config.backend!r}: use "
-            "platform: \"pytorch_libtorch\" (TorchScript model.pt) or backend: \"python\" (model.py)")
+    platform = model_kind(config, model_dir)
+    if complete is not None and (not config.input or not config.output):
+        complete(platform, config, model_dir)
     if not config.input or not config.output:
-        raise ConfigError("config.pbtxt must declare at least one input and one output")
+        raise ConfigError("config.pbtxt must declare at least one input and one output"
+                          + ("" if complete is None else " (the model file does not say which)"))
     inputs = tuple(_tensor(model_dir, item, "input") for item in config.input)
     outputs = tuple(_tensor(model_dir, item, "output") for item in config.output)
     for kind, specs in (("input", inputs), ("output", outputs)):
@@ -357,9 +353,10 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path) -> ModelSpec:
     elif (config.version_policy.WhichOneof("policy_choice") == "latest"
           and config.version_policy.latest.num_versions < 1):
         raise ConfigError("version_policy latest needs num_versions >= 1")
-    if not config.default_model_filename:
+    if not config.default_model_filename and DEFAULT_FILENAMES[platform]:
         config.default_model_filename = DEFAULT_FILENAMES[platform]
-    check_filename(config.default_model_filename, "default_model_filename")
+    if config.default_model_filename:
+        check_filename(config.default_model_filename, "default_model_filename")
     for key, filename in config.cc_model_filenames.items():
         check_filename(filename, f"cc_model_filenames[{key!r}]")
     counts = [max(g.count, 1) for g in config.instance_group]

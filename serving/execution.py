@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends.torchscript import TorchScriptModel
 from .config import ModelSpec
 from .device import HostBuffers, to_numpy, to_torch
 from .errors import ConfigError, ModelError
 from .model import Model
-from .torchscript import TorchScriptModel
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
+from .backends import handler_class
 from .batching import Batcher
-from .config import PYTHON, ModelSpec
+from .config import ModelSpec
 from .device import Placement
 from .errors import ConfigError
 from .instance import ModelInstance
 from .metrics import Metrics, ModelStats
-from .model import Model, forget_handler_module, load_handler_class
+from .model import Model, forget_handler_module
 from .paths import confined
-from .torchscript import TorchScriptModel
 from .warmup import warmup_batches
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def model_file(spec: ModelSpec, version: int, path: Path) -> Path:
 
 def _create_handlers(spec: ModelSpec, version: int, path: Path, devices: list[torch.device]) -> list[Model]:
     file = model_file(spec, version, path)
-    cls: type[Model] = (load_handler_class(file, spec.name, version, f"{spec.name}/{version}/{spec.filename}")
-                        if spec.platform == PYTHON else TorchScriptModel)
+    cls = handler_class(spec, version, file)
     handlers: list[Model] = []
     try:
         for device in devices:

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .backends import complete
 from .config import ModelSpec, parse_config, parse_config_json
 from .device import Placement
 from .errors import ConfigError, InvalidInput, NotFound, ServingError, Unavailable
@@ -118,8 +119,8 @@ class Repository:
                 if not retry_failed and entry.failed_config == text:
                     return False  # this config failed to parse before; it has not changed
                 try:
-                    spec = (parse_config_json(text, model_dir) if config_json is not None
-                            else parse_config(text, model_dir))
+                    spec = (parse_config_json(text, model_dir, complete) if config_json is not None
+                            else parse_config(text, model_dir, complete))
                 except ConfigError:
                     entry.failed_config = text
                     raise

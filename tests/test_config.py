@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
-from serving.config import TORCHSCRIPT, InstanceGroup, ModelSpec, parse_config
+from serving.config import PLATFORMS, TORCHSCRIPT, InstanceGroup, ModelSpec, model_kind, parse_config
 from serving.errors import ConfigError
 
 BASE = """
@@ -65,8 +67,10 @@ def test_version_policy(policy: str, available: list[int], expected: list[int]) 
 @pytest.mark.parametrize("text, message", [
     ("this is not pbtxt", "not a valid ModelConfig"),
     ('name: "other"' + BASE, "directory is 'm'"),
-    (BASE.replace('platform: "pytorch_libtorch"', 'platform: "onnxruntime_onnx"'), "unsupported platform"),
-    (BASE.replace('platform: "pytorch_libtorch"', ''), "unsupported platform"),
+    (BASE.replace('platform: "pytorch_libtorch"', 'platform: "tensorrt_plan"'), "unsupported platform"),
+    (BASE.replace('platform: "pytorch_libtorch"', 'platform: "onnxruntime_onnx" backend: "pytorch"'),
+     "unsupported platform"),
+    (BASE.replace('platform: "pytorch_libtorch"', ''), "names no platform or backend and no model file"),
     (BASE.replace("TYPE_FP32", "TYPE_INVALID"), "TYPE_INVALID"),
     (BASE.replace("-1, 3", "0"), "dims"),
     (BASE.replace("max_batch_size: 8", "max_batch_size: 0") + "dynamic_batching { preferred_batch_size: 4 }",
@@ -156,3 +160,42 @@ def test_a_json_override_that_is_not_a_config_is_a_config_error(override: str, m
 
     with pytest.raises(ConfigError, match=message):
         parse_config_json(override, Path("/nonexistent/m"))
+
+
+@pytest.mark.parametrize("names, kind, backend", [
+    ('platform: "onnxruntime_onnx"', "onnxruntime_onnx", "onnxruntime"),
+    ('backend: "onnxruntime"', "onnxruntime_onnx", "onnxruntime"),
+    ('backend: "pytorch"', "pytorch_libtorch", "pytorch"),
+    ('platform: "ensemble"', "ensemble", ""),
+    ('backend: "python"', "python", "python"),
+])
+def test_either_name_gives_the_kind_and_both_names(names: str, kind: str, backend: str) -> None:
+    config = text_format.Parse(names, model_config_pb2.ModelConfig())
+    assert model_kind(config, Path("/nonexistent/m")) == kind
+    assert config.backend == backend and config.platform == PLATFORMS[kind][0]
+
+
+@pytest.mark.parametrize("files, named, kind", [
+    (["model.onnx"], "", "onnxruntime_onnx"),
+    (["model.pt"], "", "pytorch_libtorch"),
+    (["model.py"], "", "python"),
+    (["model.py", "model.onnx"], "", "onnxruntime_onnx"),  # Triton's order
+    (["net.onnx"], "net.onnx", "onnxruntime_onnx"),
+    (["weights.pt"], "weights.pt", "pytorch_libtorch"),
+])
+def test_a_config_without_names_gets_them_from_the_newest_version(tmp_path: Path, files: list[str], named: str,
+                                                                  kind: str) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.py").write_text("")  # an older version holds another kind
+    (tmp_path / "m" / "3").mkdir()
+    for file in files:
+        (tmp_path / "m" / "3" / file).write_bytes(b"")
+    config = model_config_pb2.ModelConfig(default_model_filename=named)
+    assert model_kind(config, tmp_path / "m") == kind
+    assert (config.platform, config.backend) == PLATFORMS[kind][:2]
+
+
+def test_a_named_file_outside_the_model_is_refused_before_it_is_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="default_model_filename"):
+        model_kind(model_config_pb2.ModelConfig(default_model_filename="../../x.onnx"), tmp_path / "m")

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, ModelError
-from .model import Model
-from .paths import confined
+from ..errors import ConfigError, ModelError
+from ..model import Model
+from ..paths import confined
 
 _INDEXED = re.compile(r".*__(\d+)$")
 
