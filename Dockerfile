@@ -28,6 +28,7 @@ COPY inference_protocol inference_protocol
 COPY serving serving
 COPY sidecar sidecar
 COPY model_registry model_registry
+COPY triton_python_backend_utils triton_python_backend_utils
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # ---- sidecar: dependencies without torch ------------------------------------------------

@@ -171,6 +171,17 @@ def test_both_images_install_both_locks() -> None:
     assert ("COPY", "model_registry model_registry") in stages()["wheel"]
 
 
+def test_the_wheel_stage_copies_every_package_the_wheel_holds() -> None:
+    """A package pyproject.toml ships but the wheel stage leaves out would be missing from both images."""
+    text = (ROOT / "pyproject.toml").read_text()
+    patterns = re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[([^\]]*)\]", text)
+    assert patterns is not None
+    packages = [p.strip().strip('"').rstrip("*") for p in patterns.group(1).split(",") if p.strip()]
+    assert "triton_python_backend_utils" in packages
+    for package in packages:
+        assert ("COPY", f"{package} {package}") in stages()["wheel"], package
+
+
 def _image_site_packages(target: Path) -> None:
     """Link the locks' distributions, and nothing else, from this environment into ``target``."""
     for name in {**lock(), **lock(REGISTRY_LOCK)}:
