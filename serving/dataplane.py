@@ -8,86 +8,21 @@ same answer with the same message.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from typing import Any
-
-import numpy as np
 
 from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 
 from .admission import Place
-from .config import ModelSpec, TensorSpec
+from .config import ModelSpec
 from .control import ModelControl
-from .errors import InvalidInput, ServingError, Unavailable
+from .errors import ServingError, Unavailable
 from .repository import Repository
+from .requests import check_inputs, full_dims, selected_outputs, timeout_us
 from .types import Work
 
 SERVER_NAME = "shadowserve"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics", "schedule_policy")
-
-
-def _shape_matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
-    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))
-
-
-def check_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple[Any, ...]]:
-    """Validate a request's inputs against the config.
-
-    Returns the arrays by name, the number of rows (1 for models without a batch
-    dimension), and the batch key: requests batch together only when it is equal.
-    """
-    given = request.inputs
-    known = spec.input_names
-    if not known.issuperset(given):
-        unknown = [name for name in given if name not in known]
-        raise InvalidInput(f"model '{spec.name}' has no input {', '.join(repr(n) for n in unknown)}; "
-                           f"its inputs are {', '.join(sorted(known))}")
-    batched = spec.max_batch_size > 0
-    arrays: dict[str, np.ndarray] = {}
-    key: list[Any] = []
-    rows = -1
-    for expected in spec.inputs:
-        tensor = given.get(expected.name)
-        if tensor is None:
-            if expected.optional:
-                key.append(None)
-                continue
-            raise InvalidInput(f"model '{spec.name}' needs input '{expected.name}' "
-                               f"({expected.datatype}, shape {_full_dims(spec, expected)})")
-        _check_tensor(spec, expected, tensor)
-        shape = tensor.shape
-        if batched:
-            if rows not in (-1, shape[0]):
-                raise InvalidInput(f"input '{expected.name}' has batch size {shape[0]} but other inputs have {rows}; "
-                                   "every input needs the same first dimension")
-            rows = shape[0]
-            key.append(shape[1:])
-        else:
-            key.append(shape)
-        arrays[expected.name] = tensor.array
-    return arrays, rows if batched else 1, tuple(key)
-
-
-def _full_dims(spec: ModelSpec, tensor: TensorSpec) -> list[int]:
-    return ([-1] if spec.max_batch_size > 0 else []) + list(tensor.dims)
-
-
-def _check_tensor(spec: ModelSpec, expected: TensorSpec, tensor: Tensor) -> None:
-    if tensor.datatype != expected.datatype:
-        raise InvalidInput(f"input '{expected.name}' must be {expected.datatype}, got {tensor.datatype}")
-    shape = tensor.array.shape
-    batched = spec.max_batch_size > 0
-    inner = shape[1:] if batched else shape
-    if (inner != expected.dims and not _shape_matches(inner, expected.dims)) or (batched and not shape):
-        raise InvalidInput(f"input '{expected.name}' has shape {list(shape)} but model '{spec.name}' expects "
-                           f"{_full_dims(spec, expected)}" + (" (the first dimension is the batch)" if batched else ""))
-    if batched and not 1 <= shape[0] <= spec.max_batch_size:
-        raise InvalidInput(f"input '{expected.name}' has batch size {shape[0]}; model '{spec.name}' accepts "
-                           f"1..{spec.max_batch_size} (max_batch_size); split the request")
-    if expected.reshape is not None and -1 in expected.dims and math.prod(inner) != math.prod(expected.reshape):
-        raise InvalidInput(f"input '{expected.name}' with shape {list(shape)} cannot be reshaped to "
-                           f"{list(expected.reshape)}")
 
 
 class DataPlane:
@@ -132,8 +67,8 @@ class DataPlane:
             "name": name,
             "versions": [str(v) for v in sorted(entry.versions) if entry.versions[v].state == "READY"],
             "platform": spec.platform,
-            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": _full_dims(spec, t)} for t in spec.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": _full_dims(spec, t)} for t in spec.outputs],
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": full_dims(spec, t)} for t in spec.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": full_dims(spec, t)} for t in spec.outputs],
         }
 
     def model_spec(self, name: str, version: str | None = None) -> ModelSpec:
@@ -207,9 +142,9 @@ class DataPlane:
         self._idle.clear()
         try:
             arrays, rows, key = check_inputs(spec, request)
-            selected = self._selected_outputs(spec, request)
+            selected = selected_outputs(spec, request)
             work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected))
-            outputs = await model.batcher.submit(work, rows, key, self._timeout_us(spec, request))
+            outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
             reason = None
         except ServingError as exc:
             reason = exc.reason
@@ -224,29 +159,6 @@ class DataPlane:
                 self._idle.set()
         tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
         return InferResponse(model_name=name, model_version=str(model.version), outputs=tensors, id=request.id)
-
-    @staticmethod
-    def _selected_outputs(spec: ModelSpec, request: InferRequest) -> list[TensorSpec]:
-        if request.outputs is None:
-            return list(spec.outputs)
-        by_name = {t.name: t for t in spec.outputs}
-        selected = []
-        for wanted in request.outputs:
-            if wanted.name not in by_name:
-                raise InvalidInput(f"model '{spec.name}' has no output '{wanted.name}'; its outputs are "
-                                   f"{', '.join(by_name)}")
-            selected.append(by_name[wanted.name])
-        return selected
-
-    @staticmethod
-    def _timeout_us(spec: ModelSpec, request: InferRequest) -> int:
-        policy = spec.batching
-        override = request.parameters.get("timeout")
-        if override is None or not policy.allow_timeout_override:
-            return policy.default_timeout_us
-        if not isinstance(override, int) or isinstance(override, bool) or override < 0:
-            raise InvalidInput("parameter 'timeout' must be a non-negative integer of microseconds")
-        return override
 
     # -- draining --------------------------------------------------------------------------
 
