@@ -22,6 +22,7 @@ from .batching import Batcher
 from .config import ModelSpec
 from .device import Placement
 from .errors import ConfigError
+from .inprocess import InProcess
 from .instance import ModelInstance
 from .metrics import Metrics, ModelStats
 from .model import Model, forget_handler_module
@@ -78,13 +79,15 @@ def model_file(spec: ModelSpec, version: int, path: Path) -> Path:
     return confined(path, spec.filename, "default_model_filename", f"{label}/{spec.filename}")
 
 
-def _create_handlers(spec: ModelSpec, version: int, path: Path, devices: list[torch.device]) -> list[Model]:
+def _create_handlers(spec: ModelSpec, version: int, path: Path, devices: list[torch.device],
+                     models: InProcess | None) -> list[Model]:
     file = model_file(spec, version, path)
     cls = handler_class(spec, version, file)
     handlers: list[Model] = []
     try:
         for device in devices:
             handler = cls(name=spec.name, version=version, config=spec, path=path, device=device)
+            handler.models = models  # before load: a handler may look at its neighbours there
             handler.load()
             handlers.append(handler)
     except BaseException:
@@ -105,12 +108,18 @@ def _warm_up(instance: ModelInstance, batches: list[dict], explicit: bool) -> No
 
 
 async def start_version(spec: ModelSpec, version: int, path: Path, placement: Placement,
-                        metrics: Metrics) -> ModelVersion:
-    """Load a version and warm it up on worker threads, then start its batcher; raises when loading fails."""
+                        metrics: Metrics, models: InProcess | None = None) -> ModelVersion:
+    """Load a version and warm it up on worker threads, then start its batcher; raises when loading fails.
+
+    ``models`` is handed to every handler (``handler.models``), so it can call the server's
+    other models; their blocking calls run on this loop.
+    """
     model = ModelVersion(spec, version, fingerprint=fingerprint(path))
     loop = asyncio.get_running_loop()
+    if models is not None:
+        models.attach(loop)
     devices = placement.devices(spec)
-    handlers = await loop.run_in_executor(None, _create_handlers, spec, version, path, devices)
+    handlers = await loop.run_in_executor(None, _create_handlers, spec, version, path, devices, models)
     stats = metrics.add_model(spec, version)
     try:
         instances = [ModelInstance(h, spec, stats, i) for i, h in enumerate(handlers)]

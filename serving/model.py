@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import ModelSpec
+    from .inprocess import InProcess
 
 
 class Model:
@@ -21,8 +23,11 @@ class Model:
 
     The runtime creates one object per model instance, sets ``name``, ``version``,
     ``config`` (the parsed config.pbtxt), ``parameters`` (its ``parameters`` map),
-    ``path`` (the version directory) and ``device`` (a ``torch.device``), then calls
-    `load` once, on a worker thread.
+    ``path`` (the version directory), ``device`` (a ``torch.device``) and ``models`` (a
+    `serving.inprocess.InProcess`: a handler may call the server's other models with
+    ``await self.models.infer(name, None, inputs)`` in an ``async def predict``, or
+    ``self.models.infer_blocking(...)`` in a plain one), then calls `load` once, on a
+    worker thread.
 
     `predict` receives a whole dynamic batch: numeric inputs as torch tensors already on
     ``self.device``, concatenated along dim 0 when ``max_batch_size > 0``; BYTES inputs as
@@ -49,6 +54,7 @@ class Model:
     parameters: dict[str, str]
     path: Path
     device: torch.device
+    models: InProcess | None = None  # the server's models, set before `load`; None outside a server
 
     def __init__(self, *, name: str, version: int, config: ModelSpec, path: Path, device: torch.device) -> None:
         self.name = name
@@ -69,11 +75,25 @@ class Model:
         """Release what load acquired; called once when the version is unloaded."""
 
 
-def load_handler_class(model_file: Path, model_name: str, version: int, label: str = "") -> type[Model]:
-    """Import ``model.py`` and return the one `serving.Model` subclass it defines.
+class RequestHandler(Model):
+    """A handler that takes the dynamic batch as the list of its requests, not concatenated inputs.
 
-    ``label`` names the file in messages (relative to the repository, as the caller knows it).
+    The instance calls `execute_requests` with each request's payload (``inputs``,
+    ``outputs`` and, where the transport has them, ``id``, ``parameters`` and ``stream``, a
+    `serving.streaming.ResponseStream` for a request answered with a stream of responses)
+    and expects one result per request, in order: a dict of host arrays, a `ServingError`
+    that fails only that request, or None for a request answered through its stream. An
+    ``async def execute_requests`` runs on the event loop. Triton's Python backend models
+    run through one (`serving.backends.python`).
     """
+
+    def execute_requests(self, requests: list[Any]) -> list[Any]:
+        """Compute one result per request; see the class docstring."""
+        raise NotImplementedError(f"{type(self).__name__} must implement execute_requests(requests)")
+
+
+def import_model_module(model_file: Path, model_name: str, version: int, label: str = "") -> ModuleType:
+    """Import a version's ``model.py`` under a name of its own (`forget_handler_module` forgets it)."""
     label = label or model_file.name
     if not model_file.is_file():
         raise ConfigError(f"{label} is missing: a python-backend version directory needs it")
@@ -88,6 +108,21 @@ def load_handler_class(model_file: Path, model_name: str, version: int, label: s
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ConfigError(f"importing {label} failed: {exc or 'it raised an error without a message'}") from exc
+    return module
+
+
+def load_handler_class(model_file: Path, model_name: str, version: int, label: str = "") -> type[Model]:
+    """Import ``model.py`` and return the one `serving.Model` subclass it defines.
+
+    ``label`` names the file in messages (relative to the repository, as the caller knows it).
+    """
+    label = label or model_file.name
+    return handler_in_module(import_model_module(model_file, model_name, version, label), label)
+
+
+def handler_in_module(module: ModuleType, label: str) -> type[Model]:
+    """The one `serving.Model` subclass an imported ``model.py`` defines."""
+    module_name = module.__name__
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, Model) and obj is not Model
                and obj.__module__ == module_name]

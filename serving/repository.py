@@ -26,6 +26,7 @@ from .backends import complete
 from .config import ModelSpec, parse_config, parse_config_json
 from .device import Placement
 from .errors import ConfigError, InvalidInput, NotFound, ServingError, Unavailable
+from .inprocess import InProcess
 from .lifecycle import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion, fingerprint, retire_version, start_version
 from .metrics import Metrics
 from .paths import name_problem, request_version, scrub, shown, version_directory
@@ -58,6 +59,8 @@ class Repository:
         self.placement = placement
         self.metrics = metrics
         self.models: dict[str, ModelEntry] = {}
+        # how ensembles, BLS calls and handlers reach the other models: through `get`, as clients do
+        self.inprocess = InProcess(self.get)
 
     def scan(self) -> list[str]:
         """Names of the model directories (those holding a config.pbtxt and named as models may be)."""
@@ -154,7 +157,8 @@ class Repository:
             if entry.versions.get(version) is None or entry.versions[version].state != READY:
                 entry.versions[version] = ModelVersion(spec, version)  # LOADING, shown in the index
         results = await asyncio.gather(*(start_version(spec, v, self.root / spec.name / str(v), self.placement,
-                                                       self.metrics) for v in to_start), return_exceptions=True)
+                                                       self.metrics, self.inprocess) for v in to_start),
+                                       return_exceptions=True)
         failures = []
         for version, result in zip(to_start, results, strict=True):
             previous = entry.versions.get(version)
