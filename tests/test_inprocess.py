@@ -104,7 +104,7 @@ def test_in_process_requests_are_checked_as_the_dataplanes(server: RunningServer
     with pytest.raises(InvalidInput, match="has no output 'NOPE'"):
         server.call(models.infer("simple", None, {"INPUT0": good, "INPUT1": good}, ["NOPE"]))
     with pytest.raises(InvalidInput, match="must be a numpy array"):
-        server.call(models.infer("simple", None, {"INPUT0": [1, 2, 3, 4], "INPUT1": good}))
+        server.call(models.infer("simple", None, {"INPUT0": [1, 2, 3, 4], "INPUT1": good}))  # type: ignore[dict-item]  # a list on purpose
     with pytest.raises(NotFound):
         server.call(models.infer("missing", None, {"INPUT0": good}))
     with pytest.raises(InvalidInput, match="on the server's event loop"):
