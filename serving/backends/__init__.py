@@ -12,9 +12,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ..config import PYTHON, TORCHSCRIPT, ModelSpec
+from ..config import ONNX, PYTHON, TORCHSCRIPT, ModelSpec
 from ..errors import ConfigError
-from ..model import Model, load_handler_class
+from ..model import Model
+from .onnx import OnnxModel
+from .onnx_complete import complete_onnx
+from .python import complete_python, python_handler
 from .torchscript import TorchScriptModel
 
 
@@ -22,8 +25,10 @@ def handler_class(spec: ModelSpec, version: int, file: Path) -> type[Model]:
     """The handler class of a version whose model file is ``file``."""
     if spec.platform == TORCHSCRIPT:
         return TorchScriptModel
+    if spec.platform == ONNX:
+        return OnnxModel
     if spec.platform == PYTHON:
-        return load_handler_class(file, spec.name, version, f"{spec.name}/{version}/{spec.filename}")
+        return python_handler(file, spec.name, version, f"{spec.name}/{version}/{spec.filename}")
     raise ConfigError(f"model '{spec.name}': platform {spec.platform!r} is not served yet")
 
 
@@ -32,3 +37,7 @@ def complete(kind: str, config: pb.ModelConfig, model_dir: Path) -> None:
 
     Kinds that cannot say leave the config as it is; the config is then refused for what it lacks.
     """
+    if kind == ONNX:
+        complete_onnx(config, model_dir)
+    if kind == PYTHON:
+        complete_python(config, model_dir)
