@@ -7,6 +7,10 @@ loop keeps serving meanwhile; an ``async def predict`` runs on the event loop in
 
 Out of GPU memory, a batch is split in half and each half retried, down to single
 requests; only a request that fails alone gets the error.
+
+A `RequestHandler` (Triton's Python backend models) takes the batch as the list of its
+requests instead: nothing is concatenated or split, and each request gets the result the
+handler gives it (outputs, its own error, or None when its stream answers it).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .config import ModelSpec
 from .errors import ModelError, ServingError, Unavailable, failure_text
 from .execution import BatchExecutor
 from .metrics import ModelStats
-from .model import Model
+from .model import Model, RequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +45,46 @@ class ModelInstance:
         self.stats = stats
         self.device = handler.device
         self.label = f"{spec.name} v{handler.version} #{index} on {self.device}"
-        self.is_async = inspect.iscoroutinefunction(handler.predict)
+        self.takes_requests = isinstance(handler, RequestHandler)
+        compute = handler.execute_requests if isinstance(handler, RequestHandler) else handler.predict
+        self.is_async = inspect.iscoroutinefunction(compute)
         self.executor = BatchExecutor(handler, spec)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{spec.name}-{index}",
                                          initializer=self.executor.enter_thread)
 
     async def __call__(self, batch: list[Pending]) -> list[Any]:
-        if self.is_async:
+        if self.takes_requests:
+            results, executions = await self._execute_requests(batch)
+        elif self.is_async:
             results, executions = await self._compute_async(batch)
         else:
             loop = asyncio.get_running_loop()
             results, executions = await loop.run_in_executor(self.thread, self._compute, batch)
         for items, timings in executions:
-            self.stats.record_batch([item.dispatched_ns - item.enqueued_ns for item in items],
-                                    sum(item.rows for item in items), *timings)
+            queue_ns = [item.dispatched_ns - item.enqueued_ns for item in items]
+            self.stats.record_batch(queue_ns, sum(item.rows for item in items), *timings)
+            for item, queued in zip(items, queue_ns, strict=True):
+                trace = getattr(item.payload, "trace", None)
+                if trace is not None:  # an ensemble step: its timings count on the ensemble too
+                    trace.append((queued, *timings))
         return results
+
+    async def _execute_requests(self, batch: list[Pending]) -> tuple[list[Any], list[Execution]]:
+        handler = self.handler
+        assert isinstance(handler, RequestHandler)
+        payloads = [item.payload for item in batch]
+        start = time.monotonic_ns()
+        try:
+            if self.is_async:
+                results = await handler.execute_requests(payloads)  # type: ignore[misc]  # an async override
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self.thread, handler.execute_requests, payloads)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc, len(batch)) from exc
+        return results, [(batch, (0, time.monotonic_ns() - start, 0))]
 
     # -- on the instance thread ----------------------------------------------------------
 
@@ -169,6 +198,8 @@ class ModelInstance:
 
     def warm_up(self, batches: list[dict[str, np.ndarray]]) -> None:
         """Run batches through the device path once each, on the instance thread, uncounted."""
+        if self.takes_requests:
+            return  # its requests are the handler's own business; nothing of ours to prepare
         for arrays in batches:
             rows = next(iter(arrays.values())).shape[0] if self.spec.max_batch_size else 1
             outputs = self.executor.run(self.executor.to_device({k: [v] for k, v in arrays.items()}, rows), rows)
