@@ -32,9 +32,11 @@ from .metrics import Metrics
 from .repository import Repository
 from .settings import Settings, default_model_cache_dir
 from .shutdown import stop_on_signals
+from .storage_urls import StoreUrl
 
 if TYPE_CHECKING:
     from .sources import ModelSources
+    from .storage import RemoteRepository
 
 log = logging.getLogger("serving")
 
@@ -45,7 +47,8 @@ class Server:
         self.metrics = Metrics(registry)
         self.repository: Repository | None = None
         self.control: ModelControl | None = None
-        self.sources: ModelSources | None = None  # with --model-source: the registry models
+        # with --model-source: the registry models; with an s3:// (gs://, ...) --model-repository: its local copy
+        self.sources: ModelSources | RemoteRepository | None = None
         self.dataplane: DataPlane | None = None
         self.grpc: GrpcTransport | None = None
         self.http_port = 0
@@ -111,6 +114,15 @@ class Server:
             return self.sources.root
         if settings.model_repository is None:
             raise ConfigError("--model-repository is required, unless --model-source gives the models")
+        if isinstance(settings.model_repository, StoreUrl):
+            from .storage import Limits, RemoteRepository  # fsspec's modules, only for a remote repository
+
+            limits = Limits(settings.model_repository_max_bytes, settings.model_repository_max_files,
+                            settings.model_repository_timeout_secs)
+            self.sources = RemoteRepository(settings.model_repository,
+                                            settings.model_cache_dir or default_model_cache_dir(), limits,
+                                            settings.storage_environ)
+            return self.sources.root
         if not settings.model_repository.is_dir():
             raise ConfigError(f"--model-repository {settings.model_repository} is not a directory")
         return settings.model_repository

@@ -10,7 +10,9 @@
 
 With ``--model-source``, the repository is laid out from the registry (`serving.sources`),
 and each poll first follows the sources' aliases: a source that moved installs its new
-version, which this scan then loads as it would any changed model.
+version, which this scan then loads as it would any changed model. A repository on object
+storage (`serving.storage`) is such a source too: each poll first fetches what changed in the
+store into the local copy, and in ``explicit`` mode each load request first fetches its model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .errors import ServingError, Unsupported
 from .repository import Repository
@@ -39,6 +41,14 @@ class Sources(Protocol):
 
     def reasons(self) -> Mapping[str, str]:
         """Why a model does not serve what its source names, by model, for the index."""
+
+
+@runtime_checkable
+class Fetching(Protocol):
+    """Sources that copy models from elsewhere (`serving.storage.RemoteRepository`): a load fetches first."""
+
+    async def fetch_model(self, name: str) -> None:
+        """Bring the model's local copy in line with its source before it is loaded."""
 
 
 class ModelControl:
@@ -80,7 +90,13 @@ class ModelControl:
 
     async def load(self, name: str, config_json: str | None = None) -> None:
         self._check_api("load")
-        await self.repository.load(name, config_json)
+        if isinstance(self.sources, Fetching):
+            await self.sources.fetch_model(name)
+        try:
+            await self.repository.load(name, config_json)
+        finally:
+            if self.sources is not None:
+                await self.sources.settle(self.repository)
 
     async def unload(self, name: str) -> None:
         self._check_api("unload")

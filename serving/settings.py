@@ -29,20 +29,28 @@ from .flags import (
     seconds,
     size_text,
 )
+from .storage_urls import StoreUrl, repository_location
 
 MiB = 1024 * 1024
 ENV_PREFIX = "SERVING_"
 CONTROL_MODES = ("none", "explicit", "poll")
+STORAGE_VARIABLES = ("TRITON_CLOUD_CREDENTIAL_PATH", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
+                     "AZURE_STORAGE_AUTH_TYPE")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything `serve` is configured with, parsed once at start-up."""
 
-    model_repository: Path | None = None  # required, unless model_source gives the models
+    model_repository: Path | StoreUrl | None = None  # required, unless model_source gives the models
     model_source: tuple[str, ...] = ()  # models:/NAME@ALIAS or models:/NAME/VERSION, as written by str(ModelUri)
     registry_uri: str | None = None  # None: MLflow's variables, then the embedded default (Registry.open)
     model_cache_dir: Path | None = None  # None: default_model_cache_dir()
+    model_repository_max_bytes: int = 64 * 1024 * MiB  # a remote repository: its total size
+    model_repository_max_files: int = 10_000  # ... how many files it may hold
+    model_repository_timeout_secs: float = 30.0  # ... how long each call to its store may take
+    # Triton's credential variables a remote repository reads (the SDKs read their own, AWS_* among them)
+    storage_environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     host: str = "0.0.0.0"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -103,8 +111,10 @@ def _flags() -> Flags:
         "Every flag can also be set with a SERVING_* environment variable, e.g. --http-port as SERVING_HTTP_PORT. "
         "Flags win over the environment.",
         ENV_PREFIX, Settings, [
-            Flag("--model-repository", "directory of <model>/config.pbtxt and <model>/<version>/ (required, unless "
-                 "--model-source gives the models)", Path),
+            Flag("--model-repository", "directory of <model>/config.pbtxt and <model>/<version>/, or one on object "
+                 "storage, fetched into --model-cache-dir: s3://bucket/path, s3://[https://]host:port/bucket/path, "
+                 "gs://bucket/path, as://account/container/path or az://container/path (required, unless "
+                 "--model-source gives the models)", repository_location, metavar="DIR|URL"),
             Flag("--model-source", "a registry model to serve: models:/NAME@ALIAS (followed as the alias moves, with "
                  "--model-control-mode poll) or models:/NAME/VERSION; repeatable, one per model (SERVING_MODEL_SOURCE "
                  "takes several separated by ';' or spaces); instead of --model-repository", _model_uri,
@@ -113,7 +123,16 @@ def _flags() -> Flags:
                  "http(s)://HOST (an mlflow server) (default: MLFLOW_REGISTRY_URI, else MLFLOW_TRACKING_URI, else "
                  "the embedded registry under ./registry)", metavar="URI"),
             Flag("--model-cache-dir", "where --model-source models are downloaded, verified and laid out as a model "
-                 "repository (default: $XDG_CACHE_HOME or ~/.cache, then shadowserve/models)", Path, metavar="DIR"),
+                 "repository, and where a --model-repository on object storage is copied (default: $XDG_CACHE_HOME "
+                 "or ~/.cache, then shadowserve/models)", Path, metavar="DIR"),
+            Flag("--model-repository-max-bytes", "a --model-repository on object storage larger than this is refused "
+                 "before anything is fetched (default {default})", positive_int, metavar="BYTES",
+                 show=lambda size: f"{size}, {size_text(size)}"),
+            Flag("--model-repository-max-files", "a --model-repository on object storage holding more files than "
+                 "this is refused (default {default})", positive_int, metavar="N"),
+            Flag("--model-repository-timeout-secs", "each call to the object store of --model-repository (a "
+                 "listing page, a read) must answer within this many seconds (default {default})",
+                 positive_seconds, metavar="SECONDS"),
             Flag("--host", "address to listen on (default {default})"),
             Flag("--http-port", "KServe v2 HTTP port (default {default}; 0 picks a free port)", port),
             Flag("--grpc-port", "KServe v2 gRPC port (default {default}; 0 picks a free port)", port),
@@ -183,3 +202,5 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
             except ValueError as exc:  # the value is not shown: it holds the key's value
                 flags.error(f"{flags.names(dest)}: {exc}")
     return Settings(**values)
+    # Triton's names, which no SDK reads by itself; AWS_* and GOOGLE_APPLICATION_CREDENTIALS their SDKs read
+    values["storage_environ"] = {name: environ[name] for name in STORAGE_VARIABLES if environ.get(name)}
