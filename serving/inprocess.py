@@ -39,7 +39,6 @@ __all__ = ["InProcess", "datatype_of"]
 
 _DATATYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items() if name != "BF16"}
 
-
 def datatype_of(name: str, array: Any, expected: str | None) -> tuple[str, np.ndarray]:
     """The v2 datatype of an array handed in-process (numpy, or a torch tensor), and the array
     as the batcher takes it.
@@ -80,6 +79,10 @@ class InProcess:
     def __init__(self, lookup: Callable[[str, str | None], ModelVersion]) -> None:
         self._lookup = lookup
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, for `infer_blocking`
+
+    def lookup(self, name: str, version: str | None = None) -> ModelVersion:
+        """The version that would serve a request: `NotFound` / `Unavailable` as for a client's."""
+        return self._lookup(name, version)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run `infer_blocking` calls on ``loop`` (the one the models start and serve on)."""

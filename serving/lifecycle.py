@@ -19,14 +19,16 @@ import torch
 
 from .backends import handler_class
 from .batching import Batcher
-from .config import ModelSpec
+from .config import ENSEMBLE, ModelSpec
 from .device import Placement
+from .ensemble import ensemble_scheduler
 from .errors import ConfigError
 from .inprocess import InProcess
 from .instance import ModelInstance
 from .metrics import Metrics, ModelStats
 from .model import Model, forget_handler_module
 from .paths import confined
+from .scheduling import Scheduler
 from .warmup import warmup_batches
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class ModelVersion:
     reason: str = ""
     fingerprint: Fingerprint = ()
     instances: list[ModelInstance] = dataclasses.field(default_factory=list)
-    batcher: Batcher | None = None
+    batcher: Scheduler | None = None  # a Batcher; an ensemble's EnsembleScheduler
     stats: ModelStats | None = None
 
 
@@ -118,6 +120,8 @@ async def start_version(spec: ModelSpec, version: int, path: Path, placement: Pl
     loop = asyncio.get_running_loop()
     if models is not None:
         models.attach(loop)
+    if spec.platform == ENSEMBLE:
+        return _start_ensemble(model, metrics, models)
     devices = placement.devices(spec)
     handlers = await loop.run_in_executor(None, _create_handlers, spec, version, path, devices, models)
     stats = metrics.add_model(spec, version)
@@ -141,6 +145,22 @@ async def start_version(spec: ModelSpec, version: int, path: Path, placement: Pl
     log.info("model %s version %d is ready (%s, %d instance(s) on %s, max_batch_size %d%s)", spec.name, version,
              spec.platform, len(handlers), places, spec.max_batch_size,
              f", warmed up with {len(batches)} batch(es)" if batches else "")
+    return model
+
+
+def _start_ensemble(model: ModelVersion, metrics: Metrics, models: InProcess | None) -> ModelVersion:
+    """An ensemble has no handlers: its scheduler sends each step to its model (loaded before it)."""
+    if models is None:
+        raise ConfigError(f"ensemble '{model.spec.name}' needs the server's other models to run its steps")
+    stats = metrics.add_model(model.spec, model.version)
+    try:
+        scheduler = ensemble_scheduler(model.spec, models, stats)
+    except BaseException:
+        metrics.remove_model(stats)
+        raise
+    model.batcher, model.stats, model.state = scheduler, stats, READY
+    log.info("model %s version %d is ready (ensemble of %s, max_batch_size %d)", model.spec.name, model.version,
+             ", ".join(scheduler.plan.models), model.spec.max_batch_size)
     return model
 
 

@@ -17,14 +17,16 @@ other models serving; a failed reload leaves the previous load serving.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from .backends import complete
-from .config import ModelSpec, parse_config, parse_config_json
+from .config import ENSEMBLE, ModelSpec, parse_config, parse_config_json
 from .device import Placement
+from .ensemble import Plan, plan_of
 from .errors import ConfigError, InvalidInput, NotFound, ServingError, Unavailable
 from .inprocess import InProcess
 from .lifecycle import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion, fingerprint, retire_version, start_version
@@ -32,6 +34,10 @@ from .metrics import Metrics
 from .paths import name_problem, request_version, scrub, shown, version_directory
 
 log = logging.getLogger(__name__)
+
+# the ensembles whose step models this task is loading, outermost first: an ensemble that is
+# (through others) its own step is refused instead of waiting for its own lock
+_LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ensembles_loading", default=())
 
 __all__ = ["READY", "LOADING", "UNLOADING", "UNAVAILABLE", "ModelEntry", "ModelVersion", "Repository"]
 
@@ -97,8 +103,9 @@ class Repository:
         """Load or reload a model as its version policy selects; True when anything changed.
 
         Raises `InvalidInput` for a name that is not a model name, `NotFound` for a model the
-        repository does not hold, and `InvalidInput` ("load failed for model ...", as Triton)
-        when the config or any selected version fails to load (after loading the others).
+        repository does not hold, and `InvalidInput` when the config fails ("failed to load
+        ..., failed to poll from model repository", as Triton) or any selected version fails
+        to load ("load failed for model ...", after loading the others).
         With ``retry_failed=False`` (polling), what failed before and has not changed since
         is not tried again.
         """
@@ -109,7 +116,8 @@ class Repository:
             raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
         model_dir = self.root / name
         if not model_dir.is_dir() or (config_json is None and not (model_dir / "config.pbtxt").is_file()):
-            raise NotFound(f"model '{name}' is not in the repository (no {name}/config.pbtxt)")
+            raise NotFound(f"failed to load '{name}', failed to poll from model repository: it has no "
+                           f"{name}/config.pbtxt")
         entry = self.models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             text = config_json
@@ -124,6 +132,7 @@ class Repository:
                 try:
                     spec = (parse_config_json(text, model_dir, complete) if config_json is not None
                             else parse_config(text, model_dir, complete))
+                    plan = plan_of(spec) if spec.platform == ENSEMBLE else None  # a cycle fails here
                 except ConfigError:
                     entry.failed_config = text
                     raise
@@ -134,12 +143,39 @@ class Repository:
                 if not wanted:
                     raise ConfigError(f"no version directory of {name}/ matches its version_policy "
                                       f"(found: {sorted(available) or 'none'}); add e.g. {name}/1/")
+                if plan is not None:
+                    await self._load_steps(name, plan, retry_failed)
             except (ConfigError, OSError) as exc:
                 # Triton answers a failed load with INVALID_ARGUMENT: the model, or the override, is at fault
                 entry.reason = self._reason(exc)
-                raise InvalidInput(f"load failed for model '{name}': {entry.reason}") from None
+                raise InvalidInput(f"failed to load '{name}', failed to poll from model repository: "
+                                   f"{entry.reason}") from None
             entry.spec, entry.reason = spec, ""
             return await self._apply(entry, spec, wanted, retry_failed)
+
+    async def _load_steps(self, name: str, plan: Plan, retry_failed: bool) -> None:
+        """Load an ensemble's step models that do not serve yet, before the ensemble (as Triton orders them)."""
+        chain = _LOADING.get()
+        token = _LOADING.set((*chain, name))
+        try:
+            for step in plan.steps:
+                if step.model in (*chain, name):
+                    cycle = " -> ".join((*chain[chain.index(step.model):], name, step.model)
+                                        if step.model in chain else (name, name))
+                    raise ConfigError(f"ensemble '{name}' {step.label}: ensembles include each other ({cycle}); "
+                                      "an ensemble cannot be its own step")
+                entry = self.models.get(step.model)
+                if entry is not None and entry.default is not None:
+                    continue
+                try:
+                    await self.load(step.model, retry_failed=retry_failed)
+                except NotFound:
+                    raise ConfigError(f"ensemble '{name}' {step.label}: model '{step.model}' is not in the "
+                                      f"repository; add {step.model}/config.pbtxt or fix model_name") from None
+                except ServingError as exc:
+                    raise ConfigError(f"ensemble '{name}' {step.label} did not load: {exc}") from None
+        finally:
+            _LOADING.reset(token)
 
     def _unchanged(self, current: ModelVersion | None, spec: ModelSpec, retry_failed: bool) -> bool:
         """Whether a version can stay as it is: it serves (or failed) with this config and these files."""
@@ -164,7 +200,7 @@ class Repository:
             previous = entry.versions.get(version)
             if isinstance(result, BaseException):
                 reason = self._reason(result)
-                failures.append(f"version {version}: {reason}")
+                failures.append(f"version {version} is at UNAVAILABLE state: {reason}")
                 log.error("model %s version %d failed to load: %s", spec.name, version, reason,
                           exc_info=None if isinstance(result, ServingError) else result)
                 if previous is not None and previous.state == READY:
@@ -212,7 +248,9 @@ class Repository:
     def entry(self, name: str) -> ModelEntry:
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}'; POST /v2/repository/index lists the models")
+            # Triton's text, which clients match; the hint after it
+            raise NotFound(f"Request for unknown model: '{name}' is not found; POST /v2/repository/index lists "
+                           "the models")
         return entry
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
@@ -222,15 +260,16 @@ class Repository:
             if entry.default is None:
                 reasons = entry.reason or "; ".join(f"version {v.version}: {v.state.lower()} {v.reason}".strip()
                                                     for v in entry.versions.values()) or "not loaded"
-                raise Unavailable(f"model '{name}' is not ready: {reasons}")
+                raise Unavailable(f"Request for unknown model: '{name}' has no available versions: {reasons}")
             return entry.default
         number = request_version(version)
         if number is None:
-            raise NotFound(f"model '{name}' has no version {version[:32]!r}: versions are positive integers")
+            raise NotFound(f"Request for unknown model: '{name}' version {version[:32]!r} is not found: versions "
+                           "are positive integers")
         model = entry.versions.get(number)
         if model is None:
             loaded = ", ".join(str(v) for v in sorted(entry.versions)) or "none"
-            raise NotFound(f"model '{name}' has no loaded version {version} (loaded: {loaded})")
+            raise NotFound(f"Request for unknown model: '{name}' version {version} is not found (loaded: {loaded})")
         if model.state != READY:
             raise Unavailable(f"model '{name}' version {version} is not ready: {model.state.lower()} {model.reason}")
         return model
