@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from inference_protocol.tensors import InferRequest, InferResponse, Tensor
@@ -16,9 +17,10 @@ from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 from .admission import Place
 from .config import ModelSpec
 from .control import ModelControl
-from .errors import ServingError, Unavailable
+from .errors import ServingError, Unavailable, Unsupported
 from .repository import Repository
 from .requests import check_inputs, full_dims, selected_outputs, timeout_us
+from .streaming import is_decoupled, respond
 from .types import Work
 
 SERVER_NAME = "shadowserve"
@@ -136,6 +138,9 @@ class DataPlane:
         model = self.repository.get(name, version)
         spec = model.spec
         assert model.batcher is not None and model.stats is not None
+        if is_decoupled(spec):  # Triton's text; HTTP says its own first
+            raise Unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy; "
+                              "use ModelStreamInfer (tritonclient.grpc's start_stream)")
         start = time.monotonic_ns()
         reason: str | None = "OTHER"  # Triton's failure reason; None once the request succeeded
         self._in_flight += 1
@@ -159,6 +164,26 @@ class DataPlane:
                 self._idle.set()
         tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
         return InferResponse(model_name=name, model_version=str(model.version), outputs=tensors, id=request.id)
+
+    def is_decoupled(self, name: str, version: str | None = None) -> bool:
+        """Whether the model answers through a stream of responses (`infer_stream`, gRPC streams only)."""
+        return is_decoupled(self.repository.get(name, version).spec)
+
+    async def infer_stream(self, name: str, version: str | None,
+                           request: InferRequest) -> AsyncIterator[InferResponse | ServingError]:
+        """A decoupled model's responses to one request as they come (`serving.streaming.respond`)."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        model = self.repository.get(name, version)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            async for response in respond(model, request):
+                yield response
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     # -- draining --------------------------------------------------------------------------
 

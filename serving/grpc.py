@@ -27,12 +27,12 @@ from .access import AccessPolicy
 from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError
 from .grpc_access import RestrictedProtocols
+from .grpc_stream import StreamInfer
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 SEND_LIMIT = 2**31 - 1  # what tritonclient sets on its side
-STREAM_IN_FLIGHT = 64  # requests of one stream computed ahead of the response being written
 
 T = TypeVar("T")
 
@@ -148,54 +148,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return encode_model_infer_response(response)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
-        """Each request answered in order; up to STREAM_IN_FLIGHT of them compute ahead.
-
-        A request that fails, corrupt bytes included, gets its own ``error_message``
-        response and the stream goes on.
-        """
-        answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    await answers.put(asyncio.ensure_future(self._stream_one(request)))
-            finally:
-                await answers.put(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (task := await answers.get()) is not None:
-                yield await task
-            await reader  # surfaces a broken request stream
-        finally:
-            reader.cancel()
-            while not answers.empty():
-                leftover = answers.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
-
-    async def _stream_one(self, data: bytes) -> Any:
-        request = pb.ModelInferRequest()
-        try:
-            try:
-                request.ParseFromString(data)
-            except DecodeError:
-                raise InvalidInput("the stream message is not a valid ModelInferRequest (corrupt protobuf "
-                                   "bytes)") from None
-            async with self.dataplane.admission(request.model_name, request.model_version,
-                                                self.admission_wait_secs):
-                infer_request = decode_model_infer_request(request)
-            response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
-            return pb.ModelStreamInferResponse(infer_response=encode_model_infer_response(response))
-        except ServingError as exc:
-            message = str(exc)
-        except Exception:  # one request's failure must not end the stream
-            log.exception("unhandled error in ModelStreamInfer")
-            message = "internal server error; the server log has the details"
-        return pb.ModelStreamInferResponse(
-            error_message=message,
-            infer_response=pb.ModelInferResponse(model_name=request.model_name,
-                                                  model_version=request.model_version, id=request.id))
+        """Each request's responses (`serving.grpc_stream`: in order, and decoupled models' as they come)."""
+        async for message in StreamInfer(self.dataplane, self.admission_wait_secs).run(requests):
+            yield message
 
     @_rpc
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
