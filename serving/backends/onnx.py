@@ -127,16 +127,16 @@ def _check_tensor(kind: str, declared: TensorSpec, found: OnnxTensor, max_batch_
 def check_matches(spec: ModelSpec, session: Any) -> None:
     """The config describes the model: every model input declared, every declared tensor in the model, alike."""
     inputs, initializers, outputs = session_tensors(session)
-    undeclared = [name for name in inputs if name not in spec.input_names]
-    if undeclared:
-        raise ConfigError(f"the model takes input(s) {undeclared} that config.pbtxt does not declare; declare every "
-                          f"model input (the model takes {sorted(inputs)})")
     for tensor in spec.inputs:
         found = inputs.get(tensor.name) or initializers.get(tensor.name)
         if found is None:
             raise ConfigError(f"config.pbtxt declares input '{tensor.name}' but the model has no such input "
                               f"(it takes {sorted(inputs)})")
         _check_tensor("input", tensor, found, spec.max_batch_size)
+    undeclared = [name for name in inputs if name not in spec.input_names]
+    if undeclared:
+        raise ConfigError(f"the model takes input(s) {undeclared} that config.pbtxt does not declare; declare every "
+                          f"model input (the model takes {sorted(inputs)})")
     for tensor in spec.outputs:
         found = outputs.get(tensor.name)
         if found is None:
@@ -163,7 +163,7 @@ def strings_out(array: np.ndarray) -> np.ndarray:
 
 
 class FeedRunner:
-    """Runs the session on host arrays (``session.run``): the CPU path."""
+    """Runs the session on host arrays (``session.run``): the CPU path, and that of models with strings."""
 
     def __init__(self, session: Any, spec: ModelSpec, options: Any) -> None:
         self.session = session
@@ -177,7 +177,7 @@ class FeedRunner:
             if name in self.bytes:
                 feeds[name] = strings_in(value, name)
             else:
-                feeds[name] = value.numpy() if isinstance(value, torch.Tensor) else value
+                feeds[name] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
         results = self.session.run(self.outputs, feeds, self.options)
         return {name: strings_out(array) if name in self.bytes else array
                 for name, array in zip(self.outputs, results, strict=True)}
@@ -187,7 +187,8 @@ class BoundRunner:
     """Runs the session with I/O binding on ``device``: inputs by pointer, outputs left where ONNX Runtime puts them.
 
     Numeric outputs come back as torch tensors on the device through DLPack (no copy); the
-    batch executor copies them to the host with the rest. String tensors live on the host.
+    batch executor copies them to the host with the rest. ONNX Runtime binds no string
+    tensors, so models with BYTES tensors run through `FeedRunner` (see `binds`).
     """
 
     def __init__(self, session: Any, spec: ModelSpec, options: Any, device: torch.device) -> None:
@@ -196,7 +197,7 @@ class BoundRunner:
         self.device = device
         self.device_type = "cuda" if device.type == "cuda" else "cpu"
         self.device_id = device.index or 0
-        self.datatypes = {t.name: t.datatype for t in (*spec.inputs, *spec.outputs)}
+        self.element_types = {t.name: ONNX_ELEMENT_TYPES[t.datatype] for t in (*spec.inputs, *spec.outputs)}
         self.outputs = [t.name for t in spec.outputs]
         self.binding = session.io_binding()  # one per instance: an instance runs one batch at a time
 
@@ -206,32 +207,43 @@ class BoundRunner:
         binding.clear_binding_outputs()
         held = []  # the tensors whose memory is bound, alive until the run is over
         for name, value in inputs.items():
-            if self.datatypes[name] == "BYTES":
-                binding.bind_cpu_input(name, strings_in(value, name))
-                continue
             tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
             tensor = tensor.to(self.device).contiguous()
             held.append(tensor)
-            binding.bind_input(name, self.device_type, self.device_id, ONNX_ELEMENT_TYPES[self.datatypes[name]],
-                               tuple(tensor.shape), tensor.data_ptr())
+            binding.bind_input(name, self.device_type, self.device_id, self.element_types[name], tuple(tensor.shape),
+                               tensor.data_ptr())
         for name in self.outputs:
-            on_host = self.datatypes[name] == "BYTES"
-            binding.bind_output(name, "cpu" if on_host else self.device_type, 0 if on_host else self.device_id)
+            binding.bind_output(name, self.device_type, self.device_id)
         if self.device_type == "cuda":
             # the executor copied the inputs on the instance's stream; ONNX Runtime computes on its own
             torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding, self.options)
         values = binding.get_outputs()
         del held
-        return {name: self._output(name, value) for name, value in zip(self.outputs, values, strict=True)}
+        return {name: _from_ort(value) for name, value in zip(self.outputs, values, strict=True)}
 
-    def _output(self, name: str, value: Any) -> Any:
-        if self.datatypes[name] == "BYTES":
-            return strings_out(value.numpy())
-        try:
-            return torch.from_dlpack(value)
-        except (AttributeError, BufferError, RuntimeError, TypeError):  # a build without DLPack: via the host
-            return value.numpy()
+
+def _from_ort(value: Any) -> Any:
+    try:
+        return torch.from_dlpack(value)
+    except (AttributeError, BufferError, RuntimeError, TypeError):  # a build without DLPack: via the host
+        return value.numpy()
+
+
+def binds(device: torch.device, spec: ModelSpec) -> bool:
+    """Whether a model runs by I/O binding (`BoundRunner`) on ``device`` rather than by feeds (`FeedRunner`).
+
+    On a GPU it does, so that inputs and outputs stay on the device; on the CPU only for BF16,
+    which numpy cannot hold. String tensors cannot be bound: a model with BYTES runs by feeds
+    everywhere (its numeric inputs then pass through the host).
+    """
+    datatypes = {t.datatype for t in (*spec.inputs, *spec.outputs)}
+    if "BYTES" in datatypes:
+        if "BF16" in datatypes:
+            raise ConfigError("ONNX Runtime's Python API cannot run a model with both BF16 and BYTES tensors; "
+                              "cast the BF16 tensors to FP16 or FP32 in the model")
+        return False
+    return device.type == "cuda" or "BF16" in datatypes
 
 
 class OnnxModel(Model):
@@ -246,11 +258,9 @@ class OnnxModel(Model):
         self.session = open_session(file, label, session_options(ort, plan), chosen)
         check_matches(self.config, self.session)
         options = run_options(ort, plan)
-        bound = self.device.type == "cuda" or any(t.datatype == "BF16" for t in (*self.config.inputs,
-                                                                                  *self.config.outputs))
-        # numpy has no bfloat16: BF16 tensors travel by pointer even on the CPU
-        self.runner: FeedRunner | BoundRunner = (BoundRunner(self.session, self.config, options, self.device) if bound
-                                                 else FeedRunner(self.session, self.config, options))
+        self.runner: FeedRunner | BoundRunner = (
+            BoundRunner(self.session, self.config, options, self.device) if binds(self.device, self.config)
+            else FeedRunner(self.session, self.config, options))
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return self.runner(inputs)

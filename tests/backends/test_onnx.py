@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,9 +239,3 @@ def test_a_wrong_shape_is_refused_before_onnx_runtime_sees_it(server: RunningSer
         with pytest.raises(Exception, match="INPUT") as caught:
             client.infer("classifier", [inp])
         assert "INVALID_ARGUMENT" in str(getattr(caught.value, "status", lambda: "")())
-
-
-def test_the_model_file_path_stays_out_of_answers(server: RunningServer, tmp_path: Path) -> None:
-    with httpclient.InferenceServerClient(server.url) as client:
-        config = client.get_model_config("classifier")
-    assert str(server.server.settings.model_repository) not in str(config)
