@@ -134,7 +134,7 @@ def test_statistics(driver: Driver) -> None:
 
 def test_errors_reach_the_client_with_the_message(driver: Driver) -> None:
     inputs, _, _ = simple_inputs(driver.module)
-    with pytest.raises(InferenceServerException, match="unknown model 'nothing'"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'nothing' is not found"):
         driver("infer", "nothing", inputs)
     with pytest.raises(InferenceServerException, match="needs input 'INPUT1'"):
         driver("infer", "simple", inputs[:1])

@@ -159,7 +159,7 @@ def test_default_model_filename_cannot_leave_the_version_directory(server: Runni
     filename = str(layout.outside / "evil.py") if filename == "ABSOLUTE" else filename
     status, body = load(server, "target", config_json(default_model_filename=filename))
     assert_refused(status, body, layout, says="default_model_filename")
-    assert "load failed for model 'target'" in body["error"]
+    assert "failed to load 'target'" in body["error"]
 
 
 @pytest.mark.parametrize("path, statuses", [

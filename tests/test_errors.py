@@ -46,8 +46,9 @@ def get(url: str) -> tuple[int, dict]:
      "no output 'PROBS'"),
     ("sentiment/infer", orjson.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1],
                                                  "data": ["a"]}, {**ROWS, "name": "TEXT2"}]}), 400, "TEXT2"),
-    ("nope/infer", orjson.dumps({"inputs": [ROWS]}), 404, "unknown model 'nope'"),
-    ("classifier/versions/7/infer", orjson.dumps({"inputs": [ROWS]}), 404, "no loaded version 7"),
+    ("nope/infer", orjson.dumps({"inputs": [ROWS]}), 404, "Request for unknown model: 'nope' is not found"),
+    ("classifier/versions/7/infer", orjson.dumps({"inputs": [ROWS]}), 404,
+     "Request for unknown model: 'classifier' version 7 is not found"),
     ("classifier/versions/x/infer", orjson.dumps({"inputs": [ROWS]}), 404, "positive integers"),
 ])
 def test_mistakes_get_their_status_and_message(examples_server: RunningServer, path: str, body: bytes,
@@ -62,7 +63,7 @@ def test_mistakes_get_their_status_and_message(examples_server: RunningServer, p
 
 def test_unknown_model_metadata_is_404_with_a_v2_body(examples_server: RunningServer) -> None:
     status, body = get(f"http://{examples_server.url}/v2/models/nope")
-    assert status == 404 and "unknown model 'nope'" in body["error"]
+    assert status == 404 and body["error"].startswith("Request for unknown model: 'nope' is not found")
     status, body = get(f"http://{examples_server.url}/v2/models/nope/config")
     assert status == 404
 
@@ -160,7 +161,7 @@ def test_broken_models_are_reported_and_the_others_serve(mixed_repository: Runni
     for name in ("bad_config", "missing_file", "raises_on_load", "no_versions"):
         assert states[name]["state"] == "UNAVAILABLE"
         status, body = post(f"{url}/v2/models/{name}/infer", x_request(1))
-        assert status == 503 and "not ready" in body["error"]
+        assert status == 503 and f"Request for unknown model: '{name}' has no available versions" in body["error"]
     # strict readiness: the server is live and serves, but does not call itself ready
     assert get(url + "/v2/health/live")[0] == 200
     assert get(url + "/v2/health/ready")[0] == 503

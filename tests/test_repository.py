@@ -59,7 +59,7 @@ def test_version_policies_choose_what_loads(tmp_path: Path) -> None:
         assert client.get_model_metadata("two")["versions"] == ["2", "3"]
         assert version_answering(client, "two", "2") == 2.0 and version_answering(client, "two") == 3.0
         assert version_answering(client, "pinned") == 1.0
-        with pytest.raises(Exception, match="no loaded version 3"):
+        with pytest.raises(Exception, match="'pinned' version 3 is not found"):
             version_answering(client, "pinned", "3")
     finally:
         server.stop()
