@@ -1,4 +1,4 @@
-"""A place in a batcher's queue, held while a transport reads and decodes a request's body.
+"""A place in a scheduler's queue (a batcher's, an ensemble's), held while a request's body is read.
 
 See `serving.batching.Batcher.reserve` for the rules; this is the ``async with`` form that
 the transports use, so that a place is given back however the block ends.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .errors import Unavailable
 
 if TYPE_CHECKING:
-    from .batching import Batcher
+    from .scheduling import Scheduler
 
 
 class Place:
@@ -20,7 +20,7 @@ class Place:
 
     __slots__ = ("_batcher", "_wait_s", "_rejected")
 
-    def __init__(self, batcher: Batcher, wait_s: float, rejected: Callable[[Unavailable], None] | None) -> None:
+    def __init__(self, batcher: Scheduler, wait_s: float, rejected: Callable[[Unavailable], None] | None) -> None:
         self._batcher = batcher
         self._wait_s = wait_s
         self._rejected = rejected

@@ -31,6 +31,7 @@ from .http import HttpTransport, metrics_app
 from .metrics import Metrics
 from .repository import Repository
 from .settings import Settings, default_model_cache_dir
+from .shm import SharedMemory
 from .shutdown import stop_on_signals
 from .storage_urls import StoreUrl
 
@@ -50,6 +51,7 @@ class Server:
         # with --model-source: the registry models; with an s3:// (gs://, ...) --model-repository: its local copy
         self.sources: ModelSources | RemoteRepository | None = None
         self.dataplane: DataPlane | None = None
+        self.shared_memory: SharedMemory | None = None  # regions clients registered: open descriptors
         self.grpc: GrpcTransport | None = None
         self.http_port = 0
         self.grpc_port = 0
@@ -71,7 +73,9 @@ class Server:
         self.repository = Repository(root, placement, self.metrics)
         self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,
                                     settings.repository_poll_secs, self.sources)
-        self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness)
+        self.shared_memory = SharedMemory(settings.allow_client_shm, max_input_bytes=settings.max_request_bytes)
+        self.dataplane = DataPlane(self.repository, self.control, __version__, settings.strict_readiness,
+                                   settings.server_name, self.shared_memory)
         limits = ClientLimits(settings.http_header_timeout_secs, settings.http_body_timeout_secs,
                               settings.max_connections, settings.admission_wait_secs)
         http = HttpTransport(self.dataplane, settings.max_request_bytes, settings.http_restricted_api, limits)
@@ -170,6 +174,8 @@ class Server:
             await self.control.stop()
         if self.repository is not None:
             await self.repository.close()
+        if self.shared_memory is not None:
+            self.shared_memory.close()
         if self.sources is not None:
             self.sources.close()
         if self.grpc is not None:
