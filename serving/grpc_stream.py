@@ -28,6 +28,7 @@ from inference_protocol.tensors import InferResponse
 
 from .dataplane import DataPlane
 from .errors import InvalidInput, ServingError
+from .streaming import EMPTY_FINAL, FINAL_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,9 @@ class StreamInfer:
             async with self.dataplane.admission(name, version, self.admission_wait_secs):
                 infer_request = decode_model_infer_request(request)
             response = await self.dataplane.infer(name, version, infer_request)
-            return pb.ModelStreamInferResponse(infer_response=encode_model_infer_response(response))
+            if infer_request.parameters.get(EMPTY_FINAL) is True:  # the client asked to be told which is final
+                response.parameters = {**(response.parameters or {}), FINAL_FLAG: True}
+            return _message(response)
         except ServingError as exc:
             return _error(request, str(exc))
         except Exception:  # one request's failure must not end the stream

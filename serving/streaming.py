@@ -25,13 +25,13 @@ import numpy as np
 from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 
 from .config import ModelSpec
-from .errors import ModelError, ServingError, failure_text
+from .errors import ModelError, ServingError, Unsupported, failure_text
 from .requests import check_inputs, selected_outputs, timeout_us
 
 if TYPE_CHECKING:
     from .lifecycle import ModelVersion
 
-__all__ = ["StreamWork", "ResponseStream", "StreamItem", "is_decoupled", "respond", "STREAM_BUFFER",
+__all__ = ["StreamWork", "ResponseStream", "StreamItem", "DecoupledOnly", "is_decoupled", "respond", "STREAM_BUFFER",
            "EMPTY_FINAL", "FINAL_FLAG"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,12 @@ class StreamItem(NamedTuple):
 
 class StreamClosed(ServingError):
     """A response sent after the final flag, or after the client went away."""
+
+
+class DecoupledOnly(Unsupported):
+    """A decoupled model asked for one response (HTTP, gRPC ModelInfer): Triton answers 501 / UNIMPLEMENTED."""
+
+    http_status = 501
 
 
 class ResponseStream:
@@ -176,20 +182,20 @@ async def respond(model: ModelVersion, request: InferRequest) -> AsyncIterator[I
         work = StreamWork(arrays, wanted, request.id, request.parameters, stream)
         submitted = asyncio.ensure_future(batcher.submit(work, rows, key, timeout_us(spec, request)))
         submitted.add_done_callback(lambda done: _executed(done, stream, spec.name))
-        mark_final = request.parameters.get(EMPTY_FINAL) is True
-        version = str(model.version)
+        empty_final = request.parameters.get(EMPTY_FINAL) is True
         failed: ServingError | None = None
         async for item in stream:
             if isinstance(item.outputs, ServingError):
                 failed = item.outputs
                 yield item.outputs
-                continue
-            if item.outputs is None and not mark_final:
-                continue  # the final flag alone: Triton sends nothing unless asked
-            outputs = item.outputs or {}
-            tensors = [Tensor(t.name, t.datatype, outputs[t.name]) for t in selected if t.name in outputs]
-            yield InferResponse(model_name=spec.name, model_version=version, outputs=tensors, id=request.id,
-                                parameters={FINAL_FLAG: item.final} if mark_final else None)
+            elif item.outputs is not None:
+                tensors = [Tensor(t.name, t.datatype, item.outputs[t.name]) for t in selected
+                           if t.name in item.outputs]
+                yield InferResponse(model_name=spec.name, model_version=str(model.version), outputs=tensors,
+                                    id=request.id, parameters={FINAL_FLAG: item.final})
+            elif empty_final:  # the final flag alone: an empty response only when asked, as Triton (no version)
+                yield InferResponse(model_name=spec.name, model_version="", outputs=[], id=request.id,
+                                    parameters={FINAL_FLAG: True})
         reason = None if failed is None else failed.reason
     except ServingError as exc:
         reason = exc.reason

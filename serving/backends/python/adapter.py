@@ -26,7 +26,7 @@ from ...errors import ConfigError, ModelError, ServingError, failure_text
 from ...model import RequestHandler
 from ...streaming import is_decoupled
 from .requests import BLS, BlsContext, InferenceRequest, InferenceResponse, InferenceResponseSender, as_serving_error
-from .tensors import V2_TO_NUMPY, Tensor, TritonModelException, v2_of_dtype
+from .tensors import V2_TO_NUMPY, Tensor, v2_of_dtype
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,8 @@ __all__ = ["TritonPythonHandler", "AsyncTritonPythonHandler", "adapter_for"]
 
 
 def _described(exc: BaseException) -> str:
-    # Triton names the exception's class before its message; the client matches on both
-    text = failure_text(exc)
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, TritonModelException) else text
+    # Triton names the exception's class before its message (the traceback stays in the log here)
+    return f"{type(exc).__name__}: {failure_text(exc)}"
 
 
 class TritonPythonHandler(RequestHandler):
@@ -61,8 +60,8 @@ class TritonPythonHandler(RequestHandler):
                         asyncio.run(_awaited(result))
         except Exception as exc:
             log.error("model %s: initialize failed", self.name, exc_info=exc)
-            raise ModelError(f"Failed to initialize model '{self.name}' (instance {self.instance_name}): "
-                             f"{_described(exc)}") from exc
+            raise ModelError(f"Internal: {_described(exc)} (raised by initialize of instance "
+                             f"'{self.instance_name}'; the server log has the traceback)") from exc
 
     def args(self) -> dict[str, str]:
         """Triton's ``initialize`` args: every value a string, the config as JSON."""
@@ -110,7 +109,7 @@ class TritonPythonHandler(RequestHandler):
 
     def _failed(self, exc: Exception, count: int) -> list[Any]:
         log.error("model %s failed on a batch of %d requests", self.instance_name, count, exc_info=exc)
-        error = ModelError(f"Failed to process the request(s) for model instance '{self.instance_name}', "
+        error = ModelError(f"Failed to process the request(s) for model '{self.instance_name}', "
                            f"message: {_described(exc)}")
         return [error] * count
 

@@ -282,6 +282,14 @@ class InferenceRequest:
         names = self._requested_output_names or list(outputs)
         return InferenceResponse([Tensor(name, outputs[name]) for name in names if name in outputs])
 
+    def _failed(self, exc: Exception) -> InferenceResponse:
+        if isinstance(exc, (NotFound, Unavailable)):  # Triton's text for a model that does not serve
+            message = (f"Model {self._model_name} - Error when running inference: Failed for execute the inference "
+                       f"request. Model '{self._model_name}' is not ready.")
+        else:
+            message = str(exc) if isinstance(exc, ServingError) else failure_text(exc)
+        return InferenceResponse([], error=TritonError(message, error_code(exc)))
+
     def exec(self, decoupled: bool = False) -> InferenceResponse:
         """Run the request on the model it names and wait for the response; errors come in the response."""
         if decoupled:
@@ -294,7 +302,7 @@ class InferenceRequest:
         try:
             outputs = context.models.infer_blocking(*args, **options, timeout_s=BLS_TIMEOUT_SECS)
         except Exception as exc:  # noqa: BLE001  # Triton answers a failed BLS call with an error response
-            return _failed(exc)
+            return self._failed(exc)
         return self._response(outputs)
 
     async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
@@ -310,7 +318,7 @@ class InferenceRequest:
                 call = functools.partial(context.models.infer_blocking, *args, **options, timeout_s=BLS_TIMEOUT_SECS)
                 outputs = await asyncio.get_running_loop().run_in_executor(None, call)
         except Exception as exc:  # noqa: BLE001  # Triton answers a failed BLS call with an error response
-            return _failed(exc)
+            return self._failed(exc)
         return self._response(outputs)
 
 
@@ -319,8 +327,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _failed(exc: Exception) -> InferenceResponse:
-    message = str(exc) if isinstance(exc, ServingError) else failure_text(exc)
-    return InferenceResponse([], error=TritonError(message, error_code(exc)))
