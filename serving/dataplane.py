@@ -17,10 +17,10 @@ from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 from .admission import Place
 from .config import ModelSpec
 from .control import ModelControl
-from .errors import ServingError, Unavailable, Unsupported
+from .errors import ServingError, Unavailable
 from .repository import Repository
 from .requests import check_inputs, full_dims, selected_outputs, timeout_us
-from .streaming import is_decoupled, respond
+from .streaming import DecoupledOnly, is_decoupled, respond
 from .types import Work
 
 SERVER_NAME = "shadowserve"
@@ -139,7 +139,7 @@ class DataPlane:
         spec = model.spec
         assert model.batcher is not None and model.stats is not None
         if is_decoupled(spec):  # Triton's text; HTTP says its own first
-            raise Unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy; "
+            raise DecoupledOnly("ModelInfer RPC doesn't support models with decoupled transaction policy; "
                               "use ModelStreamInfer (tritonclient.grpc's start_stream)")
         start = time.monotonic_ns()
         reason: str | None = "OTHER"  # Triton's failure reason; None once the request succeeded

@@ -23,8 +23,9 @@ from inference_protocol.headers import HEADER_LENGTH
 from .access import AccessPolicy, http_group
 from .connections import ClientLimits, TimedRequest
 from .dataplane import DataPlane
-from .errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable, Unsupported
+from .errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable
 from .metrics import Metrics
+from .streaming import DecoupledOnly
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class HttpTransport:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_request_bytes} "
                                   "bytes; raise --max-request-bytes or send smaller requests")
         if self.dataplane.is_decoupled(model, version):  # Triton's text: a stream of responses needs gRPC
-            raise Unsupported("HTTP end point doesn't support models with decoupled transaction policy; "
+            raise DecoupledOnly("HTTP end point doesn't support models with decoupled transaction policy; "
                               "use gRPC ModelStreamInfer (tritonclient.grpc's start_stream)")
         try:  # a place in the queue first, from the path alone: a flood of 503s costs no decoding
             async with self.dataplane.admission(model, version, self.limits.admission_wait_secs):
