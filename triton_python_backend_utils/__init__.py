@@ -12,9 +12,9 @@ from serving.backends.python.requests import (
     TRITONSERVER_REQUEST_RELEASE_RESCHEDULE,
     TRITONSERVER_RESPONSE_COMPLETE_FINAL,
     InferenceRequest,
-    InferenceResponse,
     InferenceResponseSender,
 )
+from serving.backends.python.responses import InferenceResponse
 from serving.backends.python.tensors import (
     TRITON_STRING_TO_NUMPY,
     Logger,

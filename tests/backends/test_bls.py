@@ -21,7 +21,8 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "python_backend
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repository = tmp_path_factory.mktemp("repo")
-    for name in ("bls_sync", "bls_async", "double", "broken_init"):
+    for name in ("bls_sync", "bls_async", "double", "broken_init", "repeat_int32", "bls_decoupled",
+                 "bls_decoupled_async"):
         shutil.copytree(FIXTURES / name, repository / name)
     running = RunningServer(repository, strict_readiness=False)
     yield running
@@ -76,3 +77,14 @@ def test_async_exec_awaits_two_calls_together(server: RunningServer) -> None:
         client.close()
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x * 2)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), (x + 1) * 2)
+
+
+@pytest.mark.parametrize("model", ["bls_decoupled", "bls_decoupled_async"])
+def test_decoupled_bls_reads_each_streamed_response(http: httpclient.InferenceServerClient, model: str) -> None:
+    before = _successes(http, "repeat_int32")
+    values = httpclient.InferInput("IN", [4], "INT32")
+    values.set_data_from_numpy(np.array([1, 2, 3, 10], np.int32))
+    result = http.infer(model, [values])
+    assert result.as_numpy("SUM").tolist() == [16]
+    assert result.as_numpy("COUNT").tolist() == [4]  # four responses with outputs, the empty final one skipped
+    assert _successes(http, "repeat_int32") == before + 1

@@ -44,7 +44,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 def _inputs(module: Any, values: list[int], delays: list[int], wait: int = 0) -> list[Any]:
-    arrays = {"IN": np.array(values, np.int32), "DELAY": np.array(delays, np.uint32), "WAIT": np.array([wait], np.uint32)}
+    arrays = {"IN": np.array(values, np.int32), "DELAY": np.array(delays, np.uint32),
+              "WAIT": np.array([wait], np.uint32)}
     tensors = []
     for name, array in arrays.items():
         tensor = module.InferInput(name, list(array.shape), "INT32" if name == "IN" else "UINT32")

@@ -51,7 +51,7 @@ def test_preprocessor_over_http_and_grpc(http: httpclient.InferenceServerClient,
                                          grpc: grpcclient.InferenceServerClient) -> None:
     raw = np.array([[0, 51, 255], [255, 0, 102]], dtype=np.uint8)
     for module, client in ((httpclient, http), (grpcclient, grpc)):
-        result = client.infer("preprocess", [_input(module, "RAW", raw, "UINT8")])  # type: ignore[attr-defined]
+        result = client.infer("preprocess", [_input(module, "RAW", raw, "UINT8")])
         np.testing.assert_allclose(result.as_numpy("FEATURES"), raw / 255.0, rtol=1e-6)
         # initialize got Triton's args: the model's name and the instance kind
         assert result.as_numpy("LABEL").tolist() == [[b"preprocess:CPU"], [b"preprocess:CPU"]]

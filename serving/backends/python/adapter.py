@@ -25,7 +25,9 @@ from ...config import TensorSpec
 from ...errors import ConfigError, ModelError, ServingError, failure_text
 from ...model import RequestHandler
 from ...streaming import is_decoupled
-from .requests import BLS, BlsContext, InferenceRequest, InferenceResponse, InferenceResponseSender, as_serving_error
+from .bls import BLS, BlsContext
+from .requests import InferenceRequest, InferenceResponseSender
+from .responses import InferenceResponse, as_serving_error
 from .tensors import V2_TO_NUMPY, Tensor, v2_of_dtype
 
 log = logging.getLogger(__name__)
