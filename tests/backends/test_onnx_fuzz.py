@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import ml_dtypes
 import numpy as np
@@ -77,7 +77,8 @@ def values(datatype: str, shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarra
         return hnp.arrays(object, shape, elements=text | text | text | st.binary(max_size=8))  # mostly UTF-8
     dtype = np.dtype(np.float32) if datatype == "BF16" else NUMPY_DTYPES[datatype]
     if dtype.kind == "f":
-        return hnp.arrays(dtype, shape, elements=st.floats(-1e3, 1e3, width=min(dtype.itemsize * 8, 64)))
+        width: Literal[16, 32, 64] = 16 if dtype.itemsize == 2 else 32 if dtype.itemsize == 4 else 64
+        return hnp.arrays(dtype, shape, elements=st.floats(-1e3, 1e3, width=width))
     return hnp.arrays(dtype, shape)
 
 
