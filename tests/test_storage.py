@@ -86,6 +86,7 @@ def test_serves_a_repository_from_s3(moto_s3: MotoS3, bucket: str, tmp_path: Pat
         assert (result.as_numpy("OUTPUT0") == a + b).all() and (result.as_numpy("OUTPUT1") == a - b).all()
         grpc.close()
         # the copy is a plain model repository under the cache; nothing else was written
+        assert server.server.repository is not None
         assert sorted(p.name for p in server.server.repository.root.iterdir()) == [".fetched", "scale", "simple"]
     finally:
         server.stop()
@@ -127,7 +128,7 @@ def test_poll_fetches_what_changed_and_removes_deleted_models(moto_s3: MotoS3, b
 
         moto_s3.delete_prefix(bucket, "models/simple/")  # a deleted model leaves the cache and unloads
         poll()
-        with pytest.raises(InferenceServerException, match="unknown model|not"):
+        with pytest.raises(InferenceServerException, match=r"unknown model|not"):
             client.get_model_metadata("simple")
         assert index(client)["simple/1"] == "UNAVAILABLE" and not (repository.root / "simple").exists()
         fetched = repository.root / ".fetched"
@@ -162,7 +163,20 @@ def test_explicit_load_fetches_the_model_first(moto_s3: MotoS3, bucket: str, tmp
         client.load_model("scale")
         assert scale(client) == [3.0, 6.0]
         moto_s3.delete_prefix(bucket, "models/scale/")
-        with pytest.raises(InferenceServerException, match="not in the repository"):
+        with pytest.raises(InferenceServerException, match=r"scale/config\.pbtxt"):
             client.load_model("scale")
+    finally:
+        server.stop()
+
+
+def test_aws_endpoint_url_points_a_plain_s3_url_at_another_server(moto_s3: MotoS3, bucket: str, tmp_path: Path,
+                                                                  aws_env: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)  # the SDK's own variable, as Triton's SDK reads it
+    server = RunningServer(parse_store_url(f"s3://{bucket}/models"), model_cache_dir=tmp_path / "cache",  # type: ignore[arg-type]
+                           model_repository_timeout_secs=5.0)
+    try:
+        assert index(httpclient.InferenceServerClient(server.url)) == {"simple/1": "READY"}
     finally:
         server.stop()

@@ -1,0 +1,204 @@
+"""A remote repository that misbehaves: hangs, garbage, lies, keys that leave the cache, too big, wrong credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3  # type: ignore[import-untyped]  # boto3 ships no type information
+import moto.settings
+import pytest
+import tritonclient.http as httpclient
+
+from serving.app import start
+from serving.errors import ConfigError
+from serving.settings import Settings
+from serving.storage import Limits, RemoteRepository
+from serving.storage_fs import Store
+from serving.storage_urls import parse_store_url
+
+from .conftest import ROOT, RunningServer
+from .storage_server import KEY_ID, SECRET, BadStore, MotoS3, aws_env, moto_s3
+
+__all__ = ["aws_env", "moto_s3"]  # fixtures, used by name
+
+SIMPLE = ROOT / "tests" / "fixtures" / "models" / "simple"
+
+
+@pytest.fixture(autouse=True)
+def quiet_moto() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+@pytest.fixture()
+def bucket(moto_s3: MotoS3, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = moto_s3.bucket(f"bounds-{abs(hash(request.node.nodeid)) % 10**10}")
+    yield name
+    moto_s3.delete_prefix(name, "")
+
+
+def settings_for(url: str, cache: Path, **overrides: object) -> Settings:
+    return Settings(model_repository=parse_store_url(url), model_cache_dir=cache, host="127.0.0.1", http_port=0,
+                    grpc_port=0, metrics_port=0, cpu_threads=1, model_repository_timeout_secs=1.0,
+                    **overrides)  # type: ignore[arg-type]  # fields of each type
+
+
+def start_fails(settings: Settings) -> tuple[str, float]:
+    began = time.monotonic()
+    with pytest.raises(ConfigError) as failed:
+        asyncio.run(start(settings))
+    return str(failed.value), time.monotonic() - began
+
+
+@pytest.mark.parametrize("mode", ["hang", "garbage"])
+def test_a_store_that_hangs_or_answers_garbage_fails_the_start_in_bounded_time(mode: str, tmp_path: Path,
+                                                                               aws_env: None) -> None:
+    store = BadStore(mode)
+    try:
+        message, took = start_fails(settings_for(store.url(), tmp_path / "cache"))
+    finally:
+        store.close()
+    assert took < 10, f"{mode}: {took:.1f}s"
+    assert message.startswith(f"--model-repository {store.url()}: listing the repository: ") and "\n" not in message
+    if mode == "hang":
+        assert "no answer within 1s" in message
+
+
+def test_a_store_that_sends_more_than_it_listed(tmp_path: Path, aws_env: None) -> None:
+    store = BadStore("listing", {"big/config.pbtxt": 10, "big/1/model.py": 10}, body=b"x" * 1_000_000)
+    remote = RemoteRepository(parse_store_url(store.url()), tmp_path / "cache", Limits(timeout_s=2.0), {})
+    try:
+        asyncio.run(remote.start())
+    finally:
+        store.close()
+    assert "big" not in remote.copies and "sends more than the 10 bytes listed" in remote.reasons()["big"]
+    assert list(remote.fetched.iterdir()) == []  # the half-fetched model was removed, never linked
+    assert [p.name for p in remote.root.iterdir()] == [".fetched"]
+
+
+@pytest.mark.parametrize("key", ["evil/1/../../../../escape.txt", "evil//etc/escape.txt", "evil/1/./model.py"])
+def test_keys_that_would_leave_the_cache_are_refused(moto_s3: MotoS3, bucket: str, key: str, tmp_path: Path,
+                                                     aws_env: None) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    moto_s3.put_tree(bucket, "models/evil", SIMPLE)
+    moto_s3.put(bucket, f"models/{key}", "written outside")
+    assert f"models/{key}" in moto_s3.keys(bucket)
+    server = RunningServer(parse_store_url(moto_s3.url(bucket, "models")), model_cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+    try:
+        rows = {row["name"]: row["state"] for row in httpclient.InferenceServerClient(server.url)
+                .get_model_repository_index()}
+        assert rows == {"simple": "READY"}
+        remote = server.server.sources
+        assert isinstance(remote, RemoteRepository)
+        assert "cannot be fetched" in remote.reasons()["evil"] and "it is not served" in remote.reasons()["evil"]
+    finally:
+        server.stop()
+    assert not list(tmp_path.rglob("escape.txt"))
+
+
+def test_a_repository_over_the_size_or_count_limit_is_refused_before_fetching(moto_s3: MotoS3, bucket: str,
+                                                                              tmp_path: Path, aws_env: None) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    moto_s3.put(bucket, "models/large/1/model.bin", b"\0" * 5000)
+    url = moto_s3.url(bucket, "models")
+    message, _ = start_fails(settings_for(url, tmp_path / "cache", model_repository_max_bytes=4000))
+    assert "more than --model-repository-max-bytes 4,000; nothing was fetched" in message
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name != "serve.lock"]
+    message, _ = start_fails(settings_for(url, tmp_path / "cache", model_repository_max_files=2))
+    assert "holds more than 2 files" in message and "--model-repository-max-files" in message
+
+
+def test_a_store_that_fails_during_polls_leaves_every_model_serving(moto_s3: MotoS3, bucket: str, tmp_path: Path,
+                                                                    aws_env: None,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    server = RunningServer(parse_store_url(moto_s3.url(bucket, "models")), model_cache_dir=tmp_path / "cache",  # type: ignore[arg-type]
+                           model_control_mode="poll", repository_poll_secs=3600.0, model_repository_timeout_secs=5.0)
+    hanging = BadStore("hang")
+    try:
+        remote, control = server.server.sources, server.server.control
+        assert isinstance(remote, RemoteRepository) and control is not None
+        working = remote.store
+        remote.store = Store(parse_store_url(hanging.url(bucket)), {}, 1.0)  # the store stops answering
+        for _ in range(2):
+            began = time.monotonic()
+            server.call(control.poll_once())
+            assert time.monotonic() - began < 10
+        assert len([r for r in caplog.records if "every model keeps serving" in r.getMessage()]) == 1  # once
+        client = httpclient.InferenceServerClient(server.url)
+        assert client.is_model_ready("simple")
+        remote.store = working
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="serving.storage"):
+            server.call(control.poll_once())
+        assert "answers again" in caplog.text and client.is_model_ready("simple")
+    finally:
+        hanging.close()
+        server.stop()
+
+
+@pytest.fixture()
+def iam_key(moto_s3: MotoS3) -> dict[str, str]:
+    """An IAM user's key that may read S3, as Triton's credential file names its fields."""
+    iam = boto3.client("iam", endpoint_url=moto_s3.endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
+                       aws_secret_access_key=SECRET)
+    user = f"reader-{os.getpid()}-{time.monotonic_ns()}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {"key_id": key["AccessKeyId"], "secret_key": key["SecretAccessKey"]}
+
+
+def test_credentials_come_from_the_environment_or_tritons_credential_file(
+        moto_s3: MotoS3, bucket: str, tmp_path: Path, aws_env: None, iam_key: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    url = moto_s3.url(bucket, "models")
+    # from here on the server checks every signature: only the IAM key gets in (moto reads this at each request)
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    # the variables of aws_env are not that key: refused, and the message says where credentials come from
+    message, _ = start_fails(settings_for(url, tmp_path / "cache"))
+    assert "access denied; check the credentials (AWS_ACCESS_KEY_ID" in message
+    # the environment, as Triton reads it (boto's chain)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", iam_key["key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", iam_key["secret_key"])
+    remote = RemoteRepository(parse_store_url(url), tmp_path / "cache", Limits(timeout_s=5.0), {})
+    asyncio.run(remote.start())
+    remote.close()
+    assert "simple" in remote.copies
+    # Triton's credential file wins over the environment, by the longest name matching the URL
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
+    credentials = tmp_path / "cloud_credential.json"
+    credentials.write_text(json.dumps({"s3": {"": {"key_id": "wrong", "secret_key": "wrong"},
+                                              url.rsplit("/", 1)[0]: {**iam_key, "region": "us-east-1"}}}))
+    remote = RemoteRepository(parse_store_url(url), tmp_path / "cache2", Limits(timeout_s=5.0),
+                              {"TRITON_CLOUD_CREDENTIAL_PATH": str(credentials)})
+    asyncio.run(remote.start())
+    remote.close()
+    assert "simple" in remote.copies
+
+
+def test_serve_reports_a_store_that_is_down_in_one_line(tmp_path: Path) -> None:
+    store = BadStore("garbage")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", store.url(), "--model-cache-dir",
+             str(tmp_path), "--model-repository-timeout-secs", "1", "--http-port", "0", "--grpc-port", "0",
+             "--metrics-port", "0", "--host", "127.0.0.1"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+                 "AWS_EC2_METADATA_DISABLED": "true"})
+    finally:
+        store.close()
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and f"--model-repository {store.url()}: listing the repository" in errors[0]
+    assert "Traceback" not in done.stderr
