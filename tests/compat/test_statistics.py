@@ -57,7 +57,7 @@ def counts(url: str, model: str) -> dict[str, int]:
     return found
 
 
-def deltas(pair: Pair, models: tuple[str, ...], send: Callable[[str], None]) -> tuple[dict[str, Any], ...]:
+def deltas(pair: Pair, models: tuple[str, ...], send: Callable[[str], object]) -> tuple[dict[str, Any], ...]:
     """What sending the same requests to each server added to each model's counts: (Triton's, serve's)."""
     def measure(url: str) -> dict[str, Any]:
         before = {model: counts(url, model) for model in models}
