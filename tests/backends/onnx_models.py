@@ -90,3 +90,21 @@ def identity(datatype: int, dims: list[str | int]) -> bytes:
     """X -> Y unchanged, of any ONNX element type and shape (BF16 among them)."""
     return _model([helper.make_node("Identity", ["X"], ["Y"])], [helper.make_tensor_value_info("X", datatype, dims)],
                   [helper.make_tensor_value_info("Y", datatype, dims)], name="identity")
+
+
+def mlp(features: int = 64, hidden: int = 256, classes: int = 10, seed: int = 0) -> bytes:
+    """INPUT__0 FP32 [batch, features] -> OUTPUT__0 FP32 [batch, classes]: two dense layers, ReLU, softmax.
+
+    The size of the example TorchScript classifier, for the benchmark.
+    """
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
+               for name, shape in (("W1", (features, hidden)), ("W2", (hidden, classes)))]
+    biases = [numpy_helper.from_array(np.zeros(size, dtype=np.float32), name)
+              for name, size in (("B1", hidden), ("B2", classes))]
+    nodes = [helper.make_node("Gemm", ["INPUT__0", "W1", "B1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("Gemm", ["h", "W2", "B2"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["OUTPUT__0"], axis=-1)]
+    return _model(nodes, [helper.make_tensor_value_info("INPUT__0", TensorProto.FLOAT, ["batch", features])],
+                  [helper.make_tensor_value_info("OUTPUT__0", TensorProto.FLOAT, ["batch", classes])],
+                  weights + biases, "mlp")
