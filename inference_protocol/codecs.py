@@ -17,6 +17,7 @@ from .binary import binary_data, deserialize_bytes, split_binary
 from .datatypes import NUMPY_DTYPES, bf16_bits_from_float, float_from_bf16_bits
 from .errors import InvalidInput, NotJSON, brief
 from .headers import HEADER_LENGTH
+from .shm import SharedInput, shared_memory_ref
 from .tensors import MAX_DIMS, InferRequest, InferResponse, RequestedOutput, Role, Tensor, element_count
 
 _JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", dict: "an object",
@@ -140,11 +141,15 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         raise InvalidInput("the request needs a non-empty 'inputs' list")
     chunks, unclaimed = split_binary(raw_inputs, binary)
     inputs: dict[str, Tensor] = {}
+    shared: dict[str, SharedInput] = {}
     for raw, chunk in zip(raw_inputs, chunks, strict=True):
-        tensor = decode_tensor(raw, chunk)
-        if tensor.name in inputs:
+        tensor = _shared_input(raw, chunk) or decode_tensor(raw, chunk)
+        if tensor.name in inputs or tensor.name in shared:
             raise InvalidInput(f"input '{tensor.name}' is given twice")
-        inputs[tensor.name] = tensor
+        if isinstance(tensor, SharedInput):
+            shared[tensor.name] = tensor
+        else:
+            inputs[tensor.name] = tensor
     if unclaimed:
         raise InvalidInput(f"{unclaimed} bytes of binary data are not claimed by any input's binary_data_size")
     request_id = obj.get("id")
@@ -156,7 +161,28 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     if type(parameters.get("binary_data_output", False)) is not bool:
         raise InvalidInput("parameter 'binary_data_output' must be true or false")
     return InferRequest(inputs=inputs, id=request_id, parameters=parameters,
-                        outputs=_requested_outputs(obj.get("outputs")))
+                        outputs=_requested_outputs(obj.get("outputs")), shared_inputs=shared)
+
+
+def _shared_input(obj: Any, chunk: memoryview | None) -> SharedInput | None:
+    """An input entry whose values are in a shared-memory region; None for any other entry."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(obj.get("parameters"),
+                                                                                             dict):
+        return None
+    name = obj["name"]
+    where = shared_memory_ref(name, obj["parameters"])
+    if where is None:
+        return None
+    if chunk is not None or "data" in obj:
+        given = [field for field, there in (("data", "data" in obj), ("binary_data_size", chunk is not None)) if there]
+        raise InvalidInput("Input must set only one of the following fields: 'data', 'binary_data_size' in "
+                           "'parameters', 'shared_memory_region' in 'parameters'. But set "
+                           f"{' '.join(repr(field) for field in given)} 'shared_memory_region' for input '{name}'")
+    datatype = obj.get("datatype")
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"input '{name}': unknown datatype {brief(datatype)}; use one of {', '.join(NUMPY_DTYPES)}")
+    shape, _count = _shape(name, obj.get("shape"), "input")
+    return SharedInput(name, datatype, shape, where)
 
 
 def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
@@ -177,7 +203,11 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
         if "classification" in params:
             raise InvalidInput(f"output '{item['name']}': the classification extension is not supported; "
                                "request the scores and take the top-k on the client")
-        outputs.append(RequestedOutput(item["name"], binary))
+        where = shared_memory_ref(item["name"], params, "output")
+        if where is not None and binary:
+            raise InvalidInput(f"output '{item['name']}': can't set both 'shared_memory_region' and 'binary_data'; "
+                               "its values go to the region")
+        outputs.append(RequestedOutput(item["name"], binary, where))
     return outputs
 
 
@@ -207,7 +237,9 @@ def encode_infer_response(response: InferResponse, binary: Iterable[bool]) -> tu
     blobs: list[bytes | memoryview] = []
     for tensor, as_binary in zip(response.outputs, binary, strict=False):  # the request chose the outputs
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        if as_binary:
+        if tensor.name in response.in_shared_memory:
+            pass  # its values are in the region the request named
+        elif as_binary:
             blob = binary_data(tensor)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

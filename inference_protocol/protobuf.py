@@ -17,6 +17,7 @@ from .binary import binary_data
 from .codecs import decode_tensor
 from .datatypes import NUMPY_DTYPES
 from .errors import InvalidInput
+from .shm import SharedInput, shared_memory_ref
 from .tensors import InferRequest, InferResponse, RequestedOutput, Role, Tensor, element_count
 
 # v2 datatype -> the typed field of InferTensorContents (FP16 and BF16 travel only as raw bytes)
@@ -77,9 +78,19 @@ def decode_model_infer_request(message: Any) -> InferRequest:
     """A ``ModelInferRequest`` as an `InferRequest` (raw or typed contents)."""
     if not message.inputs:
         raise InvalidInput("the request needs at least one input")
+    shared: dict[str, SharedInput] = {}
+    in_message = []  # raw_input_contents holds the values of these alone, in order (as tritonclient sends them)
+    for tensor in message.inputs:
+        found = _shared_input(tensor)
+        if found is None:
+            in_message.append(tensor)
+        elif found.name in shared:
+            raise InvalidInput(f"input '{found.name}' is given twice")
+        else:
+            shared[found.name] = found
     inputs: dict[str, Tensor] = {}
-    for decoded in decode_tensors(message.inputs, message.raw_input_contents):
-        if decoded.name in inputs:
+    for decoded in decode_tensors(in_message, message.raw_input_contents):
+        if decoded.name in inputs or decoded.name in shared:
             raise InvalidInput(f"input '{decoded.name}' is given twice")
         inputs[decoded.name] = decoded
     outputs = None
@@ -89,9 +100,31 @@ def decode_model_infer_request(message: Any) -> InferRequest:
             if "classification" in output.parameters:
                 raise InvalidInput(f"output '{output.name}': the classification extension is not supported; "
                                    "request the scores and take the top-k on the client")
-            outputs.append(RequestedOutput(output.name, True))
-    parameters = {key: parameter_value(value) for key, value in message.parameters.items()}
-    return InferRequest(inputs=inputs, id=message.id or None, parameters=parameters, outputs=outputs)
+            where = shared_memory_ref(output.name, _parameters(output.parameters), "output")
+            outputs.append(RequestedOutput(output.name, True, where))
+    parameters = _parameters(message.parameters)
+    return InferRequest(inputs=inputs, id=message.id or None, parameters=parameters, outputs=outputs,
+                        shared_inputs=shared)
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    return {key: parameter_value(value) for key, value in parameters.items()}
+
+
+def _shared_input(tensor: Any) -> SharedInput | None:
+    """An input whose values are in a shared-memory region; None for one whose values are in the message."""
+    where = shared_memory_ref(tensor.name, _parameters(tensor.parameters)) if tensor.parameters else None
+    if where is None:
+        return None
+    if tensor.HasField("contents"):
+        raise InvalidInput(f"unexpected 'content' provided when using shared memory for input tensor "
+                           f"'{tensor.name}'; give its values in the region or in the message, not both")
+    if tensor.datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"input '{tensor.name}': unknown datatype {tensor.datatype[:40]!r}; use one of "
+                           f"{', '.join(NUMPY_DTYPES)}")
+    shape = list(tensor.shape)
+    element_count(tensor.name, shape)
+    return SharedInput(tensor.name, tensor.datatype, tuple(shape), where)
 
 
 def encode_model_infer_response(response: InferResponse) -> Any:
@@ -100,5 +133,7 @@ def encode_model_infer_response(response: InferResponse) -> Any:
                                     id=response.id or "")
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        message.raw_output_contents.append(bytes(binary_data(tensor)))
+        # an output in shared memory keeps its (empty) place, so each output's contents stay at its index
+        shared = tensor.name in response.in_shared_memory
+        message.raw_output_contents.append(b"" if shared else bytes(binary_data(tensor)))
     return message

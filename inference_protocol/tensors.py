@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InvalidInput, brief
+from .shm import SharedInput, SharedMemoryRef
 
 # What a message names its tensors: requests carry inputs, responses outputs.
 Role = Literal["input", "output"]
@@ -44,6 +45,7 @@ class Tensor:
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the request's binary_data_output default applies
+    shared_memory: SharedMemoryRef | None = None  # written into this region instead of the response
 
 
 @dataclasses.dataclass
@@ -52,6 +54,8 @@ class InferRequest:
     id: str | None = None
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None  # None: every output
+    # inputs whose values are in shared memory: the server reads them into `inputs` first
+    shared_inputs: dict[str, SharedInput] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -61,6 +65,8 @@ class InferResponse:
     outputs: list[Tensor]
     id: str | None = None
     parameters: dict[str, Any] | None = None
+    # outputs written into a shared-memory region: their shape and datatype travel, not their values
+    in_shared_memory: frozenset[str] = frozenset()
 
 
 def element_count(name: str, shape: list[int], role: Role = "input") -> int:

@@ -20,19 +20,24 @@ from .control import ModelControl
 from .errors import ServingError, Unavailable
 from .repository import Repository
 from .requests import check_inputs, full_dims, selected_outputs, timeout_us
+from .shm import OutputRegions, SharedMemory
 from .streaming import DecoupledOnly, is_decoupled, respond
 from .types import Work
 
-SERVER_NAME = "shadowserve"
+SERVER_NAME = "shadowserve"  # what metadata answers unless --server-name says otherwise (docs/triton.md)
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics", "schedule_policy")
+SHM_EXTENSION = "system_shared_memory"  # listed when --allow-client-shm is on
 
 
 class DataPlane:
     def __init__(self, repository: Repository, control: ModelControl, version: str,
-                 strict_readiness: bool = True) -> None:
+                 strict_readiness: bool = True, server_name: str = SERVER_NAME,
+                 shared_memory: SharedMemory | None = None) -> None:
         self.repository = repository
         self.control = control
         self.version = version
+        self.server_name = server_name
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemory()
         self.started = False  # every model that should load at start-up has been tried
         self.draining = False
         self.strict_readiness = strict_readiness
@@ -51,7 +56,8 @@ class DataPlane:
         return self.control.startup_ready() if self.strict_readiness else True
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS) + ([SHM_EXTENSION] if self.shared_memory.allowed else [])
+        return {"name": self.server_name, "version": self.version, "extensions": extensions}
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the model (version) serves; `NotFound` for one the server does not know."""
@@ -145,11 +151,17 @@ class DataPlane:
         reason: str | None = "OTHER"  # Triton's failure reason; None once the request succeeded
         self._in_flight += 1
         self._idle.clear()
+        regions: OutputRegions | None = None
         try:
+            if request.shared_inputs:
+                self.shared_memory.read_inputs(request, name)
             arrays, rows, key = check_inputs(spec, request)
             selected = selected_outputs(spec, request)
+            regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
             work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected))
             outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
+            tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
+            in_shared_memory = regions.write(tensors)
             reason = None
         except ServingError as exc:
             reason = exc.reason
@@ -158,12 +170,14 @@ class DataPlane:
             reason = "CANCELED"
             raise
         finally:
+            if regions is not None:
+                regions.release()
             model.stats.record_request(time.monotonic_ns() - start, reason)
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
-        tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
-        return InferResponse(model_name=name, model_version=str(model.version), outputs=tensors, id=request.id)
+        return InferResponse(model_name=name, model_version=str(model.version), outputs=tensors, id=request.id,
+                             in_shared_memory=in_shared_memory)
 
     def is_decoupled(self, name: str, version: str | None = None) -> bool:
         """Whether the model answers through a stream of responses (`infer_stream`, gRPC streams only)."""

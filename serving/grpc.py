@@ -3,7 +3,8 @@
 Implements ``inference.GRPCInferenceService`` from the stubs tritonclient ships, and the
 standard ``grpc.health.v1.Health`` service for Kubernetes' gRPC probes. Errors become
 status codes only here (`ServingError.grpc_code`), with the same messages as HTTP.
-The shared-memory, trace and log RPCs answer UNIMPLEMENTED.
+The trace and log RPCs answer UNIMPLEMENTED, and so does registering CUDA shared memory
+(system shared memory is `serving.shm`'s).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from inference_protocol.protobuf import decode_model_infer_request, encode_model
 
 from .access import AccessPolicy
 from .dataplane import DataPlane
-from .errors import InvalidInput, NotFound, ServingError
+from .errors import InvalidInput, NotFound, ServingError, Unsupported
 from .grpc_access import RestrictedProtocols
+from .shm import NO_CUDA
 from .grpc_stream import StreamInfer
 
 log = logging.getLogger(__name__)
@@ -164,8 +166,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             if key == "config":
                 config = parameter_value(value)  # the repository checks it is a string
             elif key.startswith("file:"):
-                raise InvalidInput("loading model files through the load request is not supported; put them "
-                                   "in the model repository")
+                raise InvalidInput(f"failed to load '{request.model_name}', failed to poll from model repository: "
+                                   "loading model files through the load request is not supported; put them in "
+                                   "the model repository")
         await self.dataplane.load_model(request.model_name, config)
         return pb.RepositoryModelLoadResponse()
 
@@ -174,12 +177,39 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    SystemSharedMemoryStatus = _unimplemented("system shared memory")
-    SystemSharedMemoryRegister = _unimplemented("system shared memory")
-    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
-    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
-    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
-    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    @_rpc
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name or None):
+            response.regions[region["name"]].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return response
+
+    @_rpc
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        self.dataplane.shared_memory.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    # No CUDA regions here: none to list or unregister (Triton's examples clear both kinds first).
+    @_rpc
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if request.name:
+            raise NotFound(f"Unable to find cuda shared memory region: '{request.name[:64]}'; {NO_CUDA}")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_rpc
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        raise Unsupported(NO_CUDA)
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     TraceSetting = _unimplemented("the trace extension")
     LogSettings = _unimplemented("the logging extension")
 

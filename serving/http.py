@@ -24,6 +24,7 @@ from .access import AccessPolicy, http_group
 from .connections import ClientLimits, TimedRequest
 from .dataplane import DataPlane
 from .errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable
+from .http_shm import SharedMemoryEndpoints
 from .metrics import Metrics
 from .streaming import DecoupledOnly
 
@@ -75,6 +76,9 @@ class HttpTransport:
             "config": (get, self.model_config), "stats": (get, self.stats),
         }
         self._repository_actions: dict[str, Endpoint] = {"load": self.load_model, "unload": self.unload_model}
+        shared_memory = SharedMemoryEndpoints(dataplane.shared_memory)
+        self._fixed.update(shared_memory.fixed())
+        self._region_actions = shared_memory.region_actions()  # /v2/<kind>sharedmemory/region/<name>/<action>
 
     def server(self) -> web.Server:
         """The request handler, for a ``web.ServerRunner``; hung-up clients cancel their handler.
@@ -110,6 +114,9 @@ class HttpTransport:
         elif found is None and len(rest) == 4 and rest[:2] == ("repository", "models"):
             action = self._repository_actions.get(rest[3])
             found = ("POST", action) if action else None
+            args = (rest[2],)
+        elif found is None and len(rest) == 4 and rest[0] in self._region_actions and rest[1] == "region":
+            found = self._region_actions[rest[0]].get(rest[3])
             args = (rest[2],)
         if found is None:
             return _error(404, f"no endpoint at {path}; see the KServe v2 protocol for the paths")
@@ -171,8 +178,8 @@ class HttpTransport:
         if not isinstance(parameters, dict):
             raise InvalidInput("'parameters' must be an object")
         if any(key.startswith("file:") for key in parameters):
-            raise InvalidInput("loading model files through the load request is not supported; put them in the "
-                               "model repository")
+            raise InvalidInput(f"failed to load '{model}', failed to poll from model repository: loading model files "
+                               "through the load request is not supported; put them in the model repository")
         config = parameters.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")

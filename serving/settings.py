@@ -72,6 +72,8 @@ class Settings:
     http_restricted_api: AccessPolicy = dataclasses.field(default_factory=AccessPolicy)
     # checked as the metadata triton-grpc-protocol-<key>
     grpc_restricted_protocol: AccessPolicy = dataclasses.field(default_factory=AccessPolicy)
+    server_name: str = "shadowserve"  # the server metadata's name; "triton" for clients that check it
+    allow_client_shm: bool = False  # clients may register system shared memory regions (as Triton's flag)
 
 
 def default_model_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -90,6 +92,12 @@ def _model_uri(value: str) -> str:
         return str(parse_model_uri(value))
     except RegistryError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _server_name(value: str) -> str:
+    if not value or len(value) > 64 or not value.isprintable():
+        raise ValueError(f"{value[:64]!r} is not a server name: use 1 to 64 printable characters, e.g. triton")
+    return value
 
 
 def _device(value: str) -> str:
@@ -171,6 +179,11 @@ def _flags() -> Flags:
             Flag("--grpc-restricted-protocol", f"as Triton's: {restrict}, as the metadata {GRPC_HEADER_PREFIX}<key>; "
                  "others get PERMISSION_DENIED (default: nothing restricted)",
                  metavar="<groups>:<key>=<value>", repeatable=True, split=None),
+            Flag("--server-name", "the name server metadata answers with; triton for clients that check for "
+                 "Triton's (default {default})", _server_name),
+            Flag("--allow-client-shm", "as Triton's: clients on this host may register system shared memory "
+                 "regions (/dev/shm objects the server then reads and writes) for inputs and outputs (default "
+                 "{default})", boolean),
         ])
 
 

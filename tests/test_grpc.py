@@ -58,7 +58,7 @@ def test_infer_matches_http_bit_for_bit(server: RunningServer) -> None:
     ("classifier", lambda: [classifier_input(np.ones((1, 64), np.float64), datatype="FP64")],
      grpc.StatusCode.INVALID_ARGUMENT, "must be FP32, got FP64"),
     ("nope", lambda: [classifier_input(np.ones((1, 64), np.float32))], grpc.StatusCode.NOT_FOUND,
-     "unknown model 'nope'"),
+     "Request for unknown model: 'nope' is not found"),
 ])
 def test_errors_carry_the_status_and_the_http_message(server: RunningServer, model: str,
                                                       inputs: Callable[[], list[grpcclient.InferInput]],
@@ -162,7 +162,7 @@ def x_input(value: float, rows: int = 1) -> list[grpcaio.InferInput]:
 
 def test_a_model_that_is_not_ready_is_unavailable(faults: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(grpc_url(faults))
-    with pytest.raises(InferenceServerException, match=r"model 'broken' is not ready: .*weights are corrupt") as error:
+    with pytest.raises(InferenceServerException, match=r"'broken' has no available versions: .*weights are corrupt") as error:
         client.infer("broken", x_input(1))
     assert error.value.status() == str(grpc.StatusCode.UNAVAILABLE)
     assert not client.is_model_ready("broken") and client.is_model_ready("slow")
@@ -234,10 +234,13 @@ def test_sigterm_lets_in_flight_grpc_requests_finish_then_exits_zero() -> None:
         serve.kill()
 
 
-def test_shared_memory_trace_and_log_rpcs_are_unimplemented(server: RunningServer) -> None:
+def test_cuda_shared_memory_trace_and_log_rpcs_are_unimplemented(server: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(grpc_url(server))
-    for call in (client.get_system_shared_memory_status, client.get_cuda_shared_memory_status,
-                 client.get_trace_settings, client.get_log_settings):
+    for call in (lambda: client.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 64), client.get_trace_settings,
+                 client.get_log_settings):
         with pytest.raises(InferenceServerException, match="not supported by this server") as error:
             call()
         assert error.value.status() == str(grpc.StatusCode.UNIMPLEMENTED)
+    # none registered, so none to list or unregister (Triton's examples clear both kinds first)
+    assert not client.get_cuda_shared_memory_status().regions
+    client.unregister_cuda_shared_memory()
