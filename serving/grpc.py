@@ -28,8 +28,8 @@ from .access import AccessPolicy
 from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError, Unsupported
 from .grpc_access import RestrictedProtocols
-from .shm import NO_CUDA
 from .grpc_stream import StreamInfer
+from .shm import NO_CUDA
 
 log = logging.getLogger(__name__)
 
