@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
+from onnx import TensorProto
 
 from ..conftest import RunningServer, write_model
 from . import onnx_models
@@ -25,6 +26,7 @@ ADD_SUB = onnx_models.add_sub()
 FIXED = onnx_models.fixed()
 STRINGS = onnx_models.strings_identity()
 UPPER = onnx_models.upper()
+GRID = onnx_models.identity(TensorProto.FLOAT, ["batch", 2, 2])
 BATCH_DELAY_US = 2_000_000  # long enough for every concurrent request to join; a full batch goes at once
 
 
@@ -60,7 +62,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
                 { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
         output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
                  { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]
+        instance_group [ { kind: KIND_CPU count: 2 } ]
         """, {1: {"model.onnx": ADD_SUB}})
+    # the model sees [batch, 2, 2]; clients send and get [batch, 4]
+    write_model(repo, "grid", """
+        platform: "onnxruntime_onnx"
+        max_batch_size: 4
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+        """, {1: {"model.onnx": GRID}})
     write_model(repo, "fixed", """
         platform: "onnxruntime_onnx"
         input [ { name: "X" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]
@@ -155,6 +165,35 @@ def test_two_inputs_by_name_over_both_aio_clients(server: RunningServer) -> None
     for total, difference in asyncio.run(both()):
         np.testing.assert_array_equal(total, expected["OUTPUT0"])
         np.testing.assert_array_equal(difference, expected["OUTPUT1"])
+
+
+def test_two_instances_each_with_a_session_of_their_own(server: RunningServer) -> None:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+
+    async def many() -> list[np.ndarray]:
+        client = httpaio.InferenceServerClient(server.url)
+        try:
+            async def one(k: int) -> np.ndarray:
+                inputs = [httpaio.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+                inputs[0].set_data_from_numpy(a)
+                inputs[1].set_data_from_numpy(np.full((1, 16), k, dtype=np.int32))
+                return (await client.infer("simple", inputs)).as_numpy("OUTPUT1")
+            return list(await asyncio.gather(*(one(k) for k in range(12))))
+        finally:
+            await client.close()
+
+    for k, difference in enumerate(asyncio.run(many())):
+        np.testing.assert_array_equal(difference, a - k)
+    with httpclient.InferenceServerClient(server.url) as client:
+        assert client.get_model_config("simple")["instance_group"][0]["count"] == 2
+
+
+def test_reshape_gives_the_model_its_own_shape(server: RunningServer) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with grpcclient.InferenceServerClient(grpc_url(server)) as client:
+        inp = grpcclient.InferInput("X", [3, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("grid", [inp]).as_numpy("Y"), x)
 
 
 def test_concurrent_requests_are_batched_along_dim_0(server: RunningServer) -> None:
