@@ -182,8 +182,9 @@ class Repository:
         if current is None or current.spec.proto != spec.proto or \
                 current.fingerprint != fingerprint(self.root / spec.name / str(current.version)):
             return False
+        # an ensemble that failed is tried again: what failed may be a step model, fixed since
         return current.state == READY or (current.state == UNAVAILABLE and current.reason != "unloaded"
-                                          and not retry_failed)
+                                          and not retry_failed and spec.platform != ENSEMBLE)
 
     async def _apply(self, entry: ModelEntry, spec: ModelSpec, wanted: list[int], retry_failed: bool) -> bool:
         to_start = [v for v in wanted if not self._unchanged(entry.versions.get(v), spec, retry_failed)]
