@@ -23,13 +23,13 @@ from .conftest import RunningServer, write_model
 FIXTURES = Path(__file__).parent / "fixtures" / "ensembles"
 
 
-def one_step(name: str, step_model: str, key_in: str = "X", key_out: str = "Y") -> str:
+def one_step(name: str, step_model: str, key_in: str = "X", key_out: str = "Y", out_dims: int = 4) -> str:
     return f"""
         name: "{name}"
         platform: "ensemble"
         max_batch_size: 8
         input [ {{ name: "X", data_type: TYPE_FP32, dims: [ 4 ] }} ]
-        output [ {{ name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] }} ]
+        output [ {{ name: "OUT", data_type: TYPE_FP32, dims: [ {out_dims} ] }} ]
         ensemble_scheduling {{ step [ {{ model_name: "{step_model}" model_version: -1
             input_map {{ key: "{key_in}" value: "X" }} output_map {{ key: "{key_out}" value: "OUT" }} }} ] }}
     """
@@ -79,6 +79,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(root, "gated", one_step("gated", "gate"), {1: {}})
     write_model(root, "broken", STEP.replace("{name}", "broken"), {1: {"model.py": BROKEN_PY}})
     write_model(root, "broken_pipeline", one_step("broken_pipeline", "broken"), {1: {}})
+    write_model(root, "outer", one_step("outer", "pipeline", "RAW", "PROBS", out_dims=3), {1: {}})
     write_model(root, "ens_a", one_step("ens_a", "ens_b", "X", "OUT"), {1: {}})
     write_model(root, "ens_b", one_step("ens_b", "ens_a", "X", "OUT"), {1: {}})
     return root
@@ -137,6 +138,26 @@ def test_a_step_model_unloaded_while_the_ensemble_serves(server: RunningServer) 
 def _grpc_raw() -> grpcclient.InferInput:
     tensor = grpcclient.InferInput("RAW", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.full((1, 4), 130, np.float32))
+    return tensor
+
+
+def test_an_ensemble_can_be_a_step_of_another(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.url)
+    client.load_model("outer")
+    before = client.get_inference_statistics("pipeline")["model_stats"][0]["inference_stats"]["success"]["count"]
+    x = np.full((2, 4), 150, np.float32)
+    tensor = httpclient.InferInput("X", [2, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    outer = client.infer("outer", [tensor]).as_numpy("OUT")
+    direct = client.infer("pipeline", [http_raw(x)]).as_numpy("PROBS")
+    np.testing.assert_array_equal(outer, direct)
+    after = client.get_inference_statistics("pipeline")["model_stats"][0]["inference_stats"]["success"]["count"]
+    assert after == before + 2  # the outer ensemble's step, then the direct request
+
+
+def http_raw(x: np.ndarray) -> httpclient.InferInput:
+    tensor = httpclient.InferInput("RAW", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
     return tensor
 
 
