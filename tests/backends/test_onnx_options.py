@@ -7,6 +7,7 @@ Runtime binds host memory the same way. The tests marked `gpu` run it on a real 
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +143,19 @@ def test_the_binding_path_computes_what_the_feed_path_does(tmp_path: Path) -> No
     handler = loaded(tmp_path, CLASSIFIER_CONFIG, onnx_models.classifier())
     assert isinstance(handler.runner, FeedRunner)
     bound = BoundRunner(handler.session, handler.config, None, torch.device("cpu"))
-    for count in (1, 5, 2):  # the binding is reused from batch to batch, at any size
+    answers = []
+    for count in (1, 5, 2, 0):  # the binding is reused from batch to batch, at any size
         x = torch.randn(count, 4)
         by_feed = handler.predict({"INPUT": x})
         by_binding = bound({"INPUT": x})
         assert isinstance(by_binding["PROBS"], torch.Tensor) and by_binding["PROBS"].shape == (count, 3)
         np.testing.assert_allclose(by_binding["PROBS"].numpy(), by_feed["PROBS"], rtol=1e-6)
         np.testing.assert_array_equal(by_binding["LABEL"].numpy(), by_feed["LABEL"])
+        answers.append((by_binding["PROBS"], by_binding["PROBS"].clone()))
+    # a batch's outputs are split and sent after the next batch ran: their memory must still be theirs
+    gc.collect()
+    for kept, copy in answers:
+        assert torch.equal(kept, copy)
 
 
 def test_which_models_run_by_binding() -> None:
