@@ -33,6 +33,7 @@ from .errors import InvalidInput, ServingError, Unavailable
 from .types import Work
 
 if TYPE_CHECKING:
+    from .config import TensorSpec
     from .lifecycle import ModelVersion
 
 __all__ = ["InProcess", "datatype_of"]
@@ -124,7 +125,7 @@ class InProcess:
         return {t.name: result[t.name] for t in selected}
 
     @staticmethod
-    def _request(model: str, specs: Any, inputs: Mapping[str, Any], outputs: Collection[str] | None,
+    def _request(model: str, specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any], outputs: Collection[str] | None,
                  parameters: Mapping[str, Any] | None) -> InferRequest:
         if not isinstance(inputs, Mapping):
             raise InvalidInput(f"the inputs of a request to model '{model}' must be a dict of numpy arrays by name")

@@ -4,6 +4,7 @@
 <repo>/<model>/config.pbtxt          Triton ModelConfig, protobuf text format
 <repo>/<model>/<version>/model.pt    platform "pytorch_libtorch": TorchScript
 <repo>/<model>/<version>/model.py    backend "python": a serving.Model subclass
+<repo>/<ensemble>/<version>/         platform "ensemble": steps over the other models (no file)
 ```
 
 Loading a model that is already loaded is a reload: versions whose config and files
@@ -11,7 +12,8 @@ are unchanged keep serving untouched; a changed or new version is loaded beside 
 one, takes over once it is ready, and the old one then drains and unloads; versions the
 version policy no longer selects drain and unload once every version it selects is ready.
 A broken model directory is logged, shown with its reason in the index, and leaves the
-other models serving; a failed reload leaves the previous load serving.
+other models serving; a failed reload leaves the previous load serving. An ensemble's step
+models load before it, whichever mode and order the loads come in.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ takes the ensemble's batch size.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from inference_protocol.names import name_problem
 
@@ -113,8 +113,8 @@ def _dims_meet(a: list[int], b: list[int]) -> bool:
     return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
 
 
-def _map(entries: object, what: str, label: str) -> dict[str, str]:
-    mapping = dict(entries)  # type: ignore[call-overload]  # a protobuf map of str to str
+def _map(entries: Mapping[str, str], what: str, label: str) -> dict[str, str]:
+    mapping = dict(entries)
     if len(mapping) > MAX_MAP_ENTRIES:
         raise ConfigError(f"{label}: {what} has {len(mapping)} entries; at most {MAX_MAP_ENTRIES}")
     if not mapping:
