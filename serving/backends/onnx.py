@@ -124,8 +124,12 @@ def _check_tensor(kind: str, declared: TensorSpec, found: OnnxTensor, max_batch_
                           "(-1: any size); make dims (or reshape) match the model")
 
 
-def check_matches(spec: ModelSpec, session: Any) -> None:
-    """The config describes the model: every model input declared, every declared tensor in the model, alike."""
+def check_matches(spec: ModelSpec, session: Any) -> tuple[set[str], dict[str, tuple[int, ...]]]:
+    """The config describes the model: every model input declared, every declared tensor in the model, alike.
+
+    Returns the scalars the config declares as ``dims: [ 1 ]`` without a reshape (as Triton lets it):
+    the inputs to give the model as scalars, and the outputs to give back with the config's dims.
+    """
     inputs, initializers, outputs = session_tensors(session)
     for tensor in spec.inputs:
         found = inputs.get(tensor.name) or initializers.get(tensor.name)
@@ -143,6 +147,9 @@ def check_matches(spec: ModelSpec, session: Any) -> None:
             raise ConfigError(f"config.pbtxt declares output '{tensor.name}' but the model has no such output "
                               f"(it gives {sorted(outputs)})")
         _check_tensor("output", tensor, found, spec.max_batch_size)
+    scalar_inputs = {t.name for t in spec.inputs if t.reshape is None and t.name in inputs and not inputs[t.name].dims}
+    scalar_outputs = {t.name: t.dims for t in spec.outputs if t.reshape is None and not outputs[t.name].dims}
+    return scalar_inputs, scalar_outputs
 
 
 def strings_in(array: np.ndarray, name: str) -> np.ndarray:
@@ -256,14 +263,21 @@ class OnnxModel(Model):
         plan = session_plan(self.config.proto, self.parameters)
         chosen = providers(self.device, plan, ort.get_available_providers(), label)
         self.session = open_session(file, label, session_options(ort, plan), chosen)
-        check_matches(self.config, self.session)
+        self.scalar_inputs, self.scalar_outputs = check_matches(self.config, self.session)
         options = run_options(ort, plan)
         self.runner: FeedRunner | BoundRunner = (
             BoundRunner(self.session, self.config, options, self.device) if binds(self.device, self.config)
             else FeedRunner(self.session, self.config, options))
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self.runner(inputs)
+        for name in self.scalar_inputs:
+            if name in inputs:
+                inputs[name] = inputs[name].reshape(())
+        outputs = self.runner(inputs)
+        for name, dims in self.scalar_outputs.items():
+            if outputs[name].ndim == 0:  # not an output whose shape ONNX Runtime could not tell
+                outputs[name] = outputs[name].reshape(dims)
+        return outputs
 
     def unload(self) -> None:
         del self.runner, self.session

@@ -108,3 +108,11 @@ def mlp(features: int = 64, hidden: int = 256, classes: int = 10, seed: int = 0)
     return _model(nodes, [helper.make_tensor_value_info("INPUT__0", TensorProto.FLOAT, ["batch", features])],
                   [helper.make_tensor_value_info("OUTPUT__0", TensorProto.FLOAT, ["batch", classes])],
                   weights + biases, "mlp")
+
+
+def scaled() -> bytes:
+    """No batch: FACTOR FP32 [] (a scalar) and VALUES FP32 [3] -> SCALED = VALUES * FACTOR."""
+    return _model([helper.make_node("Mul", ["VALUES", "FACTOR"], ["SCALED"])],
+                  [helper.make_tensor_value_info("FACTOR", TensorProto.FLOAT, []),
+                   helper.make_tensor_value_info("VALUES", TensorProto.FLOAT, [3])],
+                  [helper.make_tensor_value_info("SCALED", TensorProto.FLOAT, [3])], name="scaled")

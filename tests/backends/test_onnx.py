@@ -77,6 +77,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         output [ { name: "Y" data_type: TYPE_FP32 dims: [ 2, 3 ] },
                  { name: "SUM" data_type: TYPE_FP32 dims: [ 1 ] } ]
         """, {1: {"model.onnx": FIXED}})
+    # a scalar input declared as Triton lets it be, dims [1] without a reshape
+    write_model(repo, "scaled", """
+        platform: "onnxruntime_onnx"
+        input [ { name: "FACTOR" data_type: TYPE_FP32 dims: [ 1 ] },
+                { name: "VALUES" data_type: TYPE_FP32 dims: [ 3 ] } ]
+        output [ { name: "SCALED" data_type: TYPE_FP32 dims: [ 3 ] } ]
+        """, {1: {"model.onnx": onnx_models.scaled()}})
     write_model(repo, "strings", """
         platform: "onnxruntime_onnx"
         max_batch_size: 4
@@ -229,7 +236,11 @@ def test_a_model_without_a_batch_dimension(server: RunningServer) -> None:
         result = client.infer("fixed", [inp])
         np.testing.assert_array_equal(result.as_numpy("Y"), x * 2)
         # the model's scalar comes back as the config's dims [1]
-        np.testing.assert_array_equal(result.as_numpy("SUM"), [x.sum()])
+        assert result.as_numpy("SUM").shape == (1,) and result.as_numpy("SUM")[0] == x.sum()
+        inputs = [httpclient.InferInput("FACTOR", [1], "FP32"), httpclient.InferInput("VALUES", [3], "FP32")]
+        inputs[0].set_data_from_numpy(np.array([2.5], dtype=np.float32))
+        inputs[1].set_data_from_numpy(np.array([1, 2, -4], dtype=np.float32))
+        np.testing.assert_array_equal(client.infer("scaled", inputs).as_numpy("SCALED"), [2.5, 5, -10])
 
 
 @pytest.mark.parametrize("flavor", ["http", "grpc"])
