@@ -17,8 +17,8 @@ import dataclasses
 import hmac
 from collections.abc import Iterable, Mapping
 
-# Triton's groups; shared-memory, trace and logging are refused by this server anyway,
-# but a restriction may name them, as Triton's flags do.
+# Triton's groups; trace and logging are refused by this server anyway, but a restriction may
+# name them, as Triton's flags do.
 GROUPS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
           "trace", "logging")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
@@ -60,6 +60,8 @@ def http_group(path: str) -> str:
             action = ""  # /v2/models/<m>/versions/<v>: the version's metadata
         return {"infer": "inference", "ready": "health", "config": "model-config", "stats": "statistics"}.get(
             action, "metadata")
+    if parts[0] in ("systemsharedmemory", "cudasharedmemory"):
+        return "shared-memory"
     return ""
 
 

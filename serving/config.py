@@ -337,9 +337,12 @@ def spec_from_proto(config: pb.ModelConfig, model_dir: Path, complete: Completer
         raise ConfigError(f"the config names the model {named} but its directory is '{name}'; they must match")
     config.name = name
     platform = model_kind(config, model_dir)
-    if complete is not None and (not config.input or not config.output):
+    # Triton asks a Python model's auto_complete_config always: it may set batching and the
+    # transaction policy too, not only tensors the config lacks
+    if complete is not None and (not config.input or not config.output or platform == PYTHON):
         complete(platform, config, model_dir)
-    if not config.input or not config.output:
+    # a Python model may declare none (Triton serves it so; requests are then refused by name)
+    if (not config.input or not config.output) and platform != PYTHON:
         raise ConfigError("config.pbtxt must declare at least one input and one output"
                           + ("" if complete is None else " (the model file does not say which)"))
     inputs = tuple(_tensor(model_dir, item, "input") for item in config.input)

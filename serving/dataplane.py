@@ -158,7 +158,8 @@ class DataPlane:
             arrays, rows, key = check_inputs(spec, request)
             selected = selected_outputs(spec, request)
             regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
-            work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected))
+            work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected),
+                        request.id, request.parameters)
             outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
             tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
             in_shared_memory = regions.write(tensors)

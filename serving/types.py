@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -12,3 +13,5 @@ class Work(NamedTuple):
 
     inputs: dict[str, np.ndarray]
     outputs: frozenset[str] | None  # the outputs the request asked for; None: all of them
+    id: str | None = None  # the client's request id, which Triton shows the model
+    parameters: Mapping[str, Any] = {}  # the request's parameters, which Triton shows the model too

@@ -199,3 +199,8 @@ def test_a_named_file_outside_the_model_is_refused_before_it_is_looked_for(tmp_p
     (tmp_path / "m" / "1").mkdir(parents=True)
     with pytest.raises(ConfigError, match="default_model_filename"):
         model_kind(model_config_pb2.ModelConfig(default_model_filename="../../x.onnx"), tmp_path / "m")
+
+
+def test_a_python_model_may_declare_no_tensors_as_triton_serves_it() -> None:
+    spec = parse('backend: "python" max_batch_size: 16')
+    assert spec.inputs == () and spec.outputs == () and spec.max_batch_size == 16
