@@ -117,10 +117,10 @@ def test_status_and_unregister_of_an_unknown_region(pair: Pair) -> None:
 def shm_body(**changes: Any) -> dict[str, Any]:
     def region(name: str, offset: int) -> dict[str, Any]:
         return {"shared_memory_region": name, "shared_memory_byte_size": 64, "shared_memory_offset": offset}
-    body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "parameters": region("input_data", 0)},
-                       {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "parameters": region("input_data", 64)}],
-            "outputs": [{"name": "OUTPUT0", "parameters": region("output_data", 0)},
-                        {"name": "OUTPUT1", "parameters": region("output_data", 64)}]}
+    body: dict[str, Any] = {"inputs": [{"name": f"INPUT{i}", "shape": [1, 16], "datatype": "INT32",
+                                        "parameters": region("input_data", 64 * i)} for i in (0, 1)],
+                            "outputs": [{"name": "OUTPUT0", "parameters": region("output_data", 0)},
+                                        {"name": "OUTPUT1", "parameters": region("output_data", 64)}]}
     for path, value in changes.items():  # e.g. inputs_0_shared_memory_byte_size=32
         kind, index, key = path.split("_", 2)
         body[kind][int(index)]["parameters"][key] = value
@@ -131,7 +131,7 @@ def test_inference_through_regions(pair: Pair, regions: dict[str, Any], register
     triton, serve = pair.http("POST", "/v2/models/simple/infer", shm_body())
     assert triton.status == serve.status == 200
     assert serve.body["outputs"] == triton.body["outputs"] == [
-        {"name": "OUTPUT0", "datatype": "INT32", "shape": [1, 16]}, {"name": "OUTPUT1", "datatype": "INT32", "shape": [1, 16]}]
+        {"name": f"OUTPUT{i}", "datatype": "INT32", "shape": [1, 16]} for i in (0, 1)]
     for side in ("triton", "serve"):
         written = shm.get_contents_as_numpy(regions[side], np.int32, [32])
         assert written.tolist() == [*(A + B).tolist(), *(A - B).tolist()], side
