@@ -29,6 +29,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ...model import Model, forget_handler_module, handler_in_module, import_model_module
+from ...paths import confined
 from .adapter import TritonPythonHandler, adapter_for
 from .autocomplete import auto_complete
 
@@ -52,4 +53,7 @@ def complete_python(config: pb.ModelConfig, model_dir: Path) -> None:
     """Triton's auto-complete for a python model: its ``auto_complete_config``, on the newest version's file."""
     versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
     if versions:
-        auto_complete(config, model_dir / str(versions[0]) / (config.default_model_filename or "model.py"))
+        filename = config.default_model_filename or "model.py"
+        # the file is imported: it must be the model's own, whatever the config names
+        label = f"{model_dir.name}/{versions[0]}/{filename}"
+        auto_complete(config, confined(model_dir / str(versions[0]), filename, "default_model_filename", label))
