@@ -102,9 +102,10 @@ class RemoteRepository:
             await asyncio.to_thread(self._prepare)
         except OSError as exc:
             raise ConfigError(f"--model-cache-dir {self.base.parent} is not usable: {exc.strerror or exc}") from None
-        if self.store is None:
-            self.store = await asyncio.to_thread(Store, self.url, self.environ, self.limits.timeout_s)
         try:
+            if self.store is None:
+                self.store = await asyncio.to_thread(Store, self.url, self.environ, self.limits.timeout_s)
+                await self.store.connect()
             await self.sync()
         except StoreError as exc:
             raise ConfigError(f"--model-repository {exc}") from None
@@ -226,7 +227,8 @@ class RemoteRepository:
                 continue
             models.setdefault(name, {})[inside] = (remote.size, remote.tag)
         for name, files in models.items():
-            clash = next((key for key in files if any(other.startswith(key + "/") for other in files)), None)
+            folders = {key[:i] for key in files for i, c in enumerate(key) if c == "/"}
+            clash = next((key for key in files if key in folders), None)
             if clash is not None:
                 self._problem(name, f"{name}/{clash} is both a file and a folder in the store")
                 refused.add(name)

@@ -32,6 +32,7 @@ CHUNK = 4 * 1024 * 1024
 MIN_RATE = 1024 * 1024  # bytes a second a download may not fall below, on top of the timeout
 PAGE = 1000  # keys a listing page holds (S3's most)
 MAX_CREDENTIAL_FILE = 1024 * 1024
+SETUP_SECS = 60.0  # building a client reads the SDK's service description: seconds on a busy machine
 _EXTRA = {"s3": ("s3fs", "s3"), "gcs": ("gcsfs", "gcs"), "abfs": ("adlfs", "azure")}
 
 
@@ -119,6 +120,11 @@ class Store:
         self.url = url
         self.timeout_s = timeout_s
         self.fs = fs if fs is not None else _open(url, environ, timeout_s)
+
+    async def connect(self) -> None:
+        """Build the SDK's client: local work (botocore reads its service model), outside the calls' deadlines."""
+        if self.url.protocol == "s3":
+            await self._call(self.fs.set_session(), max(self.timeout_s, SETUP_SECS), "setting up its client")
 
     async def _call(self, work: Awaitable[T], timeout_s: float, what: str) -> T:
         """Run ``work`` on fsspec's loop; StoreError when it fails or takes longer than ``timeout_s``."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,9 +45,9 @@ def bucket(moto_s3: MotoS3, request: pytest.FixtureRequest) -> Iterator[str]:
     moto_s3.delete_prefix(name, "")
 
 
-def settings_for(url: str, cache: Path, **overrides: object) -> Settings:
+def settings_for(url: str, cache: Path, timeout_s: float = 5.0, **overrides: object) -> Settings:
     return Settings(model_repository=parse_store_url(url), model_cache_dir=cache, host="127.0.0.1", http_port=0,
-                    grpc_port=0, metrics_port=0, cpu_threads=1, model_repository_timeout_secs=1.0,
+                    grpc_port=0, metrics_port=0, cpu_threads=1, model_repository_timeout_secs=timeout_s,
                     **overrides)  # type: ignore[arg-type]  # fields of each type
 
 
@@ -62,7 +63,7 @@ def test_a_store_that_hangs_or_answers_garbage_fails_the_start_in_bounded_time(m
                                                                                aws_env: None) -> None:
     store = BadStore(mode)
     try:
-        message, took = start_fails(settings_for(store.url(), tmp_path / "cache"))
+        message, took = start_fails(settings_for(store.url(), tmp_path / "cache", timeout_s=1.0))
     finally:
         store.close()
     assert took < 10, f"{mode}: {took:.1f}s"
@@ -113,6 +114,17 @@ def test_a_repository_over_the_size_or_count_limit_is_refused_before_fetching(mo
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name != "serve.lock"]
     message, _ = start_fails(settings_for(url, tmp_path / "cache", model_repository_max_files=2))
     assert "holds more than 2 files" in message and "--model-repository-max-files" in message
+
+
+def test_a_repository_that_would_not_fit_on_the_disk_is_refused(moto_s3: MotoS3, bucket: str, tmp_path: Path,
+                                                                aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    size = sum(p.stat().st_size for p in SIMPLE.rglob("*") if p.is_file())
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=size - 1))  # a disk nearly full
+    message, _ = start_fails(settings_for(moto_s3.url(bucket, "models"), tmp_path / "cache"))
+    assert f"needs {size:,} bytes fetched and {tmp_path / 'cache'} has {size - 1:,} free" in message
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name != "serve.lock"]
 
 
 def test_a_store_that_fails_during_polls_leaves_every_model_serving(moto_s3: MotoS3, bucket: str, tmp_path: Path,
