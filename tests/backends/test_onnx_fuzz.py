@@ -16,14 +16,20 @@ import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 import tritonclient.http as httpclient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto
+from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from inference_protocol.datatypes import DATATYPES, NUMPY_DTYPES
+from serving.backends.onnx import OnnxModel
+from serving.backends.onnx_options import session_plan
+from serving.config import parse_config
+from serving.errors import ConfigError
 
 from ..conftest import RunningServer, write_model
 from . import onnx_models
@@ -187,3 +193,48 @@ def test_every_request_is_answered_as_onnx_runtime_does_or_refused_as_the_client
             assert [v.decode() for v in got.reshape(-1)] == list(want.reshape(-1))
         else:
             np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# -- what a repository holds: config parameters and the model file ----------------------------
+
+PARAMETER_KEYS = ["intra_op_thread_count", "inter_op_thread_count", "execution_mode", "enable_mem_arena",
+                  "enable_mem_pattern", "cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy",
+                  "do_copy_in_default_stream", "session.intra_op.allow_spinning", "other"]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(st.sampled_from(PARAMETER_KEYS), st.text(max_size=12) | st.integers(-5, 2**65).map(str),
+                       max_size=5), st.integers(-3, 3))
+def test_any_parameters_give_a_plan_or_a_config_error(parameters: dict[str, str], level: int) -> None:
+    config = pb.ModelConfig()
+    config.optimization.graph.level = level
+    try:
+        plan = session_plan(config, parameters)
+    except ConfigError as exc:
+        assert str(exc).startswith(("parameter ", "gpu_", "cpu_")), exc
+        return
+    assert 0 <= plan.intra_op_threads <= 1024 and 0 <= plan.inter_op_threads <= 1024
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(MODELS["classifier"][2]) - 1), st.integers(0, 255)), min_size=1,
+                max_size=6), st.integers(0, len(MODELS["classifier"][2])))
+def test_a_damaged_model_file_loads_or_is_a_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                                         flips: list[tuple[int, int]], cut: int) -> None:
+    model = bytearray(MODELS["classifier"][2])
+    for offset, value in flips:
+        model[offset] = value
+    directory = write_model(tmp_path_factory.mktemp("damaged"), "classifier", config("classifier"),
+                            {1: {"model.onnx": bytes(model[:cut] if cut else model)}})
+    spec = parse_config((directory / "config.pbtxt").read_text(), directory)
+    handler = OnnxModel(name="classifier", version=1, config=spec, path=directory / "1", device=torch.device("cpu"))
+    try:
+        handler.load()
+    except ConfigError as exc:
+        assert str(directory) not in str(exc)
+        return
+    try:
+        handler.predict({"INPUT": torch.ones(2, 4)})  # it loaded and matches its config: it runs, or says why
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (a request would get them as a 500)
+        assert type(exc).__module__.startswith("onnxruntime"), exc
