@@ -77,6 +77,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(FIXTURES / name, root / name)
     write_model(root, "gate", STEP.replace("{name}", "gate"), {1: {"model.py": GATE_PY}})
     write_model(root, "gated", one_step("gated", "gate"), {1: {}})
+    limited = one_step("limited", "gate").replace("scheduling {", "scheduling { max_inflight_requests: 1")
+    write_model(root, "limited", limited, {1: {}})
     write_model(root, "broken", STEP.replace("{name}", "broken"), {1: {"model.py": BROKEN_PY}})
     write_model(root, "broken_pipeline", one_step("broken_pipeline", "broken"), {1: {}})
     write_model(root, "outer", one_step("outer", "pipeline", "RAW", "PROBS", out_dims=3), {1: {}})
@@ -225,3 +227,26 @@ def _admit_and_drain(server: RunningServer, gate: Any) -> None:
         for future in (first, second):
             np.testing.assert_array_equal(future.result(30).as_numpy("OUT"), np.full((1, 4), 130, np.float32))
         stopping.result(30)
+
+
+def test_max_inflight_requests_holds_requests_before_their_step(repository: Path) -> None:
+    server = RunningServer(repository, model_control_mode="explicit", load_model=("limited",))
+    gate = sys.modules["serving_handlers.gate.v1"]
+    try:
+        dataplane, repo = server.server.dataplane, server.server.repository
+        assert dataplane is not None and repo is not None
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            def send() -> Any:
+                return httpclient.InferenceServerClient(server.url).infer("limited", [x_input()])
+            first = pool.submit(send)
+            assert gate.ENTERED.wait(30)
+            others = [pool.submit(send), pool.submit(send)]
+            wait_for(lambda: dataplane.in_flight == 3)
+            # gate's queue holds one request: without the limit the third would be refused as overloaded
+            assert repo.get("gate").batcher.pending == 0  # type: ignore[union-attr]  # loaded
+            gate.RELEASE.set()
+            for future in (first, *others):
+                assert future.result(30).as_numpy("OUT").shape == (1, 4)
+    finally:
+        gate.RELEASE.set()
+        server.stop()

@@ -51,6 +51,7 @@ class Plan:
     inputs: frozenset[str]  # the ensemble's inputs
     producers: dict[str, int]  # ensemble tensor -> index of the step whose output it is
     consumers: dict[str, tuple[int, ...]]  # ensemble tensor -> indexes of the steps that read it
+    max_inflight: int = 0  # max_inflight_requests: requests at once in each step, all requests together; 0: no limit
 
     @property
     def models(self) -> list[str]:
@@ -177,7 +178,8 @@ def plan_of(spec: ModelSpec) -> Plan:
         if output.name not in producers:
             raise ConfigError(f"ensemble '{spec.name}': output '{output.name}' is produced by no step; map a step's "
                               "output to it in output_map")
-    plan = Plan(spec.name, tuple(steps), inputs, producers, {k: tuple(v) for k, v in consumers.items()})
+    plan = Plan(spec.name, tuple(steps), inputs, producers, {k: tuple(v) for k, v in consumers.items()},
+                spec.proto.ensemble_scheduling.max_inflight_requests)
     cycle = _cycle(plan)
     if cycle:
         path = " -> ".join(steps[i].label for i in (*cycle, cycle[0]))

@@ -9,7 +9,9 @@ from step to step by reference, never copied here.
 
 A step that fails fails only its own request, with Triton's message (``in ensemble 'E',
 ...``) naming the step too; the steps of the same request still running are cancelled.
-The ensemble's statistics are counted as Triton counts them: each request that succeeds is
+With ``max_inflight_requests``, each step runs at most that many requests at once (all the
+ensemble's requests together); the others wait for a place before their step is sent. The
+ensemble's statistics are counted as Triton counts them: each request that succeeds is
 one execution of its rows, whose compute time is the whole pipeline's; its steps count on
 their own models as any request does.
 """
@@ -59,6 +61,8 @@ class EnsembleScheduler:
         self._running = 0
         self._reserved = 0
         self._settled = asyncio.Event()
+        # max_inflight_requests: a bound per step on the step requests running at once (Triton's backpressure)
+        self._limits = [asyncio.Semaphore(plan.max_inflight) for _ in plan.steps] if plan.max_inflight else None
 
     @property
     def pending(self) -> int:
@@ -143,8 +147,12 @@ class EnsembleScheduler:
     async def _step(self, step: Step, tensors: dict[str, np.ndarray], timeout_us: int) -> dict[str, np.ndarray]:
         inputs = {key: tensors[tensor] for key, tensor in step.inputs.items() if tensor in tensors}
         try:
-            return await self.models.infer(step.model, step.version, inputs, list(step.outputs),
-                                           timeout_us=timeout_us)
+            if self._limits is None:
+                return await self.models.infer(step.model, step.version, inputs, list(step.outputs),
+                                               timeout_us=timeout_us)
+            async with self._limits[step.index]:
+                return await self.models.infer(step.model, step.version, inputs, list(step.outputs),
+                                               timeout_us=timeout_us)
         except ServingError as exc:
             raise _step_error(self.plan, step, exc) from None
 
