@@ -33,7 +33,7 @@ from serving.errors import ServingError
 from serving.shm import SharedMemory
 
 from .conftest import RunningServer
-from .test_shared_memory_server import TRITON
+from .shm_regions import TRITON
 
 OBJECT = bytes(range(80))  # the object: region "r" is its bytes 8..72
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

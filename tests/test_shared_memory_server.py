@@ -4,10 +4,8 @@ started with --allow-client-shm true; and the server without it."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ from tritonclient.utils import InferenceServerException
 
 from . import shm_gate
 from .conftest import RunningServer, write_model
+from .shm_regions import TRITON, Regions
 from .test_compat import FLAVORS, Driver
 
-TRITON = Path(__file__).parent / "fixtures" / "triton"
 GATED = """
 import serving
 from tests import shm_gate
@@ -66,23 +64,6 @@ def driver(request: pytest.FixtureRequest, server: RunningServer) -> Iterator[Dr
     yield d
     d("unregister_system_shared_memory")
     d.close()
-
-
-class Regions:
-    """Shared-memory objects made as a client makes them; destroyed at the end of the test."""
-
-    def __init__(self) -> None:
-        self.handles: list[Any] = []
-        self.tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
-
-    def make(self, name: str, size: int) -> tuple[Any, str]:
-        key = f"/shadowserve_test_{name}_{self.tag}"
-        self.handles.append(shm.create_shared_memory_region(name, key, size))
-        return self.handles[-1], key
-
-    def destroy(self) -> None:
-        for handle in self.handles:
-            shm.destroy_shared_memory_region(handle)
 
 
 @pytest.fixture
