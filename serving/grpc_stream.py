@@ -16,6 +16,7 @@ does not read holds back its own requests and models, no one else's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -136,8 +137,10 @@ class StreamInfer:
         name, version = request.model_name, request.model_version
         async with self.dataplane.admission(name, version, self.admission_wait_secs):
             infer_request = decode_model_infer_request(request)
-        async for response in self.dataplane.infer_stream(name, version, infer_request):
-            if isinstance(response, ServingError):
-                await self.out.put(_error(request, str(response)))
-            else:
-                await self.out.put(_message(response))
+        # closed as soon as this task ends (a cancelled stream too), not when the collector finds it
+        async with contextlib.aclosing(self.dataplane.infer_stream(name, version, infer_request)) as responses:
+            async for response in responses:
+                if isinstance(response, ServingError):
+                    await self.out.put(_error(request, str(response)))
+                else:
+                    await self.out.put(_message(response))

@@ -17,7 +17,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -160,7 +160,8 @@ class StreamWork(NamedTuple):
     stream: ResponseStream
 
 
-async def respond(model: ModelVersion, request: InferRequest) -> AsyncIterator[InferResponse | ServingError]:
+async def respond(model: ModelVersion,
+                  request: InferRequest) -> AsyncGenerator[InferResponse | ServingError, None]:
     """A decoupled model's responses to one request, as they come, until the final flag.
 
     Validated as every request is (`serving.requests`), queued in the model's batcher, and

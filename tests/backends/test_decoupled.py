@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,33 @@ def test_http_and_unary_grpc_refuse_a_decoupled_model(server: RunningServer) -> 
     grpc.close()
     assert unary.value.status() == "StatusCode.UNIMPLEMENTED"
     assert unary.value.message().startswith("ModelInfer RPC doesn't support models with decoupled transaction policy")
+
+
+def test_a_cancelled_stream_stops_the_model_and_counts_as_cancelled(server: RunningServer) -> None:
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.server.grpc_port}")
+    before = client.get_inference_statistics("repeat_int32", as_json=True)["model_stats"][0]["inference_stats"]
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("repeat_int32", _inputs(grpcclient, list(range(100)), [0] + [50] * 99),
+                              request_id="long")
+    ((first, error),) = _collect(answers, 1)
+    assert error is None and first.as_numpy("OUT").tolist() == [0]
+    client.stop_stream(cancel_requests=True)  # the client goes away mid-stream
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        stats = client.get_inference_statistics("repeat_int32", as_json=True)["model_stats"][0]["inference_stats"]
+        if int(stats["fail"].get("count", 0)) > int(before["fail"].get("count", 0)):
+            break
+        assert time.monotonic() < deadline, "the cancelled request was never counted"
+        time.sleep(0.02)
+    client.close()
+    # the model's sending thread saw is_cancelled() and stopped, long before its 99 x 50 ms
+    assert server.server.repository is not None
+    handler = server.server.repository.get("repeat_int32").instances[0].handler
+    while any(thread.is_alive() for thread in handler.model.threads):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the model kept sending to a client that went away"
+        time.sleep(0.02)
+    assert time.monotonic() < deadline
+    http = httpclient.InferenceServerClient(server.url)
+    assert http.is_model_ready("repeat_int32")
+    http.close()
