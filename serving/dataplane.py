@@ -8,8 +8,9 @@ same answer with the same message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from inference_protocol.tensors import InferRequest, InferResponse, Tensor
@@ -185,7 +186,7 @@ class DataPlane:
         return is_decoupled(self.repository.get(name, version).spec)
 
     async def infer_stream(self, name: str, version: str | None,
-                           request: InferRequest) -> AsyncIterator[InferResponse | ServingError]:
+                           request: InferRequest) -> AsyncGenerator[InferResponse | ServingError, None]:
         """A decoupled model's responses to one request as they come (`serving.streaming.respond`)."""
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica")
@@ -193,8 +194,9 @@ class DataPlane:
         self._in_flight += 1
         self._idle.clear()
         try:
-            async for response in respond(model, request):
-                yield response
+            async with contextlib.aclosing(respond(model, request)) as responses:
+                async for response in responses:
+                    yield response
         finally:
             self._in_flight -= 1
             if not self._in_flight:
