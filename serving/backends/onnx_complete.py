@@ -14,6 +14,7 @@ onnxruntime backend's rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,27 @@ def _newest_version(model_dir: Path) -> int | None:
     return max(versions, default=None)
 
 
-def _fill(items: Any, tensors: dict[str, OnnxTensor], batching: bool) -> None:
-    for tensor in tensors.values():
+@functools.lru_cache(maxsize=256)
+def signature(path: str, size: int, mtime_ns: int, label: str) -> tuple[tuple[OnnxTensor, ...], tuple[OnnxTensor, ...]]:
+    """The inputs and outputs an ONNX file declares, read by opening a session on it.
+
+    Remembered by the file's path, size and modification time: a memo of what the file says, not
+    state. In poll mode every config is parsed again at each poll, and opening a session on a
+    large model each time would cost seconds of loading the weights for nothing.
+    """
+    ort = import_ort()
+    options = ort.SessionOptions()
+    # reading the signature only: no graph optimisation, one thread, nothing kept
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = open_session(Path(path), label, options, [("CPUExecutionProvider", {})])
+    inputs, _, outputs = session_tensors(session)
+    return tuple(inputs.values()), tuple(outputs.values())
+
+
+def _fill(items: Any, tensors: tuple[OnnxTensor, ...], batching: bool) -> None:
+    for tensor in tensors:
         item = items.add()  # a repeated ModelInput or ModelOutput field
         item.name = tensor.name
         item.data_type = pb.DataType.Value(triton_type(tensor.datatype))
@@ -60,30 +80,24 @@ def complete_onnx(config: pb.ModelConfig, model_dir: Path) -> None:
     version = _newest_version(model_dir)
     if version is None:
         return
-    ort = import_ort()
     filename = config.default_model_filename or DEFAULT_FILENAMES[ONNX]
     label = f"{model_dir.name}/{version}/{filename}"
     file = model_file(model_dir / str(version), filename, label)
-    options = ort.SessionOptions()
-    # reading the signature only: no graph optimisation, one thread, nothing kept
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = open_session(file, label, options, [("CPUExecutionProvider", {})])
-    inputs, _, outputs = session_tensors(session)
-    del session
-    can_batch = all(t.dims and t.dims[0] == -1 for t in (*inputs.values(), *outputs.values()))
+    info = file.stat()
+    inputs, outputs = signature(str(file), info.st_size, info.st_mtime_ns, label)
+    can_batch = all(t.dims and t.dims[0] == -1 for t in (*inputs, *outputs))
     if can_batch:
         if config.max_batch_size == 0:
             config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-            log.warning("model %s: max_batch_size set to %d, as the model batches (its tensors' first dimensions "
-                        "are dynamic); set max_batch_size in config.pbtxt for larger batches", model_dir.name,
-                        DEFAULT_MAX_BATCH_SIZE)
+            # debug: poll mode completes the config at every poll; the ready line shows max_batch_size
+            log.debug("model %s: max_batch_size set to %d, as the model batches (its tensors' first dimensions "
+                      "are dynamic); set max_batch_size in config.pbtxt for larger batches", model_dir.name,
+                      DEFAULT_MAX_BATCH_SIZE)
         if config.max_batch_size > 1 and not config.HasField("dynamic_batching") \
                 and not config.HasField("sequence_batching"):
             config.dynamic_batching.SetInParent()
     elif config.max_batch_size != 0:
-        fixed = sorted(t.name for t in (*inputs.values(), *outputs.values()) if not t.dims or t.dims[0] != -1)
+        fixed = sorted(t.name for t in (*inputs, *outputs) if not t.dims or t.dims[0] != -1)
         raise ConfigError(f"auto-complete of {label} failed: the model does not batch (tensor(s) {fixed} have no "
                           f"dynamic first dimension) but max_batch_size is {config.max_batch_size}; set "
                           "max_batch_size 0")

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from serving.backends import complete
+from serving.backends.onnx_complete import signature
 from serving.config import ONNX, parse_config
 from serving.errors import ConfigError
 
@@ -41,6 +42,19 @@ def test_a_model_that_batches_gets_max_batch_size_4_and_dynamic_batching(tmp_pat
     assert config.HasField("dynamic_batching")
     assert tensors(config.input) == [("INPUT", "TYPE_FP32", [4], False)]
     assert tensors(config.output) == [("PROBS", "TYPE_FP32", [3], False), ("LABEL", "TYPE_INT64", [1], False)]
+
+
+def test_the_file_is_read_once_while_it_does_not_change(tmp_path: Path) -> None:
+    """Poll mode parses every config at each poll: an unchanged file is not opened again."""
+    completed(tmp_path, onnx_models.classifier())
+    before = signature.cache_info()
+    again = text_format.Parse("", pb.ModelConfig())
+    complete(ONNX, again, tmp_path / "m")
+    assert signature.cache_info().hits == before.hits + 1 and [t.name for t in again.output] == ["PROBS", "LABEL"]
+    (tmp_path / "m" / "1" / "model.onnx").write_bytes(onnx_models.add_sub())  # changed: read again
+    changed = text_format.Parse("", pb.ModelConfig())
+    complete(ONNX, changed, tmp_path / "m")
+    assert [t.name for t in changed.input] == ["INPUT0", "INPUT1"]
 
 
 def test_what_the_config_says_stays(tmp_path: Path) -> None:
