@@ -183,8 +183,9 @@ class SharedMemory:
         try:
             size = os.fstat(fd).st_size
             if offset + byte_size > size:
-                raise InvalidInput(f"Invalid shared memory region: '{_shown(key)}': offset {offset} + byte_size "
-                                   f"{byte_size} run past the object's {size} bytes")
+                raise InvalidInput(f"failed to register shared memory region '{name}': invalid args: offset "
+                                   f"{offset} + byte_size {byte_size} run past the {size} bytes of the object "
+                                   f"'{_shown(key)}'")
         except BaseException:
             os.close(fd)
             raise
