@@ -141,7 +141,8 @@ class RemoteRepository:
             return {name: Copy(str(entry["directory"]), {key: (int(size), str(tag))
                                                          for key, (size, tag) in entry["files"].items()})
                     for name, entry in document["models"].items()
-                    if name_problem(name) is None and _plain(str(entry["directory"]))}
+                    if name_problem(name) is None and _plain(str(entry["directory"]))
+                    and not any(key_problem(key) for key in entry["files"])}
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return {}  # no record, or not one this code wrote: everything is fetched again
 

@@ -92,6 +92,27 @@ def test_serves_a_repository_from_s3(moto_s3: MotoS3, bucket: str, tmp_path: Pat
         server.stop()
 
 
+def test_an_onnx_classifier_from_s3_answers_as_onnx_runtime_does(moto_s3: MotoS3, bucket: str, tmp_path: Path,
+                                                                 aws_env: None) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from .backends import onnx_models
+
+    model = onnx_models.classifier(seed=3)
+    # Triton's shortest config: the platform; inputs, outputs and batching are completed from the model
+    moto_s3.put(bucket, "models/classifier/config.pbtxt", 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
+    moto_s3.put(bucket, "models/classifier/1/model.onnx", model)
+    server = serve(moto_s3, bucket, tmp_path / "cache")
+    try:
+        x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+        request = httpclient.InferInput("INPUT", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        probs = httpclient.InferenceServerClient(server.url).infer("classifier", [request]).as_numpy("PROBS")
+        expected = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(["PROBS"], {"INPUT": x})
+        np.testing.assert_allclose(probs, expected[0], rtol=1e-6)
+    finally:
+        server.stop()
+
+
 def test_poll_fetches_what_changed_and_removes_deleted_models(moto_s3: MotoS3, bucket: str, tmp_path: Path,
                                                               aws_env: None, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="serving.storage")
