@@ -18,7 +18,7 @@ from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 from .admission import Place
 from .config import ModelSpec
 from .control import ModelControl
-from .errors import ServingError, Unavailable
+from .errors import ServingError, Unavailable, Unsupported
 from .repository import Repository
 from .requests import check_inputs, full_dims, selected_outputs, timeout_us
 from .shm import OutputRegions, SharedMemory
@@ -191,6 +191,11 @@ class DataPlane:
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica")
         model = self.repository.get(name, version)
+        if request.outputs and any(output.shared_memory for output in request.outputs):
+            raise Unsupported(f"model '{name}' is decoupled: its responses cannot be written into shared memory; "
+                              "request its outputs without shared_memory_region")
+        if request.shared_inputs:
+            self.shared_memory.read_inputs(request, name)
         self._in_flight += 1
         self._idle.clear()
         try:

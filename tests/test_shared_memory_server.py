@@ -4,6 +4,7 @@ started with --allow-client-shm true; and the server without it."""
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ class Gated(serving.Model):
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shm-models")
-    for name in ("simple", "simple_string"):
+    for name in ("simple", "simple_string", "repeat_int32"):
         shutil.copytree(TRITON / name, root / name)
     write_model(root, "gated", """
         backend: "python"
@@ -218,6 +219,36 @@ def test_a_region_in_use_is_not_unregistered(server: RunningServer, regions: Reg
     client.unregister_system_shared_memory("gated")
     assert not client.get_system_shared_memory_status().regions
     client.close()
+
+
+def test_a_decoupled_model_reads_its_inputs_from_a_region(server: RunningServer, regions: Regions) -> None:
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.server.grpc_port}")
+    handle, key = regions.make("repeat", 16)
+    shm.set_shared_memory_region(handle, [np.array([7, 8, 9], dtype=np.int32)])
+    client.register_system_shared_memory("repeat", key, 16)
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        for output_in_region in (False, True):
+            inputs = [grpcclient.InferInput("IN", [3], "INT32"), grpcclient.InferInput("DELAY", [3], "UINT32"),
+                      grpcclient.InferInput("WAIT", [1], "UINT32")]
+            inputs[0].set_shared_memory("repeat", 12)
+            inputs[1].set_data_from_numpy(np.zeros(3, np.uint32))
+            inputs[2].set_data_from_numpy(np.zeros(1, np.uint32))
+            outputs = [grpcclient.InferRequestedOutput("OUT")]
+            if output_in_region:
+                outputs[0].set_shared_memory("repeat", 4, offset=12)
+            client.async_stream_infer("repeat_int32", inputs, outputs=outputs)
+            if output_in_region:
+                error = answers.get(timeout=30)
+                assert isinstance(error, InferenceServerException)
+                assert "its responses cannot be written into shared memory" in error.message()
+            else:
+                assert [answers.get(timeout=30).as_numpy("OUT").tolist() for _ in range(3)] == [[7], [8], [9]]
+    finally:
+        client.stop_stream()
+        client.unregister_system_shared_memory()
+        client.close()
 
 
 def test_off_by_default(repository: Path, regions: Regions) -> None:
