@@ -91,13 +91,15 @@ class InProcess:
 
     async def infer(self, name: str, version: str | None, inputs: dict[str, np.ndarray],
                     outputs: Collection[str] | None = None, *, timeout_us: int = 0,
-                    parameters: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+                    parameters: Mapping[str, Any] | None = None,
+                    request_id: str | None = None) -> dict[str, np.ndarray]:
         """Validated exactly as the dataplane validates a request (same errors), sent through the
         model's own batcher, counted in its statistics like any request.
 
         Returns the requested outputs (every output when ``outputs`` is None) by name.
         ``timeout_us`` > 0 bounds the time in the model's queue (as a request's ``timeout``
         parameter does where the model allows it); 0 leaves the model's own default.
+        ``parameters`` and ``request_id`` reach the model as a client's would.
         """
         model = self._lookup(name, version)
         spec = model.spec
@@ -112,7 +114,8 @@ class InProcess:
             selected = requests.selected_outputs(spec, request)
             wanted = None if outputs is None else frozenset(t.name for t in selected)
             limit = timeout_us if timeout_us > 0 else requests.timeout_us(spec, request)
-            result = await batcher.submit(Work(arrays, wanted), rows, key, limit)
+            work = Work(arrays, wanted, request_id, request.parameters)
+            result = await batcher.submit(work, rows, key, limit)
             reason = None
         except ServingError as exc:
             reason = exc.reason

@@ -8,6 +8,7 @@ aio, streams); the answers are checked against ONNX Runtime called directly.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -88,6 +89,15 @@ ENSEMBLE = """
       ]
     }
 """
+ECHOED = """
+    name: "echoed"
+    platform: "ensemble"
+    input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]
+    output [ { name: "JSON", data_type: TYPE_STRING, dims: [ 1 ] } ]
+    ensemble_scheduling { step [ { model_name: "args_echo" model_version: -1
+        input_map { key: "IN" value: "IN" } output_map { key: "JSON" value: "JSON" } } ] }
+"""
+ARGS_ECHO = Path(__file__).parent / "fixtures" / "triton" / "args_echo"
 ROWS = [b"1,2,3,4", b"-1,0.5,2,8", b"0,0,0,0"]
 
 
@@ -102,6 +112,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, onnx_bytes: bytes) -> Itera
     write_model(root, "preprocess", PREPROCESS, {1: {"model.py": PREPROCESS_PY}})
     write_model(root, "classifier", CLASSIFIER, {1: {"model.onnx": onnx_bytes}})
     write_model(root, "text_classifier", ENSEMBLE, {1: {}})
+    write_model(root, "args_echo", (ARGS_ECHO / "config.pbtxt").read_text(),
+                {1: {"model.py": (ARGS_ECHO / "1" / "model.py").read_text()}})
+    write_model(root, "echoed", ECHOED, {1: {}})
     running = RunningServer(Path(root))
     yield running
     running.stop()
@@ -194,5 +207,16 @@ def test_each_model_counts_the_ensembles_requests(server: RunningServer) -> None
     before = successes()
     client.infer("text_classifier", [csv(httpclient, ROWS)])
     after = successes()
-    assert {name: after[name] - before[name] for name in after} == {
+    assert {name: after[name] - before[name] for name in ("preprocess", "classifier", "text_classifier")} == {
         "preprocess": 1, "classifier": 1, "text_classifier": 1}
+    assert after["args_echo"] == before["args_echo"]
+
+
+def test_a_step_sees_the_clients_request_id_and_parameters(server: RunningServer) -> None:
+    tensor = httpclient.InferInput("IN", [1], "INT32")
+    tensor.set_data_from_numpy(np.array([7], np.int32))
+    result = httpclient.InferenceServerClient(server.url).infer("echoed", [tensor], request_id="r-9",
+                                                                parameters={"custom": "x", "n": 3})
+    seen = json.loads(result.as_numpy("JSON")[0])
+    assert (seen["request_id"], seen["requested_output_names"]) == ("r-9", ["JSON"])
+    assert seen["parameters"].items() >= {"custom": "x", "n": 3}.items()

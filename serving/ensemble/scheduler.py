@@ -29,6 +29,7 @@ from ..config import ModelSpec
 from ..errors import ConfigError, InvalidInput, ModelError, NotFound, ServingError, Unavailable, Unsupported
 from ..inprocess import InProcess
 from ..metrics import ModelStats
+from ..types import Work
 from .plan import Plan, Step, plan_of
 
 __all__ = ["EnsembleScheduler", "ensemble_scheduler"]
@@ -92,7 +93,7 @@ class EnsembleScheduler:
         self._running += 1
         start = time.monotonic_ns()
         try:
-            outputs = await self._run(payload.inputs, payload.outputs, timeout_us)
+            outputs = await self._run(payload, timeout_us)
         finally:
             self._running -= 1
             if not self._running:
@@ -102,10 +103,9 @@ class EnsembleScheduler:
         self.stats.predictions.submit(outputs)
         return outputs
 
-    async def _run(self, inputs: dict[str, np.ndarray], wanted: frozenset[str] | None,
-                   timeout_us: int) -> dict[str, np.ndarray]:
+    async def _run(self, work: Work, timeout_us: int) -> dict[str, np.ndarray]:
         plan = self.plan
-        tensors: dict[str, np.ndarray] = dict(inputs)
+        tensors: dict[str, np.ndarray] = dict(work.inputs)
         # an optional ensemble input the request left out is known to be absent: its readers go without it
         resolved = set(plan.inputs)
         waiting = {step.index: set(step.inputs.values()) for step in plan.steps}
@@ -115,7 +115,7 @@ class EnsembleScheduler:
             for index in [i for i, needs in waiting.items() if needs <= resolved]:
                 del waiting[index]
                 step = plan.steps[index]
-                task = asyncio.ensure_future(self._step(step, tensors, timeout_us))
+                task = asyncio.ensure_future(self._step(step, tensors, work, timeout_us))
                 running[task] = step
 
         launch_ready()
@@ -142,19 +142,24 @@ class EnsembleScheduler:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-        return {name: tensors[name] for name in (self._outputs if wanted is None else wanted)}
+        return {name: tensors[name] for name in (self._outputs if work.outputs is None else work.outputs)}
 
-    async def _step(self, step: Step, tensors: dict[str, np.ndarray], timeout_us: int) -> dict[str, np.ndarray]:
+    async def _step(self, step: Step, tensors: dict[str, np.ndarray], work: Work,
+                    timeout_us: int) -> dict[str, np.ndarray]:
         inputs = {key: tensors[tensor] for key, tensor in step.inputs.items() if tensor in tensors}
         try:
             if self._limits is None:
-                return await self.models.infer(step.model, step.version, inputs, list(step.outputs),
-                                               timeout_us=timeout_us)
+                return await self._send(step, inputs, work, timeout_us)
             async with self._limits[step.index]:
-                return await self.models.infer(step.model, step.version, inputs, list(step.outputs),
-                                               timeout_us=timeout_us)
+                return await self._send(step, inputs, work, timeout_us)
         except ServingError as exc:
             raise _step_error(self.plan, step, exc) from None
+
+    async def _send(self, step: Step, inputs: dict[str, np.ndarray], work: Work,
+                    timeout_us: int) -> dict[str, np.ndarray]:
+        # each step sees the client's request id and parameters, as Triton passes them on
+        return await self.models.infer(step.model, step.version, inputs, list(step.outputs), timeout_us=timeout_us,
+                                       parameters=work.parameters, request_id=work.id)
 
     async def drain(self) -> None:
         """Wait until no request of this ensemble runs."""
