@@ -83,8 +83,8 @@ def open_session(file: Path, label: str, options: Any, chosen: list[tuple[str, d
         # its message names the host path; the name relative to the repository is enough
         detail = _ORT_PREFIX.sub("", str(exc)).replace(str(file), label).replace(str(file.parent), "")
         detail = detail.splitlines()[0][:300] if detail else "no reason given"
-        raise ConfigError(f"{label} is not an ONNX model ONNX Runtime can load ({detail}); export it again "
-                          "(torch.onnx.export, tf2onnx) or check it with onnx.checker.check_model") from None
+        raise ConfigError(f"ONNX Runtime cannot load {label} ({detail}); export the model again (torch.onnx.export, "
+                          "tf2onnx) or check it with onnx.checker.check_model") from None
 
 
 def session_tensors(session: Any) -> tuple[dict[str, OnnxTensor], dict[str, OnnxTensor], dict[str, OnnxTensor]]:

@@ -52,7 +52,7 @@ def signature(path: str, size: int, mtime_ns: int, label: str) -> tuple[tuple[On
     # reading the signature only: no graph optimisation, one thread, nothing kept
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come as exceptions; its own lines would break the JSON log
     session = open_session(Path(path), label, options, [("CPUExecutionProvider", {})])
     inputs, _, outputs = session_tensors(session)
     return tuple(inputs.values()), tuple(outputs.values())

@@ -169,7 +169,7 @@ def session_options(ort: Any, plan: SessionPlan) -> Any:
         options.enable_mem_pattern = plan.mem_pattern
     for key, value in plan.entries:
         options.add_session_config_entry(key, value)
-    options.log_severity_level = 3  # errors only: its warnings go to stderr, outside the server's log
+    options.log_severity_level = 4  # fatal only: it writes to stderr, outside the JSON log; errors come as exceptions
     return options
 
 

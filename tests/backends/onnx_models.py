@@ -69,12 +69,12 @@ def strings_identity() -> bytes:
                   [helper.make_tensor_value_info("SAME", TensorProto.STRING, ["batch", 1])], name="strings")
 
 
-def upper() -> bytes:
+def upper(locale: str = "C") -> bytes:
     """No batch: TEXT STRING [n] -> UPPER, each string upper-cased by ONNX's StringNormalizer.
 
     In the "C" locale, which every system has (its default, en_US.UTF-8, needs a language pack).
     """
-    node = helper.make_node("StringNormalizer", ["TEXT"], ["UPPER"], case_change_action="UPPER", locale="C")
+    node = helper.make_node("StringNormalizer", ["TEXT"], ["UPPER"], case_change_action="UPPER", locale=locale)
     return _model([node], [helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["n"])],
                   [helper.make_tensor_value_info("UPPER", TensorProto.STRING, ["n"])], name="upper")
 

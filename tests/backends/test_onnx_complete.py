@@ -102,7 +102,7 @@ def test_default_model_filename_names_the_file_read(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_or_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"m/1/model\.onnx is not an ONNX model"):
+    with pytest.raises(ConfigError, match=r"ONNX Runtime cannot load m/1/model\.onnx"):
         completed(tmp_path / "a", b"not protobuf at all \xff")
     with pytest.raises(ConfigError, match=r"m/1/model\.onnx is missing"):
         completed(tmp_path / "b", b"", filename="other.onnx")

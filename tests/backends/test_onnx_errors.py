@@ -14,7 +14,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from ..conftest import RunningServer, write_model
+from ..conftest import RunningServer, Serve, write_model
 from . import onnx_models
 
 CLASSIFIER_CONFIG = """
@@ -31,7 +31,9 @@ BROKEN: dict[str, tuple[dict[str, str], bytes | None, tuple[str, ...]]] = {
     "wrong_rank": ({"dims": "[ 4, 1 ]"}, onnx_models.classifier(), ("'INPUT'", "[-1, 4, 1]", "[-1, 4]")),
     "wrong_size": ({"dims": "[ 5 ]"}, onnx_models.classifier(), ("'INPUT'", "[-1, 5]", "[-1, 4]")),
     "fixed_batch": ({}, onnx_models.classifier(batch=2), ("first dimension is fixed at 2", "max_batch_size 0")),
-    "corrupt": ({}, b"\x08\x07garbage, not a protobuf", ("corrupt/1/model.onnx", "not an ONNX model")),
+    "corrupt": ({}, b"\x08\x07garbage, not a protobuf", ("ONNX Runtime cannot load corrupt/1/model.onnx",)),
+    # fails in ONNX Runtime's initialisation, which it also logs to stderr itself
+    "bad_locale": ({}, onnx_models.upper(locale="xx_NOPE.UTF-8"), ("cannot load bad_locale/1/model.onnx", "locale")),
     "missing": ({}, None, ("missing/1/model.onnx", "is missing")),
 }
 DEFAULTS = {"batch": "8", "input": "INPUT", "datatype": "TYPE_FP32", "dims": "[ 4 ]", "output": "PROBS"}
@@ -110,3 +112,16 @@ def test_a_load_with_a_fixed_config_brings_the_model_up(tmp_path: Path) -> None:
             assert client.is_model_ready("repaired")
     finally:
         running.stop()
+
+
+def test_onnx_runtime_writes_nothing_outside_the_json_log(repo: Path) -> None:
+    """serve's stderr stays one JSON object a line with broken ONNX models (ONNX Runtime logs to stderr itself)."""
+    serve = Serve(repo)  # parses every line as JSON
+    try:
+        with httpclient.InferenceServerClient(serve.http.removeprefix("http://")) as client:
+            assert client.is_model_ready("good")
+    finally:
+        serve.process.terminate()
+        assert serve.finish() == 0
+    failed = [line for line in serve.lines if "cannot load bad_locale/1/model.onnx" in line["message"]]
+    assert failed, [line["message"] for line in serve.lines]
