@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,41 @@ def test_finalize_runs_at_unload(tmp_path: Path) -> None:
         client.close()
     finally:
         running.stop()
+
+
+def test_execute_sees_the_request_id_and_parameters(tmp_path: Path) -> None:
+    write_model(tmp_path, "seen", """
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        output [ { name: "JSON" data_type: TYPE_STRING dims: [ 1 ] } ]
+        """, {1: {"model.py": """
+        import json
+
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+
+        class TritonPythonModel:
+            def execute(self, requests):
+                return [pb_utils.InferenceResponse([pb_utils.Tensor("JSON", np.array([json.dumps({
+                    "id": r.request_id(), "parameters": json.loads(r.parameters()),
+                    "outputs": r.requested_output_names()}).encode()], dtype=np.object_))]) for r in requests]
+        """}})
+    running = RunningServer(tmp_path)
+    try:
+        value = np.array([1], np.int32)
+        http = httpclient.InferenceServerClient(running.url)
+        seen = http.infer("seen", [_input(httpclient, "IN", value, "INT32")], request_id="req-7",
+                          parameters={"custom": "x", "n": 3})
+        http.close()
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{running.server.grpc_port}")
+        over_grpc = grpc.infer("seen", [_input(grpcclient, "IN", value, "INT32")], request_id="g-1",
+                               parameters={"flag": True})
+        grpc.close()
+    finally:
+        running.stop()
+    assert json.loads(seen.as_numpy("JSON")[0]) == {"id": "req-7", "parameters": {"custom": "x", "n": 3},
+                                                     "outputs": ["JSON"]}
+    assert json.loads(over_grpc.as_numpy("JSON")[0]) == {"id": "g-1", "parameters": {"flag": True},
+                                                         "outputs": ["JSON"]}

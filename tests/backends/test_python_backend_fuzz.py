@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from serving.backends.python import python_handler
-from serving.backends.python.adapter import TritonPythonHandler
+from serving.backends.python.adapter import RESERVED_PARAMETERS, TritonPythonHandler
 from serving.config import parse_config
 from serving.errors import ServingError
 from serving.model import forget_handler_module
@@ -107,7 +107,9 @@ def _bytes_array(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
 
 requests_ = st.dictionaries(st.sampled_from(sorted(TYPES)), st.none(), min_size=1).flatmap(
     lambda chosen: st.fixed_dictionaries({f"IN_{t}": arrays(t) for t in chosen}))
-parameters_ = st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k != "mode"),
+# the parameters a client may set for the model: not the protocol's own (which the model does not see)
+parameters_ = st.dictionaries(st.text(min_size=1, max_size=8).filter(
+    lambda k: k != "mode" and k not in RESERVED_PARAMETERS and not k.startswith("triton_")),
                               st.one_of(st.text(max_size=8), st.integers(-2**40, 2**40), st.booleans()), max_size=4)
 
 
@@ -158,6 +160,14 @@ class _Payload:
     def __init__(self, inputs: dict[str, np.ndarray], outputs: frozenset[str] | None, request_id: str | None,
                  parameters: dict[str, Any]) -> None:
         self.inputs, self.outputs, self.id, self.parameters = inputs, outputs, request_id, parameters
+
+
+def test_the_protocols_own_parameters_are_not_the_models(handler: TritonPythonHandler) -> None:
+    handler.model.seen.clear()
+    given = {"binary_data_output": True, "timeout": 5, "triton_enable_empty_final_response": True, "mine": "x"}
+    handler.execute_requests([_Payload({"IN_INT32": np.arange(2, dtype=np.int32)}, frozenset({"OUT_INT32"}),
+                                       "r", given)])
+    assert handler.model.seen[0][2] == {"mine": "x"}
 
 
 def test_a_plain_work_payload_has_an_empty_id_and_no_parameters(handler: TritonPythonHandler) -> None:

@@ -40,6 +40,16 @@ def _described(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {failure_text(exc)}"
 
 
+# request parameters the protocol itself reads (Triton's frontends take them off the request): the
+# model's request.parameters() shows the others
+RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers",
+                                 "binary_data_output"})
+
+
+def _reserved(key: str) -> bool:
+    return key in RESERVED_PARAMETERS or key.startswith("triton_")
+
+
 class TritonPythonHandler(RequestHandler):
     """The handler of a model.py that defines ``TritonPythonModel`` (made per version by `adapter_for`)."""
 
@@ -119,7 +129,8 @@ class TritonPythonHandler(RequestHandler):
         inputs = [Tensor(name, array) for name, array in payload.inputs.items()]
         wanted = payload.outputs
         names = [name for name in self.outputs if wanted is None or name in wanted]
-        parameters = json.dumps(dict(getattr(payload, "parameters", None) or {}), default=str)
+        given = getattr(payload, "parameters", None) or {}
+        parameters = json.dumps({key: value for key, value in given.items() if not _reserved(key)}, default=str)
         stream = getattr(payload, "stream", None) if self.decoupled else None
         sender = InferenceResponseSender(stream, self.convert)
         return InferenceRequest.received(inputs, getattr(payload, "id", None) or "", names, parameters, sender,
