@@ -26,28 +26,22 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelSpec
-from ..errors import ConfigError, InvalidInput, ModelError, NotFound, ServingError, Unavailable, Unsupported
+from ..errors import ConfigError, NotFound, ServingError, Unavailable
 from ..inprocess import InProcess
 from ..metrics import ModelStats
 from ..types import Work
 from .plan import Plan, Step, plan_of
 
-__all__ = ["EnsembleScheduler", "ensemble_scheduler"]
+__all__ = ["EnsembleScheduler", "StepFailed", "ensemble_scheduler"]
 
-# the kinds of error a step's failure keeps (its status code), most specific first
-_KINDS: tuple[type[ServingError], ...] = (InvalidInput, Unavailable, Unsupported, ModelError)
+class StepFailed(ServingError):
+    """A step's error as the ensemble's client sees it: the step's status, Triton's message naming the ensemble."""
 
+    reason = "OTHER"  # the ensemble's failure reason, as Triton labels it; the step model counts its own
 
-def _step_error(plan: Plan, step: Step, exc: ServingError) -> ServingError:
-    """The step's error, as the ensemble's client sees it: the same kind, naming the ensemble and the step."""
-    message = f"in ensemble '{plan.name}', {step.label}: {exc}"
-    if isinstance(exc, NotFound):
-        # the ensemble exists; a step model that left is the server's trouble, not the client's
-        return Unavailable(message + "; load the step model again")
-    kind = next((k for k in _KINDS if isinstance(exc, k)), ServingError)
-    error = kind(message)
-    error.reason = "OTHER"  # the ensemble's failure reason, as Triton labels it; the step model has its own
-    return error
+    def __init__(self, plan: Plan, step: Step, exc: ServingError) -> None:
+        super().__init__(f"in ensemble '{plan.name}', {step.label}: {exc}")
+        self.http_status, self.grpc_code = exc.http_status, exc.grpc_code
 
 
 class EnsembleScheduler:
@@ -153,10 +147,14 @@ class EnsembleScheduler:
             async with self._limits[step.index]:
                 return await self._send(step, inputs, work, timeout_us)
         except ServingError as exc:
-            raise _step_error(self.plan, step, exc) from None
+            raise StepFailed(self.plan, step, exc) from None
 
     async def _send(self, step: Step, inputs: dict[str, np.ndarray], work: Work,
                     timeout_us: int) -> dict[str, np.ndarray]:
+        try:
+            self.models.lookup(step.model, step.version)
+        except NotFound as exc:  # the ensemble exists: a step model that left is the server's trouble
+            raise Unavailable(f"{exc}; load the step model again") from None
         # each step sees the client's request id and parameters, as Triton passes them on
         return await self.models.infer(step.model, step.version, inputs, list(step.outputs), timeout_us=timeout_us,
                                        parameters=work.parameters, request_id=work.id)
