@@ -126,3 +126,21 @@ def test_blocking_calls_refuse_before_the_models_run() -> None:
 
     with pytest.raises(Unavailable, match="not available"):
         InProcess(lookup).infer_blocking("simple", None, {})  # type: ignore[arg-type]  # a stand-in lookup
+
+
+def test_arrays_of_every_kind_get_their_v2_datatype() -> None:
+    import torch
+
+    from serving.inprocess import datatype_of
+
+    datatype, array = datatype_of("T", np.array([["ab", "ç"]]), "BYTES")
+    assert datatype == "BYTES" and array.dtype == object and array.tolist() == [[b"ab", "ç".encode()]]
+    datatype, array = datatype_of("T", np.array([b"x", b"yz"]), None)
+    assert datatype == "BYTES" and array.tolist() == [b"x", b"yz"]
+    assert datatype_of("T", np.zeros(2, np.uint16), "BF16")[0] == "BF16"
+    assert datatype_of("T", np.zeros(2, np.uint16), "UINT16")[0] == "UINT16"
+    datatype, array = datatype_of("T", torch.tensor([1.5], dtype=torch.bfloat16), "BF16")
+    assert datatype == "BF16" and array.dtype == np.uint16 and array.tolist() == [0x3FC0]
+    assert datatype_of("T", torch.arange(3, dtype=torch.int64), "INT64")[0] == "INT64"
+    with pytest.raises(InvalidInput, match="numpy dtype complex64, which no v2 datatype holds"):
+        datatype_of("T", np.zeros(2, np.complex64), None)
