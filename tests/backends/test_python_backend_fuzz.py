@@ -67,6 +67,14 @@ class TritonPythonModel:
             elif mode == "not_a_response":
                 responses.append("not a response")
                 continue
+            elif mode == "unanswered":
+                responses.append(None)
+                continue
+            elif mode == "sender" and not self.decoupled:  # one response through the sender, None in its place
+                request.get_response_sender().send(pb_utils.InferenceResponse(outputs),
+                                                   flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                responses.append(None)
+                continue
             response = pb_utils.InferenceResponse(outputs)
             if self.decoupled:
                 request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -140,8 +148,8 @@ def test_the_model_sees_each_request_as_it_came_and_answers_it(
 
 
 @FUZZ
-@given(st.lists(st.sampled_from(["echo", "wrong_dtype", "undeclared", "raise", "not_a_response"]), min_size=1,
-                max_size=5), st.data())
+@given(st.lists(st.sampled_from(["echo", "sender", "wrong_dtype", "undeclared", "raise", "not_a_response",
+                                 "unanswered"]), min_size=1, max_size=5), st.data())
 def test_whatever_the_model_answers_is_one_result_per_request(handler: TritonPythonHandler, modes: list[str],
                                                               data: st.DataObject) -> None:
     payloads = [_Payload(data.draw(requests_), frozenset(), None, {"mode": mode}) for mode in modes]
@@ -151,7 +159,7 @@ def test_whatever_the_model_answers_is_one_result_per_request(handler: TritonPyt
         assert all(isinstance(r, ServingError) and "ValueError: asked to raise" in str(r) for r in results)
         return
     for mode, result in zip(modes, results, strict=True):
-        assert isinstance(result, dict) if mode == "echo" else isinstance(result, ServingError)
+        assert isinstance(result, dict) if mode in ("echo", "sender") else isinstance(result, ServingError)
 
 
 class _Payload:

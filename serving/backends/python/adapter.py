@@ -24,7 +24,7 @@ import numpy as np
 from ...config import TensorSpec
 from ...errors import ConfigError, ModelError, ServingError, failure_text
 from ...model import RequestHandler
-from ...streaming import is_decoupled
+from ...streaming import StreamClosed, is_decoupled
 from .bls import BLS, BlsContext
 from .requests import InferenceRequest, InferenceResponseSender
 from .responses import InferenceResponse, as_serving_error
@@ -111,13 +111,13 @@ class TritonPythonHandler(RequestHandler):
     # -- execute ---------------------------------------------------------------------------
 
     def execute_requests(self, requests: list[Any]) -> list[Any]:
-        received = [self._received(payload) for payload in requests]
+        received, senders = self._received(requests)
         try:
             with self._bls_context(self.bls):
                 returned = self.model.execute(received)
         except Exception as exc:  # noqa: BLE001  # the model's failure becomes its requests' error
             return self._failed(exc, len(requests))
-        return self._results(requests, returned)
+        return self._results(requests, returned, senders)
 
     def _failed(self, exc: Exception, count: int) -> list[Any]:
         log.error("model %s failed on a batch of %d requests", self.instance_name, count, exc_info=exc)
@@ -125,18 +125,24 @@ class TritonPythonHandler(RequestHandler):
                            f"message: {_described(exc)}")
         return [error] * count
 
-    def _received(self, payload: Any) -> InferenceRequest:
-        inputs = [Tensor(name, array) for name, array in payload.inputs.items()]
-        wanted = payload.outputs
-        names = [name for name in self.outputs if wanted is None or name in wanted]
-        given = getattr(payload, "parameters", None) or {}
-        parameters = json.dumps({key: value for key, value in given.items() if not _reserved(key)}, default=str)
-        stream = getattr(payload, "stream", None) if self.decoupled else None
-        sender = InferenceResponseSender(stream, self.convert)
-        return InferenceRequest.received(inputs, getattr(payload, "id", None) or "", names, parameters, sender,
-                                         self.name, self.version)
+    def _received(self, requests: list[Any]) -> tuple[list[InferenceRequest], list[OneResponse | None]]:
+        """The requests as ``execute`` sees them, and the one-response senders of a model that is not decoupled."""
+        received, senders = [], []
+        for payload in requests:
+            inputs = [Tensor(name, array) for name, array in payload.inputs.items()]
+            wanted = payload.outputs
+            names = [name for name in self.outputs if wanted is None or name in wanted]
+            given = getattr(payload, "parameters", None) or {}
+            parameters = json.dumps({key: value for key, value in given.items() if not _reserved(key)}, default=str)
+            one = None if self.decoupled else OneResponse()
+            stream = getattr(payload, "stream", None) if self.decoupled else one
+            sender = InferenceResponseSender(stream, self.convert)
+            received.append(InferenceRequest.received(inputs, getattr(payload, "id", None) or "", names, parameters,
+                                                      sender, self.name, self.version))
+            senders.append(one)
+        return received, senders
 
-    def _results(self, requests: list[Any], returned: Any) -> list[Any]:
+    def _results(self, requests: list[Any], returned: Any, senders: list[OneResponse | None]) -> list[Any]:
         count = len(requests)
         if self.decoupled:
             if returned is not None and not (isinstance(returned, list) and all(r is None for r in returned)):
@@ -145,15 +151,21 @@ class TritonPythonHandler(RequestHandler):
             missing = [ModelError(f"model '{self.name}' is decoupled: call it through gRPC ModelStreamInfer, "
                                   "or with exec(decoupled=True) from another model")]
             return [None if getattr(p, "stream", None) is not None else missing[0] for p in requests]
+        if returned is None:  # every request answered through its sender (one response each)
+            returned = [None] * count
         if not isinstance(returned, (list, tuple)) or len(returned) != count:
             got = f"{len(returned)} responses" if isinstance(returned, (list, tuple)) else type(returned).__name__
             return [ModelError(f"model '{self.name}': execute returned {got} for {count} requests; return a list "
                                "with one pb_utils.InferenceResponse per request, in order")] * count
         results = []
-        for payload, response in zip(requests, returned, strict=True):
-            result = self.convert(response) if isinstance(response, InferenceResponse) else ModelError(
-                f"model '{self.name}': execute returned a {type(response).__name__} where a "
-                "pb_utils.InferenceResponse belongs")
+        for payload, response, sender in zip(requests, returned, senders, strict=True):
+            if response is None and sender is not None:
+                result = sender.result(self.name)
+            elif isinstance(response, InferenceResponse):
+                result = self.convert(response)
+            else:
+                result = ModelError(f"model '{self.name}': execute returned a {type(response).__name__} where a "
+                                    "pb_utils.InferenceResponse belongs")
             if isinstance(result, dict):
                 result = self._complete(result, payload.outputs)
             results.append(result)
@@ -188,18 +200,54 @@ class TritonPythonHandler(RequestHandler):
         return outputs
 
 
+class OneResponse:
+    """The response sender of a request to a model that is not decoupled: one response, sent within execute.
+
+    Triton lets such a model answer through ``request.get_response_sender()`` instead of returning
+    the response (execute then returns None in its place).
+    """
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, np.ndarray] | ServingError | None = None
+        self.finished = False
+        self.cancelled = False
+
+    def send(self, outputs: dict[str, np.ndarray] | ServingError | None, final: bool = False,
+             wait: bool = True) -> None:
+        if self.finished:
+            raise StreamClosed("this request's response sender is closed: the final flag was sent already")
+        if outputs is not None:
+            if self.outputs is not None:
+                raise StreamClosed("a model that is not decoupled sends one response per request; set "
+                                   "model_transaction_policy { decoupled: true } to send more")
+            self.outputs = outputs
+        self.finished = final
+
+    def fail(self, error: ServingError) -> None:
+        if not self.finished:
+            self.outputs, self.finished = error, True
+
+    def result(self, model: str) -> dict[str, np.ndarray] | ServingError:
+        """What the request gets once execute returned None for it."""
+        if self.outputs is None or not self.finished:
+            return ModelError(f"model '{model}': execute returned None for a request but did not answer it through "
+                              "its response sender (one response with flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL) "
+                              "before returning; return one pb_utils.InferenceResponse per request instead")
+        return self.outputs
+
+
 class AsyncTritonPythonHandler(TritonPythonHandler):
     """The handler of a model whose ``execute`` is ``async def``: runs on the event loop."""
 
     async def execute_requests(self, requests: list[Any]) -> list[Any]:  # type: ignore[override]  # async variant
-        received = [self._received(payload) for payload in requests]
+        received, senders = self._received(requests)
         context = BlsContext(self.bls.models, asyncio.get_running_loop())
         try:
             with self._bls_context(context):
                 returned = await self.model.execute(received)
         except Exception as exc:  # noqa: BLE001  # the model's failure becomes its requests' error
             return self._failed(exc, len(requests))
-        return self._results(requests, returned)
+        return self._results(requests, returned, senders)
 
 
 def _as_declared(model: str, declared: TensorSpec, array: np.ndarray) -> np.ndarray | ServingError:

@@ -27,7 +27,7 @@ TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 class InferenceResponseSender:
     """Sends a decoupled request's responses, from any thread, and ends them with the final flag."""
 
-    def __init__(self, stream: ResponseStream | None, convert: Callable[[InferenceResponse], Any]) -> None:
+    def __init__(self, stream: ResponseStream | Any | None, convert: Callable[[InferenceResponse], Any]) -> None:
         self._stream = stream
         self._convert = convert
         self._closed = False
@@ -36,9 +36,8 @@ class InferenceResponseSender:
         """Send ``response`` (None: no response, the flag alone); ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL``
         ends the stream."""
         if self._stream is None:
-            raise TritonModelException("this request has no response sender: the model is not decoupled "
-                                       "(set model_transaction_policy { decoupled: true }) or it was called "
-                                       "through HTTP or ModelInfer; return the responses from execute")
+            raise TritonModelException("this request has no response stream: a decoupled model answers through "
+                                       "gRPC ModelStreamInfer or exec(decoupled=True) from another model")
         final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         if response is None and not final:
             raise TritonModelException("send() needs a response, or flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL")
@@ -60,7 +59,7 @@ class InferenceResponseSender:
     def __del__(self) -> None:
         # a sender dropped without the final flag would leave the client waiting forever
         stream = getattr(self, "_stream", None)
-        if stream is not None and not stream.finished and not stream.cancelled:
+        if isinstance(stream, ResponseStream) and not stream.finished and not stream.cancelled:
             try:
                 stream.fail(ModelResponseError("the model released this request's response sender without sending "
                                                "the final flag (TRITONSERVER_RESPONSE_COMPLETE_FINAL)"))
