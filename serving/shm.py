@@ -70,8 +70,10 @@ def key_problem(key: str) -> str | None:
     plain = key[1:] if key.startswith("/") else key
     if not plain:
         return "it is empty"
-    if "/" in plain or "\0" in plain:
+    if "/" in plain:
         return "it must be a plain name such as /input_data, without directories"
+    if not plain.isprintable():
+        return "it holds characters that are not printable"
     if plain in (".", ".."):
         return "it names a directory"
     if len(plain.encode("utf-8", "surrogatepass")) > MAX_KEY:
@@ -106,8 +108,9 @@ class Region:
     def _check_object(self, end: int) -> None:
         size = os.fstat(self.fd).st_size
         if size < end:
-            raise InvalidInput(f"the shared memory object '{self.key}' of region '{self.name}' shrank to {size} bytes "
-                               f"after it was registered, below the {end} the request needs; register it again")
+            raise InvalidInput(f"the shared memory object '{_shown(self.key)}' of region '{self.name}' shrank to "
+                               f"{size} bytes after it was registered, below the {end} the request needs; register "
+                               "it again")
 
     def read(self, where: SharedMemoryRef, what: str) -> np.ndarray:
         """The ``where.byte_size`` bytes of ``where``, copied into a new buffer."""
@@ -119,7 +122,7 @@ class Region:
         while done < where.byte_size:
             got = os.preadv(self.fd, [view[done:]], start + done)
             if got <= 0:  # the object shrank between the check and the read
-                raise InvalidInput(f"the shared memory object '{self.key}' of region '{self.name}' ended after "
+                raise InvalidInput(f"the shared memory object '{_shown(self.key)}' of region '{self.name}' ended after "
                                    f"{start + done} bytes while {what} was read; register it again")
             done += got
         return buffer
@@ -203,6 +206,9 @@ class SharedMemory:
         except OSError as exc:
             raise InvalidInput(f"Unable to open shared memory region: '{key}': {exc.strerror or 'cannot open'}") \
                 from None
+        except ValueError:  # a name the file system cannot encode (a lone surrogate)
+            raise InvalidInput(f"Unable to open shared memory region: '{_shown(key)}': it is not a valid file "
+                               "name") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise InvalidInput(f"Unable to open shared memory region: '{key}': it is not a shared memory object")

@@ -43,7 +43,8 @@ sizes = st.one_of(st.integers(-3, 100), st.sampled_from([2**31, 2**63 - 1, 2**63
                   st.floats(allow_nan=True), st.none(), st.text(max_size=3))
 keys = st.one_of(st.sampled_from(["/obj", "obj", "//obj", "/link", "/fifo", "/dir", "/missing", "/", "", ".", "..",
                                   "/../outside/secret", "../outside/secret", "/obj/..", "/./obj", "/obj\0x"]),
-                 st.text(alphabet="./\\\0ob\n", max_size=12), st.text(max_size=300))
+                 st.text(alphabet="./\\\0ob\n", max_size=12), st.text(max_size=300),
+                 st.text(st.characters(categories=["Cs", "Cc", "Zl"]), max_size=4).map(lambda s: "/" + s))
 names = st.one_of(st.text(max_size=300), st.sampled_from(["r", "in", "input_data"]), st.integers(), st.none())
 
 
