@@ -40,6 +40,7 @@ from .onnx_options import (
     session_plan,
 )
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
@@ -261,12 +262,15 @@ class OnnxModel(Model):
         label = f"{self.name}/{self.version}/{self.config.filename}"
         file = model_file(self.path, self.config.filename, label)
         plan = session_plan(self.config.proto, self.parameters)
-        chosen = providers(self.device, plan, ort.get_available_providers(), label)
+        gpu_asked = any(group.kind == "KIND_GPU" for group in self.config.instance_groups)
+        chosen = providers(self.device, plan, ort.get_available_providers(), label, gpu_asked)
         self.session = open_session(file, label, session_options(ort, plan), chosen)
         self.scalar_inputs, self.scalar_outputs = check_matches(self.config, self.session)
         options = run_options(ort, plan)
+        # where the session computes: the instance's GPU, or the CPU when this ONNX Runtime has no CUDA
+        runs_on = self.device if any(name in GPU_PROVIDERS for name, _ in chosen) else torch.device("cpu")
         self.runner: FeedRunner | BoundRunner = (
-            BoundRunner(self.session, self.config, options, self.device) if binds(self.device, self.config)
+            BoundRunner(self.session, self.config, options, runs_on) if binds(runs_on, self.config)
             else FeedRunner(self.session, self.config, options))
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:

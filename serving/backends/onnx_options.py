@@ -180,19 +180,25 @@ def run_options(ort: Any, plan: SessionPlan) -> Any:
     return options
 
 
-def providers(device: torch.device, plan: SessionPlan, available: list[str], label: str) -> ProviderList:
+def providers(device: torch.device, plan: SessionPlan, available: list[str], label: str,
+              gpu_asked: bool = True) -> ProviderList:
     """The execution providers, best first, for an instance on ``device``; CPU always comes last.
 
-    A GPU instance needs the CUDA provider (the onnxruntime-gpu build): without it the model
-    would silently run on the CPU while its instance claims a GPU, so that is a ConfigError.
-    An accelerator this build lacks is skipped with a warning, as the model still runs.
+    A GPU instance needs the CUDA provider (the onnxruntime-gpu build). Without it, an instance
+    the config puts on a GPU (``gpu_asked``: a ``KIND_GPU`` group) is a ConfigError, as the model
+    would run on the CPU while its instance claims a GPU; one placed there by default
+    (``KIND_AUTO``) runs on the CPU, with a warning. An accelerator this build lacks is skipped
+    with a warning, as the model still runs.
     """
     chosen: ProviderList = []
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in available:
+    if device.type == "cuda" and "CUDAExecutionProvider" not in available:
+        if gpu_asked:
             raise ConfigError(f"{label}: the instance is on {device} but this ONNX Runtime has no CUDA execution "
                               "provider; install onnxruntime-gpu in place of onnxruntime, or set "
                               "instance_group [ { kind: KIND_CPU } ]")
+        log.warning("%s runs on the CPU: this ONNX Runtime has no CUDA execution provider (install "
+                    "onnxruntime-gpu in place of onnxruntime to run it on %s)", label, device)
+    elif device.type == "cuda":
         index = str(device.index or 0)
         if "tensorrt" in plan.gpu_accelerators:
             if "TensorrtExecutionProvider" in available:
@@ -201,7 +207,7 @@ def providers(device: torch.device, plan: SessionPlan, available: list[str], lab
                 log.warning("%s asks for the tensorrt accelerator, which this ONNX Runtime lacks; running on CUDA",
                             label)
         chosen.append(("CUDAExecutionProvider", {**dict(plan.cuda_options), "device_id": index}))
-    elif "openvino" in plan.cpu_accelerators:
+    if device.type != "cuda" and "openvino" in plan.cpu_accelerators:
         if "OpenVINOExecutionProvider" in available:
             chosen.append(("OpenVINOExecutionProvider", {}))
         else:

@@ -128,9 +128,13 @@ def test_tensorrt_comes_first_when_present_and_is_skipped_when_not(caplog: pytes
     assert "tensorrt" in caplog.text
 
 
-def test_a_gpu_instance_without_the_cuda_provider_says_how_to_fix_it() -> None:
-    with pytest.raises(ConfigError, match=r"onnxruntime-gpu.*KIND_CPU"):
-        providers(torch.device("cuda", 0), session_plan(*plan_of("")), ["CPUExecutionProvider"], "m/1")
+def test_a_gpu_instance_without_the_cuda_provider_says_how_to_fix_it(caplog: pytest.LogCaptureFixture) -> None:
+    plan, gpu = session_plan(*plan_of("")), torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match=r"onnxruntime-gpu.*KIND_CPU"):  # a KIND_GPU group
+        providers(gpu, plan, ["CPUExecutionProvider"], "m/1")
+    # placed on the GPU by default (KIND_AUTO): it runs on the CPU, and says so
+    assert providers(gpu, plan, ["CPUExecutionProvider"], "m/1", gpu_asked=False) == [("CPUExecutionProvider", {})]
+    assert "runs on the CPU" in caplog.text and "onnxruntime-gpu" in caplog.text
 
 
 def test_session_options_are_plain_options() -> None:
