@@ -12,7 +12,7 @@ from serving.settings import Settings
 from tests.conftest import RunningServer
 
 from .answers import Answer, http
-from .conftest import REPOSITORY, Triton
+from .triton import REPOSITORY, Triton
 
 
 @dataclass

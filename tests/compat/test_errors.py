@@ -7,7 +7,7 @@ so a change on either side shows here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from .answers import grpc_call, same_text, without_traceback
-from .conftest import Triton
-from .servers import Pair, start_pair
+from .servers import Pair
 
 pytestmark = pytest.mark.timeout(900)  # the first test installs the wheel and starts tritonserver
 
@@ -28,12 +27,6 @@ SIMPLE = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "
 def mode(value: int) -> dict[str, Any]:
     return {"inputs": [{"name": "MODE", "shape": [1, 1], "datatype": "INT32", "data": [value]}]}
 
-
-@pytest.fixture(scope="module")
-def pair(start_triton: Callable[..., Triton]) -> Iterator[Pair]:
-    servers = start_pair(start_triton)
-    yield servers
-    servers.stop()
 
 
 # (Triton's status, serve's status, why serve differs) for the cases where they differ on purpose

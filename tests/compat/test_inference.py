@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from .conftest import Triton
-from .servers import Pair, start_pair
+from .servers import Pair
 
 pytestmark = pytest.mark.timeout(900)  # the first test may install the wheel and start tritonserver
 
@@ -28,12 +26,6 @@ B = RNG.integers(-1000, 1000, (3, 16), dtype=np.int32)
 WORDS = np.array([[b"alpha", b"", "βeta".encode(), b"tab\tand\nnewline"]], dtype=np.object_)
 RAW_BYTES = np.array([[b"\x00\xff", b"\x80", b"plain"]], dtype=np.object_)  # not UTF-8: binary tensors only
 
-
-@pytest.fixture(scope="module")
-def pair(start_triton: Callable[..., Triton]) -> Iterator[Pair]:
-    servers = start_pair(start_triton, allow_client_shm=True)  # Triton 2.51 always allows registration
-    yield servers
-    servers.stop()
 
 
 def tensors(module: Any, named: dict[str, np.ndarray], datatypes: dict[str, str]) -> list[Any]:

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from .answers import grpc_call, same_text, without_traceback
-from .conftest import Triton
 from .servers import Pair, start_pair
+from .triton import Triton
 
 pytestmark = pytest.mark.timeout(900)  # the first test may install the wheel and start tritonserver
 

@@ -7,7 +7,7 @@ Each server writes its outputs into its own region, so the two cannot overwrite 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,7 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 
 from .answers import grpc_call, same_text
-from .conftest import Triton
-from .servers import Pair, start_pair
+from .servers import Pair
 
 pytestmark = pytest.mark.timeout(900)  # the first test may install the wheel and start tritonserver
 
@@ -26,12 +25,6 @@ KEY = f"/compat_{os.getpid()}_input"
 A = np.arange(16, dtype=np.int32)
 B = np.full(16, 3, dtype=np.int32)
 
-
-@pytest.fixture(scope="module")
-def pair(start_triton: Callable[..., Triton]) -> Iterator[Pair]:
-    servers = start_pair(start_triton, allow_client_shm=True)
-    yield servers
-    servers.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ for the ensemble and for each of its steps.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .answers import http, shape_of
-from .conftest import Triton
-from .servers import Pair, start_pair
+from .servers import Pair
 
 pytestmark = pytest.mark.timeout(900)  # the first test may install the wheel and start tritonserver
 
@@ -33,12 +32,6 @@ def raw(rows: int, start: int = 0) -> dict[str, Any]:
 def mode(value: int) -> dict[str, Any]:
     return {"inputs": [{"name": "MODE", "shape": [1, 1], "datatype": "INT32", "data": [value]}]}
 
-
-@pytest.fixture(scope="module")
-def pair(start_triton: Callable[..., Triton]) -> Iterator[Pair]:
-    servers = start_pair(start_triton)
-    yield servers
-    servers.stop()
 
 
 def stats(url: str, model: str) -> dict[str, Any]:
