@@ -84,7 +84,11 @@ class ModelInstance:
             raise
         except Exception as exc:
             raise self._failure(exc, len(batch)) from exc
-        return results, [(batch, (0, time.monotonic_ns() - start, 0))]
+        computed = time.monotonic_ns()
+        for result in results:  # the prediction distribution, as for batches the instance splits itself
+            if isinstance(result, dict):
+                self.stats.predictions.submit(result)
+        return results, [(batch, (0, computed - start, 0))]
 
     # -- on the instance thread ----------------------------------------------------------
 

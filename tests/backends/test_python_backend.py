@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +58,21 @@ def test_preprocessor_over_http_and_grpc(http: httpclient.InferenceServerClient,
         np.testing.assert_allclose(result.as_numpy("FEATURES"), raw / 255.0, rtol=1e-6)
         # initialize got Triton's args: the model's name and the instance kind
         assert result.as_numpy("LABEL").tolist() == [[b"preprocess:CPU"], [b"preprocess:CPU"]]
+
+
+def test_the_prediction_distribution_counts_python_models(server: RunningServer,
+                                                         http: httpclient.InferenceServerClient) -> None:
+    raw = np.array([[255, 255, 0, 0]], dtype=np.uint8)
+    http.infer("preprocess", [_input(httpclient, "RAW", raw, "UINT8")])
+    deadline = time.monotonic() + 10
+    count = 0.0
+    while count < 4:  # counted beside the request path: wait for the worker, with a deadline
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        count = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith('serving_prediction_value_bucket{le="+Inf",model="preprocess"'))
+        assert time.monotonic() < deadline, "the preprocessor's outputs never reached the prediction distribution"
+        if count < 4:
+            time.sleep(0.05)
 
 
 def test_an_error_response_fails_only_its_request(http: httpclient.InferenceServerClient) -> None:
