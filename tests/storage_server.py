@@ -99,12 +99,13 @@ class BadStore:
 
     * ``hang``: accepts, reads nothing, answers nothing, keeps the connection open;
     * ``garbage``: answers every request 200 with a body that is not S3's XML;
-    * ``listing``: answers a listing with ``keys`` (name → listed size), and every object
-      read with ``body`` (whatever its listed size).
+    * ``listing``: answers a listing with ``keys`` (name → listed size), or with ``listing``
+      (a whole body) when set, and every object read with ``body`` (whatever its listed size).
     """
 
     def __init__(self, mode: str, keys: dict[str, int] | None = None, body: bytes = b"") -> None:
         self.mode, self.keys, self.body = mode, keys or {}, body
+        self.listing: bytes | None = None  # when set, the listing's whole body, as it is
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.held: list[socket.socket] = []
@@ -132,6 +133,8 @@ class BadStore:
             line = request.split("\r\n", 1)[0]
             if self.mode == "garbage":
                 body = b"\x00\xffnot xml at all <<<"
+            elif "list-type=2" in line and self.listing is not None:
+                body = self.listing
             elif "list-type=2" in line:
                 entries = "".join(ENTRY.format(key=key, size=size) for key, size in self.keys.items())
                 body = LISTING.format(count=len(self.keys), contents=entries).encode()

@@ -17,12 +17,14 @@ import boto3  # type: ignore[import-untyped]  # boto3 ships no type information
 import moto.settings
 import pytest
 import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serving.app import start
 from serving.errors import ConfigError
 from serving.settings import Settings
 from serving.storage import Limits, RemoteRepository
-from serving.storage_fs import Store
+from serving.storage_fs import Store, StoreError, storage_options
 from serving.storage_urls import parse_store_url
 
 from .conftest import ROOT, RunningServer
@@ -31,6 +33,13 @@ from .storage_server import KEY_ID, SECRET, BadStore, MotoS3, aws_env, moto_s3
 __all__ = ["aws_env", "moto_s3"]  # fixtures, used by name
 
 SIMPLE = ROOT / "tests" / "fixtures" / "models" / "simple"
+
+
+@pytest.fixture(scope="module")
+def lying_store() -> Iterator[BadStore]:
+    store = BadStore("listing")
+    yield store
+    store.close()
 
 
 @pytest.fixture(autouse=True)
@@ -214,3 +223,41 @@ def test_serve_reports_a_store_that_is_down_in_one_line(tmp_path: Path) -> None:
     errors = [line for line in done.stderr.splitlines() if "cannot start" in line]
     assert len(errors) == 1 and f"--model-repository {store.url()}: listing the repository" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+LIES = st.one_of(st.integers(-2**70, 2**70).map(str), st.sampled_from(["", "x", "1.5", "1e3", "\u00e9", "-0"]))
+XML_KEYS = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="<&\x00"), max_size=40)
+
+
+@pytest.fixture(scope="module")
+def lying_client(lying_store: BadStore) -> Store:
+    """One client for every example, which tries each call once: the fuzz is about answers, not retries."""
+    import s3fs  # type: ignore[import-untyped]  # s3fs ships no type information
+
+    url = parse_store_url(lying_store.url())
+    options = storage_options(url, {"AWS_ACCESS_KEY_ID": "x"}, 2.0)
+    options["config_kwargs"]["retries"] = {"max_attempts": 1, "mode": "standard"}
+    fs = s3fs.S3FileSystem(key="x", secret="y", **options)
+    fs.retries = 1
+    return Store(url, {}, 2.0, fs=fs)
+
+
+# a body that does not parse costs the client a second (botocore's back-off): few such examples, most are well-formed
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(XML_KEYS, LIES), max_size=5), truncated=st.sampled_from(["true", "false", "maybe"]),
+       token=st.sampled_from(["", "<NextContinuationToken>t</NextContinuationToken>"]),
+       tail=st.sampled_from([b"", b"", b"", b"", b"", b"\x00<garbage"]))
+def test_fuzz_a_store_that_answers_listings_with_lies(lying_store: BadStore, lying_client: Store,
+                                                     entries: list[tuple[str, str]], truncated: str, token: str,
+                                                     tail: bytes) -> None:
+    contents = "".join(f"<Contents><Key>{key}</Key><Size>{size}</Size><ETag>e</ETag></Contents>"
+                       for key, size in entries)
+    lying_store.listing = (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>models</Name>'
+                           f"<IsTruncated>{truncated}</IsTruncated>{token}{contents}"
+                           "</ListBucketResult>").encode() + tail
+    try:
+        found = asyncio.run(lying_client.listing(3))
+    except StoreError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert len(found) <= 3 and all(isinstance(r.size, int) and r.size >= 0 for r in found)
