@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends.onnx import OnnxModel
 from .backends.torchscript import TorchScriptModel
 from .config import ModelSpec
 from .device import HostBuffers, to_numpy, to_torch
@@ -49,6 +50,14 @@ class BatchExecutor:
         options = spec.execution
         self.autocast = AUTOCAST.get(options.precision)
         self.predict: Callable[[dict[str, Any]], dict[str, Any]] = handler.predict
+        if isinstance(handler, OnnxModel) and (options.torch_compile != "off" or options.cuda_graphs):
+            raise ConfigError("torch_compile and cuda_graphs apply to Python handlers; ONNX Runtime optimises "
+                              "and captures graphs itself (optimization { graph { level } }, and the CUDA "
+                              "provider's enable_cuda_graph)")
+        if isinstance(handler, OnnxModel) and self.autocast is not None:
+            log.warning("model %s: precision %s has no effect on ONNX Runtime; export the model in that precision",
+                        spec.name, options.precision)
+            self.autocast = None
         if options.torch_compile != "off":
             if isinstance(handler, TorchScriptModel):
                 raise ConfigError("torch_compile applies to Python handlers; a TorchScript model is already "

@@ -53,7 +53,19 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]
         output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]
         """, {1: {"model.onnx": onnx_models.add_sub()}})
+    # torch's options mean nothing around an ONNX Runtime session
+    for option in ("torch_compile", "cuda_graphs"):
+        value = "default" if option == "torch_compile" else "true"
+        write_model(repo, f"with_{option}", CLASSIFIER_CONFIG.format(**DEFAULTS)
+                    + f'parameters {{ key: "{option}" value {{ string_value: "{value}" }} }}',
+                    {1: {"model.onnx": onnx_models.classifier()}})
     return repo
+
+
+@pytest.mark.parametrize("option", ["torch_compile", "cuda_graphs"])
+def test_torch_execution_options_are_refused_for_onnx_models(server: RunningServer, option: str) -> None:
+    row = index(server)[f"with_{option}"]
+    assert row["state"] == "UNAVAILABLE" and "ONNX Runtime optimises and captures graphs itself" in row["reason"], row
 
 
 @pytest.fixture(scope="module")
