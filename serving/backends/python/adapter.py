@@ -262,7 +262,11 @@ def _as_declared(model: str, declared: TensorSpec, array: np.ndarray) -> np.ndar
             return np.array([item if isinstance(item, bytes) else str(item).encode() for item in array.flat],
                             dtype=object).reshape(array.shape)
         return array
-    if array.dtype != np.dtype(V2_TO_NUMPY[declared.datatype]):
+    wanted = V2_TO_NUMPY.get(declared.datatype)
+    if wanted is None:  # BF16: numpy has no such type
+        return ModelError(f"model '{model}': output '{declared.name}' is {declared.datatype}, which a Python backend "
+                          "model cannot return as a numpy array; declare FP32 or FP16")
+    if array.dtype != np.dtype(wanted):
         return ModelError(f"model '{model}': output '{declared.name}' is {declared.datatype} in the config but the "
                           f"model returned {v2_of_dtype(array.dtype) or array.dtype}; convert it with "
                           f"astype before making the pb_utils.Tensor")
