@@ -20,7 +20,7 @@ from .config import ModelSpec
 from .control import ModelControl
 from .errors import ServingError, Unavailable, Unsupported
 from .repository import Repository
-from .requests import check_inputs, full_dims, selected_outputs, timeout_us
+from .requests import check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
 from .shm import OutputRegions, SharedMemory
 from .streaming import DecoupledOnly, is_decoupled, respond
 from .types import Work
@@ -160,7 +160,7 @@ class DataPlane:
             selected = selected_outputs(spec, request)
             regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
             work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected),
-                        request.id, request.parameters)
+                        request.id, model_parameters(request.parameters))
             outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
             tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
             in_shared_memory = regions.write(tensors)

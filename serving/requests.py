@@ -8,6 +8,7 @@ message.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,16 @@ def timeout_us(spec: ModelSpec, request: InferRequest) -> int:
     if not isinstance(override, int) or isinstance(override, bool) or override < 0:
         raise InvalidInput("parameter 'timeout' must be a non-negative integer of microseconds")
     return override
+
+
+# what the server itself reads of a request's parameters: Triton's reserved names, which its
+# frontends consume and do not pass on to the model (extension_parameters.md)
+RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+                                 "headers", "binary_data_output", "binary_data_size", "shared_memory_region",
+                                 "shared_memory_byte_size", "shared_memory_offset"})
+
+
+def model_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of a request that its model sees: all but the reserved ones and ``triton_*``."""
+    return {key: value for key, value in parameters.items()
+            if key not in RESERVED_PARAMETERS and not key.startswith("triton_")}

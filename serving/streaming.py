@@ -26,7 +26,7 @@ from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 
 from .config import ModelSpec
 from .errors import ModelError, ServingError, Unsupported, failure_text
-from .requests import check_inputs, selected_outputs, timeout_us
+from .requests import check_inputs, model_parameters, selected_outputs, timeout_us
 
 if TYPE_CHECKING:
     from .lifecycle import ModelVersion
@@ -180,7 +180,7 @@ async def respond(model: ModelVersion,
         selected = selected_outputs(spec, request)
         wanted = None if request.outputs is None else frozenset(t.name for t in selected)
         stream = ResponseStream()
-        work = StreamWork(arrays, wanted, request.id, request.parameters, stream)
+        work = StreamWork(arrays, wanted, request.id, model_parameters(request.parameters), stream)
         submitted = asyncio.ensure_future(batcher.submit(work, rows, key, timeout_us(spec, request)))
         submitted.add_done_callback(lambda done: _executed(done, stream, spec.name))
         empty_final = request.parameters.get(EMPTY_FINAL) is True

@@ -197,8 +197,10 @@ def test_execute_sees_the_request_id_and_parameters(tmp_path: Path) -> None:
     try:
         value = np.array([1], np.int32)
         http = httpclient.InferenceServerClient(running.url)
+        # the server's own parameters (priority, binary_data_output) are not the model's, as in Triton
         seen = http.infer("seen", [_input(httpclient, "IN", value, "INT32")], request_id="req-7",
-                          parameters={"custom": "x", "n": 3})
+                          parameters={"custom": "x", "n": 3}, priority=1,
+                          outputs=[httpclient.InferRequestedOutput("JSON", binary_data=True)])
         http.close()
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{running.server.grpc_port}")
         over_grpc = grpc.infer("seen", [_input(grpcclient, "IN", value, "INT32")], request_id="g-1",
