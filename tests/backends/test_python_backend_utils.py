@@ -116,3 +116,25 @@ def test_a_failing_auto_complete_is_the_models_reason(tmp_path: Path) -> None:
         client.close()
     finally:
         server.stop()
+
+
+def test_auto_complete_fills_only_the_contents(tmp_path: Path) -> None:
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from serving.backends.python.autocomplete import auto_complete
+
+    model = tmp_path / "model.py"
+    model.write_text(
+        "class TritonPythonModel:\n"
+        "    @staticmethod\n"
+        "    def auto_complete_config(config):\n"
+        "        config.as_dict()['name'] = 'renamed'\n"
+        "        config.as_dict()['backend'] = 'onnxruntime'\n"
+        "        config.set_model_transaction_policy({'decoupled': True})\n"
+        "        config.add_output({'name': 'OUT', 'data_type': 'TYPE_INT32', 'dims': [2]})\n"
+        "        return config\n")
+    config = pb.ModelConfig(name="mine", backend="python")
+    auto_complete(config, model)
+    assert (config.name, config.backend) == ("mine", "python")
+    assert config.model_transaction_policy.decoupled
+    assert [(o.name, list(o.dims)) for o in config.output] == [("OUT", [2])]

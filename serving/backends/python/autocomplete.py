@@ -144,4 +144,6 @@ def auto_complete(config: pb.ModelConfig, model_file: Path) -> None:
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise ConfigError(f"auto_complete_config of model '{config.name}' made a config that is not a valid "
                           f"ModelConfig: {exc}") from None
+    # what says which model this is stays the config's: only its contents are the model's to complete
+    merged.name, merged.platform, merged.backend = config.name, config.platform, config.backend
     config.CopyFrom(merged)

@@ -118,7 +118,11 @@ class Tensor:
             if wanted is None:
                 raise TritonModelException(f"unknown triton_dtype {triton_dtype!r}; give a TYPE_* number (1-13)")
             if array.dtype != np.dtype(wanted):
-                array = array.view(wanted)  # as Triton: the bytes reinterpreted as the given type
+                try:
+                    array = array.view(wanted)  # as Triton: the bytes reinterpreted as the given type
+                except (TypeError, ValueError) as exc:
+                    raise TritonModelException(f"Tensor '{name}': its bytes cannot be read as triton_dtype "
+                                               f"{triton_dtype}: {exc}") from None
         elif numpy_to_triton_type(array.dtype) is None:
             raise TritonModelException(f"Tensor '{name}': numpy dtype {array.dtype} has no Triton datatype")
         self._name = name
