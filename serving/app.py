@@ -101,8 +101,9 @@ class Server:
         self.dataplane.started = True
         await self.grpc.update_health()
         ready = self.dataplane.ready()
+        remote = settings.model_repository if isinstance(settings.model_repository, StoreUrl) else None
         log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
-                 len(self.repository.models), root, device, threads)
+                 len(self.repository.models), f"{remote} (copied to {root})" if remote else root, device, threads)
 
     def _repository_root(self) -> Path:
         """The model repository to serve: --model-repository, or the one --model-source lays out in the cache."""

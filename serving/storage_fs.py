@@ -69,7 +69,7 @@ def storage_options(url: StoreUrl, environ: Mapping[str, str], timeout_s: float)
                 options["client_kwargs"] = {"region_name": str(entry["region"])}
         return options
     if url.protocol == "gcs":
-        options = {"skip_instance_cache": True, "timeout": timeout_s}
+        options = {"skip_instance_cache": True, "use_listings_cache": False, "requests_timeout": timeout_s}
         token = entry if isinstance(entry, str) and entry else None
         if token:
             options["token"] = token  # else gcsfs's chain: GOOGLE_APPLICATION_CREDENTIALS, the metadata server
@@ -79,7 +79,8 @@ def storage_options(url: StoreUrl, environ: Mapping[str, str], timeout_s: float)
     if not account:
         raise ConfigError(f"{url}: az:// needs the storage account: set AZURE_STORAGE_ACCOUNT, or write "
                           "as://account/container/path")
-    options = {"account_name": account, "skip_instance_cache": True}
+    # adlfs's own timeouts differ by release; the deadline of each call bounds it all the same
+    options = {"account_name": account, "skip_instance_cache": True, "use_listings_cache": False}
     auth = str(fields.get("auth_type") or environ.get("AZURE_STORAGE_AUTH_TYPE", ""))
     key = str(fields.get("account_key") or "") or environ.get("AZURE_STORAGE_KEY", "")
     if key and auth not in ("managed_identity", "default"):
@@ -265,7 +266,11 @@ def _open(url: StoreUrl, environ: Mapping[str, str], timeout_s: float) -> Any:
         cls = fsspec.get_filesystem_class(url.protocol)
     except ImportError:
         raise ConfigError(f"--model-repository {url} needs {package}: pip install 'shadowserve[{extra}]'") from None
-    fs = cls(**storage_options(url, environ, timeout_s))
+    try:
+        fs = cls(**storage_options(url, environ, timeout_s))
+    except (TypeError, ValueError) as exc:  # a release of the library that takes other options
+        raise ConfigError(f"--model-repository {url}: {package} refuses its options ({exc}); install the release "
+                          f"of shadowserve[{extra}]") from None
     if url.protocol == "s3":
         fs.retries = 2  # s3fs's own retries, on top of botocore's: the deadline of each call bounds both
     return fs
