@@ -75,3 +75,17 @@ def _subdirectories(path: Path) -> list[Path]:
         return [p for p in path.iterdir() if p.is_dir()]
     except OSError:
         return []
+
+
+def is_model_directory(path: Path) -> bool:
+    """Whether ``path`` holds a model: a config.pbtxt, or (Triton's auto-complete) a version
+    directory whose model file says which kind it is, as ``model.onnx`` does with no config."""
+    if not path.is_dir():
+        return False
+    if (path / "config.pbtxt").is_file():
+        return True
+    try:
+        model_kind(pb.ModelConfig(), path)
+    except ConfigError:
+        return False
+    return True

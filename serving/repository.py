@@ -34,6 +34,7 @@ from .inprocess import InProcess
 from .lifecycle import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion, fingerprint, retire_version, start_version
 from .metrics import Metrics
 from .paths import name_problem, request_version, scrub, shown, version_directory
+from .platforms import is_model_directory
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,16 @@ class Repository:
         self.inprocess = InProcess(self.get)
 
     def scan(self) -> list[str]:
-        """Names of the model directories (those holding a config.pbtxt and named as models may be)."""
+        """Names of the model directories (see `is_model_directory`) named as models may be."""
         return self._directories()[0]
 
     def _directories(self) -> tuple[list[str], dict[str, str]]:
-        """The model directories, and the others that hold a config.pbtxt with why they are skipped."""
+        """The model directories, and the others that look like one with why they are skipped."""
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a directory")
         models, skipped = [], {}
         for path in self.root.iterdir():
-            if path.name.startswith(".") or not path.is_dir() or not (path / "config.pbtxt").is_file():
+            if path.name.startswith(".") or not is_model_directory(path):
                 continue
             problem = name_problem(path.name)
             if problem is None:
@@ -117,19 +118,21 @@ class Repository:
         if config_json is not None and not isinstance(config_json, str):
             raise InvalidInput("parameter 'config' must be a string holding the model config as JSON")
         model_dir = self.root / name
-        if not model_dir.is_dir() or (config_json is None and not (model_dir / "config.pbtxt").is_file()):
+        if not model_dir.is_dir() or (config_json is None and not is_model_directory(model_dir)):
             raise NotFound(f"failed to load '{name}', failed to poll from model repository: it has no "
-                           f"{name}/config.pbtxt")
+                           f"{name}/config.pbtxt (nor a version directory with model.onnx, model.pt or model.py)")
         entry = self.models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             text = config_json
             try:
+                completed = False  # no config.pbtxt: the model's file fills it all, and may have changed
                 if text is None:
+                    completed = not (model_dir / "config.pbtxt").exists()
                     try:
-                        text = (model_dir / "config.pbtxt").read_bytes().decode("utf-8")
+                        text = "" if completed else (model_dir / "config.pbtxt").read_bytes().decode("utf-8")
                     except UnicodeDecodeError:
                         raise ConfigError(f"{name}/config.pbtxt is not UTF-8 text") from None
-                if not retry_failed and entry.failed_config == text:
+                if not retry_failed and entry.failed_config == text and not completed:
                     return False  # this config failed to parse before; it has not changed
                 try:
                     spec = (parse_config_json(text, model_dir, complete) if config_json is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -176,5 +177,31 @@ def test_a_load_override_without_platform_is_completed_from_the_file(tmp_path: P
             config = client.get_model_config("by_override")
             assert (config["platform"], config["max_batch_size"]) == ("onnxruntime_onnx", 2)
             assert [o["name"] for o in config["output"]] == ["PROBS", "LABEL"]
+    finally:
+        running.stop()
+
+
+def test_an_onnx_model_without_config_pbtxt_serves_as_triton_completes_it(tmp_path: Path) -> None:
+    """Triton needs no config.pbtxt for an ONNX model: the file says the platform, inputs and outputs."""
+    (tmp_path / "bare" / "1").mkdir(parents=True)
+    (tmp_path / "bare" / "1" / "model.onnx").write_bytes(onnx_models.classifier())
+    (tmp_path / "scripted" / "1").mkdir(parents=True)
+    (tmp_path / "scripted" / "1" / "model.pt").write_bytes(b"")  # TorchScript cannot say its tensors
+    (tmp_path / "notes").mkdir()  # neither a config nor a model file: not a model
+    running = RunningServer(tmp_path)
+    try:
+        with httpclient.InferenceServerClient(running.url) as client:
+            rows = {row["name"]: row for row in client.get_model_repository_index()}
+            assert set(rows) == {"bare", "scripted"}
+            assert rows["bare"]["state"] == "READY", rows
+            assert rows["scripted"]["state"] == "UNAVAILABLE" and "at least one input" in rows["scripted"]["reason"]
+            config = client.get_model_config("bare")
+            assert config["platform"] == "onnxruntime_onnx" and config["input"][0]["name"] == "INPUT"
+            x = np.arange(8, dtype=np.float32).reshape(2, 4)
+            given = httpclient.InferInput("INPUT", [2, 4], "FP32")
+            given.set_data_from_numpy(x)
+            got = client.infer("bare", [given]).as_numpy("PROBS")
+        session = onnxruntime.InferenceSession(onnx_models.classifier(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(got, session.run(["PROBS"], {"INPUT": x})[0], rtol=1e-6)
     finally:
         running.stop()
