@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -92,6 +95,32 @@ class RequestHandler(Model):
         raise NotImplementedError(f"{type(self).__name__} must implement execute_requests(requests)")
 
 
+# one model file imported at a time: while it is, its directory is on sys.path (see `sibling_imports`)
+_IMPORTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def sibling_imports(directory: Path) -> Iterator[None]:
+    """Let a model file import the files beside it by their bare names (``from utils import f``), as Triton does.
+
+    The directory is on ``sys.path`` only while the model file is imported, one model at a time,
+    and the modules found there leave ``sys.modules`` afterwards (the model keeps what it
+    imported), so two models with a ``utils.py`` each get their own.
+    """
+    root = directory.resolve()
+    with _IMPORTING:
+        before = set(sys.modules)
+        sys.path.insert(0, str(root))
+        try:
+            yield
+        finally:
+            sys.path.remove(str(root))
+            for name in set(sys.modules) - before:
+                file = getattr(sys.modules[name], "__file__", None)
+                if file and Path(file).resolve().is_relative_to(root):
+                    del sys.modules[name]
+
+
 def import_model_module(model_file: Path, model_name: str, version: int, label: str = "") -> ModuleType:
     """Import a version's ``model.py`` under a name of its own (`forget_handler_module` forgets it)."""
     label = label or model_file.name
@@ -104,7 +133,8 @@ def import_model_module(model_file: Path, model_name: str, version: int, label: 
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with sibling_imports(model_file.parent):
+            spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ConfigError(f"importing {label} failed: {exc or 'it raised an error without a message'}") from exc

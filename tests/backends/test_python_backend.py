@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -212,3 +213,33 @@ def test_execute_sees_the_request_id_and_parameters(tmp_path: Path) -> None:
                                                      "outputs": ["JSON"]}
     assert json.loads(over_grpc.as_numpy("JSON")[0]) == {"id": "g-1", "parameters": {"flag": True},
                                                          "outputs": ["JSON"]}
+
+
+def test_model_files_import_their_own_siblings(tmp_path: Path) -> None:
+    for name, factor in (("twice", 2), ("thrice", 3)):
+        write_model(tmp_path, name, """
+            backend: "python"
+            max_batch_size: 0
+            input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+            output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+            """, {1: {"helpers.py": f"FACTOR = {factor}\n", "model.py": """
+            import triton_python_backend_utils as pb_utils
+            from helpers import FACTOR
+
+
+            class TritonPythonModel:
+                def execute(self, requests):
+                    return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                        "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy() * FACTOR)]) for r in requests]
+            """}})
+    running = RunningServer(tmp_path)
+    try:
+        client = httpclient.InferenceServerClient(running.url)
+        value = np.array([7], np.int32)
+        answers = {name: client.infer(name, [_input(httpclient, "IN", value, "INT32")]).as_numpy("OUT").tolist()
+                   for name in ("twice", "thrice")}
+        client.close()
+    finally:
+        running.stop()
+    assert answers == {"twice": [14], "thrice": [21]}  # each its own helpers.py, though both are named so
+    assert "helpers" not in sys.modules

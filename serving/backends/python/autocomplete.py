@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from ...config import config_to_json
 from ...errors import ConfigError
+from ...model import sibling_imports
 
 __all__ = ["ModelConfig", "auto_complete"]
 
@@ -124,7 +125,8 @@ def auto_complete(config: pb.ModelConfig, model_file: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with sibling_imports(model_file.parent):
+            spec.loader.exec_module(module)
         model_class = getattr(module, "TritonPythonModel", None)
         hook = getattr(model_class, "auto_complete_config", None) if inspect.isclass(model_class) else None
         if hook is None:
