@@ -46,6 +46,7 @@ CASES: list[tuple[str, dict[str, np.ndarray], dict[str, str]]] = [
     ("ensemble_add", {"RAW": A}, {"RAW": "INT32"}),
     ("preprocess", {"RAW": B}, {"RAW": "INT32"}),
     ("bls_add", {"INPUT0": A[0], "INPUT1": B[0]}, {"INPUT0": "INT32", "INPUT1": "INT32"}),
+    ("auto_complete", {"IN": RNG.standard_normal((2, 4), dtype=np.float32)}, {"IN": "FP32"}),
 ]
 
 
@@ -102,7 +103,7 @@ def test_server_metadata_lists_system_shared_memory(pair: Pair) -> None:
 
 
 MODELS = ["simple", "simple_string", "simple_identity", "repeat_int32", "preprocess", "ensemble_add", "bls_add",
-          "errors", "args_echo"]
+          "errors", "args_echo", "auto_complete"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -117,7 +118,13 @@ CONFIG_FIELDS = ("name", "platform", "backend", "max_batch_size", "input", "outp
                  "parameters", "version_policy")
 
 
-@pytest.mark.parametrize("model", MODELS)
+AUTO_COMPLETED = pytest.mark.xfail(strict=True, reason="a config completed by auto_complete_config: Triton adds "
+                                   "instance_group [KIND_CPU x1] and preferred_batch_size [4] (the max_batch_size) to "
+                                   "dynamic_batching; serve leaves instance_group [] and preferred_batch_size []")
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=AUTO_COMPLETED) if m == "auto_complete" else m
+                                   for m in MODELS])
 def test_model_config_is_tritons(pair: Pair, model: str) -> None:
     triton, serve = pair.http("GET", f"/v2/models/{model}/config")
     assert triton.status == serve.status == 200
@@ -128,6 +135,8 @@ def test_model_config_is_tritons(pair: Pair, model: str) -> None:
     if "ensemble_scheduling" in triton.body:
         steps = serve.body["ensemble_scheduling"]["step"]
         assert steps == triton.body["ensemble_scheduling"]["step"]
+    batching = [answer.body.get("dynamic_batching", {}).get("preferred_batch_size") for answer in (triton, serve)]
+    assert batching[1] == batching[0]
     assert serve.body.get("model_transaction_policy", {}).get("decoupled", False) == \
         triton.body.get("model_transaction_policy", {}).get("decoupled", False)
 
