@@ -40,7 +40,7 @@ class Gated(serving.Model):
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shm-models")
-    for name in ("simple", "simple_string", "repeat_int32"):
+    for name in ("simple", "simple_string", "repeat_int32", "preprocess", "ensemble_add"):
         shutil.copytree(TRITON / name, root / name)
     write_model(root, "gated", """
         backend: "python"
@@ -219,6 +219,22 @@ def test_a_region_in_use_is_not_unregistered(server: RunningServer, regions: Reg
     client.unregister_system_shared_memory("gated")
     assert not client.get_system_shared_memory_status().regions
     client.close()
+
+
+def test_an_ensemble_through_regions(driver: Driver, regions: Regions) -> None:
+    module = driver.module
+    handle, key = regions.make("ensemble", 192)
+    shm.set_shared_memory_region(handle, [np.arange(16, dtype=np.int32)])
+    driver("register_system_shared_memory", "ensemble", key, 192)
+    inputs = [module.InferInput("RAW", [1, 16], "INT32")]
+    inputs[0].set_shared_memory("ensemble", 64)
+    outputs = [module.InferRequestedOutput("SUM"), module.InferRequestedOutput("DIFF")]
+    outputs[0].set_shared_memory("ensemble", 64, offset=64)
+    outputs[1].set_shared_memory("ensemble", 64, offset=128)
+    driver("infer", "ensemble_add", inputs, outputs=outputs)
+    raw = np.arange(16)
+    assert shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=64).tolist() == [list(3 * raw)]
+    assert shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=128).tolist() == [list(raw)]
 
 
 def test_a_decoupled_model_reads_its_inputs_from_a_region(server: RunningServer, regions: Regions) -> None:
