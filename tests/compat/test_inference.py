@@ -46,6 +46,7 @@ CASES: list[tuple[str, dict[str, np.ndarray], dict[str, str]]] = [
     ("ensemble_add", {"RAW": A}, {"RAW": "INT32"}),
     ("preprocess", {"RAW": B}, {"RAW": "INT32"}),
     ("bls_add", {"INPUT0": A[0], "INPUT1": B[0]}, {"INPUT0": "INT32", "INPUT1": "INT32"}),
+    ("bls_async", {"RAW": A[1]}, {"RAW": "INT32"}),
     ("auto_complete", {"IN": RNG.standard_normal((2, 4), dtype=np.float32)}, {"IN": "FP32"}),
 ]
 
@@ -103,7 +104,7 @@ def test_server_metadata_lists_system_shared_memory(pair: Pair) -> None:
 
 
 MODELS = ["simple", "simple_string", "simple_identity", "repeat_int32", "preprocess", "ensemble_add", "bls_add",
-          "errors", "args_echo", "auto_complete"]
+          "errors", "args_echo", "auto_complete", "bls_async"]
 
 
 @pytest.mark.parametrize("model", MODELS)
