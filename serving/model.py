@@ -114,7 +114,8 @@ def sibling_imports(directory: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            sys.path.remove(str(root))
+            with contextlib.suppress(ValueError):  # the model file may have taken it off itself
+                sys.path.remove(str(root))
             for name in set(sys.modules) - before:
                 file = getattr(sys.modules[name], "__file__", None)
                 if file and Path(file).resolve().is_relative_to(root):
