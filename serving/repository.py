@@ -135,8 +135,10 @@ class Repository:
                 if not retry_failed and entry.failed_config == text and not completed:
                     return False  # this config failed to parse before; it has not changed
                 try:
-                    spec = (parse_config_json(text, model_dir, complete) if config_json is not None
-                            else parse_config(text, model_dir, complete))
+                    # off the event loop: completing a config opens the model (an ONNX session, a
+                    # model.py's import), which takes seconds for a large one
+                    parse = parse_config_json if config_json is not None else parse_config
+                    spec = await asyncio.get_running_loop().run_in_executor(None, parse, text, model_dir, complete)
                     plan = plan_of(spec) if spec.platform == ENSEMBLE else None  # a cycle fails here
                 except ConfigError:
                     entry.failed_config = text

@@ -26,7 +26,7 @@ from model_registry.store import Registry, Version
 from serving.app import start
 from serving.errors import ConfigError
 from serving.settings import Settings
-from serving.sources import RETRY_FIRST_SECS
+from serving.sources import RETRY_FIRST_SECS, ModelSources
 
 from .conftest import EXAMPLES, RunningServer
 
@@ -213,7 +213,7 @@ def test_a_tampered_or_broken_version_leaves_the_previous_one_serving(
 
     assert tries() == 1  # not downloaded again at every poll, but after a back-off:
     sources = server.server.sources
-    assert sources is not None
+    assert isinstance(sources, ModelSources)
     sources.clock = lambda: time.monotonic() + RETRY_FIRST_SECS  # a minute later
     wait_for(lambda: tries() == 2, "tried the failed version again after the back-off")
     counted = checks(server, "verification_failed")

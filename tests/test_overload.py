@@ -19,6 +19,8 @@ import orjson
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
+from serving.batching import Batcher
+
 from .conftest import RunningServer, write_model
 
 GATED = '''
@@ -92,8 +94,9 @@ async def fill(server: RunningServer, session: aiohttp.ClientSession, url: str,
                queue: int) -> list[asyncio.Task[tuple[int, dict, str | None]]]:
     """One request running behind the closed gate, then ``queue`` more waiting in the queue."""
     assert server.server.repository is not None
-    batcher = server.server.repository.get("gated").batcher
-    assert batcher is not None
+    scheduler = server.server.repository.get("gated").batcher
+    assert isinstance(scheduler, Batcher)  # a model's own queue, not an ensemble's scheduler
+    batcher: Batcher = scheduler
     running = [asyncio.ensure_future(post(session, url))]
     await until(lambda: batcher.busy and batcher.pending == 0)  # computing, behind the gate
     queued = [asyncio.ensure_future(post(session, url)) for _ in range(queue)]
