@@ -10,6 +10,7 @@ protocol is written here once:
 - `binary`: the binary tensor extension (BYTES serialization, the ``binary_data_size`` walk);
 - `codecs`: HTTP bodies, JSON tensors with the binary extension;
 - `protobuf`: ``ModelInferRequest`` and ``ModelInferResponse``;
+- `shm`: the shared-memory extension's tensor parameters (which region, how many bytes, where);
 - `headers`: header names;
 - `predictions`: the predicted class of class scores (top-1).
 """
