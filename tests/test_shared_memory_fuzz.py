@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -246,3 +248,77 @@ def test_grpc_infer_with_fuzzed_parameter_types(server: RunningServer, registere
         assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), error.details()
     finally:
         channel.close()
+
+
+# -- registering, using and unregistering in any order --------------------------------------
+
+class Lifecycle(RuleBasedStateMachine):
+    """Regions registered, held by running requests, written, released and unregistered in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = Path(tempfile.mkdtemp())
+        (self.root / "obj").write_bytes(OBJECT)
+        self.memory = SharedMemory(allowed=True, root=self.root, max_regions=3)
+        self.descriptors = descriptors()
+        self.registered: dict[str, int] = {}  # name -> byte size
+        self.held: list[tuple[str, Any]] = []  # (region, the OutputRegions of a "running request")
+
+    @rule(name=st.sampled_from(["a", "b", "c", "d"]), size=st.integers(0, 90))
+    def register(self, name: str, size: int) -> None:
+        try:
+            self.memory.register(name, "/obj", 0, size)
+        except ServingError:
+            assert name in self.registered or len(self.registered) == 3 or size > len(OBJECT)
+        else:
+            assert name not in self.registered and size <= len(OBJECT)
+            self.registered[name] = size
+
+    @rule(name=st.sampled_from(["a", "b", "c", "d", ""]))
+    def unregister(self, name: str) -> None:
+        busy = {region for region, _held in self.held}
+        wanted = [name] if name else list(self.registered)
+        try:
+            self.memory.unregister(name or None)
+        except ServingError as exc:
+            assert busy & set(wanted), exc
+        for each in wanted:
+            if each not in busy:
+                self.registered.pop(each, None)
+
+    @rule(name=st.sampled_from(["a", "b", "c", "d"]), size=st.integers(0, 90))
+    def start_request(self, name: str, size: int) -> None:
+        try:
+            held = self.memory.hold_outputs([RequestedOutput("Y", None, SharedMemoryRef(name, size))])
+        except ServingError:
+            assert name not in self.registered or size > self.registered[name]
+        else:
+            assert size <= self.registered[name]
+            self.held.append((name, held))
+
+    @precondition(lambda self: bool(self.held))
+    @rule(index=st.integers(0, 10), count=st.integers(0, 30))
+    def finish_request(self, index: int, count: int) -> None:
+        _name, held = self.held.pop(index % len(self.held))
+        try:
+            held.write([Tensor("Y", "UINT8", np.full(count, 7, np.uint8))])
+        except ServingError:
+            pass  # a region too small for the result
+        finally:
+            held.release()
+        assert (self.root / "obj").stat().st_size == len(OBJECT)
+
+    @invariant()
+    def status_is_what_was_registered(self) -> None:
+        assert {s["name"]: s["byte_size"] for s in self.memory.status()} == self.registered
+
+    def teardown(self) -> None:
+        for _name, held in self.held:
+            held.release()
+        self.memory.unregister()
+        assert descriptors() == self.descriptors  # every region's descriptor closed
+        shutil.rmtree(self.root)
+
+
+TestLifecycle = Lifecycle.TestCase
+TestLifecycle.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
