@@ -1,4 +1,4 @@
-"""Answers to good requests, side by side with tritonserver: outputs, metadata, configs, streams.
+"""Answers to good requests, side by side with tritonserver: outputs, metadata, configs, initialize args.
 
 The same Python-backend models (tests/fixtures/triton, written against pb_utils only) run in
 both servers, so every output must be equal, element for element and in datatype and shape.
@@ -7,8 +7,6 @@ both servers, so every output must be equal, element for element and in datatype
 from __future__ import annotations
 
 import json
-import queue
-import time
 from typing import Any
 
 import numpy as np
@@ -188,41 +186,3 @@ def test_request_id_and_parameters_are_tritons(pair: Pair) -> None:
     triton, serve = echo(pair)
     assert (serve["request_id"], serve["parameters"]) == (triton["request_id"], triton["parameters"])
 
-
-def stream(url: str, values: list[int], empty_final: bool) -> list[tuple[Any, ...]]:
-    """repeat_int32 over ModelStreamInfer: every message, until the final one or a quiet second."""
-    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client = grpcclient.InferenceServerClient(url)
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    try:
-        named = {"IN": np.array(values, dtype=np.int32), "DELAY": np.ones(len(values), dtype=np.uint32),
-                 "WAIT": np.array([5], dtype=np.uint32)}
-        client.async_stream_infer("repeat_int32", tensors(grpcclient, named, {"IN": "INT32", "DELAY": "UINT32",
-                                                                               "WAIT": "UINT32"}),
-                                  request_id="s1", enable_empty_final_response=empty_final)
-        seen: list[tuple[Any, ...]] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                result, error = answers.get(timeout=1.0 if not empty_final else 10)
-            except queue.Empty:
-                break  # without the empty final response nothing marks the end
-            if error is not None:
-                seen.append(("error", error.message()))
-                break
-            response = result.get_response()
-            final = response.parameters["triton_final_response"].bool_param
-            seen.append((response.id, response.model_name, response.model_version,
-                         {out.name: result.as_numpy(out.name).tolist() for out in response.outputs}, final))
-            if final:
-                break
-        return seen
-    finally:
-        client.stop_stream()
-
-
-@pytest.mark.parametrize("values", [[4, 5, 6], []], ids=["three", "none"])
-@pytest.mark.parametrize("empty_final", [True, False], ids=["empty-final", "no-empty-final"])
-def test_decoupled_stream_is_tritons(pair: Pair, values: list[int], empty_final: bool) -> None:
-    triton, serve = pair.both(lambda url: stream(url, values, empty_final), grpc=True)
-    assert serve == triton
