@@ -35,8 +35,9 @@ class MirrorMetrics:
                                       "(over max_body_size), streamed (a body of unknown length), no_upstream (no "
                                       "upstream for the protocol), unreachable (resting after failures in a row: "
                                       "refused, timed out, too large), memory_budget (no room in "
-                                      "--shadow-memory-budget-bytes for the body), stopping", ["shadow", "reason"],
-                                      registry=r)
+                                      "--shadow-memory-budget-bytes for the body), stopping, shared_memory (the "
+                                      "request names a shared-memory region of the primary's host)",
+                                      ["shadow", "reason"], registry=r)
         self.shadow_cancelled = Counter("sidecar_shadow_cancelled", "Shadow requests cancelled at shutdown",
                                         ["shadow"], registry=r)
         self.shadow_memory_held = Gauge("sidecar_shadow_memory_bytes", "Bytes held for shadow copies: their request "

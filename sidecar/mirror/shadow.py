@@ -65,6 +65,10 @@ class Shadow:
         self._sends = {p: metrics.shadow_sends.labels(self.name, p) for p in ("http", "grpc")}
         self._duration = metrics.shadow_duration.labels(self.name)
 
+    def skip(self, reason: str) -> None:
+        """Count a copy this shadow does not get, for ``reason``."""
+        self.metrics.shadow_skipped.labels(self.name, reason).inc()
+
     def admit(self, protocol: str, body_size: int | None) -> bool:
         """Whether a sampled copy may go now; every refusal is counted.
 
@@ -83,7 +87,7 @@ class Shadow:
         elif self._resting_until and (time.monotonic() < self._resting_until or self._probing):
             reason = "unreachable"
         if reason is not None:
-            self.metrics.shadow_skipped.labels(self.name, reason).inc()
+            self.skip(reason)
             return False
         assert body_size is not None
         if len(self.tasks) >= self.config.max_in_flight:

@@ -27,6 +27,9 @@ from .upstreams import Upstreams
 REQUEST_ID = "x-request-id"
 
 
+SHARED_MEMORY = b"shared_memory_region"  # the parameter naming a region, in JSON and protobuf bodies alike
+
+
 class Incoming:
     """What the plan reads of a request: a header (or metadata) lookup, the body when held, its ``id``."""
 
@@ -137,6 +140,12 @@ class Proxy:
         """
         canary, weight = ups.canary, self.rollout.weight
         plan = Plan(PRIMARY)
+        if infer and request.body is not None and SHARED_MEMORY in request.body:
+            # its tensors are in regions registered with the primary's process: a canary would not
+            # find them, and a shadow on the same host would write its outputs into the client's region
+            for shadow in ups.shadows:
+                shadow.skip("shared_memory")
+            return plan
         if infer and canary is not None and canary_here and weight > 0 and split(
                 _sticky(canary.header, request), weight) == CANARY:
             plan.served = CANARY

@@ -108,3 +108,23 @@ def test_the_observer_counts_times_and_leaves_the_hop() -> None:
     assert sample("sidecar_upstream_duration_seconds_count", {"upstream": PRIMARY, "protocol": "http"}) == 1
     assert sample("sidecar_hop_duration_seconds_count", {"protocol": "http"}) == 1
     assert 0.005 < (sample("sidecar_hop_duration_seconds_sum", {"protocol": "http"}) or 0) < 1.0
+
+
+def test_a_request_naming_shared_memory_goes_to_the_primary_alone() -> None:
+    """Its tensors are in regions registered with the primary's process: a canary would not find them,
+    and a shadow on the same host would write its outputs into the client's region."""
+    config = Config(primary=PrimaryConfig(grpc=None), shadows=(ShadowConfig("s", "http://127.0.0.1:9"),),
+                    canary=CanaryConfig("http://127.0.0.1:9", None, weight=100.0, copy_fraction=0.0))
+    http, ups, submitted = proxy(config)
+    body = (b'{"inputs": [{"name": "IN", "datatype": "FP32", "shape": [4], "parameters": '
+            b'{"shared_memory_region": "input", "shared_memory_byte_size": 16}}]}')
+    for user in range(20):
+        plan = http.plan(ups, request({"x-user": f"u{user}"}, body), infer=True, canary_here=True, mirror=True)
+        assert plan.served == PRIMARY and plan.copies == [] and plan.exchange is None
+    skipped = ups.shadows[0].metrics.shadow_skipped.labels("s", "shared_memory")._value.get()
+    assert skipped == 20 and submitted == []
+    # the same request without a region is canaried and copied as any other
+    plan = http.plan(ups, request({"x-user": "u"}, b'{"inputs": []}'), infer=True, canary_here=True, mirror=True)
+    assert plan.served == CANARY and [s.name for s in plan.copies] == ["s"]
+    for shadow in plan.copies:
+        shadow.budget.give(len(b'{"inputs": []}'))
