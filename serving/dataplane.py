@@ -106,6 +106,11 @@ class DataPlane:
             for row in rows:
                 if row["name"] in reasons and (row["state"] == "READY" or not row.get("reason")):
                     row["reason"] = reasons[row["name"]]
+            # a model the source holds but could not bring here at all has no directory, so no row yet
+            listed = {row["name"] for row in rows}
+            rows += [{"name": name, "state": "UNAVAILABLE", "reason": reason}
+                     for name, reason in sorted(reasons.items()) if name not in listed]
+            rows.sort(key=lambda row: row["name"])
         return rows
 
     async def load_model(self, name: str, config_json: str | None = None) -> None:
