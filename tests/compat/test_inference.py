@@ -49,6 +49,11 @@ CASES: list[tuple[str, dict[str, np.ndarray], dict[str, str]]] = [
 ]
 
 
+OUTPUTS = {"simple": ("OUTPUT0", "OUTPUT1"), "simple_string": ("OUTPUT0", "OUTPUT1"), "simple_identity": ("OUTPUT0",),
+           "ensemble_add": ("SUM", "DIFF"), "preprocess": ("DOUBLED", "SAME"), "bls_add": ("OUTPUT0",),
+           "bls_async": ("SUM", "DOUBLED"), "auto_complete": ("OUT",)}
+
+
 def outputs(result: Any, response: dict[str, Any]) -> dict[str, tuple[str, list[int], list[Any]]]:
     return {out["name"]: (out["datatype"], list(out["shape"]), result.as_numpy(out["name"]).tolist())
             for out in response["outputs"]}
@@ -63,7 +68,8 @@ def test_http_outputs_are_tritons(pair: Pair, model: str, named: dict[str, np.nd
         inputs = tensors(httpclient, named, datatypes)
         for tensor, array in zip(inputs, named.values(), strict=True):
             tensor.set_data_from_numpy(array, binary_data=binary)
-        result = client.infer(model, inputs)
+        wanted = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in sorted(OUTPUTS[model])]
+        result = client.infer(model, inputs, outputs=wanted)
         return {"outputs": outputs(result, result.get_response()), "model": result.get_response()["model_name"],
                 "version": result.get_response()["model_version"]}
 
@@ -112,6 +118,13 @@ def test_model_metadata_is_tritons(pair: Pair, model: str) -> None:
     assert serve.body == triton.body
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_grpc_model_metadata_is_tritons(pair: Pair, model: str) -> None:
+    triton, serve = pair.both(lambda url: grpcclient.InferenceServerClient(url).get_model_metadata(model, as_json=True),
+                              grpc=True)
+    assert serve == triton
+
+
 # Where serve's config JSON may differ from Triton's, field by field
 CONFIG_FIELDS = ("name", "platform", "backend", "max_batch_size", "input", "output", "default_model_filename",
                  "parameters", "version_policy")
@@ -138,6 +151,16 @@ def test_model_config_is_tritons(pair: Pair, model: str) -> None:
     assert batching[1] == batching[0]
     assert serve.body.get("model_transaction_policy", {}).get("decoupled", False) == \
         triton.body.get("model_transaction_policy", {}).get("decoupled", False)
+
+
+@pytest.mark.parametrize("model", ["simple", "ensemble_add", "repeat_int32"])
+def test_grpc_model_config_is_tritons(pair: Pair, model: str) -> None:
+    triton, serve = pair.both(
+        lambda url: grpcclient.InferenceServerClient(url).get_model_config(model, as_json=True)["config"], grpc=True)
+    for field in (*CONFIG_FIELDS, "ensemble_scheduling"):
+        assert serve.get(field) == triton.get(field), field
+    decoupled = [config.get("model_transaction_policy", {}).get("decoupled", False) for config in (triton, serve)]
+    assert decoupled[1] == decoupled[0]
 
 
 @pytest.mark.xfail(strict=True, reason="serve's instance_group has name '' where Triton names it '<model>_0'")
