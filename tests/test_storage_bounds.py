@@ -102,9 +102,10 @@ def test_keys_that_would_leave_the_cache_are_refused(moto_s3: MotoS3, bucket: st
     assert f"models/{key}" in moto_s3.keys(bucket)
     server = RunningServer(parse_store_url(moto_s3.url(bucket, "models")), model_cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
     try:
-        rows = {row["name"]: row["state"] for row in httpclient.InferenceServerClient(server.url)
-                .get_model_repository_index()}
-        assert rows == {"simple": "READY"}
+        index = {row["name"]: row for row in httpclient.InferenceServerClient(server.url)
+                 .get_model_repository_index()}
+        assert {name: row["state"] for name, row in index.items()} == {"simple": "READY", "evil": "UNAVAILABLE"}
+        assert "cannot be fetched" in index["evil"]["reason"]  # the store holds it: the index says why it is not here
         remote = server.server.sources
         assert isinstance(remote, RemoteRepository)
         assert "cannot be fetched" in remote.reasons()["evil"] and "it is not served" in remote.reasons()["evil"]
