@@ -36,13 +36,21 @@ def simple(request_id: str, model: str = "simple") -> Send:
                                "INPUT1": np.ones((1, 16), dtype=np.int32)}
 
 
-def stream(url: str, sends: list[Send], empty_final: bool, quiet: float = 1.0) -> dict[str, Any]:
-    """Every message of one stream, until each request's final one (or a quiet second without them)."""
+def stream(url: str, sends: list[Send], empty_final: bool, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Every message of one stream: each request ends with its final message, an error, or (without the
+    empty final response) its expected count of messages; then a short wait catches any extra one."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     seen: dict[str, Any] = {"errors": []}
-    open_requests = {request_id for request_id, _, _ in sends}
+    ended: set[str] = set()
+
+    def done() -> bool:
+        finished = len(ended) + len(seen["errors"])
+        if counts is not None:
+            finished += sum(len(seen.get(request_id, [])) >= count for request_id, count in counts.items())
+        return finished >= len(sends)
+
     try:
         for request_id, model, named in sends:
             inputs = []
@@ -51,12 +59,12 @@ def stream(url: str, sends: list[Send], empty_final: bool, quiet: float = 1.0) -
                 tensor.set_data_from_numpy(array)
                 inputs.append(tensor)
             client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=empty_final)
-        deadline = time.monotonic() + 20
-        while open_requests and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             try:
-                result, error = answers.get(timeout=quiet)
+                result, error = answers.get(timeout=0.3 if done() else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                break  # without the empty final response nothing marks the end
+                break
             if error is not None:
                 seen["errors"].append(without_traceback(error.message()))
                 continue
@@ -66,7 +74,7 @@ def stream(url: str, sends: list[Send], empty_final: bool, quiet: float = 1.0) -
                 (response.model_name, response.model_version,
                  {out.name: result.as_numpy(out.name).tolist() for out in response.outputs}, final))
             if final:
-                open_requests.discard(response.id)
+                ended.add(response.id)
         seen["errors"].sort()
         return seen
     finally:
@@ -77,7 +85,8 @@ def stream(url: str, sends: list[Send], empty_final: bool, quiet: float = 1.0) -
 @pytest.mark.parametrize("empty_final", [True, False], ids=["empty-final", "no-empty-final"])
 def test_decoupled_responses_are_tritons(pair: Pair, values: list[int], empty_final: bool) -> None:
     """One message per value; with the empty final response asked for, one more: no outputs, version ""."""
-    triton, serve = pair.both(lambda url: stream(url, [repeat("s1", values)], empty_final), grpc=True)
+    counts = None if empty_final else {"s1": len(values)}  # nothing marks the end without the empty final one
+    triton, serve = pair.both(lambda url: stream(url, [repeat("s1", values)], empty_final, counts), grpc=True)
     assert serve == triton
 
 
