@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("inference_protocol", "model_registry", "serving", "sidecar")
+PACKAGES = ("inference_protocol", "model_registry", "serving", "sidecar", "triton_python_backend_utils")
 MAX_LINES = 400
 # What the sidecar may take from serving: pure modules, no torch, no server (see each one's docstring).
 SIDECAR_MAY_IMPORT = {"serving.connections", "serving.flags", "serving.logs", "serving.shutdown"}
@@ -55,21 +55,23 @@ def test_no_module_is_over_the_limit() -> None:
 
 
 def _listed() -> set[str]:
-    """The modules the layout section lists: ``pkg/`` paragraphs, ``- `sub/``` headings, ``- `x.py``` items."""
+    """The modules the layout section lists: ``pkg/`` paragraphs, ``- `sub/``` headings (and ``  - `sub/```
+    within them), ``- `x.py``` items, indented once per level of subpackage."""
     listed: set[str] = set()
-    package = subpackage = ""
+    package = ""
+    nested: list[str] = []  # the subpackages the current line is inside
     for line in _layout_section().splitlines():
         if match := re.match(r"`(\w+)/`:", line):
-            package, subpackage = match.group(1), ""
-        elif match := re.match(r"- `(\w+)/`:", line):
-            subpackage = match.group(1)
-            listed.add(f"{package}/{subpackage}/__init__.py")
-        elif match := re.match(r"- `(\w+\.py)`:", line):
-            subpackage = ""
-            listed.add(f"{package}/{match.group(1)}")
-        elif match := re.match(r"  - `(\w+\.py)`:", line):
-            assert subpackage, f"an indented module outside a subpackage: {line!r}"
-            listed.add(f"{package}/{subpackage}/{match.group(1)}")
+            package, nested = match.group(1), []
+        elif match := re.match(r"( *)- `(\w+)(/|\.py)`:", line):
+            depth = len(match.group(1)) // 2
+            assert depth <= len(nested), f"indented deeper than its subpackage: {line!r}"
+            nested = nested[:depth]
+            if match.group(3) == "/":
+                nested.append(match.group(2))
+                listed.add("/".join([package, *nested, "__init__.py"]))
+            else:
+                listed.add("/".join([package, *nested, match.group(2) + ".py"]))
     return listed
 
 
