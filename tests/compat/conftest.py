@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .servers import Pair, start_pair
-from .triton import REPOSITORY, Distribution, Triton, install, missing_libraries, unsupported
+from .triton import REPOSITORY, Distribution, Triton, install, missing_libraries, start_server, unsupported
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def _starter(distribution: Distribution, factory: pytest.TempPathFactory) -> tup
 
     def start(repository: Path = REPOSITORY, *flags: str) -> Triton:
         log = factory.mktemp("tritonserver") / "server.log"
-        started.append(Triton(distribution, repository, log, *flags))
+        started.append(start_server(distribution, repository, log, *flags))
         return started[-1]
 
     return start, started

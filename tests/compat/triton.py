@@ -12,6 +12,7 @@ virtualenv's ``bin`` first, the stub imports the virtualenv's numpy, so nothing 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
 import shutil
@@ -63,7 +64,20 @@ class Distribution:
 
 
 def install() -> Distribution:
-    """The wheel in ``.peers/pytriton``, and a server tree with this Python's stub, made once."""
+    """The wheel in ``.peers/pytriton``, and a server tree with this Python's stub, made once.
+
+    Under a lock: two test runs at once (two people, two CI jobs on one runner) install it once.
+    """
+    PEERS.mkdir(exist_ok=True)
+    with (PEERS / "pytriton.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _install()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _install() -> Distribution:
     venv = PEERS / "pytriton"
     marker = venv / f".installed-{PYTRITON}"
     if not marker.exists():
@@ -95,7 +109,11 @@ def install() -> Distribution:
 
 
 class Triton:
-    """One tritonserver in its own process group (the Python stubs are its children)."""
+    """One tritonserver in its own process group (the Python stubs are its children).
+
+    Its ports are free when chosen; another process may take one before tritonserver binds it,
+    so `start` tries again on new ports.
+    """
 
     def __init__(self, distribution: Distribution, repository: Path, log: Path, *flags: str) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -160,6 +178,14 @@ class Triton:
         self._log.close()
         for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # left behind by a stub that was killed
             region.unlink(missing_ok=True)
+
+
+def start_server(distribution: Distribution, repository: Path, log: Path, *flags: str, attempts: int = 3) -> Triton:
+    """A tritonserver that is live, on ports that were free; a start that fails is retried on others."""
+    for attempt in range(1, attempts):
+        with contextlib.suppress(RuntimeError):  # its log stays beside the next one's
+            return Triton(distribution, repository, log.with_name(f"{log.stem}-{attempt}{log.suffix}"), *flags)
+    return Triton(distribution, repository, log, *flags)
 
 
 def missing_libraries(distribution: Distribution) -> str | None:
