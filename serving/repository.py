@@ -237,10 +237,13 @@ class Repository:
         return bool(to_start or to_retire)
 
     async def unload(self, name: str) -> None:
-        """Stop routing to every version of a model, drain them, and unload them."""
+        """Stop routing to every version of a model, drain them, and unload them.
+
+        A model that is not loaded is unloaded already: nothing to do, as Triton answers it.
+        """
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"model '{name}' is not loaded")
+            return
         async with entry.lock:
             serving = [m for m in entry.versions.values() if m.state == READY]
             for model in serving:

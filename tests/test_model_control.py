@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
@@ -78,6 +79,13 @@ def test_explicit_mode_loads_only_what_it_is_told(tmp_path: Path) -> None:
         assert client.is_server_ready()  # unloading a model on purpose leaves the server ready
         with pytest.raises(InferenceServerException, match="failed to load 'nope', failed to poll"):
             client.load_model("nope")
+        client.unload_model("nope")  # not loaded is unloaded already, as Triton answers it
+        client.unload_model("b")
+        client.unload_model("b")  # twice: the same
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.server.grpc_port}")
+        grpc.unload_model("nope")
+        grpc.close()
+        assert index(client)[("b", "1")] == "UNAVAILABLE"
     finally:
         server.stop()
 

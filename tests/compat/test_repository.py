@@ -87,8 +87,6 @@ def test_loading_an_ensemble_loads_its_steps(pair: Pair) -> None:
     assert sorted(outputs[1], key=lambda out: out["name"]) == sorted(outputs[0], key=lambda out: out["name"])
 
 
-@pytest.mark.xfail(strict=True, reason="serve answers 404 \"model 'nope' is not loaded\" where Triton answers 200 "
-                   "(tritonclient's unload_model raises on serve only)")
 def test_unloading_an_unknown_model_succeeds(pair: Pair) -> None:
     triton, serve = pair.http("POST", "/v2/repository/models/nope/unload", {})
     assert (triton.status, triton.body) == (200, None)
