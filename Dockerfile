@@ -10,8 +10,8 @@
 #   docker build --build-arg MODEL_URI=models:/classifier@champion --build-arg MLFLOW_TRACKING_URI=https://mlflow.example \
 #     $(shadowserve-registry resolve models:/classifier@champion --format build-args) -t my-model .
 #
-# Dependencies are pinned in requirements/runtime.txt and, for the registry client,
-# requirements/registry.txt (torch comes with the PyTorch base: its tag picks the torch and
+# Dependencies are pinned in requirements/runtime.txt, for the registry client in
+# requirements/registry.txt, and for the model image's ONNX Runtime and S3 in requirements/model.txt (torch comes with the PyTorch base: its tag picks the torch and
 # CUDA versions). Builder stages install into a virtual environment at /opt/shadowserve; the
 # final stages copy it and nothing else.
 
@@ -66,15 +66,17 @@ ENTRYPOINT ["sidecar"]
 # ---- model: dependencies beside the base image's torch ----------------------------------
 FROM ${PYTORCH_IMAGE} AS model-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY requirements/runtime.txt requirements/registry.txt /tmp/
+COPY requirements/runtime.txt requirements/registry.txt requirements/model.txt /tmp/
 # --system-site-packages: torch (and its CUDA libraries) stay the base image's.
 # registry.txt: serve --model-source, and the pull of the model stage below.
+# model.txt: ONNX models (onnxruntime-gpu: the CUDA execution provider) and s3:// repositories.
 RUN python -m venv --system-site-packages /opt/shadowserve \
-    && /opt/shadowserve/bin/pip install --no-cache-dir --requirement /tmp/runtime.txt --requirement /tmp/registry.txt
+    && /opt/shadowserve/bin/pip install --no-cache-dir --requirement /tmp/runtime.txt --requirement /tmp/registry.txt \
+       --requirement /tmp/model.txt
 COPY --from=wheel /wheels /wheels
 # The import is the check that the base image's torch and the pinned packages work together.
 RUN /opt/shadowserve/bin/pip install --no-cache-dir --no-deps /wheels/shadowserve-*.whl \
-    && /opt/shadowserve/bin/python -c "import torch, serving.app, sidecar.app, model_registry.cli, mlflow"
+    && /opt/shadowserve/bin/python -c "import torch, serving.app, sidecar.app, model_registry.cli, mlflow, onnxruntime, s3fs, triton_python_backend_utils"
 
 # ---- the model repository: the build context's, or pulled from the model registry ------
 # Without MODEL_URI: MODEL_REPOSITORY, a directory of the build context, as it is. With it:

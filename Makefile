@@ -8,12 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo run test lint install clean
 
-# requirements/runtime.txt pins every runtime dependency but torch, and requirements/registry.txt
-# the registry extra's, as the images install them.
-$(VENV)/.installed: pyproject.toml requirements/runtime.txt requirements/registry.txt
+# requirements/runtime.txt pins every runtime dependency but torch, requirements/registry.txt
+# the registry extra's and requirements/model.txt the onnx and s3 extras', as the images install them.
+$(VENV)/.installed: pyproject.toml requirements/runtime.txt requirements/registry.txt requirements/model.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -c requirements/runtime.txt -c requirements/registry.txt -e '.[test]'
+	$(PY) -m pip install -q -c requirements/runtime.txt -c requirements/registry.txt -c requirements/model.txt -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -17,6 +17,11 @@ from packaging.utils import canonicalize_name
 
 FROM_BASE_IMAGE = {"torch"}  # the PyTorch base image brings torch and its own dependencies
 REGISTRY = "registry"  # the extra both images install beside the runtime lock
+MODEL = "model"  # the model image's own extras, beside both: Triton repositories' backends and stores
+MODEL_EXTRAS = ("onnx", "s3")
+# the model image's CUDA base takes these distributions' GPU builds: the same modules, the same
+# dependencies, under another name
+GPU_BUILDS = {"onnxruntime": "onnxruntime-gpu"}
 HEADERS = {
     "": """\
 # Pinned runtime dependencies of both images: the closure of pyproject.toml's
@@ -35,6 +40,15 @@ HEADERS = {
 # Resolved for CPython 3.11 on Linux x86_64 together with runtime.txt; to refresh:
 #   pip install -c requirements/runtime.txt -e '.[registry]'
 #   python -m tests.k8s.lock registry > requirements/registry.txt
+""",
+    MODEL: """\
+# Pinned dependencies of pyproject.toml's `onnx` and `s3` extras that runtime.txt and
+# registry.txt do not pin already, for the model image alone: ONNX models (as onnxruntime-gpu,
+# the GPU build of the same module, for the image's CUDA base) and repositories on S3. gs:// and
+# as:// repositories need the `gcs` or `azure` extra installed into a derived image.
+# Resolved for CPython 3.11 on Linux x86_64 together with the other two; to refresh:
+#   pip install -c requirements/runtime.txt -c requirements/registry.txt -e '.[registry,onnx,s3]'
+#   python -m tests.k8s.lock model > requirements/model.txt
 """,
 }
 
@@ -71,10 +85,15 @@ def _walk(seeds: list[Requirement]) -> dict[str, str]:
 
 
 def closure(extra: str = "") -> dict[str, str]:
-    """The runtime lock's distributions (``extra=""``), or what the extra needs beyond them."""
+    """The runtime lock's distributions (``extra=""``), or what the extra needs beyond them; for
+    `MODEL`, what its extras need beyond the runtime and registry locks, GPU builds named as such."""
     runtime = _walk(declared())
     if not extra:
         return runtime
+    if extra == MODEL:
+        locked = runtime | _walk(declared() + declared(REGISTRY))
+        both = _walk(declared() + declared(REGISTRY) + [r for e in MODEL_EXTRAS for r in declared(e)])
+        return {GPU_BUILDS.get(name, name): version for name, version in both.items() if name not in locked}
     # Walked together, so that an extra of a runtime package the extra asks for counts too.
     both = _walk(declared() + declared(extra))
     return {name: version for name, version in both.items() if name not in runtime}
@@ -83,5 +102,5 @@ def closure(extra: str = "") -> dict[str, str]:
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else ""
     if which not in HEADERS:
-        sys.exit(f"usage: python -m tests.k8s.lock [{REGISTRY}]")
+        sys.exit(f"usage: python -m tests.k8s.lock [{REGISTRY}|{MODEL}]")
     print(HEADERS[which] + "".join(f"{name}=={version}\n" for name, version in closure(which).items()), end="")

@@ -17,11 +17,12 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from .kube import ROOT
-from .lock import REGISTRY, closure, declared
+from .lock import MODEL, REGISTRY, closure, declared
 
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements" / "runtime.txt"
 REGISTRY_LOCK = ROOT / "requirements" / "registry.txt"
+MODEL_LOCK = ROOT / "requirements" / "model.txt"
 
 
 def instructions(text: str) -> Iterator[tuple[str, str]]:
@@ -162,13 +163,24 @@ def test_registry_lock_is_the_extras_closure() -> None:
 
 
 def test_both_images_install_both_locks() -> None:
-    for stage in ("sidecar-build", "model-build"):
+    for stage, extra in (("sidecar-build", ""), ("model-build", " requirements/model.txt")):
         steps = stages()[stage]
-        assert ("COPY", "requirements/runtime.txt requirements/registry.txt /tmp/") in steps, stage
+        assert ("COPY", f"requirements/runtime.txt requirements/registry.txt{extra} /tmp/") in steps, stage
         runs = " ".join(rest for k, rest in steps if k == "RUN")
         assert "--requirement /tmp/runtime.txt --requirement /tmp/registry.txt" in runs, stage
         assert "model_registry.cli" in runs and "mlflow" in runs, f"{stage} checks the registry client imports"
     assert ("COPY", "model_registry model_registry") in stages()["wheel"]
+
+
+def test_model_lock_is_the_model_extras_closure() -> None:
+    """The model image's backends and stores (onnx as its GPU build, s3), beyond the other locks, pinned once."""
+    pins, others = lock(MODEL_LOCK), {**lock(), **lock(REGISTRY_LOCK)}
+    assert not set(pins) & set(others), "pinned in runtime.txt or registry.txt already: drop it from model.txt"
+    assert set(pins) == set(closure(MODEL)), "regenerate it: python -m tests.k8s.lock model > requirements/model.txt"
+    assert {"onnxruntime-gpu", "s3fs"} <= set(pins) and "onnxruntime" not in pins, "the CUDA image takes the GPU build"
+    runs = " ".join(rest for k, rest in stages()["model-build"] if k == "RUN")
+    assert "--requirement /tmp/model.txt" in runs and "import torch, serving.app" in runs and "onnxruntime" in runs
+    assert "model.txt" not in " ".join(rest for _, rest in stages()["sidecar-build"]), "the sidecar serves no model"
 
 
 def test_the_wheel_stage_copies_every_package_the_wheel_holds() -> None:
