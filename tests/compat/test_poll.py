@@ -80,8 +80,8 @@ def test_a_model_removed(pair: Pair, repository: Path) -> None:
     assert serve.status in (404, 503) and serve.error.startswith("Request for unknown model: 'preprocess'"), serve
 
 
-@pytest.mark.xfail(strict=True, reason="serve keeps a row for a model removed from the repository (UNAVAILABLE, 'unloaded'); "
-                   "Triton drops the row")
+@pytest.mark.xfail(strict=True, reason="serve keeps a row for a model removed from the repository "
+                   "(UNAVAILABLE, 'unloaded'); Triton drops the row")
 def test_a_removed_model_leaves_the_index(pair: Pair) -> None:
     triton, serve = settled(pair, lambda rows: rows.get("preprocess", {}).get("state") != "READY")
     assert "preprocess" not in triton
