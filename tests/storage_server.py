@@ -100,15 +100,17 @@ class BadStore:
     * ``hang``: accepts, reads nothing, answers nothing, keeps the connection open;
     * ``garbage``: answers every request 200 with a body that is not S3's XML;
     * ``listing``: answers a listing with ``keys`` (name → listed size), or with ``listing``
-      (a whole body) when set, and every object read with ``body`` (whatever its listed size).
+      (a whole body) when set, and every object read with ``body`` (whatever its listed size),
+      or never when ``body`` is None.
     """
 
-    def __init__(self, mode: str, keys: dict[str, int] | None = None, body: bytes = b"") -> None:
+    def __init__(self, mode: str, keys: dict[str, int] | None = None, body: bytes | None = b"") -> None:
         self.mode, self.keys, self.body = mode, keys or {}, body
         self.listing: bytes | None = None  # when set, the listing's whole body, as it is
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.held: list[socket.socket] = []
+        self.stopped = threading.Event()
         self.requests = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -138,12 +140,16 @@ class BadStore:
             elif "list-type=2" in line:
                 entries = "".join(ENTRY.format(key=key, size=size) for key, size in self.keys.items())
                 body = LISTING.format(count=len(self.keys), contents=entries).encode()
+            elif self.body is None:  # the listing answers, the files never do
+                self.stopped.wait()  # held open, unanswered, until the double closes
+                return
             else:
                 body = self.body
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: "
                          + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
 
     def close(self) -> None:
+        self.stopped.set()
         self.sock.close()
         for conn in self.held:
             conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,5 +200,23 @@ def test_aws_endpoint_url_points_a_plain_s3_url_at_another_server(moto_s3: MotoS
                            model_repository_timeout_secs=5.0)
     try:
         assert index(httpclient.InferenceServerClient(server.url)) == {"simple/1": "READY"}
+    finally:
+        server.stop()
+
+
+def test_the_poller_follows_the_store_by_itself(moto_s3: MotoS3, bucket: str, tmp_path: Path, aws_env: None) -> None:
+    local = tmp_path / "local"
+    scale_model(local, {1: 3.0})
+    moto_s3.put_tree(bucket, "models/scale", local / "scale")
+    server = serve(moto_s3, bucket, tmp_path / "cache", model_control_mode="poll", repository_poll_secs=0.2)
+    try:
+        client = httpclient.InferenceServerClient(server.url)
+        assert scale(client) == [3.0, 6.0]
+        scale_model(local, {1: 3.0, 2: 7.0})
+        moto_s3.put(bucket, "models/scale/2/model.py", (local / "scale" / "2" / "model.py").read_bytes())
+        deadline = time.monotonic() + 30
+        while scale(client) != [7.0, 14.0]:
+            assert time.monotonic() < deadline, "version 2 was never served"
+            time.sleep(0.05)
     finally:
         server.stop()

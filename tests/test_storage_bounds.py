@@ -93,6 +93,19 @@ def test_a_store_that_sends_more_than_it_listed(tmp_path: Path, aws_env: None) -
     assert [p.name for p in remote.root.iterdir()] == [".fetched"]
 
 
+def test_a_store_whose_files_never_arrive_is_bounded_and_the_model_not_served(tmp_path: Path, aws_env: None) -> None:
+    store = BadStore("listing", {"stalled/config.pbtxt": 10, "stalled/1/model.py": 10}, body=None)
+    remote = RemoteRepository(parse_store_url(store.url()), tmp_path / "cache", Limits(timeout_s=1.0), {})
+    began = time.monotonic()
+    try:
+        asyncio.run(remote.start())
+    finally:
+        store.close()
+    assert time.monotonic() - began < 15
+    assert "stalled" not in remote.copies and "no answer within" in remote.reasons()["stalled"]
+    assert list(remote.fetched.iterdir()) == []
+
+
 @pytest.mark.parametrize("key", ["evil/1/../../../../escape.txt", "evil//etc/escape.txt", "evil/1/./model.py"])
 def test_keys_that_would_leave_the_cache_are_refused(moto_s3: MotoS3, bucket: str, key: str, tmp_path: Path,
                                                      aws_env: None) -> None:
