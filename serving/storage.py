@@ -265,13 +265,7 @@ class RemoteRepository:
                     reused += 1
                 else:
                     downloads.append((Remote(key, size, tag), dest))
-            gate = asyncio.Semaphore(PARALLEL)
-
-            async def download(remote: Remote, dest: Path) -> None:
-                async with gate:
-                    await self.store.download(dataclasses.replace(remote, key=f"{name}/{remote.key}"), dest)  # type: ignore[union-attr]  # set above
-
-            await asyncio.gather(*(download(remote, dest) for remote, dest in downloads))
+            await self._download_all(name, downloads)
             directory = staging.name[len(".partial-"):]
             await asyncio.to_thread(staging.rename, self.fetched / directory)
         except BaseException:
@@ -283,6 +277,24 @@ class RemoteRepository:
         if before is not None:
             self._retired.append(self.fetched / before.directory)
         log.info("model %s: fetched %d file(s) from %s, %d unchanged", name, len(downloads), self.url, reused)
+
+    async def _download_all(self, name: str, downloads: list[tuple[Remote, Path]]) -> None:
+        """A few files at once; the first failure cancels the others (the copy is thrown away anyway)."""
+        store = self.store
+        assert store is not None
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def download(remote: Remote, dest: Path) -> None:
+            async with gate:
+                await store.download(dataclasses.replace(remote, key=f"{name}/{remote.key}"), dest)
+
+        tasks = [asyncio.ensure_future(download(remote, dest)) for remote, dest in downloads]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _link(self, name: str, directory: str) -> None:
         # os.replace of a symlink is atomic: a scan sees the old copy or the new one, never neither
