@@ -233,9 +233,9 @@ class RemoteRepository:
             if clash is not None:
                 self._problem(name, f"{name}/{clash} is both a file and a folder in the store")
                 refused.add(name)
-        # a refused model keeps the copy it has, as it is
-        return {name: (self.copies[name].files if name in self.copies else {}) if name in refused else files
-                for name, files in models.items() if name not in refused or name in self.copies}
+        # a refused model keeps the copy it has, as it is (even when none of its keys could be taken)
+        kept = {name: self.copies[name].files for name in refused if name in self.copies}
+        return {**{name: files for name, files in models.items() if name not in refused}, **kept}
 
     def _reusable(self, name: str, key: str, size: int, tag: str) -> Path | None:
         """The file of the model's current copy that holds what the store lists, when there is one."""

@@ -127,6 +127,28 @@ def test_keys_that_would_leave_the_cache_are_refused(moto_s3: MotoS3, bucket: st
     assert not list(tmp_path.rglob("escape.txt"))
 
 
+def test_a_bad_key_in_a_served_model_keeps_its_copy_serving_and_says_why(moto_s3: MotoS3, bucket: str,
+                                                                        tmp_path: Path, aws_env: None) -> None:
+    moto_s3.put_tree(bucket, "models/simple", SIMPLE)
+    server = RunningServer(parse_store_url(moto_s3.url(bucket, "models")), model_cache_dir=tmp_path / "cache",  # type: ignore[arg-type]
+                           model_control_mode="poll", repository_poll_secs=3600.0, model_repository_timeout_secs=5.0)
+    try:
+        control = server.server.control
+        assert control is not None
+        client = httpclient.InferenceServerClient(server.url)
+        moto_s3.put(bucket, "models/simple/1/../../../escape.txt", "outside")
+        server.call(control.poll_once())
+        row = next(row for row in client.get_model_repository_index() if row["name"] == "simple")
+        assert row["state"] == "READY" and "the copy fetched before keeps serving" in row["reason"]
+        moto_s3.delete_prefix(bucket, "models/simple/1/..")
+        server.call(control.poll_once())
+        row = next(row for row in client.get_model_repository_index() if row["name"] == "simple")
+        assert row["state"] == "READY" and not row.get("reason")
+    finally:
+        server.stop()
+    assert not list(tmp_path.rglob("escape.txt"))
+
+
 def test_a_repository_over_the_size_or_count_limit_is_refused_before_fetching(moto_s3: MotoS3, bucket: str,
                                                                               tmp_path: Path, aws_env: None) -> None:
     moto_s3.put_tree(bucket, "models/simple", SIMPLE)
