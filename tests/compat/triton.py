@@ -45,7 +45,8 @@ def unsupported() -> str | None:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return f"tritonserver from {PYTRITON} runs on Linux x86_64 only, not {sys.platform} {platform.machine()}"
     libc, version = platform.libc_ver()
-    if libc != "glibc" or tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if libc != "glibc" or numbers < (2, 35):
         return f"{PYTRITON} needs glibc 2.35 or newer (manylinux_2_35), this machine has {libc} {version}"
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     if python not in STUB_VERSIONS:
