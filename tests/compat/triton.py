@@ -98,8 +98,10 @@ def _install() -> Distribution:
         shutil.rmtree(tree, ignore_errors=True)
         shutil.copytree(packages / "pytriton" / "tritonserver", tree,
                         ignore=shutil.ignore_patterns("python_backend_stubs"))
+        stub = tree / "backends" / "python" / "triton_python_backend_stub"
         shutil.copy(packages / "pytriton" / "tritonserver" / "python_backend_stubs" / python
-                    / "triton_python_backend_stub", tree / "backends" / "python")
+                    / "triton_python_backend_stub", stub.with_suffix(".part"))
+        os.replace(stub.with_suffix(".part"), stub)  # whole or absent: its presence marks the tree done
     libraries = [str(packages / "nvidia_pytriton.libs")]
     if libdir := sysconfig.get_config_var("LIBDIR"):
         libraries.append(str(libdir))  # this interpreter's libpython, for the stub (pyenv, /usr/local builds)
