@@ -26,13 +26,11 @@ import asyncio
 import dataclasses
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
-import stat
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -40,14 +38,13 @@ from inference_protocol.names import name_problem
 
 from .errors import ConfigError
 from .repository import Repository
+from .storage_cache import Copy, Files, is_whole, link, record, recorded, remove, reusable
 from .storage_fs import Remote, Store, StoreError
 from .storage_urls import StoreUrl, key_problem
 
 log = logging.getLogger(__name__)
 
-STATE = "state.json"
 PARALLEL = 4  # files of one model fetched at once
-Files = dict[str, tuple[int, str]]  # key inside the model → (size, tag)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +54,6 @@ class Limits:
     max_bytes: int = 64 * 1024**3
     max_files: int = 10_000
     timeout_s: float = 30.0
-
-
-@dataclasses.dataclass
-class Copy:
-    """A model's local copy: its directory under ``.fetched`` and the files it holds."""
-
-    directory: str
-    files: Files
 
 
 class RemoteRepository:
@@ -122,41 +111,17 @@ class RemoteRepository:
             raise ConfigError(f"--model-cache-dir {self.base.parent} holds {self.url} for another serve process; "
                               "give each its own --model-cache-dir") from None
         self._file_lock = lock
-        self.copies = {name: copy for name, copy in self._recorded().items() if self._whole(copy)}
+        self.copies = {name: copy for name, copy in recorded(self.base, str(self.url)).items()
+                       if is_whole(self.fetched, copy)}
         for path in self.root.iterdir():
             if path.name != self.fetched.name:
-                _remove(path)
+                remove(path)
         kept = {copy.directory for copy in self.copies.values()}
         for path in self.fetched.iterdir():
             if path.name not in kept:
-                _remove(path)
+                remove(path)
         for name, copy in self.copies.items():
-            self._link(name, copy.directory)
-
-    def _recorded(self) -> dict[str, Copy]:
-        try:
-            document = json.loads((self.base / STATE).read_text())
-            if document.get("url") != str(self.url):
-                return {}
-            return {name: Copy(str(entry["directory"]), {key: (int(size), str(tag))
-                                                         for key, (size, tag) in entry["files"].items()})
-                    for name, entry in document["models"].items()
-                    if name_problem(name) is None and _plain(str(entry["directory"]))
-                    and not any(key_problem(key) for key in entry["files"])}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            return {}  # no record, or not one this code wrote: everything is fetched again
-
-    def _whole(self, copy: Copy) -> bool:
-        """Every recorded file is there, a regular file of its size (a damaged copy is fetched again)."""
-        directory = self.fetched / copy.directory
-        for key, (size, _) in copy.files.items():
-            try:
-                info = os.lstat(directory / key)
-            except OSError:
-                return False
-            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-                return False
-        return directory.is_dir() and not directory.is_symlink()
+            link(self.root, self.fetched, name, copy.directory)
 
     def close(self) -> None:
         if self._file_lock is not None:
@@ -187,7 +152,7 @@ class RemoteRepository:
             changed = [name for name, files in wanted.items()
                        if name not in self.copies or self.copies[name].files != files]
             needed = sum(size for name in changed for key, (size, tag) in wanted[name].items()
-                         if self._reusable(name, key, size, tag) is None)
+                         if reusable(self.fetched, self.copies.get(name), key, size, tag) is None)
             free = (await asyncio.to_thread(shutil.disk_usage, self.fetched)).free
             if needed > free:
                 raise StoreError(f"{self.url} needs {needed:,} bytes fetched and {self.base.parent} has {free:,} "
@@ -207,7 +172,7 @@ class RemoteRepository:
                 log.info("model %s left %s: removed from the cache", name, self.url)
                 await asyncio.to_thread(self._unlink, name)
                 done.add(name)
-            await asyncio.to_thread(self._record)
+            await asyncio.to_thread(record, self.base, str(self.url), self.copies)
             return done
 
     def _models(self, listing: list[Remote], only: str | None) -> dict[str, Files]:
@@ -237,18 +202,6 @@ class RemoteRepository:
         kept = {name: self.copies[name].files for name in refused if name in self.copies}
         return {**{name: files for name, files in models.items() if name not in refused}, **kept}
 
-    def _reusable(self, name: str, key: str, size: int, tag: str) -> Path | None:
-        """The file of the model's current copy that holds what the store lists, when there is one."""
-        copy = self.copies.get(name)
-        if copy is None or copy.files.get(key) != (size, tag):
-            return None
-        path = self.fetched / copy.directory / key
-        try:
-            info = os.lstat(path)
-        except OSError:
-            return None
-        return path if stat.S_ISREG(info.st_mode) and info.st_size == size else None
-
     async def _fetch(self, name: str, files: Files) -> None:
         """A new copy of one model, built whole, then switched in by renaming its link."""
         assert self.store is not None
@@ -259,7 +212,7 @@ class RemoteRepository:
             for key, (size, tag) in sorted(files.items()):
                 dest = staging / key
                 await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-                source = self._reusable(name, key, size, tag)
+                source = reusable(self.fetched, self.copies.get(name), key, size, tag)
                 if source is not None:
                     await asyncio.to_thread(os.link, source, dest)  # same inode, same mtime: its version is unchanged
                     reused += 1
@@ -272,7 +225,7 @@ class RemoteRepository:
             await asyncio.to_thread(shutil.rmtree, staging, True)
             raise
         before = self.copies.get(name)
-        await asyncio.to_thread(self._link, name, directory)
+        await asyncio.to_thread(link, self.root, self.fetched, name, directory)
         self.copies[name] = Copy(directory, dict(files))
         if before is not None:
             self._retired.append(self.fetched / before.directory)
@@ -296,25 +249,11 @@ class RemoteRepository:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _link(self, name: str, directory: str) -> None:
-        # os.replace of a symlink is atomic: a scan sees the old copy or the new one, never neither
-        temporary = self.root / f".link-{directory}"
-        temporary.unlink(missing_ok=True)
-        os.symlink(f"{self.fetched.name}/{directory}", temporary)
-        os.replace(temporary, self.root / name)
-
     def _unlink(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
         copy = self.copies.pop(name)
         self._retired.append(self.fetched / copy.directory)
         self.problems.pop(name, None)
-
-    def _record(self) -> None:
-        document = {"url": str(self.url), "models": {name: {"directory": copy.directory, "files": copy.files}
-                                                     for name, copy in self.copies.items()}}
-        temporary = self.base / f".{STATE}.tmp"
-        temporary.write_text(json.dumps(document))
-        os.replace(temporary, self.base / STATE)
 
     def _problem(self, name: str, problem: str) -> None:
         kept = "the copy fetched before keeps serving" if name in self.copies else "it is not served"
@@ -325,7 +264,7 @@ class RemoteRepository:
 
     # -- model control (serving.control.Sources) -----------------------------------------
 
-    async def refresh(self, names: Collection[str] | None = None) -> set[str]:
+    async def refresh(self) -> set[str]:
         """Before a scan: sync, the models whose files changed; a failing store is logged, nothing changes."""
         try:
             changed = await self.sync()
@@ -353,14 +292,3 @@ class RemoteRepository:
     def reasons(self) -> Mapping[str, str]:
         """Why a model does not serve what the store holds, by model."""
         return dict(self.problems)
-
-
-def _plain(name: str) -> bool:
-    return bool(name) and "/" not in name and name not in (".", "..") and not name.startswith(".")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
