@@ -202,6 +202,8 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         # flags win over variables: the model image's SERVING_MODEL_REPOSITORY=/models gives way to
         # `docker run IMAGE --model-source ...`; both on the command line is still refused at start-up
         values.pop("model_repository", None)
+    # Triton's names, which no SDK reads by itself; AWS_* and GOOGLE_APPLICATION_CREDENTIALS their SDKs read
+    values["storage_environ"] = {name: environ[name] for name in STORAGE_VARIABLES if environ.get(name)}
     if values.get("model_source"):  # giving --model-repository too is refused at start-up, as a ConfigError
         values.setdefault("model_cache_dir", default_model_cache_dir(environ))
     elif not values.get("model_repository"):
@@ -215,5 +217,3 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
             except ValueError as exc:  # the value is not shown: it holds the key's value
                 flags.error(f"{flags.names(dest)}: {exc}")
     return Settings(**values)
-    # Triton's names, which no SDK reads by itself; AWS_* and GOOGLE_APPLICATION_CREDENTIALS their SDKs read
-    values["storage_environ"] = {name: environ[name] for name in STORAGE_VARIABLES if environ.get(name)}
