@@ -297,3 +297,18 @@ def test_fuzz_a_store_that_answers_listings_with_lies(lying_store: BadStore, lyi
         assert str(exc) and "\n" not in str(exc)
         return
     assert len(found) <= 3 and all(isinstance(r.size, int) and r.size >= 0 for r in found)
+
+
+@pytest.mark.parametrize(("url", "package", "extra"), [("gs://bucket/models", "gcsfs", "gcs"),
+                                                        ("as://account01/container/models", "adlfs", "azure")])
+def test_a_store_without_its_library_names_the_extra(url: str, package: str, extra: str, tmp_path: Path) -> None:
+    try:
+        __import__(package)
+    except ImportError:
+        pass
+    else:
+        pytest.skip(f"{package} is installed: this checks the message without it")
+    remote = RemoteRepository(parse_store_url(url), tmp_path / "cache", Limits(), {})
+    with pytest.raises(ConfigError, match=rf"needs {package}: pip install 'shadowserve\[{extra}\]'"):
+        asyncio.run(remote.start())
+    remote.close()
