@@ -71,3 +71,51 @@ def test_ensemble_and_bls_outputs_as_in_triton(pair: Pair, values: list[int]) ->
         by_name = [sorted(outputs["outputs"], key=lambda out: out["name"]) for outputs in (triton, serve)]
         assert by_name[1] == by_name[0], model  # int32 overflow wraps the same way in both
 
+
+
+NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+         "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+         "FP32": np.float32, "FP64": np.float64, "STRING": np.object_}
+
+
+def values_of(name: str) -> st.SearchStrategy[Any]:
+    if name == "BOOL":
+        return st.booleans()
+    if name == "STRING":
+        return st.binary(max_size=12)
+    if name == "FP16":
+        return st.floats(allow_nan=False, width=16)
+    if name == "FP32":
+        return st.floats(allow_nan=False, width=32)
+    if name == "FP64":
+        return st.floats(allow_nan=False)
+    info = np.iinfo(NUMPY[name])
+    return st.integers(int(info.min), int(info.max))
+
+
+@st.composite
+def typed_inputs(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    names = draw(st.lists(st.sampled_from(sorted(NUMPY)), min_size=1, max_size=4, unique=True))
+    return {name: np.array(draw(st.lists(values_of(name), max_size=5)), dtype=NUMPY[name]) for name in names}
+
+
+@SETTINGS
+@given(named=typed_inputs())
+def test_every_datatype_reaches_the_model_as_in_triton(pair: Pair, named: dict[str, np.ndarray]) -> None:
+    """What as_numpy() gives a pb_utils model (dtype, shape, values) and what comes back, per datatype."""
+    def ask(url: str) -> Any:
+        inputs = []
+        for name, array in named.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if name == "STRING" else name)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        answer = grpc_call(lambda: grpcclient.InferenceServerClient(url).infer("dtype_echo", inputs))
+        if answer.value is None:
+            return answer.code, answer.message
+        result = answer.value
+        outputs = {out.name: result.as_numpy(out.name).tolist() for out in result.get_response().outputs
+                   if out.name != "SEEN"}
+        return answer.code, result.as_numpy("SEEN")[0], outputs
+
+    triton, serve = pair.both(ask, grpc=True)
+    assert serve == triton
