@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]  # boto3 ships no type information
+import boto3
 import pytest
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 

@@ -226,7 +226,8 @@ def test_http_fuzz_gets_only_client_errors(http: Http, raw_grpc: Grpc) -> None:
 
 @pytest.mark.parametrize("path, body, status, message", [
     ("/v2/models/nope/ready", b"", 404, "Request for unknown model: 'nope' is not found"),
-    ("/v2/models/classifier/versions/7/ready", b"", 404, "Request for unknown model: 'classifier' version 7 is not found"),
+    ("/v2/models/classifier/versions/7/ready", b"", 404,
+     "Request for unknown model: 'classifier' version 7 is not found"),
     ("/v2/models/classifier/versions/%C2%B2", b"", 404, "versions are positive integers"),
     ("/v2/models/classifier/versions/%C2%B2/infer", GOOD_HTTP, 404, "versions are positive integers"),
     ("/v2/models/classifier/versions/" + "9" * 5000 + "/stats", b"", 404, "versions are positive integers"),

@@ -162,7 +162,8 @@ def x_input(value: float, rows: int = 1) -> list[grpcaio.InferInput]:
 
 def test_a_model_that_is_not_ready_is_unavailable(faults: RunningServer) -> None:
     client = grpcclient.InferenceServerClient(grpc_url(faults))
-    with pytest.raises(InferenceServerException, match=r"'broken' has no available versions: .*weights are corrupt") as error:
+    with pytest.raises(InferenceServerException,
+                       match=r"'broken' has no available versions: .*weights are corrupt") as error:
         client.infer("broken", x_input(1))
     assert error.value.status() == str(grpc.StatusCode.UNAVAILABLE)
     assert not client.is_model_ready("broken") and client.is_model_ready("slow")

@@ -164,8 +164,9 @@ def test_places_held_by_bodies_still_arriving_count_against_the_queue(
             f"Content-Length: {len(GOOD)}\r\n\r\n").encode()
 
     assert server.server.repository is not None
-    batcher = server.server.repository.get("gated").batcher
-    assert batcher is not None
+    scheduler = server.server.repository.get("gated").batcher
+    assert isinstance(scheduler, Batcher)  # a model's own queue, not an ensemble's scheduler
+    batcher: Batcher = scheduler
 
     async def scenario() -> tuple[list[int], list[bytes]]:
         slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3  # type: ignore[import-untyped]  # boto3 ships no type information
+import boto3
 import moto.settings
 import pytest
 import tritonclient.http as httpclient
@@ -268,7 +268,7 @@ XML_KEYS = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="
 @pytest.fixture(scope="module")
 def lying_client(lying_store: BadStore) -> Store:
     """One client for every example, which tries each call once: the fuzz is about answers, not retries."""
-    import s3fs  # type: ignore[import-untyped]  # s3fs ships no type information
+    import s3fs
 
     url = parse_store_url(lying_store.url())
     options = storage_options(url, {"AWS_ACCESS_KEY_ID": "x"}, 2.0)

@@ -45,13 +45,14 @@ CASES: list[tuple[str, dict[str, np.ndarray], dict[str, str]]] = [
     ("preprocess", {"RAW": B}, {"RAW": "INT32"}),
     ("bls_add", {"INPUT0": A[0], "INPUT1": B[0]}, {"INPUT0": "INT32", "INPUT1": "INT32"}),
     ("bls_async", {"RAW": A[1]}, {"RAW": "INT32"}),
+    ("bls_decoupled", {"IN": A[2, :5]}, {"IN": "INT32"}),  # its last BLS response is the final flag alone
     ("auto_complete", {"IN": RNG.standard_normal((2, 4), dtype=np.float32)}, {"IN": "FP32"}),
 ]
 
 
 OUTPUTS = {"simple": ("OUTPUT0", "OUTPUT1"), "simple_string": ("OUTPUT0", "OUTPUT1"), "simple_identity": ("OUTPUT0",),
            "ensemble_add": ("SUM", "DIFF"), "preprocess": ("DOUBLED", "SAME"), "bls_add": ("OUTPUT0",),
-           "bls_async": ("SUM", "DOUBLED"), "auto_complete": ("OUT",)}
+           "bls_async": ("SUM", "DOUBLED"), "bls_decoupled": ("VALUES", "RESPONSES"), "auto_complete": ("OUT",)}
 
 
 def outputs(result: Any, response: dict[str, Any]) -> dict[str, tuple[str, list[int], list[Any]]]:
@@ -108,7 +109,7 @@ def test_server_metadata_lists_system_shared_memory(pair: Pair) -> None:
 
 
 MODELS = ["simple", "simple_string", "simple_identity", "repeat_int32", "preprocess", "ensemble_add", "bls_add",
-          "errors", "args_echo", "auto_complete", "bls_async"]
+          "errors", "args_echo", "auto_complete", "bls_async", "bls_decoupled"]
 
 
 @pytest.mark.parametrize("model", MODELS)
