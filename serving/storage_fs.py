@@ -259,7 +259,7 @@ def _described(exc: BaseException) -> str:
 
 def _open(url: StoreUrl, environ: Mapping[str, str], timeout_s: float) -> Any:
     """The fsspec filesystem for ``url``; ConfigError naming the extra to install when it is missing."""
-    import fsspec  # type: ignore[import-untyped]  # fsspec ships no type information
+    import fsspec
 
     package, extra = _EXTRA[url.protocol]
     try:
