@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -20,7 +19,7 @@ from .config import ModelSpec
 from .control import ModelControl
 from .errors import ServingError, Unavailable, Unsupported
 from .repository import Repository
-from .requests import check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
+from .requests import Counted, check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
 from .shm import OutputRegions, SharedMemory
 from .streaming import DecoupledOnly, is_decoupled, respond
 from .types import Work
@@ -153,33 +152,24 @@ class DataPlane:
         if is_decoupled(spec):  # Triton's text; HTTP says its own first
             raise DecoupledOnly("ModelInfer RPC doesn't support models with decoupled transaction policy; "
                               "use ModelStreamInfer (tritonclient.grpc's start_stream)")
-        start = time.monotonic_ns()
-        reason: str | None = "OTHER"  # Triton's failure reason; None once the request succeeded
         self._in_flight += 1
         self._idle.clear()
         regions: OutputRegions | None = None
         try:
-            if request.shared_inputs:
-                self.shared_memory.read_inputs(request, name)
-            arrays, rows, key = check_inputs(spec, request)
-            selected = selected_outputs(spec, request)
-            regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
-            work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected),
-                        request.id, model_parameters(request.parameters))
-            outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
-            tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
-            in_shared_memory = regions.write(tensors)
-            reason = None
-        except ServingError as exc:
-            reason = exc.reason
-            raise
-        except asyncio.CancelledError:
-            reason = "CANCELED"
-            raise
+            with Counted(model.stats):
+                if request.shared_inputs:
+                    self.shared_memory.read_inputs(request, name)
+                arrays, rows, key = check_inputs(spec, request)
+                selected = selected_outputs(spec, request)
+                regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
+                work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected),
+                            request.id, model_parameters(request.parameters))
+                outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
+                tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
+                in_shared_memory = regions.write(tensors)
         finally:
             if regions is not None:
                 regions.release()
-            model.stats.record_request(time.monotonic_ns() - start, reason)
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
-import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,7 @@ from inference_protocol.datatypes import NUMPY_DTYPES
 from inference_protocol.tensors import InferRequest, RequestedOutput, Tensor
 
 from . import requests
-from .errors import InvalidInput, ServingError, Unavailable
+from .errors import InvalidInput, Unavailable
 from .types import Work
 
 if TYPE_CHECKING:
@@ -106,9 +105,7 @@ class InProcess:
         batcher, stats = model.batcher, model.stats
         if batcher is None or stats is None:
             raise Unavailable(f"model '{name}' is not ready: it is loading or unloading")
-        start = time.monotonic_ns()
-        reason: str | None = "OTHER"
-        try:
+        with requests.Counted(stats):
             request = self._request(spec.name, spec.inputs, inputs, outputs, parameters)
             arrays, rows, key = requests.check_inputs(spec, request)
             selected = requests.selected_outputs(spec, request)
@@ -116,15 +113,6 @@ class InProcess:
             limit = timeout_us if timeout_us > 0 else requests.timeout_us(spec, request)
             work = Work(arrays, wanted, request_id, request.parameters)
             result = await batcher.submit(work, rows, key, limit)
-            reason = None
-        except ServingError as exc:
-            reason = exc.reason
-            raise
-        except asyncio.CancelledError:
-            reason = "CANCELED"
-            raise
-        finally:
-            stats.record_request(time.monotonic_ns() - start, reason)
         return {t.name: result[t.name] for t in selected}
 
     @staticmethod

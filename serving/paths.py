@@ -9,8 +9,10 @@ Messages name paths relative to the repository, never the host's absolute paths.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from inference_protocol.names import MAX_NAME_LENGTH, MAX_VERSION_DIGITS, name_problem
 from inference_protocol.names import version_directory as version_directory  # serving reads it from here
@@ -106,3 +108,17 @@ def scrub(message: str, root: Path) -> str:
         if prefix and prefix != "/":
             message = message.replace(prefix.rstrip("/") + "/", "").replace(prefix, "<repository>")
     return message
+
+
+def hold_lock(path: Path, busy: str) -> IO[bytes]:
+    """An exclusive lock on ``path`` (made if missing), held until the file returned is closed.
+
+    Raises `ConfigError` with ``busy`` when another process holds it: one serve process per cache.
+    """
+    lock = path.open("wb")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise ConfigError(busy) from None
+    return lock

@@ -7,16 +7,18 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from inference_protocol.tensors import InferRequest, Tensor
 
 from .config import ModelSpec, TensorSpec
-from .errors import InvalidInput
+from .errors import InvalidInput, ServingError
 
 __all__ = ["check_inputs", "selected_outputs", "timeout_us", "full_dims"]
 
@@ -121,3 +123,42 @@ def model_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters of a request that its model sees: all but the reserved ones and ``triton_*``."""
     return {key: value for key, value in parameters.items()
             if key not in RESERVED_PARAMETERS and not key.startswith("triton_")}
+
+
+class Counted:
+    """One request counted in its model's statistics when the block ends, however it ends.
+
+    Its time from entering, and Triton's failure reason: none when the block ends normally
+    (unless `fail` named one: a stream whose model sent an error), the error's own for a
+    `ServingError`, CANCELED for a request cancelled (or a stream closed) on its way, OTHER
+    for anything else. The exception goes on.
+    """
+
+    __slots__ = ("_stats", "_start", "_reason")
+
+    def __init__(self, stats: RequestStats) -> None:
+        self._stats = stats
+        self._start = time.monotonic_ns()
+        self._reason: str | None = None
+
+    def fail(self, reason: str) -> None:
+        """Count the request as failed for ``reason`` though the block ends normally."""
+        self._reason = reason
+
+    def __enter__(self) -> Counted:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        if isinstance(error, ServingError):
+            self._reason = error.reason
+        elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            self._reason = "CANCELED"
+        elif error is not None:
+            self._reason = "OTHER"
+        self._stats.record_request(time.monotonic_ns() - self._start, self._reason)
+
+
+class RequestStats(Protocol):
+    """What `Counted` records into: a model's statistics (`serving.metrics.ModelStats`)."""
+
+    def record_request(self, duration_ns: int, reason: str | None) -> None: ...

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import logging
 import re
 import shutil
@@ -42,6 +41,7 @@ from model_registry.uris import ModelUri, parse_model_uri
 from .errors import ConfigError
 from .lifecycle import READY, UNAVAILABLE
 from .metrics import Metrics
+from .paths import hold_lock
 from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -141,14 +141,8 @@ class ModelSources:
     def _lock_cache(self) -> None:
         # One serve process per cache: each lays out (and clears) <cache>/repository as its own.
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        lock = (self.cache_dir / "serve.lock").open("wb")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            raise ConfigError(f"--model-cache-dir {self.cache_dir} is in use by another serve process; give each "
-                              "its own --model-cache-dir") from None
-        self._lock = lock
+        self._lock = hold_lock(self.cache_dir / "serve.lock", f"--model-cache-dir {self.cache_dir} is in use by "
+                               "another serve process; give each its own --model-cache-dir")
 
     def _clear_repository(self) -> None:
         # What an earlier run laid out (other models, a half-built directory) must not be served now.

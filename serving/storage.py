@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import hashlib
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import IO
 from inference_protocol.names import name_problem
 
 from .errors import ConfigError
+from .paths import hold_lock
 from .repository import Repository
 from .storage_cache import Copy, Files, is_whole, link, record, recorded, remove, reusable
 from .storage_fs import Remote, Store, StoreError
@@ -103,14 +103,9 @@ class RemoteRepository:
     def _prepare(self) -> None:
         """Lock the cache, keep the copies the last run recorded that are still whole, clear the rest."""
         self.fetched.mkdir(parents=True, exist_ok=True)
-        lock = (self.base / "serve.lock").open("wb")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            raise ConfigError(f"--model-cache-dir {self.base.parent} holds {self.url} for another serve process; "
-                              "give each its own --model-cache-dir") from None
-        self._file_lock = lock
+        self._file_lock = hold_lock(self.base / "serve.lock",
+                                    f"--model-cache-dir {self.base.parent} holds {self.url} for another serve "
+                                    "process; give each its own --model-cache-dir")
         self.copies = {name: copy for name, copy in recorded(self.base, str(self.url)).items()
                        if is_whole(self.fetched, copy)}
         for path in self.root.iterdir():

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import logging
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,7 +25,7 @@ from inference_protocol.tensors import InferRequest, InferResponse, Tensor
 
 from .config import ModelSpec
 from .errors import ModelError, ServingError, Unsupported, failure_text
-from .requests import check_inputs, model_parameters, selected_outputs, timeout_us
+from .requests import Counted, check_inputs, model_parameters, selected_outputs, timeout_us
 
 if TYPE_CHECKING:
     from .lifecycle import ModelVersion
@@ -172,42 +171,32 @@ async def respond(model: ModelVersion,
     spec = model.spec
     batcher, stats = model.batcher, model.stats
     assert batcher is not None and stats is not None
-    start = time.monotonic_ns()
-    reason: str | None = "OTHER"
     submitted: asyncio.Future[Any] | None = None
     try:
-        arrays, rows, key = check_inputs(spec, request)
-        selected = selected_outputs(spec, request)
-        wanted = None if request.outputs is None else frozenset(t.name for t in selected)
-        stream = ResponseStream()
-        work = StreamWork(arrays, wanted, request.id, model_parameters(request.parameters), stream)
-        submitted = asyncio.ensure_future(batcher.submit(work, rows, key, timeout_us(spec, request)))
-        submitted.add_done_callback(lambda done: _executed(done, stream, spec.name))
-        empty_final = request.parameters.get(EMPTY_FINAL) is True
-        failed: ServingError | None = None
-        async for item in stream:
-            if isinstance(item.outputs, ServingError):
-                failed = item.outputs
-                yield item.outputs
-            elif item.outputs is not None:
-                tensors = [Tensor(t.name, t.datatype, item.outputs[t.name]) for t in selected
-                           if t.name in item.outputs]
-                yield InferResponse(model_name=spec.name, model_version=str(model.version), outputs=tensors,
-                                    id=request.id, parameters={FINAL_FLAG: item.final})
-            elif empty_final:  # the final flag alone: an empty response only when asked, as Triton (no version)
-                yield InferResponse(model_name=spec.name, model_version="", outputs=[], id=request.id,
-                                    parameters={FINAL_FLAG: True})
-        reason = None if failed is None else failed.reason
-    except ServingError as exc:
-        reason = exc.reason
-        raise
-    except (asyncio.CancelledError, GeneratorExit):
-        reason = "CANCELED"
-        raise
+        with Counted(stats) as counted:
+            arrays, rows, key = check_inputs(spec, request)
+            selected = selected_outputs(spec, request)
+            wanted = None if request.outputs is None else frozenset(t.name for t in selected)
+            stream = ResponseStream()
+            work = StreamWork(arrays, wanted, request.id, model_parameters(request.parameters), stream)
+            submitted = asyncio.ensure_future(batcher.submit(work, rows, key, timeout_us(spec, request)))
+            submitted.add_done_callback(lambda done: _executed(done, stream, spec.name))
+            empty_final = request.parameters.get(EMPTY_FINAL) is True
+            async for item in stream:
+                if isinstance(item.outputs, ServingError):
+                    counted.fail(item.outputs.reason)  # the model's error: the request failed, the stream goes on
+                    yield item.outputs
+                elif item.outputs is not None:
+                    tensors = [Tensor(t.name, t.datatype, item.outputs[t.name]) for t in selected
+                               if t.name in item.outputs]
+                    yield InferResponse(model_name=spec.name, model_version=str(model.version), outputs=tensors,
+                                        id=request.id, parameters={FINAL_FLAG: item.final})
+                elif empty_final:  # the final flag alone: an empty response only when asked, as Triton (no version)
+                    yield InferResponse(model_name=spec.name, model_version="", outputs=[], id=request.id,
+                                        parameters={FINAL_FLAG: True})
     finally:
         if submitted is not None and not submitted.done():
             submitted.cancel()  # still queued: it leaves the queue; running: its stream is cancelled already
-        stats.record_request(time.monotonic_ns() - start, reason)
 
 
 def _executed(done: asyncio.Future[Any], stream: ResponseStream, model: str) -> None:
