@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from serving.backends.python import python_handler
-from serving.backends.python.adapter import RESERVED_PARAMETERS, TritonPythonHandler
+from serving.backends.python.adapter import TritonPythonHandler
 from serving.config import parse_config
 from serving.errors import ServingError
 from serving.model import forget_handler_module
+from serving.requests import RESERVED_PARAMETERS
 from serving.types import Work
 from tests.conftest import RunningServer, write_model
 

@@ -24,6 +24,7 @@ import numpy as np
 from ...config import TensorSpec
 from ...errors import ConfigError, ModelError, ServingError, failure_text
 from ...model import RequestHandler
+from ...requests import model_parameters
 from ...streaming import StreamClosed, is_decoupled
 from .bls import BLS, BlsContext
 from .requests import InferenceRequest, InferenceResponseSender
@@ -38,16 +39,6 @@ __all__ = ["TritonPythonHandler", "AsyncTritonPythonHandler", "adapter_for"]
 def _described(exc: BaseException) -> str:
     # Triton names the exception's class before its message (the traceback stays in the log here)
     return f"{type(exc).__name__}: {failure_text(exc)}"
-
-
-# request parameters the protocol itself reads (Triton's frontends take them off the request): the
-# model's request.parameters() shows the others
-RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers",
-                                 "binary_data_output"})
-
-
-def _reserved(key: str) -> bool:
-    return key in RESERVED_PARAMETERS or key.startswith("triton_")
 
 
 class TritonPythonHandler(RequestHandler):
@@ -133,7 +124,7 @@ class TritonPythonHandler(RequestHandler):
             wanted = payload.outputs
             names = [name for name in self.outputs if wanted is None or name in wanted]
             given = getattr(payload, "parameters", None) or {}
-            parameters = json.dumps({key: value for key, value in given.items() if not _reserved(key)}, default=str)
+            parameters = json.dumps(model_parameters(given), default=str)  # BLS callers' too
             one = None if self.decoupled else OneResponse()
             stream = getattr(payload, "stream", None) if self.decoupled else one
             sender = InferenceResponseSender(stream, self.convert)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from sidecar.canary.controller import Controller
@@ -128,3 +130,23 @@ def test_a_request_naming_shared_memory_goes_to_the_primary_alone() -> None:
     assert plan.served == CANARY and [s.name for s in plan.copies] == ["s"]
     for shadow in plan.copies:
         shadow.budget.give(len(b'{"inputs": []}'))
+
+
+@settings(max_examples=200, deadline=None)
+@given(prefix=st.binary(max_size=64), suffix=st.binary(max_size=64), names_region=st.booleans(),
+       user=st.text(max_size=8))
+def test_any_body_naming_a_region_is_the_primarys_alone(prefix: bytes, suffix: bytes, names_region: bool,
+                                                       user: str) -> None:
+    """Whatever surrounds it (JSON, protobuf bytes, garbage), the region's parameter keeps a request off the
+    canary and the shadows; a body without it is routed as any other."""
+    config = Config(primary=PrimaryConfig(grpc=None), shadows=(ShadowConfig("s", "http://127.0.0.1:9"),),
+                    canary=CanaryConfig("http://127.0.0.1:9", None, weight=100.0, copy_fraction=0.0))
+    http, ups, _ = proxy(config)
+    body = prefix + (b"shared_memory_region" if names_region else b"") + suffix
+    plan = http.plan(ups, request({"x-user": user}, body), infer=True, canary_here=True, mirror=True)
+    if names_region or b"shared_memory_region" in body:
+        assert plan.served == PRIMARY and plan.copies == [] and plan.exchange is None
+    else:
+        assert plan.served == CANARY and [s.name for s in plan.copies] == ["s"]
+    for shadow in plan.copies:
+        shadow.budget.give(len(body))
