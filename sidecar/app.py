@@ -111,6 +111,7 @@ class Sidecar:
         if self.config.drift is not None:
             self.recorder.drift = LiveDriftHub.load(self.config.drift, self.record_metrics)
         self.upstreams = build(self.config, self.mirror_metrics, budget=self.budget)
+        self.mirror_metrics.add_shadows(s.name for s in self.config.shadows)  # 0 before the first drop
         self.registry_link.configure(self.config)
         self.rollout.configure(self.config.canary)
         self._analysing = asyncio.ensure_future(self.rollout.run())
@@ -234,6 +235,7 @@ class Sidecar:
                         self.settings.config_file)
         previous = self.upstreams
         self.upstreams = build(config, self.mirror_metrics, previous, self.budget)
+        self.mirror_metrics.add_shadows(s.name for s in config.shadows)
         self.recorder.policy = config.recording
         self.recorder.drift = hub
         self.config = config

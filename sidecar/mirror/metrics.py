@@ -6,6 +6,8 @@ the sidecar's public interface (docs/sidecar.md), so they do not change with the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..buckets import LATENCY_BUCKETS
@@ -47,3 +49,14 @@ class MirrorMetrics:
         self.shadow_in_flight = Gauge("sidecar_shadow_in_flight", "Shadow requests pending", ["shadow"], registry=r)
         self.shadow_duration = Histogram("sidecar_shadow_duration_seconds", "Shadow request latency",
                                          ["shadow"], buckets=LATENCY_BUCKETS, registry=r)
+
+    def add_shadows(self, names: Iterable[str]) -> None:
+        """Export every per-shadow counter of ``names`` at 0 before its first event.
+
+        A counter that appears only at its first increment reads as *No data* on a dashboard
+        and as nothing at all to ``rate()``: a healthy shadow that never dropped a copy must
+        show a drop rate of 0, not a gap.
+        """
+        for name in names:
+            for counter in (self.shadow_successes, self.shadow_timeouts, self.shadow_drops, self.shadow_cancelled):
+                counter.labels(name)
