@@ -15,6 +15,7 @@ DASHBOARD = K8S / "observability" / "dashboards" / "shadowserve.json"
 RULES = K8S / "observability" / "prometheusrule.yaml"
 EXTERNAL = {"kube_job_status_failed", "kube_job_status_start_time"}  # kube-state-metrics
 METRIC = re.compile(r"\b(?:nv|serving|sidecar|kube)_[a-z0-9_]+\b")
+RECORDED = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b")  # level:metric:operations
 
 
 def _names(exposition: str) -> set[str]:
@@ -48,14 +49,24 @@ def _rules() -> list[dict[str, Any]]:
     return [rule for group in yaml.safe_load(RULES.read_text())["spec"]["groups"] for rule in group["rules"]]
 
 
+def _alerts() -> list[dict[str, Any]]:
+    return [rule for rule in _rules() if "alert" in rule]
+
+
+def _recorded() -> set[str]:
+    return {rule["record"] for rule in _rules() if "record" in rule}
+
+
 def _expressions() -> list[str]:
     variables = [v["query"]["query"] for v in _dashboard()["templating"]["list"] if isinstance(v["query"], dict)]
     return [e for exprs in _panel_exprs().values() for e in exprs] + [r["expr"] for r in _rules()] + variables
 
 
 def test_every_metric_is_exported(exported: set[str]) -> None:
-    used = {name for expr in _expressions() for name in METRIC.findall(expr)}
+    used = {name for expr in _expressions() for name in METRIC.findall(RECORDED.sub("", expr))}
     assert used - exported - EXTERNAL == set()
+    recorded = {name for expr in _expressions() for name in RECORDED.findall(expr)}
+    assert recorded <= _recorded(), recorded - _recorded()
     assert {"sidecar_canary_weight", "sidecar_live_drift_psi"} <= used & exported
 
 
@@ -79,7 +90,8 @@ def test_dashboard_covers_the_issue() -> None:
     quantiles = {match.group(1) for e in latency if (match := re.search(r"histogram_quantile\(([\d.]+)", e))}
     assert quantiles == {"0.5", "0.95", "0.99"}
     for needed in ("nv_inference_pending_request_count", "serving_batch_size_bucket", "sidecar_canary_weight",
-                   "sidecar_shadow_top1_agree_rows_total", "sidecar_live_drift_psi", "sidecar_shadow_dropped_total"):
+                   "sidecar_shadow_top1_agree_rows:rate5m", "sidecar_live_drift_psi", "sidecar_shadow_dropped_total",
+                   "by (shadowserve_io_track, version)"):
         assert needed in exprs, needed
     distribution = next(p for p in _dashboard()["panels"] if p["title"].startswith("Prediction distribution"))
     assert distribution["repeat"] == "version" and 'version="$version"' in distribution["targets"][0]["expr"]
@@ -93,7 +105,8 @@ def test_dashboard_is_well_formed() -> None:
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
-    defined = {v["name"] for v in dashboard["templating"]["list"]} | {"__rate_interval", "__interval", "__range"}
+    defined = {v["name"] for v in dashboard["templating"]["list"]} | {"__rate_interval", "__interval", "__range",
+                                                                      "__all"}
     used = set(re.findall(r"\$\{?(\w+)", json.dumps(panels) + json.dumps(dashboard["templating"])))
     assert used <= defined, used - defined
     assert all(p["datasource"] == {"type": "prometheus", "uid": "${datasource}"} for p in panels if "targets" in p)
@@ -106,8 +119,9 @@ def test_dashboard_config_map() -> None:
 
 
 def test_alerts() -> None:
-    rules = {rule["alert"]: rule for rule in _rules()}
-    assert len(rules) == len(_rules()), "alert names are unique"
+    rules = {rule["alert"]: rule for rule in _alerts()}
+    assert len(rules) == len(_alerts()) == 7, "alert names are unique"
+    assert len(_recorded()) == len(_rules()) - len(_alerts()), "recorded names are unique"
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
@@ -119,3 +133,23 @@ def test_alerts() -> None:
     assert f'job_name=~"{cronjob}-.*"' in rules["ShadowserveDriftJobFailed"]["expr"], "Jobs are named <cronjob>-<n>"
     rendered = find(render("observability"), "PrometheusRule")
     assert rendered["spec"] == yaml.safe_load(RULES.read_text())["spec"]
+
+
+def test_dashboard_fixes_of_issue_16() -> None:
+    dashboard = _dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    namespace = variables["namespace"]
+    assert namespace["includeAll"] and namespace["allValue"] == ".*" and namespace["current"]["value"] == "$__all"
+    exprs = _panel_exprs()
+    everything = [e for es in exprs.values() for e in es] + [v["query"]["query"] for v in variables.values()
+                                                             if isinstance(v["query"], dict)]
+    assert all('namespace="$namespace"' not in e for e in everything), "an All value needs =~"
+    heatmap = next(es for title, es in exprs.items() if title.startswith("Prediction distribution"))
+    assert "[$__rate_interval]" in heatmap[0] and "$__interval" not in heatmap[0]
+    assert exprs["Requests per second"] == [
+        'sum by (shadowserve_io_track, version) (rate(nv_inference_request_success{namespace=~"$namespace", '
+        'model="$model"}[$__rate_interval]))']
+    for title, es in exprs.items():
+        for expr in es:
+            if "sidecar_" in expr:
+                assert 'model="$model"' in expr, f"{title} ignores $model"
