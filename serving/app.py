@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import __version__
+from . import __version__, tracing
 from .connections import ClientLimits, ConnectionLimit, listen
 from .control import ModelControl
 from .dataplane import DataPlane
@@ -203,7 +203,24 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
 
 
 async def serve_until_signal(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT, then drain; a second signal stops without waiting."""
+    """Run until SIGTERM or SIGINT, then drain; a second signal stops without waiting.
+
+    Tracing is switched on here from the ``OTEL_*`` environment (`serving.tracing`), before
+    anything starts, and its last spans are flushed after the drain, for up to
+    `tracing.FLUSH_TIMEOUT_S` whatever the collector does.
+    """
+    try:
+        tracing.configure("serve")
+    except tracing.TracingError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    try:
+        return await _serve(settings)
+    finally:
+        tracing.shutdown()
+
+
+async def _serve(settings: Settings) -> int:
     stopping = asyncio.Event()
     server = Server(settings)
     stop_on_signals(stopping, server.force_stop, log)
@@ -225,6 +242,7 @@ async def serve_until_signal(settings: Settings) -> int:
     if server.abandoned:
         # Model threads still compute the abandoned requests; the interpreter would join
         # them at exit, so leave at once: --exit-timeout-secs is a promise to Kubernetes.
+        tracing.shutdown()
         logging.shutdown()
         os._exit(status)
     return status

@@ -143,7 +143,9 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+    async def infer(self, name: str, version: str | None, request: InferRequest, span: Any = None) -> InferResponse:
+        """One request through its model's batcher; ``span`` is its tracing span (None: not traced),
+        which the batch that computes it links to."""
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica")
         model = self.repository.get(name, version)
@@ -163,7 +165,7 @@ class DataPlane:
                 selected = selected_outputs(spec, request)
                 regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
                 work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected),
-                            request.id, model_parameters(request.parameters))
+                            request.id, model_parameters(request.parameters), span)
                 outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
                 tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
                 in_shared_memory = regions.write(tensors)

@@ -24,6 +24,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from inference_protocol.protobuf import decode_model_infer_request, encode_model_infer_response, parameter_value
 
+from . import tracing
 from .access import AccessPolicy
 from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError, Unsupported
@@ -142,16 +143,32 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        traced = tracing.current()
+        if traced is None:  # all tracing costs a request when it is off
+            return await self._infer(request, None)
+        from . import spans
+
+        parent = spans.grpc_parent(traced, context.invocation_metadata())
+        with spans.grpc_request(traced, parent, "ModelInfer", request.model_name, request.model_version) as span:
+            return await self._infer(request, span)
+
+    async def _infer(self, request: Any, span: Any) -> Any:
         # a place in the queue before the tensors are decoded and checked, as over HTTP; nothing
         # is awaited between leaving the block and the queue, so the place passes to this request
         async with self.dataplane.admission(request.model_name, request.model_version, self.admission_wait_secs):
             infer_request = decode_model_infer_request(request)
-        response = await self.dataplane.infer(request.model_name, request.model_version, infer_request)
+        response = await self.dataplane.infer(request.model_name, request.model_version, infer_request, span)
         return encode_model_infer_response(response)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
         """Each request's responses (`serving.grpc_stream`: in order, and decoupled models' as they come)."""
-        async for message in StreamInfer(self.dataplane, self.admission_wait_secs).run(requests):
+        traced = tracing.current()
+        parent = None
+        if traced is not None:  # every request of the stream joins the caller's trace, from the call's metadata
+            from . import spans
+
+            parent = spans.grpc_parent(traced, context.invocation_metadata())
+        async for message in StreamInfer(self.dataplane, self.admission_wait_secs, parent).run(requests):
             yield message
 
     @_rpc

@@ -27,6 +27,7 @@ from tritonclient.grpc import service_pb2 as pb
 from inference_protocol.protobuf import decode_model_infer_request, encode_model_infer_response
 from inference_protocol.tensors import InferResponse
 
+from . import tracing
 from .dataplane import DataPlane
 from .errors import InvalidInput, ServingError
 from .streaming import EMPTY_FINAL, FINAL_FLAG
@@ -59,9 +60,10 @@ def _error(request: Any, message: str) -> Any:
 class StreamInfer:
     """The responses of one ``ModelStreamInfer`` call, from its request messages (as bytes)."""
 
-    def __init__(self, dataplane: DataPlane, admission_wait_secs: float) -> None:
+    def __init__(self, dataplane: DataPlane, admission_wait_secs: float, parent: Any = None) -> None:
         self.dataplane = dataplane
         self.admission_wait_secs = admission_wait_secs
+        self.parent = parent  # the caller's trace context when tracing is on (`serving.spans.grpc_parent`)
         self.out: asyncio.Queue[Any] = asyncio.Queue(STREAM_IN_FLIGHT)
         self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -109,6 +111,15 @@ class StreamInfer:
 
     async def _answer(self, data: bytes, turn: asyncio.Future[None]) -> Any:
         """An ordinary request's one response; None for a decoupled one, whose responses are sent already."""
+        traced = tracing.current()
+        if traced is None or self.parent is None:
+            return await self._respond(data, turn, None)
+        from . import spans
+
+        with spans.grpc_request(traced, self.parent, "ModelStreamInfer", "", "") as span:
+            return await self._respond(data, turn, span)
+
+    async def _respond(self, data: bytes, turn: asyncio.Future[None], span: Any) -> Any:
         request = pb.ModelInferRequest()
         try:
             try:
@@ -117,20 +128,32 @@ class StreamInfer:
                 raise InvalidInput("the stream message is not a valid ModelInferRequest (corrupt protobuf "
                                    "bytes)") from None
             name, version = request.model_name, request.model_version
+            if span is not None:
+                from . import spans
+
+                span.set_attributes(spans.model_attributes(name, version))
             if self.dataplane.is_decoupled(name, version):
                 turn.set_result(None)  # its responses come as they come: later requests need not wait
                 await self._decoupled(request)
                 return None
             async with self.dataplane.admission(name, version, self.admission_wait_secs):
                 infer_request = decode_model_infer_request(request)
-            response = await self.dataplane.infer(name, version, infer_request)
+            response = await self.dataplane.infer(name, version, infer_request, span)
             if infer_request.parameters.get(EMPTY_FINAL) is True:  # the client asked to be told which is final
                 response.parameters = {**(response.parameters or {}), FINAL_FLAG: True}
             return _message(response)
         except ServingError as exc:
+            if span is not None:
+                from . import spans
+
+                spans.grpc_error(span, exc)
             return _error(request, str(exc))
-        except Exception:  # one request's failure must not end the stream
+        except Exception as exc:  # one request's failure must not end the stream
             log.exception("unhandled error in ModelStreamInfer")
+            if span is not None:
+                from . import spans
+
+                spans.grpc_error(span, exc)
             return _error(request, "internal server error; the server log has the details")
 
     async def _decoupled(self, request: Any) -> None:

@@ -20,6 +20,7 @@ from inference_protocol.codecs import decode_infer_request, encode_infer_respons
 from inference_protocol.errors import error_body
 from inference_protocol.headers import HEADER_LENGTH
 
+from . import tracing
 from .access import AccessPolicy, http_group
 from .connections import ClientLimits, TimedRequest
 from .dataplane import DataPlane
@@ -192,6 +193,17 @@ class HttpTransport:
         return _json({})
 
     async def infer(self, request: web.BaseRequest, model: str, version: str) -> web.Response:
+        traced = tracing.current()
+        if traced is None:  # all tracing costs a request when it is off
+            return await self._infer(request, model, version, None)
+        from . import spans
+
+        with spans.http_request(traced, request.headers, model, version) as span:
+            response = await self._infer(request, model, version, span)
+            spans.http_status(span, response.status)
+            return response
+
+    async def _infer(self, request: web.BaseRequest, model: str, version: str, span: Any) -> web.Response:
         length = request.content_length
         if length is not None and length > self.max_request_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_request_bytes} "
@@ -215,7 +227,7 @@ class HttpTransport:
         else:
             header_length_value = None
         infer_request = decode_infer_request(body, header_length_value)
-        response = await self.dataplane.infer(model, version, infer_request)
+        response = await self.dataplane.infer(model, version, infer_request, span)
         default = bool(infer_request.parameters.get("binary_data_output", False))
         if infer_request.outputs is None:
             binary = [default] * len(response.outputs)

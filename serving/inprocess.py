@@ -27,7 +27,7 @@ import numpy as np
 from inference_protocol.datatypes import NUMPY_DTYPES
 from inference_protocol.tensors import InferRequest, RequestedOutput, Tensor
 
-from . import requests
+from . import requests, tracing
 from .errors import InvalidInput, Unavailable
 from .types import Work
 
@@ -98,8 +98,20 @@ class InProcess:
         Returns the requested outputs (every output when ``outputs`` is None) by name.
         ``timeout_us`` > 0 bounds the time in the model's queue (as a request's ``timeout``
         parameter does where the model allows it); 0 leaves the model's own default.
-        ``parameters`` and ``request_id`` reach the model as a client's would.
+        ``parameters`` and ``request_id`` reach the model as a client's would. Traced, it is a span
+        in the caller's trace (`serving.spans.inprocess_request`).
         """
+        traced = tracing.current()
+        if traced is None:
+            return await self._infer(name, version, inputs, outputs, timeout_us, parameters, request_id, None)
+        from . import spans
+
+        with spans.inprocess_request(traced, name, version) as span:
+            return await self._infer(name, version, inputs, outputs, timeout_us, parameters, request_id, span)
+
+    async def _infer(self, name: str, version: str | None, inputs: dict[str, np.ndarray],
+                     outputs: Collection[str] | None, timeout_us: int, parameters: Mapping[str, Any] | None,
+                     request_id: str | None, span: Any) -> dict[str, np.ndarray]:
         model = self._lookup(name, version)
         spec = model.spec
         batcher, stats = model.batcher, model.stats
@@ -111,7 +123,7 @@ class InProcess:
             selected = requests.selected_outputs(spec, request)
             wanted = None if outputs is None else frozenset(t.name for t in selected)
             limit = timeout_us if timeout_us > 0 else requests.timeout_us(spec, request)
-            work = Work(arrays, wanted, request_id, request.parameters)
+            work = Work(arrays, wanted, request_id, request.parameters, span)
             result = await batcher.submit(work, rows, key, limit)
         return {t.name: result[t.name] for t in selected}
 

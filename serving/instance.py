@@ -16,6 +16,7 @@ handler gives it (outputs, its own error, or None when its stream answers it).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import tracing
 from .batching import Pending
 from .config import ModelSpec
 from .errors import ModelError, ServingError, Unavailable, failure_text
@@ -53,13 +55,13 @@ class ModelInstance:
                                          initializer=self.executor.enter_thread)
 
     async def __call__(self, batch: list[Pending]) -> list[Any]:
-        if self.takes_requests:
-            results, executions = await self._execute_requests(batch)
-        elif self.is_async:
-            results, executions = await self._compute_async(batch)
+        traced = tracing.current()
+        if traced is None:  # all tracing costs a batch when it is off
+            results, executions = await self._execute(batch, None)
         else:
-            loop = asyncio.get_running_loop()
-            results, executions = await loop.run_in_executor(self.thread, self._compute, batch)
+            from . import spans
+
+            results, executions = await spans.batch(traced, self, batch, self._execute)
         for items, timings in executions:
             queue_ns = [item.dispatched_ns - item.enqueued_ns for item in items]
             self.stats.record_batch(queue_ns, sum(item.rows for item in items), *timings)
@@ -69,7 +71,20 @@ class ModelInstance:
                     trace.append((queued, *timings))
         return results
 
-    async def _execute_requests(self, batch: list[Pending]) -> tuple[list[Any], list[Execution]]:
+    async def _execute(self, batch: list[Pending], context: contextvars.Context | None) -> tuple[list[Any],
+                                                                                               list[Execution]]:
+        """Computes a batch; ``context`` (tracing's, with the batch's span) is the one its thread runs in."""
+        if self.takes_requests:
+            return await self._execute_requests(batch, context)
+        if self.is_async:
+            return await self._compute_async(batch)
+        loop = asyncio.get_running_loop()
+        if context is None:
+            return await loop.run_in_executor(self.thread, self._compute, batch)
+        return await loop.run_in_executor(self.thread, context.run, self._compute, batch)
+
+    async def _execute_requests(self, batch: list[Pending],
+                                context: contextvars.Context | None) -> tuple[list[Any], list[Execution]]:
         handler = self.handler
         assert isinstance(handler, RequestHandler)
         payloads = [item.payload for item in batch]
@@ -79,7 +94,11 @@ class ModelInstance:
                 results = await handler.execute_requests(payloads)  # type: ignore[misc]  # an async override
             else:
                 loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self.thread, handler.execute_requests, payloads)
+                if context is None:
+                    results = await loop.run_in_executor(self.thread, handler.execute_requests, payloads)
+                else:
+                    results = await loop.run_in_executor(self.thread, context.run, handler.execute_requests,
+                                                         payloads)
         except ServingError:
             raise
         except Exception as exc:

@@ -22,24 +22,34 @@ that make spans, `shutdown` to flush at exit.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from .tracing_env import ProcessorSettings, TracingError, check_endpoint, export_timeout_s, propagator, sampler
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
+
+__all__ = ["Tracing", "TracingError", "configure", "current", "set_current", "shutdown", "wanted_exporters"]
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("http/protobuf", "grpc")
 EXPORTERS = ("otlp", "console", "none")
-
-
-class TracingError(ValueError):
-    """An ``OTEL_*`` variable this module cannot honour: the message names it and what it accepts."""
+FLUSH_TIMEOUT_S = 2.0  # what a stop waits for the last spans: a collector that hangs must not hold a drain
+# the SDK's loggers that speak once per span or per export when a collector is down or stuck
+SDK_LOGGERS = ("opentelemetry.sdk._shared_internal", "opentelemetry.exporter.otlp.common.http",
+               "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+               "opentelemetry.exporter.otlp.proto.grpc.exporter")
 
 
 def _setting(environ: Mapping[str, str], *names: str) -> str:
@@ -79,13 +89,13 @@ def _endpoint(environ: Mapping[str, str], path: str) -> str:
 class Tracing:
     """Tracing switched on: the tracer, and W3C context in and out of headers and gRPC metadata."""
 
-    def __init__(self, provider: TracerProvider, service: str) -> None:
+    def __init__(self, provider: TracerProvider, service: str, propagator: TextMapPropagator | None = None) -> None:
         from opentelemetry import propagate
 
         self.provider = provider
         self.service = service
         self.tracer: Tracer = provider.get_tracer("shadowserve")
-        self._propagator = propagate.get_global_textmap()
+        self._propagator = propagator if propagator is not None else propagate.get_global_textmap()
 
     def extract(self, carrier: Mapping[str, str]) -> Context:
         """The caller's context from its ``traceparent``/``tracestate`` (any mapping of header names,
@@ -96,17 +106,75 @@ class Tracing:
         """Writes ``traceparent`` (and ``tracestate``, baggage) for ``context`` into ``carrier``."""
         self._propagator.inject(carrier, context=context)
 
-    def shutdown(self) -> None:
-        """Flushes the spans still queued and stops the exporters."""
-        self.provider.shutdown()
+    def shutdown(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Flushes the spans still queued and stops the exporters, waiting at most ``timeout_s``;
+        False when that was not enough (the rest is dropped with the process).
+
+        The SDK's own shutdown waits up to 30 s for its worker, whose last export may retry for
+        the exporter's whole timeout: it runs on a daemon thread here, so that a stuck collector
+        costs a stop ``timeout_s`` and no more.
+        """
+        done = threading.Thread(target=self.provider.shutdown, name="tracing-shutdown", daemon=True)
+        started = time.monotonic()
+        done.start()
+        done.join(timeout_s)
+        if done.is_alive():
+            logger.warning("tracing: spans not flushed within %gs (is the collector reachable?); dropping them",
+                           timeout_s)
+            return False
+        logger.debug("tracing: flushed in %.3fs", time.monotonic() - started)
+        return True
 
 
+class _OncePerMinute(logging.Filter):
+    """Lets each message of the SDK through once a minute: a collector that is down must not turn
+    every span into a log line (the SDK warns per span dropped from a full queue)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now - self._last.get(key, -60.0) < 60.0:
+            return False
+        if len(self._last) > 256:  # bounded: the keys are the SDK's message templates, few
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+_QUIET = _OncePerMinute()
 _current: Tracing | None = None
 
 
 def current() -> Tracing | None:
     """The process's tracing, or None when it is off."""
     return _current
+
+
+def set_current(tracing: Tracing | None) -> Tracing | None:
+    """Makes ``tracing`` the process's (a test's provider with an in-memory exporter, say); returns
+    the one it replaces, without shutting it down."""
+    global _current
+    previous, _current = _current, tracing
+    return previous
+
+
+def _resource_attributes(environ: Mapping[str, str], service: str) -> dict[str, Any]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``key=value,...``, percent-encoded) with the service name on top."""
+    attributes: dict[str, Any] = {}
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, equals, value = pair.partition("=")
+        if not pair.strip():
+            continue
+        if not equals or not key.strip():
+            raise TracingError(f"OTEL_RESOURCE_ATTRIBUTES has {pair.strip()!r}; use key=value pairs separated "
+                               "by commas")
+        attributes[unquote(key.strip())] = unquote(value.strip())
+    attributes["service.name"] = _setting(environ, "OTEL_SERVICE_NAME") or attributes.get("service.name") or service
+    return attributes
 
 
 def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing | None:
@@ -122,12 +190,19 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
     if "otlp" in exporters and protocol not in PROTOCOLS:
         raise TracingError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use one of "
                            f"{', '.join(PROTOCOLS)}")
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if _setting(environ, name):
+            check_endpoint(name, _setting(environ, name))
+    # every setting is checked before anything is built, so a bad one starts nothing
+    chosen_sampler, chosen_propagator = sampler(environ), propagator(environ)
+    processing, timeout = ProcessorSettings.read(environ), export_timeout_s(environ)
+    attributes = _resource_attributes(environ, service)
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    attributes: dict[str, Any] = {} if _setting(environ, "OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # shut down by `shutdown` (bounded), not by the SDK's own exit hook, which may wait 30 s on a stuck collector
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=chosen_sampler, shutdown_on_exit=False)
     for name in exporters:
         exporter: SpanExporter
         if name == "console":
@@ -135,21 +210,30 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
         elif protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-            exporter = GrpcExporter(endpoint=_endpoint(environ, "") or None)
+            exporter = GrpcExporter(endpoint=_endpoint(environ, "") or None, timeout=timeout)
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-            exporter = HttpExporter(endpoint=_endpoint(environ, "/v1/traces") or None)
+            exporter = HttpExporter(endpoint=_endpoint(environ, "/v1/traces") or None, timeout=timeout)
         # spans are exported from the processor's thread, in batches, never on a request's path
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    _current = Tracing(provider, service)
-    logger.info("tracing on: %s spans exported by %s (%s)", service, ", ".join(exporters), protocol)
+        provider.add_span_processor(BatchSpanProcessor(exporter, **processing.options()))
+    for name in SDK_LOGGERS:
+        if _QUIET not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET)
+    if _current is not None:
+        _current.shutdown()
+    _current = Tracing(provider, service, chosen_propagator)
+    atexit.register(_current.shutdown)  # a process that never called `shutdown` still flushes, as briefly
+    logger.info("tracing on: %s spans exported by %s (%s)", attributes["service.name"], ", ".join(exporters), protocol)
     return _current
 
 
-def shutdown() -> None:
-    """Flushes and stops the process's tracing, if it is on."""
+def shutdown(timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+    """Flushes and stops the process's tracing, if it is on, waiting at most ``timeout_s`` (see
+    `Tracing.shutdown`); False when spans were left behind."""
     global _current
-    if _current is not None:
-        _current.shutdown()
-        _current = None
+    tracing, _current = _current, None
+    if tracing is None:
+        return True
+    atexit.unregister(tracing.shutdown)
+    return tracing.shutdown(timeout_s)

@@ -15,3 +15,4 @@ class Work(NamedTuple):
     outputs: frozenset[str] | None  # the outputs the request asked for; None: all of them
     id: str | None = None  # the client's request id, which Triton shows the model
     parameters: Mapping[str, Any] = {}  # the request's parameters, which Triton shows the model too
+    span: Any = None  # the request's tracing span (`serving.spans`); None when tracing is off
