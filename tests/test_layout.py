@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("inference_protocol", "model_registry", "serving", "sidecar", "triton_python_backend_utils")
 MAX_LINES = 400
 # What the sidecar may take from serving: pure modules, no torch, no server (see each one's docstring).
-SIDECAR_MAY_IMPORT = {"serving.connections", "serving.flags", "serving.logs", "serving.shutdown"}
+SIDECAR_MAY_IMPORT = {"serving.connections", "serving.flags", "serving.logs", "serving.shutdown", "serving.tracing",
+                      "serving.tracing_env"}
 
 
 def _modules() -> list[Path]:

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -79,7 +79,8 @@ def responses(upstream: str, arrays: Mapping[str, np.ndarray], n: int,
 def records_table(primary: Mapping[str, np.ndarray], *, shadows: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                   inputs: Mapping[str, np.ndarray] | None = None, model: str = "classifier",
                   start: datetime = START, step: timedelta = timedelta(seconds=1), first_id: int = 0,
-                  shadow_errors: Mapping[str, np.ndarray] | None = None) -> pa.Table:
+                  shadow_errors: Mapping[str, np.ndarray] | None = None,
+                  trace_ids: Sequence[str | None] | None = None) -> pa.Table:
     """A table of records, one per row of the arrays (all arrays have the same length)."""
     n = len(next(iter(primary.values())))
     micros = int(start.timestamp() * 1e6) + np.arange(n, dtype=np.int64) * int(step.total_seconds() * 1e6)
@@ -91,13 +92,18 @@ def records_table(primary: Mapping[str, np.ndarray], *, shadows: Mapping[str, Ma
         shadow_list = _list(_offsets(n, k), pa.concat_arrays(shadow_columns).take(pa.array(order)))
     else:
         shadow_list = _list(_offsets(n, 0), pa.array([], RESPONSE))
-    return pa.Table.from_arrays([
+    columns = [
         pa.array([f"req-{i}" for i in range(first_id, first_id + n)], pa.string()),
         pa.array(micros, pa.timestamp("us", tz="UTC")),
         pa.array([model] * n, pa.string()), pa.array(["http"] * n, pa.string()),
         tensor_lists(inputs, n) if inputs else pa.nulls(n, pa.list_(TENSOR)),
         responses("primary", primary, n), shadow_list,
-    ], schema=SCHEMA)
+    ]
+    if trace_ids is not None:
+        columns.append(pa.array(list(trace_ids), pa.string()))
+    # columns the schema gained since (trace_id, ...) are null where not given
+    columns += [pa.nulls(n, field.type) for field in list(SCHEMA)[len(columns):]]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
 def _part(arrays: Mapping[str, np.ndarray] | None, rows: slice) -> dict[str, np.ndarray] | None:
@@ -110,7 +116,8 @@ def write_records(directory: str | Path, primary: Mapping[str, np.ndarray], *,
                   inputs: Mapping[str, np.ndarray] | None = None, model: str = "classifier",
                   start: datetime = START, step: timedelta = timedelta(seconds=1),
                   segment_rows: int = 100_000, prefix: str = "segment",
-                  shadow_errors: Mapping[str, np.ndarray] | None = None) -> list[Path]:
+                  shadow_errors: Mapping[str, np.ndarray] | None = None,
+                  trace_ids: Sequence[str | None] | None = None) -> list[Path]:
     """Write records as Parquet segments in ``directory``; return the files written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,7 +129,8 @@ def write_records(directory: str | Path, primary: Mapping[str, np.ndarray], *,
         table = records_table(
             _part(primary, rows) or {}, model=model, start=start + step * begin, step=step, first_id=begin,
             shadows={name: _part(arrays, rows) or {} for name, arrays in (shadows or {}).items()},
-            inputs=_part(inputs, rows), shadow_errors={k: v[begin:end] for k, v in (shadow_errors or {}).items()})
+            inputs=_part(inputs, rows), shadow_errors={k: v[begin:end] for k, v in (shadow_errors or {}).items()},
+            trace_ids=None if trace_ids is None else list(trace_ids)[begin:end])
         path = directory / f"{prefix}-{number:05d}.parquet"
         pq.write_table(table, path)
         files.append(path)
