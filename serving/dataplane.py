@@ -182,9 +182,10 @@ class DataPlane:
         """Whether the model answers through a stream of responses (`infer_stream`, gRPC streams only)."""
         return is_decoupled(self.repository.get(name, version).spec)
 
-    async def infer_stream(self, name: str, version: str | None,
-                           request: InferRequest) -> AsyncGenerator[InferResponse | ServingError, None]:
-        """A decoupled model's responses to one request as they come (`serving.streaming.respond`)."""
+    async def infer_stream(self, name: str, version: str | None, request: InferRequest,
+                           span: Any = None) -> AsyncGenerator[InferResponse | ServingError, None]:
+        """A decoupled model's responses to one request as they come (`serving.streaming.respond`);
+        ``span`` is its tracing span, which the batch that computes it links to."""
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica")
         model = self.repository.get(name, version)
@@ -196,7 +197,7 @@ class DataPlane:
         self._in_flight += 1
         self._idle.clear()
         try:
-            async with contextlib.aclosing(respond(model, request)) as responses:
+            async with contextlib.aclosing(respond(model, request, span)) as responses:
                 async for response in responses:
                     yield response
         finally:

@@ -157,10 +157,11 @@ class StreamWork(NamedTuple):
     id: str | None
     parameters: Mapping[str, Any]
     stream: ResponseStream
+    span: Any = None  # the request's tracing span (`serving.spans`); None when tracing is off
 
 
-async def respond(model: ModelVersion,
-                  request: InferRequest) -> AsyncGenerator[InferResponse | ServingError, None]:
+async def respond(model: ModelVersion, request: InferRequest,
+                  span: Any = None) -> AsyncGenerator[InferResponse | ServingError, None]:
     """A decoupled model's responses to one request, as they come, until the final flag.
 
     Validated as every request is (`serving.requests`), queued in the model's batcher, and
@@ -178,7 +179,7 @@ async def respond(model: ModelVersion,
             selected = selected_outputs(spec, request)
             wanted = None if request.outputs is None else frozenset(t.name for t in selected)
             stream = ResponseStream()
-            work = StreamWork(arrays, wanted, request.id, model_parameters(request.parameters), stream)
+            work = StreamWork(arrays, wanted, request.id, model_parameters(request.parameters), stream, span)
             submitted = asyncio.ensure_future(batcher.submit(work, rows, key, timeout_us(spec, request)))
             submitted.add_done_callback(lambda done: _executed(done, stream, spec.name))
             empty_final = request.parameters.get(EMPTY_FINAL) is True
