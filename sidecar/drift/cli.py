@@ -21,6 +21,7 @@ from sidecar.drift.profile import Profile
 from sidecar.drift.progress import ProgressBar
 from sidecar.drift.reader import PRIMARY, Window, count_rows, segment_files
 from sidecar.drift.render import Report, table, write_json
+from sidecar.drift.report_classes import ClassNames, model_dir_names, read_label_file, split_option
 from sidecar.drift.thresholds import CATEGORICAL_TESTS, CORRECTIONS, NUMERIC_TESTS, DriftSettings
 from sidecar.records.spool import LOCK_SUFFIX, PREFIX, recover
 
@@ -86,6 +87,11 @@ def _common(parser: argparse.ArgumentParser, *, decisions: bool = True) -> None:
         return
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    parser.add_argument("--class-names", action="append", default=[], metavar="[OUTPUT=]FILE",
+                        help="the HTML report names the classes of OUTPUT (default: every output) from a "
+                             "label file, one name per line, as Triton's label_filename (repeatable)")
+    parser.add_argument("--model-dir", type=Path, metavar="DIR",
+                        help="a Triton model directory: class names from its outputs' label_filename")
     parser.add_argument("--fail-on", action="append", choices=("drift", "disagreement"), default=[],
                         help="exit 1 when this is found (repeatable): the CI gate")
     group = parser.add_argument_group("decisions (defaults in docs/drift.md)")
@@ -167,12 +173,25 @@ def _progress(args: argparse.Namespace, paths: list[Path], label: str) -> Progre
     return ProgressBar(total, label, force=args.progress)
 
 
-def _finish(report: Report, args: argparse.Namespace, title: str) -> int:
+def class_names_from(args: argparse.Namespace) -> ClassNames:
+    """The class names ``--model-dir`` and ``--class-names`` give (the latter win, per output)."""
+    by_output = model_dir_names(args.model_dir) if getattr(args, "model_dir", None) else {}
+    default = None
+    for text in getattr(args, "class_names", []):
+        output, path = split_option(text)
+        if output is None:
+            default = read_label_file(path)
+        else:
+            by_output[output] = read_label_file(path)
+    return ClassNames(by_output, default)
+
+
+def _finish(report: Report, args: argparse.Namespace, names: ClassNames) -> int:
     print(table(report))
     if args.json:
         write_json(report, args.json)
     if args.html:
-        write_html(report, args.html, title)
+        write_html(report, args.html, class_names=names)
     found = {"drift": report.drift, "disagreement": getattr(report, "disagreement", False)}
     return FOUND if any(found[f] for f in args.fail_on) else PASS
 
@@ -188,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"merged {len(args.profiles)} profiles ({merged.predictions():,} predictions) into {args.out}")
         return PASS
     settings = settings_from(args)
+    names = class_names_from(args)  # before reading: a wrong label file fails in a second, not after the job
     options = {"settings": settings, "max_elements": args.max_elements}
     if args.command == "profile":
         bar = _progress(args, [args.records], "profile")
@@ -209,12 +229,12 @@ def run(args: argparse.Namespace) -> int:
         report = report_records(reference, current, upstream=args.upstream, inputs=not args.no_inputs,
                                 progress=bar, **options)
         bar.close()
-        return _finish(report, args, f"Drift of {args.current}")
+        return _finish(report, args, names)
     bar = _progress(args, [args.records], "compare")
     window = Window(args.records, args.model, args.since, args.until)
     result = compare_records(window, args.shadow, labels=args.labels, progress=bar, **options)
     bar.close()
-    return _finish(result, args, f"Primary vs {args.shadow}")
+    return _finish(result, args, names)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

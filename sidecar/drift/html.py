@@ -1,115 +1,138 @@
-"""The HTML report: one self-contained file, inline SVG plots, summaries only (never raw data),
-so its size depends on the number of columns, not on the number of records."""
+"""The HTML report: one self-contained page (inline CSS and SVG, no script, nothing fetched),
+summaries only (never raw data), so its size depends on the number of columns, not of records.
+
+At the top, what a person needs in five seconds: the verdict, the windows and their counts,
+the thresholds used. Then the tables (every column or output, the failing first), for compare
+the confusion matrix of top-1 classes and the pairs that disagree most, and the plots: each
+column's reference and current distributions overlaid on a value axis, and the agreement over
+time. Class names come from the model's label files (`ClassNames`).
+"""
 
 from __future__ import annotations
 
-import itertools
-from html import escape
 from pathlib import Path
-from typing import Any
 
+from sidecar.drift.html_svg import class_bars, distribution_svg, esc, timeline_svg
+from sidecar.drift.html_tables import (
+    column_name,
+    columns_table,
+    compare_header,
+    confusion_table,
+    disagreements_table,
+    outputs_table,
+    window_header,
+)
 from sidecar.drift.paired import CompareReport, OutputComparison
-from sidecar.drift.render import Report, status, table
+from sidecar.drift.render import Report, status
+from sidecar.drift.report_classes import ClassNames
 from sidecar.drift.window import ColumnResult, WindowReport
 
-STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.4em}
-table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}
-.bad{color:#b00;font-weight:600}.ok{color:#060}figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
-figcaption{font-size:12px;max-width:420px}.ref{fill:#7a9cc6}.cur{fill:#e8964a}pre{background:#f6f6f6;padding:1em}
-.line{fill:none;stroke:#e8964a;stroke-width:2}"""
-WIDTH, HEIGHT = 420, 150
+STYLE = """*{box-sizing:border-box}body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d232a;background:#fff}
+main{max-width:1280px;margin:0 auto;padding:20px 28px}h1{font-size:22px;margin:0}h2{font-size:17px;margin:28px 0 8px}
+h3{font-size:15px;margin:18px 0 6px}header{border-bottom:1px solid #d7dce1;padding-bottom:14px}
+.top{display:flex;align-items:center;gap:14px;flex-wrap:wrap}.badge{font-weight:700;font-size:15px;padding:4px 12px;
+border-radius:4px;color:#fff;background:#2e7d32;letter-spacing:.04em}.badge.bad{background:#c62828;color:#fff}
+.lead{font-size:16px;margin:10px 0;overflow-wrap:anywhere;max-width:100%}
+.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:6px 24px;margin:8px 0 0}
+.facts div{min-width:0}.facts dt{font-size:11px;text-transform:uppercase;color:#5c6670;letter-spacing:.05em}
+.facts dd{margin:0;overflow-wrap:anywhere}code{font:12px ui-monospace,monospace;overflow-wrap:anywhere}
+table{border-collapse:collapse;margin:4px 0 8px}th,td{padding:3px 9px;text-align:left;border-bottom:1px solid #e3e6ea;
+vertical-align:top}thead th{border-bottom:2px solid #c4cad0;font-size:12px;color:#434c55}
+.cols td:nth-child(n+3){font-variant-numeric:tabular-nums}.bad{color:#c62828;font-weight:600}.ok{color:#2e7d32}
+.cm td{text-align:right;min-width:44px;font-variant-numeric:tabular-nums}
+.cm td.d{background:rgba(46,125,50,calc(var(--a)*.4))}
+.cm td.x{background:rgba(198,40,40,calc(.15 + var(--a)*.5));font-weight:600}
+.cm th{font-weight:500}.s{color:#6b747c;font-size:11px}
+.n{color:#434c55;font-variant-numeric:tabular-nums}.figs{display:grid;grid-template-columns:repeat(auto-fill,316px);
+gap:14px}figure{margin:0;padding:6px;border:1px solid #e3e6ea;border-radius:4px;min-width:0}
+figcaption{font-size:12px;overflow-wrap:anywhere;margin-bottom:4px}figure.drift{border-color:#e7a3a3}
+svg text{font-size:10px;fill:#434c55}.dist text{text-anchor:middle}text.k{text-anchor:end}
+.ref{fill:#8fb4dc;stroke:none}.cur{fill:none;stroke:#d9480f;stroke-width:1.6}.curfill{fill:#d9480f}
+.axis{stroke:#7d868f;fill:none}path.grid{stroke:#e3e6ea}.line{fill:none;stroke:#1f5fa8;stroke-width:2}
+.limit{stroke:#c62828;stroke-dasharray:4 3}.note{font-size:11px;margin:0;color:#6b747c}
+.key{display:inline-block;width:14px;height:9px;margin:0 4px 0 12px;vertical-align:middle}
+details>summary{cursor:pointer;margin:10px 0;color:#1f5fa8}"""
+LEGEND = ('<p class="s"><span class="key" style="background:#8fb4dc"></span>{ref}'
+          '<span class="key" style="border-top:2px solid #d9480f"></span>{cur}</p>')
 
 
-def _label(value: float) -> str:
-    return f"{value:.3g}"
-
-
-def _bin_labels(plot: dict[str, Any]) -> list[str]:
+def _figure(column: ColumnResult, names: ClassNames) -> str:
+    plot = column.histogram
     if "labels" in plot:
-        return [str(x) for x in plot["labels"]]
-    edges = plot["edges"]
-    labels = [f"<{_label(edges[0])}"] if edges else ["all"]
-    labels += [f"{_label(a)}..{_label(b)}" for a, b in itertools.pairwise(edges)]
-    if edges:
-        labels.append(f">={_label(edges[-1])}")
-    if plot.get("nonfinite"):
-        labels.append("NaN/inf")
-    return labels
+        svg = class_bars(plot, lambda label: names.label(column.name, label))
+    else:
+        low = min((w["min"] for w in (column.reference, column.current) if "min" in w), default=None)
+        high = max((w["max"] for w in (column.reference, column.current) if "max" in w), default=None)
+        svg = distribution_svg(plot, low, high) if plot else ""
+    verdict = '<span class="bad">drift</span>' if column.drift else '<span class="ok">ok</span>'
+    name = column_name(column.name, column.kind, names)
+    return (f'<figure class="{"drift" if column.drift else "ok"}"><figcaption>{name} {verdict} '
+            f"{esc(column.reason)}</figcaption>{svg}</figure>")
 
 
-def histogram_svg(plot: dict[str, Any]) -> str:
-    """Bars of the reference's and the current window's shares per bin."""
-    ref, cur = plot.get("reference", []), plot.get("current", [])
-    if not ref:
-        return ""
-    ref_total, cur_total = max(sum(ref), 1), max(sum(cur), 1)
-    shares = [(r / ref_total, c / cur_total) for r, c in zip(ref, cur, strict=False)]
-    top = max(max(p) for p in shares) or 1.0
-    slot = WIDTH / len(shares)
-    bar = slot * 0.4
-    parts = [f'<svg width="{WIDTH}" height="{HEIGHT + 30}" role="img">']
-    for i, ((r, c), label) in enumerate(zip(shares, _bin_labels(plot), strict=False)):
-        x = i * slot + slot * 0.1
-        for share, cls, dx in ((r, "ref", 0.0), (c, "cur", bar)):
-            h = share / top * HEIGHT
-            parts.append(f'<rect class="{cls}" x="{x + dx:.1f}" y="{HEIGHT - h:.1f}" width="{bar:.1f}" '
-                         f'height="{h:.1f}"><title>{escape(label)}: {share:.3%}</title></rect>')
-        if len(shares) <= 14:
-            parts.append(f'<text x="{x:.1f}" y="{HEIGHT + 14}" font-size="9">{escape(label[:12])}</text>')
-    parts.append("</svg>")
+def _window_body(report: WindowReport, names: ClassNames, ref: str, cur: str) -> str:
+    drifted = [c for c in report.columns if c.drift]
+    others = [c for c in report.columns if not c.drift]
+    legend = LEGEND.format(ref=esc(ref), cur=esc(cur))
+    body = columns_table(report, names) + "<h3>Distributions</h3>" + legend
+    if drifted:
+        body += '<div class="figs">' + "".join(_figure(c, names) for c in drifted) + "</div>"
+    if others and drifted:
+        body += (f"<details><summary>the {len(others)} columns without drift</summary><div class=\"figs\">"
+                 + "".join(_figure(c, names) for c in others) + "</div></details>")
+    elif others:
+        body += '<div class="figs">' + "".join(_figure(c, names) for c in others) + "</div>"
+    return body
+
+
+def _output(output: OutputComparison, report: CompareReport, names: ClassNames) -> str:
+    limit = 1 - report.settings.max_disagreement if output.timeline.get("metric") == "agreement" else None
+    what = "top-1 agreement" if limit is not None else "mean absolute difference"
+    parts = [f"<h3>{esc(output.name)}</h3>"]
+    matrix = confusion_table(output, names)
+    if matrix:
+        parts.append(f"<p class=\"s\">top-1 class of the primary (rows) and of {esc(report.shadow)} (columns)</p>"
+                     + matrix)
+    worst = disagreements_table(output, names)
+    if worst:
+        parts.append(f"<p class=\"s\">the {len(output.disagreements)} pairs that disagree most: top-1 "
+                     "disagreements first, then by the largest difference of an element</p>" + worst)
+    timeline = timeline_svg(output.timeline, limit)
+    if timeline:
+        line = " (dashed: the lowest agreement allowed)" if limit is not None else ""
+        parts.append(f'<p class="s">{what} over time{line}</p>{timeline}')
     return "".join(parts)
 
 
-def timeline_svg(timeline: dict[str, Any]) -> str:
-    """The agreement rate (or mean absolute difference) over time."""
-    values = timeline.get("value", [])
-    if len(values) < 2:
-        return ""
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    points = " ".join(f"{i * WIDTH / (len(values) - 1):.1f},{HEIGHT - (v - low) / span * HEIGHT:.1f}"
-                      for i, v in enumerate(values))
-    return (f'<svg width="{WIDTH}" height="{HEIGHT + 20}" role="img"><polyline class="line" points="{points}"/>'
-            f'<text x="0" y="{HEIGHT + 15}" font-size="10">{escape(timeline["metric"])} from {low:.4g} to '
-            f'{high:.4g}</text></svg>')
-
-
-def _column_figure(column: ColumnResult) -> str:
-    verdict = f'<span class="{"bad" if column.drift else "ok"}">{"drift" if column.drift else "ok"}</span>'
-    return (f"<figure>{histogram_svg(column.histogram)}<figcaption><b>{escape(column.name)}</b> {verdict}: "
-            f"{escape(column.reason)}</figcaption></figure>")
-
-
-def _window_body(report: WindowReport) -> str:
-    figures = "".join(_column_figure(c) for c in report.columns)
-    legend = '<p><svg width="12" height="12"><rect class="ref" width="12" height="12"/></svg> reference ' \
-             '<svg width="12" height="12"><rect class="cur" width="12" height="12"/></svg> current</p>'
-    return f"{legend}{figures}"
-
-
-def _output_figure(output: OutputComparison) -> str:
-    verdict = "disagreement" if output.disagreement else "agrees"
-    reasons = "; ".join(output.reasons) or "within the thresholds"
-    return (f'<figure>{timeline_svg(output.timeline)}<figcaption><b>{escape(output.name)}</b> '
-            f'<span class="{"bad" if output.disagreement else "ok"}">{verdict}</span>: {escape(reasons)}'
-            f"</figcaption></figure>")
-
-
-def render_html(report: Report, title: str = "Drift report") -> str:
-    """The whole report as one HTML page."""
-    judged = ""
+def _title(report: Report, title: str | None) -> str:
+    if title:
+        return title
     if isinstance(report, CompareReport):
-        if report.judged is not None:  # the version the evidence is for, under the verdict
-            judged = f'<p class="judged">judged: <b>{escape(report.judged.describe())}</b></p>'
-        body = ("<h2>Agreement over time</h2>" + "".join(_output_figure(o) for o in report.outputs)
-                + f"<h2>Distribution of {escape(report.shadow)} against the primary</h2>"
-                + _window_body(report.distribution))
+        return f"Primary vs {report.shadow}"
+    model = report.current.get("model") or report.reference.get("model")
+    return f"Drift of {model}" if model else "Drift report"
+
+
+def render_html(report: Report, title: str | None = None, class_names: ClassNames | None = None) -> str:
+    """The whole report as one HTML page; ``title`` defaults to the model or the shadow's name."""
+    names = class_names or ClassNames()
+    verdict = status(report)
+    heading = _title(report, title)
+    if isinstance(report, CompareReport):
+        lead, facts = compare_header(report, names)
+        body = ("<h2>Outputs</h2>" + outputs_table(report) + "".join(_output(o, report, names) for o in report.outputs)
+                + f"<h2>Distribution of {esc(report.shadow)} against the primary, same requests</h2>"
+                + _window_body(report.distribution, names, "primary", report.shadow))
     else:
-        body = "<h2>Reference vs current</h2>" + _window_body(report)
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{escape(title)}: {escape(status(report))}</h1>{judged}"
-            f"<pre>{escape(table(report))}</pre>{body}</body></html>\n")
+        lead, facts = window_header(report, names)
+        body = "<h2>Columns</h2>" + _window_body(report, names, "reference", "current")
+    shown = esc(verdict.upper().replace("+", " + "))
+    badge = f'<span class="badge{" bad" if verdict != "pass" else ""}">{shown}</span>'
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width"><title>{esc(heading)}: {esc(verdict)}</title><style>{STYLE}</style>'
+            f'</head><body><main><header><div class="top">{badge}<h1>{esc(heading)}</h1></div>'
+            f'<p class="lead">{lead}</p>{facts}</header>{body}</main></body></html>\n')
 
 
-def write_html(report: Report, path: Path, title: str = "Drift report") -> None:
-    path.write_text(render_html(report, title))
+def write_html(report: Report, path: Path, title: str | None = None, class_names: ClassNames | None = None) -> None:
+    path.write_text(render_html(report, title, class_names), encoding="utf-8")

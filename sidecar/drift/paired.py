@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,8 @@ from sidecar.drift.columns import MAX_ELEMENTS, array_columns, as_labels, kind_o
 from sidecar.drift.errors import DriftError
 from sidecar.drift.judged import Judged
 from sidecar.drift.profile import Profile
+from sidecar.drift.reader import RowKeys
+from sidecar.drift.report_pairs import Confusion, WorstPairs, pair_scores
 from sidecar.drift.stats import Statistic
 from sidecar.drift.summary import add_columns
 from sidecar.drift.thresholds import DriftSettings
@@ -41,6 +43,8 @@ class _Output:
     shadow_only: int = 0
     scores: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     times: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    confusion: Confusion = field(default_factory=Confusion)
+    worst: WorstPairs = field(default_factory=WorstPairs)
 
 
 @dataclass
@@ -55,12 +59,14 @@ class OutputComparison:
     disagreement: bool
     reasons: list[str]
     timeline: dict[str, Any]  # "metric" names the measure; the rest are lists, one entry per time bucket
+    confusion: dict[str, Any] | None = None  # primary (rows) vs shadow (columns) top-1 classes
+    disagreements: list[dict[str, Any]] = field(default_factory=list)  # the pairs that disagree most
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "pairs": self.pairs, "disagreement": self.disagreement,
                 "reasons": self.reasons, "statistics": {k: v.to_json() for k, v in self.statistics.items()},
                 "disagreement_interval": self.disagreement_interval, "labels": self.labels,
-                "timeline": self.timeline}
+                "timeline": self.timeline, "confusion": self.confusion, "disagreements": self.disagreements}
 
 
 @dataclass
@@ -102,11 +108,13 @@ class PairAccumulator:
         self.primary = Profile(bins=settings.bins, source={"upstream": "primary"})
         self.shadow_profile = Profile(bins=settings.bins, source={"upstream": shadow})
         self.counts: dict[str, int] = {}
+        self.timestamps = True  # the times given are the records' (compare_arrays gives row numbers)
 
     def add(self, name: str, datatype: str, primary: np.ndarray, shadow: np.ndarray,
             times: np.ndarray | None = None, labels: np.ndarray | None = None,
-            known: np.ndarray | None = None) -> None:
-        """Add aligned predictions of one output: arrays of shape (pairs, elements)."""
+            known: np.ndarray | None = None, keys: RowKeys | None = None) -> None:
+        """Add aligned predictions of one output: arrays of shape (pairs, elements); ``keys`` name
+        the request (and trace) of each pair, for the list of the pairs that disagree most."""
         if primary.ndim == 1 or len(primary) == 0:
             return  # pooled tensors (rows of varying size) cannot be paired element by element
         numeric = kind_of(datatype) == "numeric"
@@ -127,10 +135,13 @@ class PairAccumulator:
             s_class = top1(shadow) if numeric else as_labels(shadow[:, 0])
             same = p_class == s_class
             out.agree += int(same.sum())
+            out.confusion.add(p_class, s_class)
             if labels is not None:
                 self._labels(out, p_class, s_class, labels, known)
         else:
             same = np.abs(primary[:, 0] - shadow[:, 0])
+        self._worst(out, numeric, primary, shadow, (p_class, s_class) if out.classes else None,
+                    times if self.timestamps else None, keys)
         if numeric:
             pick = top1(primary) if primary.shape[1] > 1 else np.zeros(len(primary), np.int64)
             rows = np.arange(len(primary))
@@ -141,6 +152,17 @@ class PairAccumulator:
             out.times.append((times, same))
         for profile, matrix in ((self.primary, primary), (self.shadow_profile, shadow)) if self.distribution else ():
             add_columns(profile.columns, tensor_columns(name, datatype, matrix, max_elements=self.max_elements))
+
+    @staticmethod
+    def _worst(out: _Output, numeric: bool, primary: np.ndarray, shadow: np.ndarray,
+               classes: tuple[np.ndarray, np.ndarray] | None, times: np.ndarray | None,
+               keys: RowKeys | None) -> None:
+        differs = classes[0] != classes[1] if classes is not None else np.zeros(len(primary), bool)
+        if numeric:
+            difference, scores = pair_scores(primary, shadow, *(classes or (None, None)))
+            out.worst.add(differs, difference, classes, scores, times, keys)
+        else:
+            out.worst.add(differs, np.full(len(primary), np.nan), classes, None, times, keys)
 
     @staticmethod
     def _labels(out: _Output, p_class: np.ndarray, s_class: np.ndarray, labels: np.ndarray,
@@ -209,7 +231,8 @@ class PairAccumulator:
                 reasons.append(f"shadow less accurate ({out.shadow_right}/{out.labelled} vs "
                                f"{out.primary_right}/{out.labelled}), McNemar p {p_value:.3g}")
         return OutputComparison(out.name, out.pairs, statistics, interval, labels, bool(reasons), reasons,
-                                _timeline(out))
+                                _timeline(out), out.confusion.to_json() if out.classes else None,
+                                out.worst.to_json())
 
 
 def _timeline(out: _Output) -> dict[str, Any]:
@@ -231,7 +254,8 @@ def _timeline(out: _Output) -> dict[str, Any]:
 
 def compare_arrays(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray], *,
                    labels: np.ndarray | None = None, settings: DriftSettings | None = None,
-                   name: str = "shadow", distribution: bool = True) -> CompareReport:
+                   name: str = "shadow", distribution: bool = True,
+                   request_ids: Sequence[str] | None = None) -> CompareReport:
     """Primary vs shadow on aligned numpy arrays (first axis: the same requests in both).
 
     Example::
@@ -243,23 +267,29 @@ def compare_arrays(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.nd
         report = compare_arrays({"probs": probs}, {"probs": probs[:, ::-1]})
         assert report.disagreement
 
-    ``distribution=False`` skips the distribution comparison (``report.distribution`` is then empty).
+    ``distribution=False`` skips the distribution comparison (``report.distribution`` is then empty);
+    ``request_ids`` (one per row) name the rows in the list of the pairs that disagree most.
     """
     settings = settings or DriftSettings()
     accumulator = PairAccumulator(name, settings, distribution=distribution)
+    accumulator.timestamps = False
     if labels is not None:
         labels = np.asarray(labels)
+    keys = None
+    if request_ids is not None:
+        ids = np.asarray([str(i) for i in request_ids], dtype=object)
+        keys = RowKeys(ids, None, np.arange(len(ids)))
     for output, p in primary.items():
         if output not in shadow:
             continue
-        if len(shadow[output]) != len(p) or (labels is not None and len(labels) != len(p)):
-            raise DriftError(f"output {output!r}: primary, shadow (and labels) must have the same length")
+        if len(shadow[output]) != len(p) or any(x is not None and len(x) != len(p) for x in (labels, request_ids)):
+            raise DriftError(f"output {output!r}: primary, shadow (and labels, request ids) must have the same length")
         p_cols = array_columns({output: p})
         datatype = "FP64" if any(kind == "numeric" for kind, _ in p_cols.values()) else "INT64"
         p2, s2 = np.asarray(p).reshape(len(p), -1), np.asarray(shadow[output]).reshape(len(p), -1)
         if datatype == "FP64":
             p2, s2 = p2.astype(np.float64), s2.astype(np.float64)
-        accumulator.add(output, datatype, p2, s2, np.arange(len(p2), dtype=np.int64), labels)
+        accumulator.add(output, datatype, p2, s2, np.arange(len(p2), dtype=np.int64), labels, keys=keys)
     pairs = max((o.pairs for o in accumulator.outputs.values()), default=0)
     accumulator.counts = {"records": pairs, "paired_predictions": pairs}
     return accumulator.finish()

@@ -87,10 +87,40 @@ class Chunk:
     records: int
     timestamps: np.ndarray  # int64 microseconds since the epoch, UTC
     request_ids: np.ndarray | None
+    trace_ids: np.ndarray | None = None  # None when the segments predate the column; entries None when not traced
     tensors: dict[str, dict[str, TensorBlock]] = field(default_factory=dict)  # source -> name -> block
     responses: dict[str, int] = field(default_factory=dict)  # source -> responses present
     failed: dict[str, int] = field(default_factory=dict)  # source -> responses with an error
     upstreams: set[str] = field(default_factory=set)  # every shadow name in the chunk
+
+    def keys(self, rows: np.ndarray) -> RowKeys:
+        """The request and trace ids of the records at ``rows`` (one entry per prediction row)."""
+        return RowKeys(self.request_ids, self.trace_ids, rows)
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    """Which request (and trace) each prediction row came from, looked up only for the rows asked."""
+
+    request_ids: np.ndarray | None
+    trace_ids: np.ndarray | None
+    rows: np.ndarray  # the record of each prediction row
+
+    def request_id(self, index: np.ndarray) -> list[str | None]:
+        return _pick(self.request_ids, self.rows[index])
+
+    def trace_id(self, index: np.ndarray) -> list[str | None]:
+        return _pick(self.trace_ids, self.rows[index])
+
+
+ID_CHARS = 128  # request ids come from clients: a report shows at most this much of one
+
+
+def _pick(values: np.ndarray | None, rows: np.ndarray) -> list[str | None]:
+    if values is None:
+        return [None] * len(rows)
+    picked = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values[rows].tolist()]
+    return [None if v is None else str(v)[:ID_CHARS] for v in picked]
 
 
 def segment_files(path: Path) -> list[Path]:
@@ -165,8 +195,10 @@ def _responses(responses: pa.StructArray, rows: np.ndarray) -> tuple[dict[str, T
 
 def _read_chunk(batch: pa.RecordBatch, shadows: tuple[str, ...], with_inputs: bool) -> Chunk:
     timestamps = batch.column("timestamp").cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-    ids = batch.column("request_id").to_numpy(zero_copy_only=False) if "request_id" in batch.schema.names else None
-    chunk = Chunk(batch.num_rows, timestamps, ids)
+    names = batch.schema.names
+    ids = batch.column("request_id").to_numpy(zero_copy_only=False) if "request_id" in names else None
+    traces = batch.column("trace_id").to_numpy(zero_copy_only=False) if "trace_id" in names else None
+    chunk = Chunk(batch.num_rows, timestamps, ids, traces)
     rows = np.arange(batch.num_rows, dtype=np.int64)
     primary = batch.column("primary")
     if "upstream" in {f.name for f in primary.type}:
@@ -227,8 +259,8 @@ def read_chunks(window: Window, *, shadows: tuple[str, ...] = (), inputs: bool =
         if missing:
             raise DriftError(f"{path} is not a record segment: no column {', '.join(sorted(missing))}")
         columns = ["timestamp", "model", "primary.upstream", "primary.error", "primary.outputs"]
-        if request_ids and "request_id" in names:
-            columns.append("request_id")
+        if request_ids:  # the trace id too, in segments written since the records carry it
+            columns += [c for c in ("request_id", "trace_id") if c in names]
         if shadows and "shadows" in names:
             columns += ["shadows.list.element.upstream", "shadows.list.element.error",
                         "shadows.list.element.outputs"]

@@ -64,7 +64,7 @@ def test_one_version_is_named_in_json_table_and_html(tmp_path: Path, capsys: pyt
     printed, document = _compare(records, tmp_path, capsys)
     assert document["judged"] == {"model": "classifier", "version": "2"}
     assert "primary vs v2 (classifier version 2):" in printed
-    assert "judged: <b>classifier version 2</b>" in (tmp_path / "c.html").read_text()
+    assert "<dt>judged</dt><dd><b>classifier version 2</b>" in (tmp_path / "c.html").read_text()
 
 
 def test_two_versions_give_no_version_and_the_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

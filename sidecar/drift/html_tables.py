@@ -1,0 +1,224 @@
+"""The report's header and tables, as HTML: the summary a person reads first (verdict,
+windows, counts, thresholds), the per-column and per-output tables, the confusion matrix and
+the pairs that disagree most. Every string from the data goes through `esc`."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+from sidecar.drift.html_svg import esc, number
+from sidecar.drift.paired import CompareReport, OutputComparison
+from sidecar.drift.report_classes import ClassNames
+from sidecar.drift.thresholds import DriftSettings
+from sidecar.drift.window import P_VALUE_TESTS, ColumnResult, WindowReport
+
+LEAD_NAMES = 5  # drifted columns named in the verdict line; the table lists them all
+
+
+def cell(value: float | None) -> str:
+    return "\u2013" if value is None else esc(number(value))
+
+
+def column_name(name: str, kind: str, names: ClassNames) -> str:
+    """The class name a score column holds, with the column's own name beside it."""
+    named = names.column(name, kind)
+    return f"<b>{esc(named)}</b> <code>{esc(name)}</code>" if named else f"<code>{esc(name)}</code>"
+
+
+def plain_name(name: str, kind: str, names: ClassNames) -> str:
+    named = names.column(name, kind)
+    return f"{named} ({name})" if named else name
+
+
+def _when(iso: Any) -> str:
+    return str(iso).replace("T", " ").rstrip("Z").split(".")[0] if iso else ""
+
+
+def _span(info: dict[str, Any]) -> str:
+    first, last = _when(info.get("first")), _when(info.get("last"))
+    if not first:
+        return ""
+    if last[:10] == first[:10]:
+        last = last[11:]
+    return f"{first} to {last} UTC"
+
+
+def window_fact(info: dict[str, Any]) -> str:
+    """One window in a line: records, time span, whose answers, where they came from (the last
+    part of the path only: a report travels, the machine's directories need not)."""
+    parts = [f"<b>{int(info.get('records') or 0):,}</b> records"]
+    span = _span(info)
+    if span:
+        parts.append(esc(span))
+    if info.get("failed"):
+        parts.append(f"{int(info['failed']):,} failed")
+    if info.get("upstream") and info["upstream"] != "primary":
+        parts.append(f"answers of <b>{esc(info['upstream'])}</b>")
+    if info.get("path"):
+        parts.append(f"<code>{esc(PurePath(str(info['path'])).name)}</code>")
+    return " \u00b7 ".join(parts)
+
+
+def _facts(rows: list[tuple[str, str]]) -> str:
+    return '<dl class="facts">' + "".join(f"<div><dt>{esc(k)}</dt><dd>{v}</dd></div>" for k, v in rows) + "</dl>"
+
+
+def _alpha(report: WindowReport) -> str:
+    corrected = next((c.threshold for c in report.columns if c.test in P_VALUE_TESTS and c.threshold), None)
+    s = report.settings
+    alpha = f"\u03b1 {number(s.alpha)}"
+    if corrected is not None and corrected != s.alpha:
+        alpha += f" ({esc(s.correction)}: {number(corrected)} per column)"
+    return alpha
+
+
+def window_thresholds(report: WindowReport) -> str:
+    s = report.settings
+    tests = "KS / \u03c7\u00b2 p-value" if (s.numeric_test, s.categorical_test) == ("auto", "auto") else \
+        f"{esc(s.numeric_test)} / {esc(s.categorical_test)}"
+    distances = ", ".join(f"{esc(k)} \u2265 {number(v)}" for k, v in s.thresholds.items())
+    return (f"{tests} up to {s.small_sample:,} values at {_alpha(report)}; above: {distances}; "
+            f"NaN/inf share may rise by {number(s.max_nonfinite_increase)}")
+
+
+def compare_thresholds(settings: DriftSettings) -> str:
+    s = settings
+    return (f"top-1 disagreement \u2264 {number(s.max_disagreement)} ({s.confidence:.0%} Wilson interval); "
+            f"single values: MAD \u2264 {number(s.max_mad)} std, Spearman \u2265 {number(s.min_spearman)}; "
+            f"McNemar \u03b1 {number(s.alpha)}")
+
+
+def window_lead(report: WindowReport, names: ClassNames) -> str:
+    drifted = [c for c in report.columns if c.drift]
+    if not drifted:
+        return f"No drift in {len(report.columns)} columns."
+    listed = ", ".join(plain_name(c.name, c.kind, names) for c in drifted[:LEAD_NAMES])
+    more = f" and {len(drifted) - LEAD_NAMES} more" if len(drifted) > LEAD_NAMES else ""
+    return f"Drift in {len(drifted)} of {len(report.columns)} columns: {listed}{more}."
+
+
+def window_header(report: WindowReport, names: ClassNames) -> tuple[str, str]:
+    """The verdict line and the facts under it."""
+    model = report.current.get("model") or report.reference.get("model")
+    facts = [("reference", window_fact(report.reference)), ("current", window_fact(report.current)),
+             *([("model", f"<b>{esc(model)}</b>")] if model else []), ("thresholds", window_thresholds(report))]
+    return esc(window_lead(report, names)), _facts(facts)
+
+
+def compare_header(report: CompareReport, names: ClassNames) -> tuple[str, str]:
+    lines = [f"{o.name}: {r}" for o in report.outputs for r in o.reasons]
+    if not lines:
+        pairs = report.counts.get("paired_predictions", 0)
+        lines = [f"{report.shadow} agrees with the primary on {len(report.outputs)} output(s), {pairs:,} pairs."]
+    drift = report.distribution
+    lines.append(window_lead(drift, names).replace("Drift in", "Its distribution drifts in", 1)
+                 .replace("No drift in", "Its distribution drifts in none of", 1))
+    counts = report.counts
+    judged = report.judged.describe() if report.judged is not None else "\u2013"
+    facts = [("shadow", f"<b>{esc(report.shadow)}</b>"), ("judged", f"<b>{esc(judged)}</b>"),
+             ("window", window_fact({**report.distribution.current, "upstream": None})),
+             ("pairs", f"<b>{counts.get('paired_predictions', 0):,}</b> paired predictions \u00b7 "
+                       f"{counts.get('shadow_responses', 0):,} shadow answers, "
+                       f"{counts.get('shadow_failed', 0):,} failed \u00b7 "
+                       f"{counts.get('primary_failed', 0):,} primary failures"),
+             ("thresholds", compare_thresholds(report.settings))]
+    return "<br>".join(esc(line) for line in lines), _facts(facts)
+
+
+def _change(column: ColumnResult, names: ClassNames) -> str:
+    ref, cur = column.reference, column.current
+    if column.kind == "numeric":
+        if "mean" not in ref or "mean" not in cur:
+            return ""
+        return f"mean {esc(number(ref['mean']))} \u2192 {esc(number(cur['mean']))}"
+    top_ref, top_cur = ref.get("top") or {}, cur.get("top") or {}
+    if not top_ref or not top_cur:
+        return ""
+    label = next(iter(top_cur))
+    share = {w: (top.get(label, 0) / max(int(info.get("count") or 0), 1))
+             for w, top, info in (("r", top_ref, ref), ("c", top_cur, cur))}
+    shown = names.label(column.name, label) or label
+    return f"{esc(shown[:24])} {share['r']:.0%} \u2192 {share['c']:.0%}"
+
+
+def columns_table(report: WindowReport, names: ClassNames) -> str:
+    """Every column, the drifted first: what moved, the test that decided, its value and threshold."""
+    rows = []
+    for c in sorted(report.columns, key=lambda c: not c.drift):
+        value = None if c.test is None else (c.statistics[c.test].p_value if c.test in P_VALUE_TESTS
+                                             else c.statistics[c.test].value)
+        verdict = '<td class="bad">drift' if c.drift else '<td class="ok">ok'
+        rows.append(f"<tr><td>{column_name(c.name, c.kind, names)}<td>{c.kind[:3]}"
+                    f"<td>{int(c.reference.get('count', 0)):,}<td>{int(c.current.get('count', 0)):,}"
+                    f"<td>{_change(c, names)}<td>{esc(c.test or '')}<td>{cell(value)}<td>{cell(c.threshold)}"
+                    f"{verdict}</tr>")
+    return ('<table class="cols"><thead><tr><th>column<th>kind<th>reference<th>current<th>change<th>test'
+            '<th>value<th>threshold<th>verdict</thead><tbody>' + "".join(rows) + "</tbody></table>")
+
+
+def outputs_table(report: CompareReport) -> str:
+    rows = []
+    for o in report.outputs:
+        st = o.statistics
+        interval = o.disagreement_interval
+        verdict = '<td class="bad">disagrees' if o.disagreement else '<td class="ok">agrees'
+        rows.append(f"<tr><td><code>{esc(o.name)}</code><td>{o.pairs:,}"
+                    f"<td>{cell(st['agreement'].value if 'agreement' in st else None)}"
+                    f"<td>{f'{cell(interval[0])} to {cell(interval[1])}' if interval else chr(8211)}"
+                    f"<td>{cell(st['mad'].value if 'mad' in st else None)}"
+                    f"<td>{cell(st['spearman'].value if 'spearman' in st else None)}"
+                    f"<td>{cell(st['mcnemar'].p_value if 'mcnemar' in st else None)}{verdict}</tr>")
+    return ('<table class="cols"><thead><tr><th>output<th>pairs<th>agreement<th>disagreement interval<th>MAD'
+            '<th>Spearman<th>McNemar p<th>verdict</thead><tbody>' + "".join(rows) + "</tbody></table>")
+
+
+def _class(output: str, label: str, names: ClassNames) -> str:
+    named = names.name(output, label)
+    return f'{esc(named)} <span class="s">{esc(label)}</span>' if named else esc(label)
+
+
+def confusion_table(output: OutputComparison, names: ClassNames) -> str:
+    """Primary's top-1 class (rows) against the shadow's (columns), shaded by each row's share."""
+    confusion = output.confusion
+    if not confusion:
+        return ""
+    classes, matrix = list(confusion["classes"]), confusion["matrix"]
+    heads = [_class(output.name, c, names) for c in classes] + (["other"] if confusion["other"] else [])
+    rows = []
+    for i, (head, line) in enumerate(zip(heads, matrix, strict=True)):
+        total = sum(line) or 1
+        cells = []
+        for j, count in enumerate(line):
+            kind = "d" if i == j else ("x" if count else "")
+            shade = f' style="--a:{count / total:.2f}"' if count else ""
+            cells.append(f'<td class="{kind}"{shade}>{count:,}' if kind else "<td>0")
+        rows.append(f"<tr><th>{head}{''.join(cells)}<td>{sum(line):,}<td>{line[i] / total:.0%}</tr>")
+    top = "".join(f"<th>{h}" for h in heads)
+    return ('<table class="cm"><thead><tr><th>primary \u2193 shadow \u2192' + top + "<th>total<th>same"
+            "</thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _answer(output: str, label: str | None, score: float | None, names: ClassNames) -> str:
+    parts = [_class(output, label, names)] if label is not None else []
+    if score is not None:
+        parts.append(f'<span class="n">{esc(number(score))}</span>')
+    return " ".join(parts) or "\u2013"
+
+
+def disagreements_table(output: OutputComparison, names: ClassNames) -> str:
+    """The pairs that disagree most, with the ids that lead to the request and its trace."""
+    entries = output.disagreements
+    if not entries:
+        return ""
+    traced = any(e.get("trace_id") for e in entries)
+    rows = []
+    for e in entries:
+        trace = f"<td><code>{esc(e.get('trace_id') or '')}</code>" if traced else ""
+        rows.append(f"<tr><td><code>{esc(e.get('request_id') or '')}</code>{trace}<td>{esc(_when(e.get('time')))}"
+                    f"<td>{_answer(output.name, e.get('primary_class'), e.get('primary_score'), names)}"
+                    f"<td>{_answer(output.name, e.get('shadow_class'), e.get('shadow_score'), names)}"
+                    f"<td>{cell(e.get('difference'))}</tr>")
+    return ('<table class="cols worst"><thead><tr><th>request id' + ("<th>trace id" if traced else "")
+            + "<th>time (UTC)<th>primary<th>shadow<th>largest difference</thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
