@@ -175,7 +175,8 @@ async def batch(tracing: Tracing, instance: ModelInstance, items: list[Pending],
     token = otel_context.attach(trace.set_span_in_context(compute))
     try:  # current here and, through the copied context, on the instance's thread: BLS calls join this trace
         results, executions = await execute(items, contextvars.copy_context())
-    except BaseException as error:
+    except BaseException as error:  # the whole batch failed: every request gets this error
+        compute.set_attribute("serving.failed_requests", len(items))
         _failed(compute, error)
         compute.end()
         raise
