@@ -5,16 +5,47 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+
+from sidecar.drift import Profile
+
 from .processes import command
+from .traffic import make_models
 
 # A few thousand records per window: decide by KS and chi-square p-values (Bonferroni over the
 # columns) at a family-wise 0.1%, so the control's false alarms stay rare and the shift, whose
 # p-values are astronomically small, is found every time.
 TESTS = ["--small-sample", "1000000", "--alpha", "0.001"]
 SHADOW = "challenger"  # the shadow's name in the sidecar: the alias it is named by
+
+
+def reference_profile(path: Path, primary_http: str, points: int = 1024, seed: int = 11) -> Path:
+    """The live-drift reference: the primary's answers to unshifted traffic, as `shadowserve-drift profile` keeps them.
+
+    In production the profile comes from recorded traffic (``shadowserve-drift profile --records``);
+    the demo has none before it starts, so it asks the primary directly, in batches of the
+    model's max_batch_size, and the sidecar's live drift gauges then have a reference to move from.
+    """
+    rows, _ = make_models.sample(points, np.random.default_rng(seed))
+    answers = []
+    for start in range(0, points, 64):
+        batch = rows[start:start + 64]
+        body = orjson.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": list(batch.shape),
+                                         "data": batch.reshape(-1)}]}, option=orjson.OPT_SERIALIZE_NUMPY)
+        request = urllib.request.Request(f"{primary_http}/v2/models/classifier/infer", data=body,
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            output = orjson.loads(response.read(1 << 24))["outputs"][0]
+        answers.append(np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]))
+    profile = Profile.from_arrays({"OUTPUT__0": np.concatenate(answers)})
+    profile.source["model"] = "classifier"
+    profile.save(path)
+    return path
 
 
 def drift(out: Path, name: str, arguments: list[str]) -> dict[str, Any]:

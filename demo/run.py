@@ -35,7 +35,7 @@ from typing import Any
 
 from . import display, registry
 from .processes import Child, Children, StartError, command
-from .reports import SHADOW, agreement, judged, reports
+from .reports import SHADOW, agreement, judged, reference_profile, reports
 from .traffic import Traffic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def endpoints(child: Child) -> dict[str, Any]:
             "metrics": f"http://127.0.0.1:{ports['metrics_port']}/metrics"}
 
 
-def sidecar_config(out: Path, shadow: dict[str, Any], canary: dict[str, Any]) -> Path:
+def sidecar_config(out: Path, shadow: dict[str, Any], canary: dict[str, Any], profile: Path) -> Path:
     config = {
         "sampling": {"header": "x-user-id"},
         "shadows": [{"model": registry.CHALLENGER, "http": shadow["http"], "grpc": shadow["grpc"], "fraction": 1.0}],
@@ -79,6 +79,9 @@ def sidecar_config(out: Path, shadow: dict[str, Any], canary: dict[str, Any]) ->
                                 "failure_limit": 2, "max_error_rate": 0.01, "max_p99_ratio": 3.0,
                                 "max_disagreement": 0.05}},
         "recording": {"inputs": "none", "segment_seconds": "2s"},
+        # live drift (the sidecar_live_drift_* gauges and the dashboard's panel) against the
+        # primary's answers to unshifted traffic: they rise after the shift
+        "drift": {"profile": str(profile), "window": 2000},
     }
     path = out / "sidecar.json"
     path.write_text(json.dumps(config, indent=2))
@@ -181,7 +184,8 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
     started = [start_serve(children, out, role, source) for role, source in
                (("primary", registry.CHAMPION), ("shadow", registry.CHALLENGER), ("canary", registry.CHALLENGER))]
     primary, shadow, canary = (endpoints(child) for child in started)  # the three start side by side
-    sidecar = start_sidecar(children, out, primary, sidecar_config(out, shadow, canary))
+    profile = reference_profile(out / "reports" / "reference.json", primary["http"])
+    sidecar = start_sidecar(children, out, primary, sidecar_config(out, shadow, canary, profile))
     print(f"sidecar: http {sidecar['http']}  grpc {sidecar['grpc']}  admin {sidecar['admin']}\n")
     print(f"traffic for {args.duration:g}s through the sidecar (HTTP and gRPC); the inputs shift half-way:")
     clients = asyncio.run(drive(args, sidecar, primary))
@@ -215,6 +219,14 @@ def promotion_line(promotion: dict[str, Any]) -> str:
     return f"{outcome} (exit {promotion['exit_status']}): {said}"
 
 
+def live_drift_line(status: dict[str, Any]) -> str:
+    """The live drift gauges' top-1 column at the end of the traffic, per upstream."""
+    values = [v for v in ((status.get("drift") or {}).get("values") or []) if v["output"].endswith(".top1")]
+    if not values:
+        return "no values yet"
+    return ", ".join(f"{v['upstream']} PSI {v['psi']:.2f}" for v in sorted(values, key=lambda v: v["upstream"]))
+
+
 def summarize(result: dict[str, Any]) -> str:
     clients = result["clients"]
     compare = result["compare"]
@@ -230,6 +242,7 @@ def summarize(result: dict[str, Any]) -> str:
         ("primary vs shadow", f"{compare['status']}; top-1 agreement {agreement(compare):.1%}; "
                               f"judged {judged(compare)}"),
         ("canary (10% to @challenger)", canary_verdict(result["canary"])),
+        ("live drift (top-1, last window)", live_drift_line(result["canary"])),
         ("promotion to @champion", promotion_line(result["promotion"])),
         ("audit log", registry.actions(result["history"])),
         ("written by", ", ".join(actors)),
