@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from model_registry.store import bound_calls
 from serving import logs  # the same log formats as serve (pure: imports nothing heavy)
 from serving.shutdown import stop_on_signals  # the same stop signals as serve (pure)
+from serving.tracing import Tracing, TracingError, configure  # no OpenTelemetry imported while tracing is off
 
 from .canary.admin import admin_app
 from .canary.controller import Controller
@@ -54,6 +55,7 @@ from .proxy.upstreams import Upstreams, build, close, retire
 from .records.live import LiveDriftHub
 from .records.metrics import RecordMetrics
 from .records.recorder import Recorder
+from .spans import Spans, flush
 
 log = logging.getLogger("sidecar")
 
@@ -77,7 +79,8 @@ class SidecarMetrics:
 class Sidecar:
     """A running sidecar: the proxies, the upstreams in force, the recorder and the metrics."""
 
-    def __init__(self, settings: Settings, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, config: Config, registry: CollectorRegistry | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.config = config
         self.metrics = metrics = SidecarMetrics(registry)
@@ -95,6 +98,9 @@ class Sidecar:
         proxied = (lambda: self.upstreams, self.proxy_metrics, self.recorder.submit, self.health, self.rollout)
         self.http = HttpProxy(*proxied)
         self.grpc = GrpcProxy(*proxied)
+        self.tracing = tracing  # None: off, and nothing of OpenTelemetry is imported (`sidecar.spans`)
+        if tracing is not None:
+            self.http.spans = self.grpc.spans = Spans(tracing)
         self.watcher = ConfigWatcher(settings, self.apply, metrics.config) if settings.config_file else None
         self.http_port = self.grpc_port = self.metrics_port = self.admin_port = 0
         self._http_runner: web.BaseRunner | None = None
@@ -299,9 +305,10 @@ class Sidecar:
 
 
 async def start(settings: Settings, config: Config | None = None,
-                registry: CollectorRegistry | None = None) -> Sidecar:
-    """Start a sidecar (``config`` defaults to the settings' file and flags) and return it, listening."""
-    sidecar = Sidecar(settings, config if config is not None else load(settings), registry)
+                registry: CollectorRegistry | None = None, tracing: Tracing | None = None) -> Sidecar:
+    """Start a sidecar (``config`` defaults to the settings' file and flags) and return it, listening;
+    it makes spans with ``tracing`` when given (`serving.tracing.configure`), which its caller flushes."""
+    sidecar = Sidecar(settings, config if config is not None else load(settings), registry, tracing)
     try:
         await sidecar.start()
     except BaseException:
@@ -310,11 +317,11 @@ async def start(settings: Settings, config: Config | None = None,
     return sidecar
 
 
-async def serve_until_signal(settings: Settings, config: Config) -> int:
+async def serve_until_signal(settings: Settings, config: Config, tracing: Tracing | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain and stop; a second signal stops without waiting."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    sidecar = Sidecar(settings, config)
+    sidecar = Sidecar(settings, config, tracing=tracing)
 
     def on_hangup() -> None:
         if sidecar.watcher is None:
@@ -343,16 +350,20 @@ async def serve_until_signal(settings: Settings, config: Config) -> int:
     return 0
 
 
-def _run(settings: Settings, config: Config) -> int:
-    """Run on uvloop when it is installed, else on asyncio's default loop."""
+def _run(settings: Settings, config: Config, tracing: Tracing | None) -> int:
+    """Run on uvloop when it is installed, else on asyncio's default loop; then flush the spans
+    still queued, for at most `sidecar.spans.FLUSH_SECS` (a collector that hangs costs no more)."""
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(serve_until_signal(settings, config))
-    if hasattr(uvloop, "run"):
-        return uvloop.run(serve_until_signal(settings, config))
-    uvloop.install()  # uvloop before 0.18 has no run()
-    return asyncio.run(serve_until_signal(settings, config))
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(serve_until_signal(settings, config, tracing))
+        if hasattr(uvloop, "run"):
+            return uvloop.run(serve_until_signal(settings, config, tracing))
+        uvloop.install()  # uvloop before 0.18 has no run()
+        return asyncio.run(serve_until_signal(settings, config, tracing))
+    finally:
+        flush(tracing)
 
 
 def bound_registry_calls(environ: MutableMapping[str, str]) -> None:
@@ -371,4 +382,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         sys.exit(2)
-    sys.exit(_run(settings, config))
+    try:
+        tracing = configure("sidecar")
+    except (TracingError, ValueError) as exc:  # ValueError: the SDK's own, e.g. an unknown OTEL_PROPAGATORS
+        log.error("invalid tracing configuration: %s", exc)
+        sys.exit(2)
+    sys.exit(_run(settings, config, tracing))

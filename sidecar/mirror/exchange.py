@@ -42,10 +42,11 @@ class Exchange:
     """A request, the primary's answer and the shadows' answers, complete when all are in."""
 
     __slots__ = ("key", "request_id", "timestamp", "model", "protocol", "body", "header_length", "primary", "shadows",
-                 "record", "_pending", "_on_complete")
+                 "record", "trace_id", "_pending", "_on_complete")
 
     def __init__(self, key: str, request_id: str, timestamp: float, model: str, protocol: str, body: bytes,
-                 header_length: int | None, on_complete: Callable[[Exchange], object], record: bool = True) -> None:
+                 header_length: int | None, on_complete: Callable[[Exchange], object], record: bool = True,
+                 trace_id: str | None = None) -> None:
         self.key = key  # what sampling hashed: the sampling header, else the v2 id, else request_id
         self.request_id = request_id  # x-request-id as forwarded (the client's, or one the sidecar assigned)
         self.timestamp = timestamp
@@ -56,6 +57,7 @@ class Exchange:
         self.primary: Answer | None = None
         self.shadows: list[Answer] = []
         self.record = record  # False: observed for live drift only, never written
+        self.trace_id = trace_id  # the client's trace (32 lowercase hex), None when not traced
         self._pending = 1  # the primary; expect() adds the shadows
         self._on_complete = on_complete
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from multidict import CIMultiDict
@@ -32,6 +33,11 @@ from ..upstream.headers import Metadata, shadow_headers, shadow_metadata
 from .budget import Held, MemoryBudget
 from .exchange import CANCELLED, CONNECTION, OVER_BUDGET, TIMEOUT, TOO_LARGE, Answer, Exchange
 from .metrics import MirrorMetrics
+
+if TYPE_CHECKING:
+    from ..spans import CallSpan, RequestSpan
+
+Send = Callable[["CallSpan | None"], Awaitable[Answer]]  # sends one copy; its span (tracing on) goes with it
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +71,14 @@ class Shadow:
         self._sends = {p: metrics.shadow_sends.labels(self.name, p) for p in ("http", "grpc")}
         self._duration = metrics.shadow_duration.labels(self.name)
 
-    def skip(self, reason: str) -> None:
-        """Count a copy this shadow does not get, for ``reason``."""
+    def skip(self, reason: str, span: RequestSpan | None = None) -> None:
+        """Count a copy this shadow does not get, for ``reason`` (an event on the request's ``span``)."""
         self.metrics.shadow_skipped.labels(self.name, reason).inc()
+        if span is not None:
+            span.skipped(self.name, reason)
 
-    def admit(self, protocol: str, body_size: int | None) -> bool:
-        """Whether a sampled copy may go now; every refusal is counted.
+    def admit(self, protocol: str, body_size: int | None, span: RequestSpan | None = None) -> bool:
+        """Whether a sampled copy may go now; every refusal is counted (and an event on ``span``).
 
         An admitted copy holds ``body_size`` bytes of the memory budget until it ends: the
         caller sends it (`send_http`, `send_grpc`) at once.
@@ -87,34 +95,38 @@ class Shadow:
         elif self._resting_until and (time.monotonic() < self._resting_until or self._probing):
             reason = "unreachable"
         if reason is not None:
-            self.skip(reason)
+            self.skip(reason, span)
             return False
         assert body_size is not None
         if len(self.tasks) >= self.config.max_in_flight:
             self.metrics.shadow_drops.labels(self.name).inc()
+            if span is not None:
+                span.skipped(self.name, "max_in_flight")
             return False
         if not self.budget.take(body_size):
-            self.metrics.shadow_skipped.labels(self.name, "memory_budget").inc()
+            self.skip("memory_budget", span)
             return False
         if self._resting_until:
             self._probing = True  # this copy is the probe; the others wait for its answer
         return True
 
-    def _start(self, protocol: str, send: Callable[[], Awaitable[Answer]], exchange: Exchange,
-               held: Held) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(protocol, send, exchange, held))
+    def _start(self, protocol: str, send: Send, exchange: Exchange, held: Held, parent: RequestSpan | None) -> None:
+        # the copy's span is made by its task, off the primary's path, from the time it was sent
+        started = time.time_ns() if parent is not None else 0
+        task = asyncio.get_running_loop().create_task(self._run(protocol, send, exchange, held, parent, started))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(lambda _: held.release())  # also when cancelled before it ever ran
 
-    async def _run(self, protocol: str, send: Callable[[], Awaitable[Answer]], exchange: Exchange,
-                   held: Held) -> None:
+    async def _run(self, protocol: str, send: Send, exchange: Exchange, held: Held, parent: RequestSpan | None,
+                   started_ns: int) -> None:
         self._sends[protocol].inc()
         self._in_flight.inc()
         start = time.perf_counter()
         answer: Answer | None = None
+        span = parent.shadow(self.name, started_ns) if parent is not None else None
         try:
-            answer = await send()
+            answer = await send(span)
         except asyncio.CancelledError:
             self.metrics.shadow_cancelled.labels(self.name).inc()
             answer = Answer(self.name, None, (time.perf_counter() - start) * 1000, CANCELLED)
@@ -128,6 +140,8 @@ class Shadow:
             if answer is not None:
                 self._count(answer)
                 exchange.add_shadow(answer)
+            if span is not None:
+                span.end_answer(answer, protocol)
 
     def _track(self, answer: Answer) -> None:
         """Back off from a shadow that keeps failing, as Envoy's outlier detection does.
@@ -175,14 +189,17 @@ class Shadow:
             m.shadow_errors.labels(name, "connection" if answer.error == CONNECTION else "invalid_response").inc()
 
     def send_http(self, method: str, raw_path: str, headers: CIMultiDict[str], body: bytes,
-                  exchange: Exchange) -> None:
+                  exchange: Exchange, parent: RequestSpan | None = None) -> None:
+        """Send an admitted copy (a child span of ``parent`` when tracing is on); returns at once."""
         http = self.http
         assert http is not None
         copy = shadow_headers(headers, self.config.headers)
         cap = self.config.max_response_bytes
         held = Held(self.budget, len(body))  # taken by admit()
 
-        async def send() -> Answer:
+        async def send(span: CallSpan | None) -> Answer:
+            if span is not None:
+                span.headers(copy)
             start = http.begin()
             try:
                 # One deadline for the whole copy: connecting, the head and every byte of the body.
@@ -203,9 +220,11 @@ class Shadow:
             finally:
                 http.end()
 
-        self._start("http", send, exchange, held)
+        self._start("http", send, exchange, held, parent)
 
-    def send_grpc(self, method: str, body: bytes, metadata: Metadata, exchange: Exchange) -> None:
+    def send_grpc(self, method: str, body: bytes, metadata: Metadata, exchange: Exchange,
+                  parent: RequestSpan | None = None) -> None:
+        """Send an admitted copy of a unary call (a child span of ``parent`` when tracing is on)."""
         channel = self.grpc
         assert channel is not None
         call = self._calls.get(method)
@@ -215,11 +234,11 @@ class Shadow:
         timeout = self.config.timeout_secs
         held = Held(self.budget, len(body))  # taken by admit()
 
-        async def send() -> Answer:
+        async def send(span: CallSpan | None) -> Answer:
             start = time.perf_counter()
             try:
                 # The channel refuses an answer over max_response_size before holding it.
-                response = await call(body, metadata=copy, timeout=timeout)
+                response = await call(body, metadata=copy if span is None else span.metadata(copy), timeout=timeout)
                 elapsed = (time.perf_counter() - start) * 1000
                 if not held.take(len(response)):
                     return Answer(self.name, None, elapsed, OVER_BUDGET)
@@ -235,7 +254,7 @@ class Shadow:
                     return Answer(self.name, None, elapsed, CONNECTION)  # never reached a server
                 return Answer(self.name, GRPC_TO_HTTP.get(code.name, 500), elapsed, exc.details() or code.name)
 
-        self._start("grpc", send, exchange, held)
+        self._start("grpc", send, exchange, held, parent)
 
     async def close(self, grace: float) -> None:
         """Stop taking copies, let pending ones finish for ``grace`` seconds, cancel the rest, close pools."""
@@ -253,15 +272,17 @@ class Shadow:
             await self.grpc.close()
 
 
-def choose_shadows(shadows: Sequence[Shadow], key: str, protocol: str, body_size: int | None) -> list[Shadow]:
+def choose_shadows(shadows: Sequence[Shadow], key: str, protocol: str, body_size: int | None,
+                   span: RequestSpan | None = None) -> list[Shadow]:
     """The shadows that get a copy of this request: sampled by key, then admitted (or counted)."""
-    return [s for s in shadows if sampled(key, s.config.fraction) and s.admit(protocol, body_size)]
+    return [s for s in shadows if sampled(key, s.config.fraction) and s.admit(protocol, body_size, span)]
 
 
 def choose_copies(shadows: Sequence[Shadow], copies: Shadow | None, key: str, protocol: str,
-                  body_size: int | None) -> list[Shadow]:
+                  body_size: int | None, span: RequestSpan | None = None) -> list[Shadow]:
     """The shadows that get a copy, and ``copies`` (the primary, for a canary-served request) when sampled."""
-    chosen = choose_shadows(shadows, key, protocol, body_size) if shadows else []
-    if copies is not None and sampled(key, copies.config.fraction, "copies") and copies.admit(protocol, body_size):
+    chosen = choose_shadows(shadows, key, protocol, body_size, span) if shadows else []
+    if copies is not None and sampled(key, copies.config.fraction, "copies") and copies.admit(protocol, body_size,
+                                                                                             span):
         chosen.append(copies)
     return chosen

@@ -32,6 +32,7 @@ from ..config.settings import Settings
 from ..mirror.exchange import TIMEOUT, Answer, Exchange
 from ..records.decode import DecodeError, grpc_request
 from ..routing import CANARY, PRIMARY, retry_on_primary
+from ..spans import RequestSpan
 from ..upstream.client import GRPC_MESSAGE_LIMIT
 from ..upstream.headers import Metadata, forward_metadata
 from .health import Health
@@ -88,6 +89,15 @@ def _code_status(code: grpc.StatusCode) -> int:
     return GRPC_TO_HTTP.get(code.name, 500)
 
 
+def _aborted(context: grpc.aio.ServicerContext) -> str:
+    """The status a call that raised ends with: the one it was aborted with, else (a bug, or the
+    client gone) UNKNOWN or CANCELLED."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "CANCELLED" if context.cancelled() else "UNKNOWN"
+
+
 class _Handlers(grpc.GenericRpcHandler):
     def __init__(self, proxy: GrpcProxy) -> None:
         self._proxy = proxy
@@ -140,25 +150,41 @@ class GrpcProxy(Proxy):
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)
 
-    def _plan(self, ups: Upstreams, request: bytes | None, metadata: Metadata, infer: bool) -> Plan:
+    def _plan(self, ups: Upstreams, request: bytes | None, metadata: Metadata, infer: bool,
+              span: RequestSpan | None) -> Plan:
         if not infer or not self.routes(ups):
             return Plan(PRIMARY)
 
         def lookup(name: str) -> str | None:
             return _lookup(metadata, name)
-        incoming = Incoming("grpc", lookup, request, len(request) if request is not None else None, _request_id)
+        incoming = Incoming("grpc", lookup, request, len(request) if request is not None else None, _request_id,
+                            span=span)
         canary = ups.canary
         return self.plan(ups, incoming, infer=infer, canary_here=canary is not None and canary.grpc is not None,
                          mirror=request is not None and infer)
 
     async def _attempt(self, route: _Route, method: str, request: bytes, metadata: Metadata,
-                       context: grpc.aio.ServicerContext) -> tuple[grpc.aio.UnaryUnaryCall | grpc.aio.AioRpcError,
-                                                                   Answer, float]:
+                       context: grpc.aio.ServicerContext, span: RequestSpan | None = None,
+                       retry: bool = False) -> tuple[grpc.aio.UnaryUnaryCall | grpc.aio.AioRpcError, Answer, float]:
         """One unary call: the finished call, or its error; the answer for the records; the seconds it took."""
         name, channel, calls, limit = route
         factory = calls.get(method)
         if factory is None:
             factory = calls[method] = channel.unary_unary(method)
+        if span is None:
+            return await self._call(factory, name, method, request, metadata, context, limit)
+        attempt = span.call(name, retry)
+        code = "CANCELLED"
+        try:
+            outcome = await self._call(factory, name, method, request, attempt.metadata(metadata), context, limit)
+            code = outcome[0].code().name if isinstance(outcome[0], grpc.aio.AioRpcError) else "OK"
+            return outcome
+        finally:
+            attempt.end_grpc(code)
+
+    async def _call(self, factory: grpc.aio.UnaryUnaryMultiCallable, name: str, method: str, request: bytes,
+                    metadata: Metadata, context: grpc.aio.ServicerContext,
+                    limit: float) -> tuple[grpc.aio.UnaryUnaryCall | grpc.aio.AioRpcError, Answer, float]:
         remaining = context.time_remaining()
         sent = time.perf_counter()
         call = factory(request, metadata=metadata, timeout=limit if remaining is None else min(remaining, limit))
@@ -191,6 +217,23 @@ class GrpcProxy(Proxy):
         return details
 
     async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        spans = self.spans
+        if spans is None:
+            return await self._unary(method, request, context, None)
+        span = spans.grpc(method, context.invocation_metadata() or ())
+        code = "CANCELLED"
+        try:
+            response = await self._unary(method, request, context, span)
+            code = "OK"
+            return response
+        except BaseException:
+            code = _aborted(context)
+            raise
+        finally:
+            span.end_grpc(code)
+
+    async def _unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext,
+                     span: RequestSpan | None) -> bytes:
         received = time.perf_counter()
         ups = self._upstreams()
         primary = ups.primary_grpc
@@ -198,12 +241,12 @@ class GrpcProxy(Proxy):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar has no gRPC primary (--primary-grpc)")
             raise AssertionError("not reached: abort raises")
         metadata = forward_metadata(context.invocation_metadata())
-        plan = self._plan(ups, request, metadata, method == MODEL_INFER)
+        plan = self._plan(ups, request, metadata, method == MODEL_INFER, span)
         if plan.add_request_id is not None:
             metadata = (*metadata, (REQUEST_ID, plan.add_request_id))
         if plan.exchange is not None:  # copies go only with one
             for shadow in plan.copies:
-                shadow.send_grpc(MODEL_INFER, request, metadata, plan.exchange)
+                shadow.send_grpc(MODEL_INFER, request, metadata, plan.exchange, span)
         on_primary = _Route(PRIMARY, primary, ups.grpc_calls, ups.config.primary.timeout_secs)
         canary = ups.canary
         route = (_Route(CANARY, canary.grpc, canary.grpc_calls, canary.config.timeout_secs)
@@ -214,14 +257,15 @@ class GrpcProxy(Proxy):
         elapsed: float | None = None
         first = 0.0
         try:
-            outcome, answer, elapsed = await self._attempt(route, method, request, metadata, context)
+            outcome, answer, elapsed = await self._attempt(route, method, request, metadata, context, span)
             remaining = context.time_remaining()
             if isinstance(outcome, grpc.aio.AioRpcError) and retry_on_primary(
                     plan.served, answer.status, idempotent=True, body_held=True) and (
                     remaining is None or remaining > 0):
                 self.observer.retries.inc()
                 plan.served, first, answer = PRIMARY, elapsed, None  # a cancelled retry is not the canary's answer
-                outcome, answer, elapsed = await self._attempt(on_primary, method, request, metadata, context)
+                outcome, answer, elapsed = await self._attempt(on_primary, method, request, metadata, context, span,
+                                                               retry=True)
             elapsed += first
             if isinstance(outcome, grpc.aio.AioRpcError):
                 code = outcome.code()
@@ -251,11 +295,16 @@ class GrpcProxy(Proxy):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar has no gRPC primary (--primary-grpc)")
             raise AssertionError("not reached: abort raises")
         received = time.perf_counter()
+        spans = self.spans
+        span = spans.grpc(method, context.invocation_metadata() or ()) if spans is not None else None
         metadata = forward_metadata(context.invocation_metadata())
         infer = method == MODEL_STREAM_INFER
-        plan = self._plan(ups, None, metadata, infer)
+        plan = self._plan(ups, None, metadata, infer, span)
         if plan.served == CANARY and ups.canary is not None and ups.canary.grpc is not None:
             channel = ups.canary.grpc  # the whole stream: one upstream
+        attempt = span.call(plan.served) if span is not None else None  # one span for the whole stream
+        if attempt is not None:
+            metadata = attempt.metadata(metadata)
         call: grpc.aio.StreamStreamCall = channel.stream_stream(method)(metadata=metadata,
                                                                         timeout=context.time_remaining())
 
@@ -292,3 +341,6 @@ class GrpcProxy(Proxy):
             if infer:
                 self.observer.upstream(plan.served, None, _code_status(code))
             self.observer.answered(plan.served, code.name, received, None)
+            if attempt is not None and span is not None:
+                attempt.end_grpc(code.name)
+                span.end_grpc(code.name)

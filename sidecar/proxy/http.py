@@ -28,6 +28,7 @@ from ..canary.controller import Controller
 from ..mirror.exchange import CONNECTION, TIMEOUT, Answer, Exchange
 from ..records.decode import http_request_id
 from ..routing import CANARY, PRIMARY, infer_target, retry_on_primary, upstream_failed
+from ..spans import RequestSpan
 from ..upstream.client import HttpUpstream, Response
 from ..upstream.headers import forward_headers, response_headers
 from .guard import ConnectionGuard
@@ -76,11 +77,14 @@ class _Reply:
 class _Call:
     """One request on its way upstream: what each attempt sends, and to whom."""
 
-    __slots__ = ("body", "headers", "infer", "may_stream", "received", "request", "retry", "served", "upstream")
+    __slots__ = ("body", "headers", "infer", "may_stream", "received", "request", "retried", "retry", "served", "span",
+                 "upstream")
 
     def __init__(self, request: web.BaseRequest, headers: CIMultiDict[str], body: bytes | AsyncIterable[bytes],
-                 infer: bool, received: float) -> None:
+                 infer: bool, received: float, span: RequestSpan | None) -> None:
         self.request = request
+        self.span = span  # the request's span (tracing on): each attempt is a child of it
+        self.retried = False  # this attempt retries a failed canary
         self.headers = headers
         self.body = body
         self.infer = infer
@@ -133,6 +137,24 @@ class HttpProxy(Proxy):
 
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         received = time.perf_counter()
+        spans = self.spans
+        if spans is None:
+            return await self._forward(request, received, None)
+        span = spans.http(request.method, request.path, request.headers)
+        status: int | None = None
+        error: BaseException | None = None
+        try:
+            out = await self._forward(request, received, span)
+            status = out.status
+            return out
+        except BaseException as exc:  # the client went away, or a bug: the span says so, and it goes on up
+            error = exc
+            raise
+        finally:
+            span.end_http(status, error)
+
+    async def _forward(self, request: web.BaseRequest, received: float,
+                       span: RequestSpan | None) -> web.StreamResponse:
         ups = self._upstreams()
         headers = forward_headers(request.headers)
         held, body = await _body(request, headers, ups.buffer_limit)
@@ -142,7 +164,7 @@ class HttpProxy(Proxy):
             header_length = _header_length(request.headers.get(HEADER_LENGTH))
             size = request.content_length if held is None else len(held)
             incoming = Incoming("http", request.headers.get, held, size,
-                                lambda data: http_request_id(data, header_length), target[0], header_length)
+                                lambda data: http_request_id(data, header_length), target[0], header_length, span)
             canary = ups.canary
             plan = self.plan(ups, incoming, infer=True, canary_here=canary is not None and canary.http is not None,
                              mirror=True)
@@ -150,8 +172,8 @@ class HttpProxy(Proxy):
                 headers[REQUEST_ID] = plan.add_request_id
             if plan.exchange is not None and held is not None:  # copies go only with both
                 for shadow in plan.copies:
-                    shadow.send_http(request.method, request.raw_path, headers, held, plan.exchange)
-        call = _Call(request, headers, body, target is not None, received)
+                    shadow.send_http(request.method, request.raw_path, headers, held, plan.exchange, span)
+        call = _Call(request, headers, body, target is not None, received, span)
         call.may_stream = plan.exchange is None
         if plan.served == CANARY and ups.canary is not None and ups.canary.http is not None:
             call.to(CANARY, ups.canary.http, retry=held is not None)
@@ -166,6 +188,7 @@ class HttpProxy(Proxy):
                 self.observer.retries.inc()
                 upstream_secs, reply = reply.upstream_secs, None
                 plan.served = PRIMARY  # a cancelled retry is not the canary's answer
+                call.retried = True
                 reply = await self._send(call.to(PRIMARY, ups.primary, retry=False))
         finally:
             plan.settle(reply.answer if isinstance(reply, _Reply) else None)
@@ -179,6 +202,11 @@ class HttpProxy(Proxy):
         """One attempt on one upstream; a large answer nobody mirrors streams to the client at once."""
         upstream, name, request = call.upstream, call.served, call.request
         assert upstream is not None
+        span = call.span.call(name, call.retried) if call.span is not None else None
+        if span is not None:
+            span.headers(call.headers)  # the upstream's spans are children of this attempt's
+        status: int | None = None
+        error: str | None = None
         sent = upstream.begin()
         try:
             response = await upstream.send(request.method, request.raw_path, call.headers.items(), call.body)
@@ -196,16 +224,20 @@ class HttpProxy(Proxy):
                                body=data)
         except asyncio.TimeoutError:
             elapsed = time.perf_counter() - sent
+            status, error = None, TIMEOUT  # a body that did not arrive in time is no answer
             answer = Answer(name, None, elapsed * 1000, TIMEOUT)
             out = _json({"error": f"upstream request timeout: the {name} did not answer within "
                                   f"{upstream.timeout:g}s"}, 504)
         except (OSError, ValueError) as exc:  # UpstreamError is an OSError; ValueError: a header it cannot send
             elapsed = time.perf_counter() - sent
+            status, error = None, CONNECTION
             answer = Answer(name, None, elapsed * 1000, CONNECTION)
             out = _json({"error": f"upstream connect error or disconnect/reset: the {name} at "
                                   f"{upstream.base_url} ({type(exc).__name__}: {exc})"}, 503)
         finally:
             upstream.end()
+            if span is not None:
+                span.end_http(status, error if status is None else None)
         if call.infer:
             self.observer.upstream(name, elapsed, answer.status)
         return _Reply(answer, out, elapsed)

@@ -20,6 +20,7 @@ from ..canary.controller import Controller
 from ..mirror.exchange import CANCELLED, Answer, Exchange
 from ..mirror.shadow import Shadow, choose_copies
 from ..routing import CANARY, PRIMARY, sampled, split, sticky_key, upstream_failed
+from ..spans import TRACEPARENT, RequestSpan, Spans, client_trace_id  # pure: no OpenTelemetry until it is on
 from .health import Health
 from .metrics import ProxyMetrics
 from .upstreams import Upstreams
@@ -33,11 +34,13 @@ SHARED_MEMORY = b"shared_memory_region"  # the parameter naming a region, in JSO
 class Incoming:
     """What the plan reads of a request: a header (or metadata) lookup, the body when held, its ``id``."""
 
-    __slots__ = ("_decode", "_id", "body", "header_length", "lookup", "model", "protocol", "size")
+    __slots__ = ("_decode", "_id", "body", "header_length", "lookup", "model", "protocol", "size", "span")
 
     def __init__(self, protocol: str, lookup: Callable[[str], str | None], body: bytes | None, size: int | None,
-                 decode_id: Callable[[bytes], str | None], model: str = "", header_length: int | None = None) -> None:
+                 decode_id: Callable[[bytes], str | None], model: str = "", header_length: int | None = None,
+                 span: RequestSpan | None = None) -> None:
         self.protocol = protocol
+        self.span = span  # the request's span, when tracing is on
         self.lookup = lookup
         self.body = body  # None: streamed through, never held
         self.size = size  # None: unknown (chunked)
@@ -51,6 +54,12 @@ class Incoming:
         if self._id is None and self.body is not None:
             self._id = self._decode(self.body) or ""
         return self._id or None
+
+    def trace_id(self) -> str | None:
+        """The client's trace (`sidecar.spans`): the request span's, else its own ``traceparent``'s."""
+        if self.span is not None:
+            return self.span.trace_id
+        return client_trace_id(self.lookup(TRACEPARENT))
 
 
 class Plan:
@@ -123,6 +132,7 @@ class Proxy:
         self.protocol = protocol
         self.in_flight = 0  # the drain waits for it to reach 0
         self.observer = Observer(metrics, protocol, rollout)
+        self.spans: Spans | None = None  # tracing on: set by the composition root
 
     def routes(self, ups: Upstreams) -> bool:
         """Whether a request may go anywhere but the primary, or leave copies: else it needs no plan.
@@ -144,7 +154,7 @@ class Proxy:
             # its tensors are in regions registered with the primary's process: a canary would not
             # find them, and a shadow on the same host would write its outputs into the client's region
             for shadow in ups.shadows:
-                shadow.skip("shared_memory")
+                shadow.skip("shared_memory", request.span)
             return plan
         if infer and canary is not None and canary_here and weight > 0 and split(
                 _sticky(canary.header, request), weight) == CANARY:
@@ -161,7 +171,7 @@ class Proxy:
             key = request.body_id()
         key = key or request_id
         copies = ups.canary.copies if plan.served == CANARY and ups.canary is not None else None
-        chosen = choose_copies(ups.shadows, copies, key, request.protocol, request.size)
+        chosen = choose_copies(ups.shadows, copies, key, request.protocol, request.size, request.span)
         body = request.body
         if body is None:
             return  # streamed: every copy chosen was refused as such, and counted
@@ -170,6 +180,6 @@ class Proxy:
         if chosen and given_id is None:
             plan.add_request_id = request_id  # so the upstreams' logs correlate
         exchange = Exchange(key, request_id, time.time(), request.model, request.protocol, body,
-                            request.header_length, self._submit, record=bool(chosen))
+                            request.header_length, self._submit, record=bool(chosen), trace_id=request.trace_id())
         exchange.expect(len(chosen))
         plan.copies, plan.exchange = chosen, exchange

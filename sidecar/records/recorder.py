@@ -85,7 +85,8 @@ def to_record(exchange: Exchange, policy: RecordingConfig, metrics: RecordMetric
     return Record(request_id=request_id or exchange.request_id, timestamp=exchange.timestamp, model=model,
                   protocol=exchange.protocol, inputs=inputs,
                   primary=_response(exchange.primary, exchange.protocol, False, metrics),
-                  shadows=[_response(a, exchange.protocol, True, metrics) for a in exchange.shadows])
+                  shadows=[_response(a, exchange.protocol, True, metrics) for a in exchange.shadows],
+                  trace_id=exchange.trace_id)
 
 
 def _safely(step: Callable[[], object]) -> None:

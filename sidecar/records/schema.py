@@ -6,7 +6,8 @@ DuckDB, Spark and pyarrow read the directory as one dataset::
     import pyarrow.dataset as ds
     table = ds.dataset("records/", format="parquet").to_table()
 
-Columns (schema version 1; new columns may be added, none renamed or removed):
+Columns (schema version 1; new columns may be added, at the end, none renamed or removed, so
+the version stays 1 and a reader asks for a newer column only when the segment has it):
 
 ========== ===================== ===============================================================
 column     type                  meaning
@@ -18,7 +19,13 @@ protocol   string                ``http`` or ``grpc``
 inputs     list<TENSOR>          the request's inputs, or null when inputs are not recorded
 primary    RESPONSE              what the client got (from the primary, or the canary that served it)
 shadows    list<RESPONSE>        one entry per shadow the request was mirrored to
+trace_id   string                the client's trace (32 lowercase hex), null when not traced; added
+                                 in December 2026: absent from older segments, read as null there
 ========== ===================== ===============================================================
+
+``trace_id`` is the W3C trace id of the request's span when the sidecar traces it (see
+`sidecar.spans`), else the one in the client's own ``traceparent`` header, so a record leads to its
+trace in the tracing backend; null when neither is there.
 
 RESPONSE is a struct: ``upstream`` (``primary``, ``canary`` or the shadow's name),
 ``model_version``, ``status`` (HTTP status; gRPC status codes are mapped to their HTTP
@@ -62,6 +69,7 @@ SCHEMA = pa.schema(
         ("inputs", pa.list_(TENSOR)),
         ("primary", RESPONSE),
         ("shadows", pa.list_(RESPONSE)),
+        ("trace_id", pa.string()),
     ],
     metadata={"shadowserve.records.schema": SCHEMA_VERSION},
 )

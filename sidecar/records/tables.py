@@ -39,6 +39,7 @@ class Record:
     inputs: list[TensorValue] | None
     primary: ResponseRecord
     shadows: list[ResponseRecord]
+    trace_id: str | None = None  # the client's trace, 32 lowercase hex
 
 
 def _offsets(lengths: Sequence[int]) -> pa.Array:
@@ -105,5 +106,6 @@ def to_table(records: Sequence[Record]) -> pa.Table:
         _responses([r.primary for r in records]),
         pa.ListArray.from_arrays(_offsets([len(r.shadows) for r in records]), _responses(shadows),
                                  type=pa.list_(RESPONSE)),
+        pa.array([r.trace_id for r in records], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=SCHEMA)

@@ -1,0 +1,218 @@
+"""The client's trace id in the records, and ``traceparent`` through the sidecar with tracing on and off.
+
+Two in-process sidecars in front of the same stub primary and stub shadow (aiohttp servers
+that answer a v2 response and keep the trace headers each request brought): one traced (its
+spans in the SDK's in-memory exporter), one not. Each records to its own directory; the
+Parquet segments are read back as users read them (``pyarrow.dataset``). A hypothesis fuzz
+sends any ``traceparent`` through both: the client's answer never changes, the untraced
+sidecar passes the header on untouched, the traced one always sends a valid one that keeps
+the client's trace when the client's was valid.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzzing
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry
+
+from serving.tracing import Tracing
+from sidecar.app import Sidecar, start
+from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowConfig
+from sidecar.records.schema import SCHEMA
+from sidecar.spans import client_trace_id
+
+from .support import LoopThread, Stub, read_records, settings
+
+ANSWER = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": [
+    {"name": "OUTPUT__0", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]})
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def body(request_id: str) -> bytes:
+    return orjson.dumps({"id": request_id, "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 2],
+                                                      "data": [1.0, 2.0]}]})
+
+
+class Upstream:
+    """A stub v2 model server that keeps, per request id, the trace headers it received."""
+
+    def __init__(self, loop: LoopThread) -> None:
+        self.seen: dict[str, dict[str, list[str]]] = {}
+
+        async def infer(request: web.Request) -> web.Response:
+            data = orjson.loads(await request.read())
+            self.seen[data["id"]] = {name: request.headers.getall(name, []) for name in TRACE_HEADERS}
+            return web.Response(body=ANSWER, content_type="application/json")
+
+        def routes(app: web.Application) -> None:
+            app.router.add_post("/v2/models/{model}/infer", infer)
+
+        self.stub = Stub(routes, loop)
+
+
+class Pair:
+    """A traced sidecar and an untraced one, each recording to its own directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.loop = LoopThread("tracing-records")
+        self.primary, self.shadow = Upstream(self.loop), Upstream(self.loop)
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.tracing = Tracing(provider, "sidecar")
+        self.dirs = {"on": root / "on", "off": root / "off"}
+        self.sidecars: dict[str, Sidecar] = {}
+        for mode in ("on", "off"):
+            config = Config(primary=PrimaryConfig(http=self.primary.stub.url, grpc=None),
+                            shadows=(ShadowConfig("copy", http=self.shadow.stub.url),),
+                            recording=RecordingConfig(dir=self.dirs[mode], segment_records=1_000_000))
+            self.sidecars[mode] = self.loop.call(start(settings(grpc_listen=None), config, CollectorRegistry(),
+                                                       self.tracing if mode == "on" else None))
+        self.session: aiohttp.ClientSession = self.loop.call(self._session())
+
+    @staticmethod
+    async def _session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    def post(self, mode: str, request_id: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        url = f"http://127.0.0.1:{self.sidecars[mode].http_port}/v2/models/m/infer"
+
+        async def send() -> tuple[int, bytes]:
+            async with self.session.post(url, data=body(request_id), headers=headers) as response:
+                return response.status, await response.read()
+        return self.loop.call(send())
+
+    def server_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+
+    def stop(self) -> None:
+        try:
+            self.loop.call(self.session.close())
+            for sidecar in self.sidecars.values():
+                self.loop.call(sidecar.stop())
+            self.primary.stub.stop()
+            self.shadow.stub.stop()
+        finally:
+            self.loop.close()
+            self.tracing.shutdown()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    running = Pair(tmp_path)
+    yield running
+    running.stop()
+
+
+def context() -> tuple[str, str]:
+    trace_id = secrets.token_hex(16)
+    return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}"
+
+
+def test_records_carry_the_clients_trace_id_and_the_header_passes_untouched_when_off(pair: Pair) -> None:
+    sampled_trace, sampled = context()
+    unsampled_trace, unsampled = context()
+    sent = {"sampled": {"traceparent": f"{sampled}-01", "tracestate": "vendor=a,other=b"},
+            "unsampled": {"traceparent": f"{unsampled}-00"},
+            "none": {},
+            "invalid": {"traceparent": f"00-{'0' * 32}-{secrets.token_hex(8)}-01"}}
+    for mode in ("on", "off"):
+        for name, headers in sent.items():
+            status, answer = pair.post(mode, f"{mode}-{name}", headers)
+            assert (status, answer) == (200, ANSWER)
+    off_primary = {k: v for k, v in pair.primary.seen.items() if k.startswith("off-")}
+    for name, headers in sent.items():
+        expected = {header: [headers[header]] if header in headers else [] for header in TRACE_HEADERS}
+        assert off_primary[f"off-{name}"] == expected  # untouched, to the primary and to the shadow alike
+        assert pair.shadow.seen[f"off-{name}"] == expected
+    for mode in ("on", "off"):
+        pair.loop.call(pair.sidecars.pop(mode).stop())  # finishes the segment
+    on = {k: r["trace_id"] for k, r in read_records(pair.dirs["on"]).items()}
+    off = {k: r["trace_id"] for k, r in read_records(pair.dirs["off"]).items()}
+    assert off == {"off-sampled": sampled_trace, "off-unsampled": unsampled_trace, "off-none": None,
+                   "off-invalid": None}
+    assert on["on-sampled"] == sampled_trace and on["on-unsampled"] == unsampled_trace
+    # the sidecar's own trace when the client brought none (or a broken one): the one its span has
+    traced = {f"{s.context.trace_id:032x}" for s in pair.server_spans()}
+    assert sampled_trace in traced and unsampled_trace not in traced  # not sampled: no span exported
+    for name in ("none", "invalid"):
+        trace_id = on[f"on-{name}"]
+        assert trace_id in traced and trace_id not in (sampled_trace, unsampled_trace)
+    for name in sent:
+        for upstream in (pair.primary, pair.shadow):
+            [forwarded] = upstream.seen[f"on-{name}"]["traceparent"]
+            assert client_trace_id(forwarded) == on[f"on-{name}"]
+    assert pair.primary.seen["on-sampled"]["tracestate"] == ["vendor=a,other=b"]
+    assert pair.primary.seen["on-sampled"]["traceparent"] != [sent["sampled"]["traceparent"]]  # the sidecar's span
+
+
+def test_segments_written_before_the_column_existed_still_read(tmp_path: Path) -> None:
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "trace_id"], metadata=SCHEMA.metadata)
+    row: dict[str, Any] = {"request_id": "old", "timestamp": 0, "model": "m", "protocol": "http", "inputs": None,
+                           "primary": {"upstream": "primary", "status": 200}, "shadows": []}
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), tmp_path / "segment-old.parquet")
+    pq.write_table(pa.Table.from_pylist([{**row, "request_id": "new", "trace_id": "ab" * 16}], schema=SCHEMA),
+                   tmp_path / "segment-new.parquet")
+    rows = ds.dataset(tmp_path, format="parquet", schema=SCHEMA).to_table().to_pylist()
+    assert sorted((r["request_id"], r["trace_id"]) for r in rows) == [("new", "ab" * 16), ("old", None)]
+
+
+def _hex(size: int) -> st.SearchStrategy[str]:
+    return st.text("0123456789abcdef", min_size=size, max_size=size)
+
+
+# Near-valid values (every field's size, case, the version, more fields, blanks around) and any text.
+TRACEPARENTS = st.one_of(
+    st.builds(lambda v, t, p, f, more: f"{v}-{t}-{p}-{f}{more}", st.sampled_from(["00", "01", "ff", "0g", "cc"]),
+              st.one_of(_hex(32), st.just("0" * 32), _hex(31), st.text("0123456789ABCDEF", min_size=32, max_size=32)),
+              st.one_of(_hex(16), st.just("0" * 16), _hex(17)), st.sampled_from(["00", "01", "ff", "1"]),
+              st.sampled_from(["", "-", "-extra", " ", "\t", "-00-ab", "x"])),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
+    st.text(max_size=40).filter(lambda s: s.isprintable()),
+)
+
+
+@fuzzing(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=TRACEPARENTS, state=st.one_of(st.none(), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                                                               max_size=40)))
+def test_any_traceparent_leaves_the_answer_alone(pair: Pair, value: str, state: str | None) -> None:
+    headers = {"traceparent": value, **({"tracestate": state} if state is not None else {})}
+    request_id = secrets.token_hex(8)
+    for mode in ("on", "off"):
+        assert pair.post(mode, f"{mode}-{request_id}", headers) == (200, ANSWER)
+    received = pair.primary.seen[f"off-{request_id}"]["traceparent"]
+    assert received == [value.strip(" \t")]  # what HTTP itself allows a hop to change: the blanks around
+    assert pair.shadow.seen[f"off-{request_id}"]["traceparent"] == received
+    for upstream in (pair.primary, pair.shadow):
+        [forwarded] = upstream.seen[f"on-{request_id}"]["traceparent"]
+        assert client_trace_id(forwarded) is not None
+        if client_trace_id(value) is not None:
+            assert client_trace_id(forwarded) == client_trace_id(value)
+
+
+@given(value=TRACEPARENTS)
+def test_the_trace_id_is_read_as_opentelemetry_reads_it(value: str) -> None:
+    context = TraceContextTextMapPropagator().extract({"traceparent": value})
+    from opentelemetry import trace
+
+    span = trace.get_current_span(context).get_span_context()
+    expected = f"{span.trace_id:032x}" if span.is_valid else None
+    assert client_trace_id(value) == expected
