@@ -207,7 +207,7 @@ async def serve_until_signal(settings: Settings) -> int:
 
     Tracing is switched on here from the ``OTEL_*`` environment (`serving.tracing`), before
     anything starts, and its last spans are flushed after the drain, for up to
-    `tracing.FLUSH_TIMEOUT_S` whatever the collector does.
+    `tracing.FLUSH_TIMEOUT_S` (or ``OTEL_BSP_EXPORT_TIMEOUT``, if shorter) whatever the collector does.
     """
     try:
         tracing.configure("serve")

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("http/protobuf", "grpc")
 EXPORTERS = ("otlp", "console", "none")
-FLUSH_TIMEOUT_S = 2.0  # what a stop waits for the last spans: a collector that hangs must not hold a drain
+FLUSH_TIMEOUT_S = 2.0  # the most a stop waits for the last spans: a collector that hangs must not hold a drain
 # the SDK's loggers that speak once per span or per export when a collector is down or stuck
 SDK_LOGGERS = ("opentelemetry.sdk._shared_internal", "opentelemetry.exporter.otlp.common.http",
                "opentelemetry.exporter.otlp.proto.http.trace_exporter",
@@ -89,11 +89,13 @@ def _endpoint(environ: Mapping[str, str], path: str) -> str:
 class Tracing:
     """Tracing switched on: the tracer, and W3C context in and out of headers and gRPC metadata."""
 
-    def __init__(self, provider: TracerProvider, service: str, propagator: TextMapPropagator | None = None) -> None:
+    def __init__(self, provider: TracerProvider, service: str, propagator: TextMapPropagator | None = None,
+                 flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         from opentelemetry import propagate
 
         self.provider = provider
         self.service = service
+        self.flush_timeout_s = flush_timeout_s
         self.tracer: Tracer = provider.get_tracer("shadowserve")
         self._propagator = propagator if propagator is not None else propagate.get_global_textmap()
 
@@ -106,14 +108,16 @@ class Tracing:
         """Writes ``traceparent`` (and ``tracestate``, baggage) for ``context`` into ``carrier``."""
         self._propagator.inject(carrier, context=context)
 
-    def shutdown(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
-        """Flushes the spans still queued and stops the exporters, waiting at most ``timeout_s``;
-        False when that was not enough (the rest is dropped with the process).
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Flushes the spans still queued and stops the exporters, waiting at most ``timeout_s``
+        (`flush_timeout_s` by default); False when that was not enough (the rest is dropped with
+        the process).
 
         The SDK's own shutdown waits up to 30 s for its worker, whose last export may retry for
         the exporter's whole timeout: it runs on a daemon thread here, so that a stuck collector
         costs a stop ``timeout_s`` and no more.
         """
+        timeout_s = self.flush_timeout_s if timeout_s is None else timeout_s
         done = threading.Thread(target=self.provider.shutdown, name="tracing-shutdown", daemon=True)
         started = time.monotonic()
         done.start()
@@ -222,13 +226,14 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
             logging.getLogger(name).addFilter(_QUIET)
     if _current is not None:
         _current.shutdown()
-    _current = Tracing(provider, service, chosen_propagator)
+    # a stop waits for the last export no longer than OTEL_BSP_EXPORT_TIMEOUT allows one, and 2 s at most
+    _current = Tracing(provider, service, chosen_propagator, min(FLUSH_TIMEOUT_S, processing.export_timeout_ms / 1000))
     atexit.register(_current.shutdown)  # a process that never called `shutdown` still flushes, as briefly
     logger.info("tracing on: %s spans exported by %s (%s)", attributes["service.name"], ", ".join(exporters), protocol)
     return _current
 
 
-def shutdown(timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+def shutdown(timeout_s: float | None = None) -> bool:
     """Flushes and stops the process's tracing, if it is on, waiting at most ``timeout_s`` (see
     `Tracing.shutdown`); False when spans were left behind."""
     global _current

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,18 +112,19 @@ def test_a_stuck_collector_holds_a_stop_no_longer_than_the_bound(protocol: str) 
         assert traced is not None
         traced.tracer.start_span("never delivered").end()
         started = time.monotonic()
-        assert tracing.shutdown(0.5) is False
-        assert time.monotonic() - started < 1.0
+        assert tracing.shutdown(0.3) is False
+        assert time.monotonic() - started < 0.8
         assert receiver.spans() == []
 
 
 def test_the_sdks_warnings_come_once_a_minute_not_once_a_span(caplog: pytest.LogCaptureFixture) -> None:
     tracing.configure("serve", {"OTEL_TRACES_EXPORTER": "console"})
     sdk = logging.getLogger(tracing.SDK_LOGGERS[0])
+    template = f"Queue full ({secrets.token_hex(4)}), dropping %s."  # a message no other test has sent this minute
     with caplog.at_level(logging.WARNING, logger=sdk.name):
         for _ in range(100):
-            sdk.warning("Queue full, dropping %s.", "span")
-    assert [r.getMessage() for r in caplog.records] == ["Queue full, dropping span."]
+            sdk.warning(template, "span")
+    assert [r.getMessage() for r in caplog.records] == [template % "span"]
 
 
 def test_extract_takes_any_mapping_of_headers() -> None:
