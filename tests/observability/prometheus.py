@@ -3,16 +3,19 @@
 `Prometheus` writes its configuration, starts the server, waits until it is ready and
 answers queries through the HTTP API, as Grafana asks them. `scrape_jobs` builds the two
 ways an operator scrapes shadowserve: the labels the Prometheus Operator gives a
-ServiceMonitor's targets (reproduced with the same relabelling rules the operator writes,
-from the Kubernetes metadata each target would carry) and a bare static config.
+ServiceMonitor's targets (the relabelling rules docs/observability.md gives, which are the
+operator's, applied to the Kubernetes metadata each target would carry) and the documented
+bare static config.
 `rules_file` turns the PrometheusRule's ``spec`` into a plain rules file for Prometheus and
 promtool.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import re
 import subprocess
 import time
 import urllib.error
@@ -29,6 +32,7 @@ from tests.tools import debian_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "k8s" / "observability" / "prometheusrule.yaml"
+DOCS = ROOT / "docs" / "observability.md"
 NAMESPACE = "shadowserve-test"
 MAX_ANSWER = 16 << 20  # bytes read of one API answer
 
@@ -53,34 +57,39 @@ def rules_file(directory: Path, name: str = "shadowserve-rules.yaml") -> Path:
     return path
 
 
-def service_monitor_job(targets: list[Target]) -> dict[str, Any]:
-    """A scrape job whose series get the labels the ServiceMonitor's do in the cluster.
+def documented_jobs() -> list[dict[str, Any]]:
+    """The scrape jobs docs/observability.md gives operators, in the order it gives them."""
+    blocks = re.findall(r"```yaml\n(scrape_configs:\n.*?)```", DOCS.read_text(), re.DOTALL)
+    return [job for block in blocks for job in yaml.safe_load(block)["scrape_configs"]]
 
-    The operator discovers endpoints (``__meta_kubernetes_*``) and relabels them; here
-    static targets carry the same meta labels and go through the same rules it generates
-    for k8s/base/servicemonitor.yaml: namespace, service, pod, container, endpoint, job from
-    the Service's name, and ``podTargetLabels: [shadowserve.io/track]`` as
-    ``shadowserve_io_track`` (the operator's sanitised name: every character outside
-    [a-zA-Z0-9_] becomes "_"). Labels starting with ``__`` are dropped after relabelling.
+
+def service_monitor_job(targets: list[Target]) -> dict[str, Any]:
+    """The documented in-cluster job (what the operator makes of the ServiceMonitor), on static targets.
+
+    Kubernetes service discovery yields ``__meta_kubernetes_*`` labels and the job's rules
+    relabel them: here static targets carry the same meta labels as the endpoints of
+    k8s/base/servicemonitor.yaml's Services would, and go through the documented rules
+    unchanged (Debian's Prometheus is built without Kubernetes discovery). Labels that start
+    with ``__`` are dropped after relabelling.
     """
-    static = [{"targets": [t.address], "labels": {
-        "__meta_kubernetes_namespace": NAMESPACE, "__meta_kubernetes_service_name": t.service,
-        "__meta_kubernetes_pod_name": t.pod, "__meta_kubernetes_pod_container_name": t.container,
-        "__meta_kubernetes_endpoint_port_name": t.port,
-        "__meta_kubernetes_pod_label_shadowserve_io_track": t.track}} for t in targets]
-    relabel = [{"source_labels": [f"__meta_kubernetes_{meta}"], "target_label": label}
-               for meta, label in (("namespace", "namespace"), ("service_name", "service"), ("pod_name", "pod"),
-                                   ("pod_container_name", "container"), ("endpoint_port_name", "endpoint"))]
-    relabel += [{"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"},
-                {"source_labels": ["__meta_kubernetes_pod_label_shadowserve_io_track"], "regex": "(.+)",
-                 "target_label": "shadowserve_io_track", "replacement": "${1}"}]
-    return {"job_name": f"serviceMonitor/{NAMESPACE}/shadowserve-model/0", "static_configs": static,
-            "relabel_configs": relabel}
+    job = copy.deepcopy(next(j for j in documented_jobs() if "kubernetes_sd_configs" in j))
+    assert job.pop("kubernetes_sd_configs") == [{"role": "endpoints"}]
+    meta = "__meta_kubernetes_"
+    job["static_configs"] = [{"targets": [t.address], "labels": {
+        f"{meta}namespace": NAMESPACE, f"{meta}service_name": t.service,
+        f"{meta}service_label_app_kubernetes_io_name": "shadowserve",
+        f"{meta}service_label_app_kubernetes_io_component": "model",
+        f"{meta}pod_name": t.pod, f"{meta}pod_container_name": t.container, f"{meta}endpoint_port_name": t.port,
+        f"{meta}pod_label_shadowserve_io_track": t.track}} for t in targets]
+    return {**job, "scrape_interval": "1s", "scrape_timeout": "1s"}
 
 
 def static_job(targets: list[Target]) -> dict[str, Any]:
-    """The plain scrape config of docs/observability.md: targets, nothing else (job and instance only)."""
-    return {"job_name": "shadowserve", "static_configs": [{"targets": [t.address for t in targets]}]}
+    """The documented bare static config (job and instance only), on the test's targets."""
+    job = copy.deepcopy(next(j for j in documented_jobs() if "static_configs" in j))
+    assert all(set(group) == {"targets"} for group in job["static_configs"]), "the bare form has no labels"
+    job["static_configs"] = [{"targets": [t.address for t in targets]}]
+    return {**job, "scrape_interval": "1s"}
 
 
 class Prometheus:
