@@ -29,7 +29,9 @@ from sidecar.drift.window import ColumnResult, WindowReport
 
 STYLE = """*{box-sizing:border-box}body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d232a;background:#fff}
 main{max-width:1280px;margin:0 auto;padding:20px 28px}h1{font-size:22px;margin:0}h2{font-size:17px;margin:28px 0 8px}
-h3{font-size:15px;margin:18px 0 6px}header{border-bottom:1px solid #d7dce1;padding-bottom:14px}
+h3{font-size:15px;margin:18px 0 6px}h1,h2,h3,p{overflow-wrap:anywhere}.cols td,.cols th{white-space:nowrap}
+.cols td:first-child{white-space:normal;overflow-wrap:anywhere;min-width:160px}
+header{border-bottom:1px solid #d7dce1;padding-bottom:14px}
 .top{display:flex;align-items:center;gap:14px;flex-wrap:wrap}.badge{font-weight:700;font-size:15px;padding:4px 12px;
 border-radius:4px;color:#fff;background:#2e7d32;letter-spacing:.04em}.badge.bad{background:#c62828;color:#fff}
 .lead{font-size:16px;margin:10px 0;overflow-wrap:anywhere;max-width:100%}
@@ -43,15 +45,18 @@ vertical-align:top}thead th{border-bottom:2px solid #c4cad0;font-size:12px;color
 .cm td.d{background:rgba(46,125,50,calc(var(--a)*.4))}
 .cm td.x{background:rgba(198,40,40,calc(.15 + var(--a)*.5));font-weight:600}
 .cm th{font-weight:500}.s{color:#6b747c;font-size:11px}
-.n{color:#434c55;font-variant-numeric:tabular-nums}.figs{display:grid;grid-template-columns:repeat(auto-fill,316px);
+.n{color:#434c55;font-variant-numeric:tabular-nums}.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));
 gap:14px}figure{margin:0;padding:6px;border:1px solid #e3e6ea;border-radius:4px;min-width:0}
 figcaption{font-size:12px;overflow-wrap:anywhere;margin-bottom:4px}figure.drift{border-color:#e7a3a3}
+figure svg{width:100%;height:auto}
 svg text{font-size:10px;fill:#434c55}.dist text{text-anchor:middle}text.k{text-anchor:end}
 .ref{fill:#8fb4dc;stroke:none}.cur{fill:none;stroke:#d9480f;stroke-width:1.6}.curfill{fill:#d9480f}
 .axis{stroke:#7d868f;fill:none}path.grid{stroke:#e3e6ea}.line{fill:none;stroke:#1f5fa8;stroke-width:2}
 .limit{stroke:#c62828;stroke-dasharray:4 3}.note{font-size:11px;margin:0;color:#6b747c}
 .key{display:inline-block;width:14px;height:9px;margin:0 4px 0 12px;vertical-align:middle}
+.side{display:flex;flex-wrap:wrap;gap:8px 32px;align-items:flex-start}.side>div{min-width:0;max-width:100%}
 details>summary{cursor:pointer;margin:10px 0;color:#1f5fa8}"""
+SHOWN_PAIRS = 10  # of the pairs that disagree most, the page lists these; the JSON all it kept
 LEGEND = ('<p class="s"><span class="key" style="background:#8fb4dc"></span>{ref}'
           '<span class="key" style="border-top:2px solid #d9480f"></span>{cur}</p>')
 
@@ -88,19 +93,22 @@ def _window_body(report: WindowReport, names: ClassNames, ref: str, cur: str) ->
 def _output(output: OutputComparison, report: CompareReport, names: ClassNames) -> str:
     limit = 1 - report.settings.max_disagreement if output.timeline.get("metric") == "agreement" else None
     what = "top-1 agreement" if limit is not None else "mean absolute difference"
-    parts = [f"<h3>{esc(output.name)}</h3>"]
+    side = []  # the matrix and the agreement over time side by side, where the page is wide enough
     matrix = confusion_table(output, names)
     if matrix:
-        parts.append(f"<p class=\"s\">top-1 class of the primary (rows) and of {esc(report.shadow)} (columns)</p>"
-                     + matrix)
-    worst = disagreements_table(output, names)
-    if worst:
-        parts.append(f"<p class=\"s\">the {len(output.disagreements)} pairs that disagree most: top-1 "
-                     "disagreements first, then by the largest difference of an element</p>" + worst)
+        side.append(f"<div><p class=\"s\">top-1 class of the primary (rows) and of {esc(report.shadow)} "
+                    f"(columns)</p>{matrix}</div>")
     timeline = timeline_svg(output.timeline, limit)
     if timeline:
         line = " (dashed: the lowest agreement allowed)" if limit is not None else ""
-        parts.append(f'<p class="s">{what} over time{line}</p>{timeline}')
+        side.append(f'<div><p class="s">{what} over time{line}</p>{timeline}</div>')
+    parts = [f"<h3>{esc(output.name)}</h3>", f'<div class="side">{"".join(side)}</div>' if side else ""]
+    shown = output.disagreements[:SHOWN_PAIRS]
+    worst = disagreements_table(output, names, shown)
+    if worst:
+        parts.append(f"<p class=\"s\">the {len(shown)} pairs that disagree most (the JSON report keeps "
+                     f"{len(output.disagreements)}): top-1 disagreements first, then by the largest difference "
+                     "of an element</p>" + worst)
     return "".join(parts)
 
 

@@ -39,7 +39,7 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
         return [low] if math.isfinite(low) else []
     raw = (high - low) / max(count - 1, 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = min((m * power for m in (1, 2, 5, 10)), key=lambda s: abs((high - low) / s - (count - 1)))
     first = math.ceil(low / step) * step
     return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
 

@@ -132,14 +132,15 @@ def _change(column: ColumnResult, names: ClassNames) -> str:
         if "mean" not in ref or "mean" not in cur:
             return ""
         return f"mean {esc(number(ref['mean']))} \u2192 {esc(number(cur['mean']))}"
-    top_ref, top_cur = ref.get("top") or {}, cur.get("top") or {}
-    if not top_ref or not top_cur:
+    plot = column.histogram
+    labels, before, after = plot.get("labels") or [], plot.get("reference") or [], plot.get("current") or []
+    if not labels or not sum(before) or not sum(after):
         return ""
-    label = next(iter(top_cur))
-    share = {w: (top.get(label, 0) / max(int(info.get("count") or 0), 1))
-             for w, top, info in (("r", top_ref, ref), ("c", top_cur, cur))}
-    shown = names.label(column.name, label) or label
-    return f"{esc(shown[:24])} {share['r']:.0%} \u2192 {share['c']:.0%}"
+    totals = int(ref.get("count") or sum(before)), int(cur.get("count") or sum(after))  # the plot shows 20 classes
+    shares = [(b / totals[0], a / totals[1]) for b, a in zip(before, after, strict=False)]
+    i = max(range(len(shares)), key=lambda k: abs(shares[k][1] - shares[k][0]))  # the class that moved most
+    shown = names.label(column.name, str(labels[i])) or str(labels[i])
+    return f"{esc(shown[:24])} {shares[i][0]:.0%} \u2192 {shares[i][1]:.0%}"
 
 
 def columns_table(report: WindowReport, names: ClassNames) -> str:
@@ -206,9 +207,11 @@ def _answer(output: str, label: str | None, score: float | None, names: ClassNam
     return " ".join(parts) or "\u2013"
 
 
-def disagreements_table(output: OutputComparison, names: ClassNames) -> str:
-    """The pairs that disagree most, with the ids that lead to the request and its trace."""
-    entries = output.disagreements
+def disagreements_table(output: OutputComparison, names: ClassNames,
+                        entries: list[dict[str, Any]] | None = None) -> str:
+    """The pairs that disagree most (``entries``, by default all kept), with the ids that lead
+    to the request and its trace."""
+    entries = output.disagreements if entries is None else entries
     if not entries:
         return ""
     traced = any(e.get("trace_id") for e in entries)

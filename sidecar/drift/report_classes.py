@@ -53,8 +53,9 @@ def read_label_file(path: Path) -> tuple[str, ...]:
 
 
 def split_option(text: str) -> tuple[str | None, Path]:
-    """``OUTPUT=FILE`` or ``FILE`` (a file whose name holds ``=`` is taken whole when it exists)."""
-    output, sep, rest = text.partition("=")
+    """``OUTPUT=FILE`` or ``FILE``: split at the last ``=`` (output names may hold one), unless
+    the whole text names an existing file."""
+    output, sep, rest = text.rpartition("=")
     if not sep or not output or not rest or Path(text).is_file():
         return None, Path(text)
     return output, Path(rest)

@@ -30,6 +30,7 @@ class Page:
     html: str
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, error log entries
     requests: list[str] = field(default_factory=list)  # every URL the page asked for, itself included
+    width: int = 0  # the page's scroll width: wider than the window means something ran off the side
 
 
 class Chromium:
@@ -92,12 +93,15 @@ class Chromium:
                                     expression="document.body.innerText")
             html = await self._call(ws, events, "Runtime.evaluate", session, returnByValue=True,
                                     expression="document.documentElement.outerHTML")
+            width_now = await self._call(ws, events, "Runtime.evaluate", session, returnByValue=True,
+                                         expression="document.documentElement.scrollWidth")
             size = (await self._call(ws, events, "Page.getLayoutMetrics", session))["cssContentSize"]
             shot = await self._call(ws, events, "Page.captureScreenshot", session, format="png",
                                     captureBeyondViewport=True,
                                     clip={"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1})
             await self._call(ws, events, "Target.closeTarget", targetId=target["targetId"])
-        page = Page(text["result"]["value"], html["result"]["value"], _errors(events), _requests(events))
+        page = Page(text["result"]["value"], html["result"]["value"], _errors(events), _requests(events),
+                    int(width_now["result"]["value"]))
         return page, base64.b64decode(shot["data"])
 
     async def _call(self, ws: aiohttp.ClientWebSocketResponse[bool], events: list[dict[str, Any]], method: str,

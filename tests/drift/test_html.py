@@ -1,0 +1,160 @@
+"""The HTML report as a file: self-contained, small for a hundred columns, every string escaped
+(hostile tensor, model, shadow, class and request names from real records through the CLI)."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.drift import compare_arrays, render_html, window_drift
+from sidecar.drift.cli import main
+from sidecar.drift.html import STYLE
+from sidecar.drift.html_svg import nice_ticks, timeline_svg
+from sidecar.drift.report_classes import ClassNames
+from sidecar.drift.synthetic import records_table
+
+from .conftest import softmax
+
+EVIL = "</title></style><script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp;\u202e"
+TAGS = {"html", "head", "meta", "title", "style", "body", "main", "header", "div", "span", "h1", "h2", "h3", "p",
+        "dl", "dt", "dd", "code", "b", "br", "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption",
+        "svg", "path", "text", "polyline", "details", "summary"}
+ATTRIBUTES = {"class", "style", "viewbox", "width", "height", "role", "d", "x", "y", "points", "lang", "charset",
+              "name", "content"}
+LIMIT = 200 * 1024
+
+
+class SafePage(HTMLParser):
+    """Fails on any element or attribute a report never writes, and keeps the text."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.styles: list[str] = []
+        self.open: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        assert tag in TAGS, f"unexpected element <{tag}>"
+        for name, value in attrs:
+            assert name in ATTRIBUTES, f"unexpected attribute {name}={value!r} on <{tag}>"
+            if name == "style":
+                assert value is not None and all(part.split(":")[0].strip() in ("--a", "background", "border-top")
+                                                 for part in value.split(";") if part), value
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        self.open.append(f"/{tag}")
+
+    def handle_data(self, data: str) -> None:
+        if self.open and self.open[-1] == "style":
+            self.styles.append(data)
+        else:
+            self.text.append(data)
+
+
+def check(page: str) -> str:
+    """The page's text, after checking it holds only what a report writes."""
+    parsed = SafePage(page)
+    assert parsed.styles == [STYLE]  # no style but ours: nothing injected into it
+    assert "<script" not in page.lower() and "url(" not in page and "@import" not in page  # attributes: SafePage
+    return "".join(parsed.text)
+
+
+def _hostile_records(directory: Path) -> None:
+    rng = np.random.default_rng(5)
+    n = 300
+    probs = softmax(rng.normal(size=(n, 4)))
+    classes = np.array([f"{EVIL}{i % 3}" for i in range(n)], dtype=object)
+    shadow = probs[:, ::-1].copy()
+    table = records_table({f"out{EVIL}": probs, "kind": classes}, model=EVIL,
+                          shadows={f"v2{EVIL}": {f"out{EVIL}": shadow, "kind": classes[::-1]}})
+    table = table.set_column(table.schema.get_field_index("request_id"), "request_id",
+                             pa.array([f"{EVIL}{i}" for i in range(n)], pa.string()))
+    traces = pa.array([EVIL] * n, pa.string())
+    if "trace_id" in table.column_names:
+        table = table.set_column(table.schema.get_field_index("trace_id"), "trace_id", traces)
+    else:
+        table = table.append_column("trace_id", traces)
+    directory.mkdir()
+    pq.write_table(table, directory / "segment-00000.parquet")
+
+
+def test_hostile_names_are_text_in_both_reports(tmp_path: Path) -> None:
+    records = tmp_path / f"dir{EVIL[:20].replace('/', '_')}"
+    _hostile_records(records)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"{EVIL}class{i}" for i in range(4)) + "\n")
+    shadow = f"v2{EVIL}"
+    assert main(["compare", "--records", str(records), "--shadow", shadow, "--model", EVIL,
+                 "--class-names", f"out{EVIL}={labels}", "--html", str(tmp_path / "c.html")]) == 0
+    text = check((tmp_path / "c.html").read_text())
+    assert f"Primary vs {shadow}" in text and f"{EVIL}class0" in text and f"out{EVIL}" in text
+    assert f"{EVIL}7" in text or any(f"{EVIL}{i}" in text for i in range(300))  # a request id, as text
+    assert main(["report", "--reference", str(records), "--current", str(records), "--model", EVIL,
+                 "--class-names", str(labels), "--html", str(tmp_path / "r.html")]) == 0
+    text = check((tmp_path / "r.html").read_text())
+    assert f"Drift of {EVIL}" in text and f"{EVIL}1" in text  # the model, a BYTES class
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=24), min_size=1, max_size=3, unique=True),
+       st.lists(st.text(max_size=30), max_size=5))
+def test_any_column_and_class_name_is_escaped(columns: list[str], names: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {c: rng.normal(size=30) for c in columns}
+    arrays[f"{columns[0]}probs"] = softmax(rng.normal(size=(30, 3)))
+    report = window_drift(arrays, {k: v + 0.5 for k, v in arrays.items()})
+    text = check(render_html(report, class_names=ClassNames(default=tuple(names))))
+    words = " ".join(text.split())  # compared as a reader sees it: any run of white space is one
+    for column in columns:
+        assert " ".join(column.split()) in words
+
+
+def test_a_hundred_columns_stay_under_200_kib(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    long_names = ClassNames(default=tuple(f"a long class name number {i}" for i in range(64)))
+    arrays: dict[str, np.ndarray] = {f"score_{i}": rng.gamma(2, 1, 1500) for i in range(80)}
+    arrays.update({f"class_{i}": rng.integers(0, 30, 1500) for i in range(20)})
+    window = window_drift(arrays, {k: v * 1.1 for k, v in arrays.items()})
+    assert len(window.columns) == 100
+    probs = softmax(rng.normal(size=(1500, 48)))
+    more = softmax(rng.normal(size=(1500, 50)))
+    shadow = {"probs": np.roll(probs, 1, axis=1), "more": more + rng.normal(0, 0.01, more.shape)}
+    compared = compare_arrays({"probs": probs, "more": more}, shadow, request_ids=[f"r{i}" for i in range(1500)])
+    assert len(compared.distribution.columns) == 100
+    sizes = {}
+    for name, report in (("window", window), ("compare", compared)):
+        page = render_html(report, class_names=long_names)
+        (tmp_path / f"{name}.html").write_text(page)
+        sizes[name] = len(page.encode())
+        check(page)
+    print(f"report sizes for 100 columns: {sizes}")
+    assert max(sizes.values()) < LIMIT, sizes
+
+
+def test_axes_read_as_values_and_times() -> None:
+    assert nice_ticks(0.013, 0.94) == [0.2, 0.4, 0.6, 0.8]
+    assert nice_ticks(-3.2, 3.1) == [-2.0, 0.0, 2.0]
+    assert nice_ticks(5, 5) == [5]
+    start = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z
+    svg = timeline_svg({"metric": "agreement", "start_us": [start + i * 60_000_000 for i in range(50)],
+                        "pairs": [10] * 50, "value": [0.9 + 0.001 * i for i in range(50)]}, limit=0.95)
+    assert ">00:10<" in svg and ">00:40<" in svg and "from 2025-01-01 00:00:00" in svg and 'class="limit"' in svg
+    assert ">100%<" in svg
+    rows = timeline_svg({"metric": "agreement", "start_us": [0, 10, 20], "pairs": [1, 1, 1], "value": [1, 0.5, 1]})
+    assert "prediction rows 0 to 20" in rows
+
+
+@pytest.mark.parametrize("values", [np.zeros(100), np.r_[np.zeros(99), 1.0], np.r_[np.full(50, np.nan), np.ones(50)]])
+def test_degenerate_columns_still_draw(values: np.ndarray) -> None:
+    report = window_drift({"x": values}, {"x": values[::-1] + 1})
+    check(render_html(report))
