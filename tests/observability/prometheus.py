@@ -81,6 +81,12 @@ def service_monitor_job(targets: list[Target]) -> dict[str, Any]:
         f"{meta}service_label_app_kubernetes_io_component": "model",
         f"{meta}pod_name": t.pod, f"{meta}pod_container_name": t.container, f"{meta}endpoint_port_name": t.port,
         f"{meta}pod_label_shadowserve_io_track": t.track}} for t in targets]
+    # what discovery also finds, and the job's keep rules must drop: another app's Service,
+    # and the model Service's traffic port
+    decoy = {**job["static_configs"][0]["labels"], f"{meta}service_name": "postgres",
+             f"{meta}service_label_app_kubernetes_io_component": "database"}
+    port = {**job["static_configs"][0]["labels"], f"{meta}endpoint_port_name": "http"}
+    job["static_configs"] += [{"targets": [targets[0].address], "labels": labels} for labels in (decoy, port)]
     return {**job, "scrape_interval": "1s", "scrape_timeout": "1s"}
 
 

@@ -186,7 +186,7 @@ def test_the_series_behind_the_issue(scraped: dict[str, Scraped]) -> None:
     assert {"primary", SHADOW} <= drift
     agreement = prometheus.finite(exprs["Shadow agreement (top-1)"][0], at)
     assert len(agreement) == 1 and 0.3 < float(agreement[0]["value"][1]) <= 1.0
-    # the ServiceMonitor's labels, as the operator writes them
+    # the ServiceMonitor's labels, as the operator writes them; only the metrics ports of model Services
     up = {(s["metric"]["job"], s["metric"]["endpoint"], s["metric"]["shadowserve_io_track"])
           for s in prometheus.query("up", at)}
     assert up == {("shadowserve-model", "metrics", "primary"), ("shadowserve-model", "sidecar-metrics", "primary"),
