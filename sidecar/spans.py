@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT, TRACESTATE, BAGGAGE = "traceparent", "tracestate", "baggage"
 TRACE_CONTEXT = (TRACEPARENT, TRACESTATE)  # replaced by the sidecar's own context upstream
-FLUSH_SECS = 3.0  # at stop, what a collector that hangs may cost the exit
+FLUSH_SECS = 2.0  # at stop, what a collector that hangs may cost the exit
 MAX_NAME = 128  # an unknown gRPC method's name is the client's: spans' names stay short
 # As the W3C Trace Context specification (and OpenTelemetry's propagator, so that a trace id is
 # read the same with tracing on or off): version, trace id, parent id, flags, and for versions

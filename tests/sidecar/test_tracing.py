@@ -9,14 +9,15 @@ client's span to the sidecar's request span, its CLIENT spans, and serve's spans
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from unittest import mock
 
 import aiohttp
@@ -32,13 +33,14 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.tracing import Tracing
 from sidecar.app import Sidecar, start
+from sidecar.config.canary import CanaryConfig
 from sidecar.config.file import Config, PrimaryConfig, ShadowConfig
 from sidecar.spans import FLUSH_SECS
 from tests.otlp import Receiver, Span
 
 from .conftest import ModelServer, _repository
 from .doubles import Doubles
-from .support import ROOT, LoopThread, SidecarProcess, settings
+from .support import ROOT, LoopThread, SidecarProcess, free_port, settings
 
 BODY = (b'{"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 64], "data": ['
         + b", ".join([b"0.25"] * 64) + b"]}]}")
@@ -151,11 +153,44 @@ def test_one_trace_from_the_client_through_the_sidecar_to_the_primary_and_the_sh
         with grpc.insecure_channel(sidecar.grpc) as channel, pytest.raises(grpc.RpcError) as failed:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
                 infer, metadata=(("traceparent", header),), timeout=30)
-        code = failed.value.code()  # type: ignore[attr-defined]  # a grpc.Call too
+        code = failed.value.code()
         request = one(receiver.wait_for(lambda s: s.trace_id == trace_id and s.service == "sidecar", name=GRPC_SPAN))
         call = child(receiver, request, "sidecar", "CLIENT", f"primary {GRPC_SPAN}")
         assert request.attributes["rpc.grpc.status_code"] == call.attributes["rpc.grpc.status_code"] == code.value[0]
         assert call.status == "ERROR" and call.attributes["error.type"] == code.name
+    finally:
+        sidecar.stop()
+
+
+def test_a_failed_canary_and_its_retry_are_two_calls_and_a_stream_is_one(
+        receiver: Receiver, traced_serve: ModelServer) -> None:
+    canary = CanaryConfig(http=f"http://127.0.0.1:{free_port()}", grpc=None, weight=100.0, copy_fraction=0.0)
+    sidecar = TracedSidecar(receiver, Config(primary=PrimaryConfig(http=traced_serve.http_url,
+                                                                   grpc=traced_serve.grpc), canary=canary))
+    try:
+        header, trace_id, _ = traceparent()
+        assert sidecar.post({"traceparent": header})[0] == 200  # the canary is down: answered by the primary
+        request = one(receiver.wait_for(lambda s: s.trace_id == trace_id, name=HTTP_SPAN))
+        failed = child(receiver, request, "sidecar", "CLIENT", f"canary {HTTP_SPAN}")
+        retried = child(receiver, request, "sidecar", "CLIENT", f"primary {HTTP_SPAN}")
+        assert (failed.status, failed.attributes["error.type"]) == ("ERROR", "connection")
+        assert retried.attributes["shadowserve.retry"] is True and retried.start_unix_nano >= failed.end_unix_nano
+        assert child(receiver, retried, "serve", "SERVER").trace_id == trace_id
+
+        # a stream (the canary serves no gRPC: the primary) is one call for all its messages
+        header, trace_id, client_span = traceparent()
+        infer = service_pb2.ModelInferRequest(model_name="classifier", inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="INPUT__0", datatype="FP32", shape=[1, 64])],
+            raw_input_contents=[np.full((1, 64), 0.25, np.float32).tobytes()])
+        with grpc.insecure_channel(sidecar.grpc) as channel:
+            answers = list(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                iter([infer, infer]), metadata=(("traceparent", header),), timeout=30))
+        assert len(answers) == 2 and all(not a.error_message for a in answers)
+        name = "inference.GRPCInferenceService/ModelStreamInfer"
+        request = one(receiver.wait_for(lambda s: s.trace_id == trace_id and s.service == "sidecar", name=name))
+        assert request.parent_span_id == client_span and request.attributes["rpc.grpc.status_code"] == 0
+        call = child(receiver, request, "sidecar", "CLIENT", f"primary {name}")
+        assert receiver.wait_for(lambda s: s.parent_span_id == call.span_id and s.service == "serve")
     finally:
         sidecar.stop()
 
@@ -193,14 +228,12 @@ def test_a_shadow_that_hangs_or_is_down_never_delays_the_primary_or_its_span(
         doubles_loop.close()
 
 
-def test_the_sidecar_command_traces_from_the_environment_and_exits_promptly(
+def test_the_sidecar_command_traces_from_the_environment_and_a_stuck_collector_costs_its_stop_little(
         receiver: Receiver, traced_serve: ModelServer) -> None:
     env = {**os.environ, **receiver.env("grpc"), "SIDECAR_PRIMARY": traced_serve.http_url}
     process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
                              "--drain-timeout-secs", "0", env=env)
     try:
-        import urllib.request
-
         request = urllib.request.Request(f"http://{process.http}{INFER}", data=BODY, method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
@@ -209,68 +242,59 @@ def test_the_sidecar_command_traces_from_the_environment_and_exits_promptly(
         call = child(receiver, root, "sidecar", "CLIENT", f"primary {HTTP_SPAN}")
         assert child(receiver, call, "serve", "SERVER").trace_id == root.trace_id
         assert any(entry["message"].startswith("tracing on") for entry in process.lines)
+        # now the collector hangs: the next spans' export never returns, and the stop does not wait on it
+        receiver.behaviour = "hang"
+        exports = receiver.exports
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+        deadline = time.monotonic() + 10
+        while receiver.exports == exports and time.monotonic() < deadline:
+            time.sleep(0.02)  # the receiver counts an export as it arrives; there is no event to wait on
+        assert receiver.exports > exports
+        began = time.monotonic()
         process.process.send_signal(signal.SIGTERM)
         assert process.finish(30) == 0
+        assert time.monotonic() - began < FLUSH_SECS + 2.0
     finally:
+        receiver.behaviour = "accept"
         process.kill()
 
 
-def test_a_bad_tracing_setting_fails_start_up_with_one_line() -> None:
-    # which settings are bad is serving.tracing's to say (tests/test_tracing*.py); here: the sidecar stops on one
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "zipkin"}
-    named = "OTEL_TRACES_EXPORTER"
-    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
-                             env=env, wait=False)
-    assert process.finish(30) == 2
-    errors = [entry["message"] for entry in process.lines if entry.get("level") in ("ERROR", "error")]
-    assert len(errors) == 1 and errors[0].startswith("invalid tracing configuration") and named in errors[0]
-    assert "\n" not in errors[0]
+PROBE = """
+import asyncio, json, os, sys
+from sidecar.app import main, start
+from sidecar.config.file import Config, PrimaryConfig
+from tests.sidecar.support import settings
+
+async def proxy_once():
+    sidecar = await start(settings(), Config(primary=PrimaryConfig(http='http://127.0.0.1:9', grpc=None)))
+    reader, writer = await asyncio.open_connection('127.0.0.1', sidecar.http_port)
+    writer.write(b'POST /v2/models/m/infer HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 2\\r\\n'
+                 b'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\\r\\n\\r\\n{}')
+    assert (await reader.readline()).startswith(b'HTTP/1.1 503')
+    writer.close()
+    await sidecar.stop()
+
+asyncio.run(proxy_once())
+loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))
+assert not loaded, loaded
+# a setting the tracing cannot honour stops the command before it listens, with one line
+os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT='http://127.0.0.1:4318', OTEL_TRACES_EXPORTER='zipkin')
+try:
+    main(['--listen', '127.0.0.1:0', '--grpc-listen', 'off', '--metrics-port', '0', '--log-format', 'json',
+          '--admin-listen', 'off'])
+except SystemExit as stopped:
+    print(json.dumps({'exit': stopped.code}))
+"""
 
 
-def test_a_collector_that_hangs_costs_the_stop_a_bounded_flush(tmp_path: Path) -> None:
-    with Receiver(behaviour="hang") as stuck:
-        env = {**os.environ, **stuck.env("http/protobuf"), "SIDECAR_PRIMARY": "http://127.0.0.1:9"}
-        process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
-                                 "--drain-timeout-secs", "0", env=env)
-        try:
-            import urllib.error
-            import urllib.request
-
-            try:  # the primary is down: a 503, and spans queued for a collector that never answers
-                urllib.request.urlopen(urllib.request.Request(f"http://{process.http}{INFER}", data=BODY), timeout=30)
-            except urllib.error.HTTPError as error:
-                assert error.code == 503
-            deadline = time.monotonic() + 10
-            while stuck.exports == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)  # the receiver counts an export as it arrives; no event to wait on
-            assert stuck.exports >= 1
-            began = time.monotonic()
-            process.process.send_signal(signal.SIGTERM)
-            assert process.finish(30) == 0
-            assert time.monotonic() - began < FLUSH_SECS + 3.0
-        finally:
-            process.kill()
-
-
-def test_nothing_of_opentelemetry_is_imported_while_tracing_is_off() -> None:
-    probe = (
-        "import asyncio, sys\n"
-        "from sidecar.app import start\n"
-        "from sidecar.config.file import Config, PrimaryConfig\n"
-        "from tests.sidecar.support import settings\n"
-        "async def main():\n"
-        "    sidecar = await start(settings(), Config(primary=PrimaryConfig(http='http://127.0.0.1:9', grpc=None)))\n"
-        "    reader, writer = await asyncio.open_connection('127.0.0.1', sidecar.http_port)\n"
-        "    writer.write(b'POST /v2/models/m/infer HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 2\\r\\n'\n"
-        "                 b'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\\r\\n\\r\\n{}')\n"
-        "    assert (await reader.readline()).startswith(b'HTTP/1.1 503')\n"
-        "    writer.close()\n"
-        "    await sidecar.stop()\n"
-        "asyncio.run(main())\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
-        "assert not loaded, loaded\n"
-    )
+def test_off_imports_nothing_of_opentelemetry_and_a_bad_setting_stops_start_up_with_one_line() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"exit": 2}
+    errors = [json.loads(line)["message"] for line in result.stderr.splitlines()
+              if line.startswith("{") and json.loads(line)["level"] == "error"]
+    # which settings are bad is serving.tracing's to say (tests/test_tracing*.py); the sidecar stops on one
+    assert len(errors) == 1 and errors[0].startswith("invalid tracing configuration: OTEL_TRACES_EXPORTER")

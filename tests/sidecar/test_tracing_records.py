@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -32,6 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.tracing import Tracing
 from sidecar.app import Sidecar, start
@@ -39,11 +42,14 @@ from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowCo
 from sidecar.records.schema import SCHEMA
 from sidecar.spans import client_trace_id
 
-from .support import LoopThread, Stub, read_records, settings
+from .support import LoopThread, Stub, read_records, settings, wait_until
 
 ANSWER = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": [
     {"name": "OUTPUT__0", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]})
 TRACE_HEADERS = ("traceparent", "tracestate")
+GRPC_ANSWER = service_pb2.ModelInferResponse(model_name="m", model_version="1", outputs=[
+    service_pb2.ModelInferResponse.InferOutputTensor(name="OUTPUT__0", datatype="FP32", shape=[1, 2])],
+    raw_output_contents=[np.array([[0.25, 0.75]], np.float32).tobytes()])
 
 
 def body(request_id: str) -> bytes:
@@ -68,12 +74,35 @@ class Upstream:
         self.stub = Stub(routes, loop)
 
 
+class GrpcUpstream:
+    """The same over gRPC: a ``ModelInfer`` that keeps, per request id, the ``traceparent`` metadata it got."""
+
+    def __init__(self, loop: LoopThread) -> None:
+        self.seen: dict[str, list[str]] = {}
+        self.server: grpc.aio.Server = loop.call(self._start())
+        self.target = f"127.0.0.1:{self.port}"
+
+    async def _start(self) -> grpc.aio.Server:
+        async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            message = service_pb2.ModelInferRequest.FromString(request)
+            self.seen[message.id] = [v for k, v in context.invocation_metadata() or () if k == "traceparent"]
+            return GRPC_ANSWER.SerializeToString()
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),))
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server
+
+
 class Pair:
     """A traced sidecar and an untraced one, each recording to its own directory."""
 
     def __init__(self, root: Path) -> None:
         self.loop = LoopThread("tracing-records")
         self.primary, self.shadow = Upstream(self.loop), Upstream(self.loop)
+        self.grpc_primary, self.grpc_shadow = GrpcUpstream(self.loop), GrpcUpstream(self.loop)
         self.exporter = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.exporter))
@@ -81,12 +110,13 @@ class Pair:
         self.dirs = {"on": root / "on", "off": root / "off"}
         self.sidecars: dict[str, Sidecar] = {}
         for mode in ("on", "off"):
-            config = Config(primary=PrimaryConfig(http=self.primary.stub.url, grpc=None),
-                            shadows=(ShadowConfig("copy", http=self.shadow.stub.url),),
+            config = Config(primary=PrimaryConfig(http=self.primary.stub.url, grpc=self.grpc_primary.target),
+                            shadows=(ShadowConfig("copy", http=self.shadow.stub.url, grpc=self.grpc_shadow.target),),
                             recording=RecordingConfig(dir=self.dirs[mode], segment_records=1_000_000))
-            self.sidecars[mode] = self.loop.call(start(settings(grpc_listen=None), config, CollectorRegistry(),
+            self.sidecars[mode] = self.loop.call(start(settings(), config, CollectorRegistry(),
                                                        self.tracing if mode == "on" else None))
         self.session: aiohttp.ClientSession = self.loop.call(self._session())
+        self.channels = {mode: grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") for mode, s in self.sidecars.items()}
 
     @staticmethod
     async def _session() -> aiohttp.ClientSession:
@@ -100,16 +130,27 @@ class Pair:
                 return response.status, await response.read()
         return self.loop.call(send())
 
+    def infer(self, mode: str, request_id: str, traceparent: str) -> service_pb2.ModelInferResponse:
+        request = service_pb2.ModelInferRequest(id=request_id, model_name="m", inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="INPUT__0", datatype="FP32", shape=[1, 2])],
+            raw_input_contents=[np.array([[1.0, 2.0]], np.float32).tobytes()])
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channels[mode])
+        return stub.ModelInfer(request, metadata=(("traceparent", traceparent),), timeout=10)
+
     def server_spans(self) -> list[ReadableSpan]:
         return [s for s in self.exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
 
     def stop(self) -> None:
         try:
+            for channel in self.channels.values():
+                channel.close()
             self.loop.call(self.session.close())
             for sidecar in self.sidecars.values():
                 self.loop.call(sidecar.stop())
             self.primary.stub.stop()
             self.shadow.stub.stop()
+            for upstream in (self.grpc_primary, self.grpc_shadow):
+                self.loop.call(upstream.server.stop(0))
         finally:
             self.loop.close()
             self.tracing.shutdown()
@@ -206,6 +247,23 @@ def test_any_traceparent_leaves_the_answer_alone(pair: Pair, value: str, state: 
         assert client_trace_id(forwarded) is not None
         if client_trace_id(value) is not None:
             assert client_trace_id(forwarded) == client_trace_id(value)
+
+
+@fuzzing(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=TRACEPARENTS.filter(lambda v: v.isascii() and v.isprintable()))
+def test_any_traceparent_metadata_leaves_the_grpc_answer_alone(pair: Pair, value: str) -> None:
+    request_id = secrets.token_hex(8)
+    for mode in ("on", "off"):
+        assert pair.infer(mode, f"{mode}-{request_id}", value) == GRPC_ANSWER
+    received = pair.grpc_primary.seen[f"off-{request_id}"]
+    assert received == [value]  # gRPC metadata keeps even the blanks around a value
+    for upstream in (pair.grpc_primary, pair.grpc_shadow):
+        [forwarded] = upstream.seen[f"on-{request_id}"]
+        assert client_trace_id(forwarded) is not None
+        if client_trace_id(value) is not None:
+            assert client_trace_id(forwarded) == client_trace_id(value)
+    wait_until(lambda: f"off-{request_id}" in pair.grpc_shadow.seen, 10, "the shadow's copy")
+    assert pair.grpc_shadow.seen[f"off-{request_id}"] == received
 
 
 @given(value=TRACEPARENTS)
