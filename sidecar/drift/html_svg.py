@@ -20,8 +20,15 @@ CLASS_ROWS, CLASS_LABEL = 10, 15  # class bars drawn, and characters of a class 
 TW, TH, TLEFT = 640, 120, 44  # the timeline
 
 
-def esc(text: object) -> str:
-    return escape(str(text), quote=True)
+SHOWN_CHARS = 300  # of any one string from the data: a tensor named with a megabyte stays a line
+
+
+def esc(text: object, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as HTML text or attribute value, cut to ``limit`` characters."""
+    shown = str(text)
+    if len(shown) > limit:
+        shown = shown[:limit - 1] + "\u2026"
+    return escape(shown, quote=True)
 
 
 def number(value: float) -> str:

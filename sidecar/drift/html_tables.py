@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from sidecar.drift.html_svg import esc, number
+from sidecar.drift.html_svg import SHOWN_CHARS, esc, number
 from sidecar.drift.paired import CompareReport, OutputComparison
 from sidecar.drift.report_classes import ClassNames
 from sidecar.drift.thresholds import DriftSettings
@@ -103,7 +103,7 @@ def window_header(report: WindowReport, names: ClassNames) -> tuple[str, str]:
     model = report.current.get("model") or report.reference.get("model")
     facts = [("reference", window_fact(report.reference)), ("current", window_fact(report.current)),
              *([("model", f"<b>{esc(model)}</b>")] if model else []), ("thresholds", window_thresholds(report))]
-    return esc(window_lead(report, names)), _facts(facts)
+    return esc(window_lead(report, names), 6 * SHOWN_CHARS), _facts(facts)
 
 
 def compare_header(report: CompareReport, names: ClassNames) -> tuple[str, str]:
@@ -123,7 +123,7 @@ def compare_header(report: CompareReport, names: ClassNames) -> tuple[str, str]:
                        f"{counts.get('shadow_failed', 0):,} failed \u00b7 "
                        f"{counts.get('primary_failed', 0):,} primary failures"),
              ("thresholds", compare_thresholds(report.settings))]
-    return "<br>".join(esc(line) for line in lines), _facts(facts)
+    return "<br>".join(esc(line, 4 * SHOWN_CHARS) for line in lines), _facts(facts)
 
 
 def _change(column: ColumnResult, names: ClassNames) -> str:

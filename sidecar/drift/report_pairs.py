@@ -14,6 +14,7 @@ from sidecar.drift.reader import RowKeys
 MATRIX_CLASSES = 12  # classes a matrix shows (the most frequent); the others are one "other" row and column
 MAX_CELLS = 20_000  # distinct (primary, shadow) pairs counted; beyond: an id-like output, no matrix
 WORST = 20  # pairs listed per output
+LABEL_CHARS = 200  # of a class label (BYTES outputs hold any string): counted and reported cut to this
 
 
 def sort_labels(labels: list[str]) -> list[str]:
@@ -39,7 +40,8 @@ class Confusion:
         if primary.dtype.kind in "iu" and shadow.dtype.kind in "iu":
             pairs, counts = np.unique(np.stack([primary, shadow], axis=1), axis=0, return_counts=True)
         else:
-            pairs, counts = np.unique(np.stack([primary.astype(str), shadow.astype(str)], axis=1), axis=0,
+            cut = f"U{LABEL_CHARS}"
+            pairs, counts = np.unique(np.stack([primary.astype(cut), shadow.astype(cut)], axis=1), axis=0,
                                       return_counts=True)
         for (p, s), count in zip(pairs.tolist(), counts.tolist(), strict=True):
             key = (str(p), str(s))
@@ -101,8 +103,8 @@ class WorstPairs:
             entry: dict[str, Any] = {
                 "request_id": ids[n], "trace_id": traces[n],
                 "time": _iso(times[i]) if times is not None else None, "agree": not bool(differs[i]),
-                "primary_class": str(classes[0][i]) if classes is not None else None,
-                "shadow_class": str(classes[1][i]) if classes is not None else None,
+                "primary_class": str(classes[0][i])[:LABEL_CHARS] if classes is not None else None,
+                "shadow_class": str(classes[1][i])[:LABEL_CHARS] if classes is not None else None,
                 "primary_score": _finite(scores[0][i]) if scores is not None else None,
                 "shadow_score": _finite(scores[1][i]) if scores is not None else None,
                 "difference": _finite(difference[i])}

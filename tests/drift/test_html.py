@@ -105,7 +105,7 @@ def test_hostile_names_are_text_in_both_reports(tmp_path: Path) -> None:
     assert f"Drift of {EVIL}" in text and f"{EVIL}1" in text  # the model, a BYTES class
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=24), min_size=1, max_size=3, unique=True),
        st.lists(st.text(max_size=30), max_size=5))
 def test_any_column_and_class_name_is_escaped(columns: list[str], names: list[str]) -> None:
@@ -158,3 +158,15 @@ def test_axes_read_as_values_and_times() -> None:
 def test_degenerate_columns_still_draw(values: np.ndarray) -> None:
     report = window_drift({"x": values}, {"x": values[::-1] + 1})
     check(render_html(report))
+
+
+def test_a_name_of_100_kb_stays_a_line() -> None:
+    huge = "x" * 100_000
+    rng = np.random.default_rng(9)
+    labels = np.array([huge + str(i % 2) for i in range(40)], dtype=object)
+    report = compare_arrays({huge: softmax(rng.normal(size=(40, 3))), "kind": labels},
+                            {huge: softmax(rng.normal(size=(40, 3))), "kind": labels[::-1]},
+                            request_ids=[huge] * 40)
+    page = render_html(report, title=huge, class_names=ClassNames(default=(huge,)))
+    check(page)
+    assert len(page) < 60_000
