@@ -63,7 +63,7 @@ class StreamInfer:
     def __init__(self, dataplane: DataPlane, admission_wait_secs: float, parent: Any = None) -> None:
         self.dataplane = dataplane
         self.admission_wait_secs = admission_wait_secs
-        self.parent = parent  # the caller's trace context when tracing is on (`serving.spans.grpc_parent`)
+        self.parent = parent  # the caller's trace context, when tracing is on and it sent one (`spans.grpc_parent`)
         self.out: asyncio.Queue[Any] = asyncio.Queue(STREAM_IN_FLIGHT)
         self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -112,7 +112,7 @@ class StreamInfer:
     async def _answer(self, data: bytes, turn: asyncio.Future[None]) -> Any:
         """An ordinary request's one response; None for a decoupled one, whose responses are sent already."""
         traced = tracing.current()
-        if traced is None or self.parent is None:
+        if traced is None:
             return await self._respond(data, turn, None)
         from . import spans
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -78,73 +77,95 @@ def _failed(span: Span, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, _short(failure_text(error))))
 
 
-@contextmanager
-def http_request(tracing: Tracing, headers: Mapping[str, str], model: str, version: str) -> Iterator[Span]:
-    """The SERVER span of one HTTP infer request, current while the block runs; the caller sets the
-    response's status with `http_status`."""
+class Request:
+    """One request's span, current while the block runs and ended when it ends, whatever happens.
+
+    The SDK's ``start_as_current_span`` does the same through two generator-based context managers;
+    this is the cheaper path a request takes, sampled or not. ``on_error`` puts the transport's
+    status code for an error on the span.
+    """
+
+    __slots__ = ("span", "_token", "_on_error")
+
+    def __init__(self, span: Span, on_error: Callable[[Span, ServingError], None] | None = None) -> None:
+        self.span = span
+        self._on_error = on_error
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        try:
+            if error is not None and self.span.is_recording():
+                if isinstance(error, ServingError) and self._on_error is not None:
+                    self._on_error(self.span, error)
+                _failed(self.span, error)
+        finally:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # the token attach returned
+            self.span.end()
+
+
+def _caller(tracing: Tracing, carrier: Mapping[str, str]) -> otel_context.Context | None:
+    """The caller's context; None (a root) without a ``traceparent``, for which no propagator need run."""
+    return tracing.extract(carrier) if "traceparent" in carrier else None
+
+
+def _http_code(span: Span, error: ServingError) -> None:
+    span.set_attribute("http.response.status_code", error.http_status)
+
+
+def _grpc_code(span: Span, error: ServingError) -> None:
+    span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, error.grpc_code).value[0])
+
+
+def http_request(tracing: Tracing, headers: Mapping[str, str], model: str, version: str) -> Request:
+    """The SERVER span of one HTTP infer request (``with``: current while the block runs); the caller
+    sets the response's status with `http_status`."""
     route = "/v2/models/{model_name}" + ("/versions/{model_version}" if version else "") + "/infer"
     attributes = {"http.request.method": "POST", "http.route": route, **model_attributes(model, version)}
-    with tracing.tracer.start_as_current_span(f"POST {route}", context=tracing.extract(headers), kind=SpanKind.SERVER,
-                                              attributes=attributes, record_exception=False,
-                                              set_status_on_exception=False) as span:
-        try:
-            yield span
-        except BaseException as error:
-            if isinstance(error, ServingError):
-                span.set_attribute("http.response.status_code", error.http_status)
-            _failed(span, error)
-            raise
+    span = tracing.tracer.start_span(f"POST {route}", context=_caller(tracing, headers), kind=SpanKind.SERVER,
+                                     attributes=attributes)
+    return Request(span, _http_code)
 
 
 def http_status(span: Span, status: int) -> None:
     """The status code an HTTP request was answered with; 5xx is the server's error."""
-    span.set_attribute("http.response.status_code", status)
-    if status >= 500:
-        span.set_status(Status(StatusCode.ERROR))
-        span.set_attribute("error.type", str(status))
+    if span.is_recording():
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+            span.set_attribute("error.type", str(status))
 
 
-def grpc_parent(tracing: Tracing, metadata: Sequence[tuple[str, str | bytes]] | None) -> otel_context.Context:
-    """The caller's context from a gRPC call's invocation metadata (text keys only)."""
-    return tracing.extract({key: value for key, value in metadata or () if isinstance(value, str)})
+def grpc_parent(tracing: Tracing, metadata: Sequence[tuple[str, str | bytes]] | None) -> otel_context.Context | None:
+    """The caller's context from a gRPC call's invocation metadata (text keys only); None for none."""
+    return _caller(tracing, {key: value for key, value in metadata or () if isinstance(value, str)})
 
 
-@contextmanager
-def grpc_request(tracing: Tracing, parent: otel_context.Context, method: str, model: str,
-                 version: str) -> Iterator[Span]:
+def grpc_request(tracing: Tracing, parent: otel_context.Context | None, method: str, model: str,
+                 version: str) -> Request:
     """The SERVER span of one gRPC inference request (a ModelInfer call, or one message of a stream)."""
     attributes = {"rpc.system": "grpc", "rpc.service": GRPC_SERVICE, "rpc.method": method,
                   "rpc.grpc.status_code": 0, **model_attributes(model, version)}  # an error sets its own code
-    with tracing.tracer.start_as_current_span(f"{GRPC_SERVICE}/{method}", context=parent, kind=SpanKind.SERVER,
-                                              attributes=attributes, record_exception=False,
-                                              set_status_on_exception=False) as span:
-        try:
-            yield span
-        except BaseException as error:
-            if isinstance(error, ServingError):
-                span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, error.grpc_code).value[0])
-            _failed(span, error)
-            raise
+    span = tracing.tracer.start_span(f"{GRPC_SERVICE}/{method}", context=parent, kind=SpanKind.SERVER,
+                                     attributes=attributes)
+    return Request(span, _grpc_code)
 
 
 def grpc_error(span: Span, error: Exception) -> None:
     """A request of a stream that failed with its own error message (the stream goes on)."""
-    code = error.grpc_code if isinstance(error, ServingError) else "INTERNAL"
-    span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, code).value[0])
-    _failed(span, error)
+    if span.is_recording():
+        code = error.grpc_code if isinstance(error, ServingError) else "INTERNAL"
+        span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, code).value[0])
+        _failed(span, error)
 
 
-@contextmanager
-def inprocess_request(tracing: Tracing, model: str, version: str | None) -> Iterator[Span]:
+def inprocess_request(tracing: Tracing, model: str, version: str | None) -> Request:
     """The INTERNAL span of an in-process request (an ensemble step, a BLS call), in the caller's trace."""
-    with tracing.tracer.start_as_current_span(f"infer {model}", kind=SpanKind.INTERNAL,
-                                              attributes=model_attributes(model, version or ""),
-                                              record_exception=False, set_status_on_exception=False) as span:
-        try:
-            yield span
-        except BaseException as error:
-            _failed(span, error)
-            raise
+    return Request(tracing.tracer.start_span(f"infer {model}", kind=SpanKind.INTERNAL,
+                                             attributes=model_attributes(model, version or "")))
 
 
 async def batch(tracing: Tracing, instance: ModelInstance, items: list[Pending],

@@ -11,13 +11,18 @@ is set, as the OpenTelemetry SDK's own configuration reads them:
   specification's default) or ``grpc``;
 - ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``: the resource (the service name defaults to
   the program's: ``serve``, ``sidecar``);
-- ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: the sampler, read by the SDK
-  (``parentbased_always_on`` unless set);
+- ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: the sampler (``parentbased_always_on``
+  unless set; ``always_off`` records nothing, so it leaves tracing off);
 - ``OTEL_PROPAGATORS``: the propagators (W3C ``traceparent`` and baggage unless set);
+- ``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``,
+  ``OTEL_BSP_EXPORT_TIMEOUT``: the batch span processor; ``OTEL_EXPORTER_OTLP_TIMEOUT`` /
+  ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT``: an export's time, retries included (seconds);
 - ``OTEL_SDK_DISABLED=true``: off, whatever else is set.
 
-serve and the sidecar both use this module: `configure` once at start, `current` on the paths
-that make spans, `shutdown` to flush at exit.
+Every one is checked at start (`serving.tracing_env`): one that cannot be honoured is a one-line
+`TracingError`, where the SDK would log a warning and quietly use its default. serve and the
+sidecar both use this module: `configure` once at start, `current` on the paths that make spans,
+`shutdown` to flush at exit, which waits for a stuck collector 2 s at most.
 """
 
 from __future__ import annotations
@@ -201,6 +206,12 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
     chosen_sampler, chosen_propagator = sampler(environ), propagator(environ)
     processing, timeout = ProcessorSettings.read(environ), export_timeout_s(environ)
     attributes = _resource_attributes(environ, service)
+    if _setting(environ, "OTEL_TRACES_SAMPLER").lower() == "always_off":
+        # nothing would ever be recorded: off, and free, as without OTEL_* (and a caller's
+        # traceparent passes a sidecar untouched, instead of naming spans that exist nowhere)
+        logger.info("tracing off: OTEL_TRACES_SAMPLER=always_off records nothing")
+        _current = None
+        return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter

@@ -27,7 +27,8 @@ def off_afterwards() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("environ", [{}, {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
-                                     {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}])
+                                     {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"},
+                                     {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "always_off"}])
 def test_off_unless_asked(environ: dict[str, str]) -> None:
     assert tracing.configure("serve", environ) is None and tracing.current() is None
 
