@@ -121,13 +121,13 @@ class Spans:
 class RequestSpan:
     """One incoming request's SERVER span, and the CLIENT spans of the calls made for it."""
 
-    __slots__ = ("_client_trace", "context", "name", "span", "spans")
+    __slots__ = ("_traceparent", "context", "name", "span", "spans")
 
     def __init__(self, spans: Spans, name: str, carrier: Mapping[str, str], attributes: dict[str, Any]) -> None:
         self.spans = spans
         self.name = name
         parent = spans.tracing.extract(carrier)
-        self._client_trace = client_trace_id(carrier.get(TRACEPARENT))
+        self._traceparent = carrier.get(TRACEPARENT)  # read again only for a record of a span not sampled
         self.span: Span = spans.tracer.start_span(name, context=parent, kind=spans.server, attributes=attributes)
         self.context: Context = spans.trace.set_span_in_context(self.span, parent)
 
@@ -137,7 +137,7 @@ class RequestSpan:
         context = self.span.get_span_context()
         if context.trace_flags.sampled:
             return f"{context.trace_id:032x}"
-        return self._client_trace
+        return client_trace_id(self._traceparent)
 
     def call(self, upstream: str, retry: bool = False) -> CallSpan:
         """A CLIENT span for the attempt on ``upstream`` (``primary`` or ``canary``) that serves the request."""
@@ -154,9 +154,6 @@ class RequestSpan:
     def skipped(self, shadow: str, reason: str) -> None:
         """A copy ``shadow`` did not get (``reason``: ``max_in_flight``, ``too_large``, ``unreachable``, ...)."""
         self.span.add_event("shadow.skipped", {"shadowserve.upstream": shadow, "shadowserve.reason": reason})
-
-    def set(self, name: str, value: Any) -> None:
-        self.span.set_attribute(name, value)
 
     def end_http(self, status: int | None, error: BaseException | None = None) -> None:
         """Ends the span with the HTTP status the client got (None: no answer, ``error`` says why)."""

@@ -233,9 +233,12 @@ TRACEPARENTS = st.one_of(
 
 @fuzzing(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=TRACEPARENTS, state=st.one_of(st.none(), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E),
-                                                               max_size=40)))
-def test_any_traceparent_leaves_the_answer_alone(pair: Pair, value: str, state: str | None) -> None:
-    headers = {"traceparent": value, **({"tracestate": state} if state is not None else {})}
+                                                               max_size=40)),
+       baggage=st.one_of(st.none(), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40)))
+def test_any_traceparent_leaves_the_answer_alone(pair: Pair, value: str, state: str | None,
+                                                 baggage: str | None) -> None:
+    headers = {"traceparent": value, **({"tracestate": state} if state is not None else {}),
+               **({"baggage": baggage} if baggage is not None else {})}
     request_id = secrets.token_hex(8)
     for mode in ("on", "off"):
         assert pair.post(mode, f"{mode}-{request_id}", headers) == (200, ANSWER)
