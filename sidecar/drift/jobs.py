@@ -150,7 +150,7 @@ def compare_records(window: Window, shadow: str, *, labels: Path | None = None,
     source = _Source(window, shadow)
     counts = {"records": 0, "primary_failed": 0, "shadow_responses": 0, "shadow_failed": 0,
               "paired_predictions": 0, "unpaired_tensors": 0}
-    for chunk in read_chunks(window, shadows=(shadow,), request_ids=ids is not None, progress=progress):
+    for chunk in read_chunks(window, shadows=(shadow,), request_ids=True, progress=progress):
         source.see(chunk, shadow)
         counts["records"] += chunk.records
         counts["primary_failed"] += chunk.failed[PRIMARY]
@@ -176,7 +176,7 @@ def compare_records(window: Window, shadow: str, *, labels: Path | None = None,
                 single = np.repeat(p.batch[pi] == 1, p.batch[pi])  # a label names one prediction
                 pred_labels, pred_known = row_labels[rows], known[rows] & single
             accumulator.add(name, p.datatype, p.take(pi), s.take(si), chunk.timestamps[rows],
-                            pred_labels, pred_known)
+                            pred_labels, pred_known, keys=chunk.keys(rows))
     source.check()
     counts["paired_predictions"] = max((o.pairs for o in accumulator.outputs.values()), default=0)
     if counts["paired_predictions"] == 0:
