@@ -9,7 +9,9 @@ the whole copy, body included. Every copy holds its request body and the respons
 read so far against the sidecar's `MemoryBudget`; a copy the budget has no room for is
 not sent. Whatever a shadow does (refuse, hang, reset, answer garbage, crawl, stream
 forever), it only ever produces an `Answer` for the record and a count on /metrics, and a
-shadow that keeps failing is rested (`Shadow._track`).
+shadow that keeps failing is rested (`Shadow._track`). With tracing on, each copy is a CLIENT
+span (`sidecar.spans.RequestSpan.shadow`) made and ended by the copy's task, and a copy not sent
+is an event on the request's span.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ methods are proxied as unary calls, everything else (``ModelStreamInfer``, unkno
 services) as bidirectional streams, which carry any cardinality. Status codes, details,
 initial and trailing metadata come back as the primary sent them; the client's deadline
 carries over. ``grpc.health.v1.Health/Check`` is answered by the sidecar from its own
-readiness (the primary's, unless draining), for Kubernetes' gRPC probes.
+readiness (the primary's, unless draining), for Kubernetes' gRPC probes. With tracing on
+(`sidecar.spans`) a call (a whole stream) is a SERVER span and each call upstream a CLIENT span
+whose ``traceparent`` metadata replaces the client's.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ counted. Bodies up to the largest ``max_body_size`` are read whole, which mirror
 retrying need; larger ones and bodies of unknown length stream to the upstream and are
 neither mirrored nor retried. Responses of requests nobody mirrors stream back when they
 are large or of unknown length. Upstream failures answer like Envoy: 503 when the
-upstream cannot be reached, 504 when it times out, with a v2 error body.
+upstream cannot be reached, 504 when it times out, with a v2 error body. With tracing on
+(`sidecar.spans`) a request is a SERVER span and each attempt upstream a CLIENT span whose
+``traceparent`` replaces the client's; off, the client's goes upstream as it came.
 """
 
 from __future__ import annotations
