@@ -31,10 +31,13 @@ def exported() -> set[str]:
     """What serve and the sidecar export, from their own metrics registries."""
     from prometheus_client import generate_latest
 
+    from serving.gpu import GpuCollector
     from serving.metrics import Metrics, exposition
     from sidecar.app import SidecarMetrics
 
-    return _names(exposition(Metrics().registry).decode()) | _names(generate_latest(SidecarMetrics().registry).decode())
+    serve = Metrics().registry
+    serve.register(GpuCollector(None, []))  # registered only where a GPU is; its families, without GPUs
+    return _names(exposition(serve).decode()) | _names(generate_latest(SidecarMetrics().registry).decode())
 
 
 def _dashboard() -> dict[str, Any]:
