@@ -69,14 +69,23 @@ def client_trace_id(traceparent: str | None) -> str | None:
     return trace_id
 
 
+_FIXED = frozenset({"/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index", "/v2/logging",
+                    "/v2/trace/setting"})
+_REGION_OPS = frozenset({"status", "register", "unregister"})
+
+
 def route(path: str) -> str | None:
     """A v2 path with its model name and version templated (``/v2/models/{model}/infer``), or None
     for a path outside the v2 API, whose name would be the client's choice."""
-    if path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index"):
+    if path in _FIXED:
         return path
     parts = path.split("/")
     if len(parts) < 4 or parts[1] != "v2" or not parts[3]:
         return None
+    if parts[2] in ("systemsharedmemory", "cudasharedmemory"):
+        if len(parts) == 6 and parts[3] == "region" and parts[4] and parts[5] in _REGION_OPS:
+            return f"/v2/{parts[2]}/region/{{region}}/{parts[5]}"
+        return path if len(parts) == 4 and parts[3] in _REGION_OPS else None
     if parts[2] == "models":
         head, rest = ["", "v2", "models", "{model}"], parts[4:]
     elif parts[2] == "repository" and len(parts) == 6 and parts[3] == "models":

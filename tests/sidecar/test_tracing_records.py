@@ -40,7 +40,7 @@ from serving.tracing import Tracing
 from sidecar.app import Sidecar, start
 from sidecar.config.file import Config, PrimaryConfig, RecordingConfig, ShadowConfig
 from sidecar.records.schema import SCHEMA
-from sidecar.spans import client_trace_id
+from sidecar.spans import client_trace_id, route
 
 from .support import LoopThread, Stub, read_records, settings, wait_until
 
@@ -85,7 +85,8 @@ class GrpcUpstream:
     async def _start(self) -> grpc.aio.Server:
         async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             message = service_pb2.ModelInferRequest.FromString(request)
-            self.seen[message.id] = [v for k, v in context.invocation_metadata() or () if k == "traceparent"]
+            self.seen[message.id] = [v for k, v in context.invocation_metadata() or ()
+                                     if k == "traceparent" and isinstance(v, str)]
             return GRPC_ANSWER.SerializeToString()
 
         server = grpc.aio.server()
@@ -277,3 +278,28 @@ def test_the_trace_id_is_read_as_opentelemetry_reads_it(value: str) -> None:
     span = trace.get_current_span(context).get_span_context()
     expected = f"{span.trace_id:032x}" if span.is_valid else None
     assert client_trace_id(value) == expected
+
+
+@pytest.mark.parametrize("path, templated", [
+    ("/v2/models/classifier/infer", "/v2/models/{model}/infer"),
+    ("/v2/models/c/versions/3/infer", "/v2/models/{model}/versions/{version}/infer"),
+    ("/v2/models/c", "/v2/models/{model}"), ("/v2/models/c/ready", "/v2/models/{model}/ready"),
+    ("/v2/repository/models/c/load", "/v2/repository/models/{model}/load"),
+    ("/v2/systemsharedmemory/region/r/register", "/v2/systemsharedmemory/region/{region}/register"),
+    ("/v2/health/ready", "/v2/health/ready"), ("/v2/models//infer", None), ("/v2/models/c/x/y", None),
+    ("/metrics", None), ("/", None),
+])
+def test_span_names_template_the_v2_paths(path: str, templated: str | None) -> None:
+    assert route(path) == templated
+
+
+@given(st.lists(st.sampled_from(["v2", "models", "versions", "repository", "region", "systemsharedmemory", "infer",
+                                 "load", "status", "", "x", "{model}"]), max_size=8))
+def test_a_span_name_never_holds_what_the_client_named(parts: list[str]) -> None:
+    path = "/" + "/".join(parts)
+    templated = route(path)
+    assert templated is None or set(templated.split("/")) <= {
+        "", "v2", "models", "versions", "repository", "index", "region", "systemsharedmemory", "cudasharedmemory",
+        "infer", "ready", "config", "stats", "load", "unload", "status", "register", "unregister", "health", "live",
+        "logging", "trace", "setting", "{model}", "{version}", "{region}"}
+    assert templated is None or templated == path or "{" in templated
