@@ -44,7 +44,7 @@ vertical-align:top}thead th{border-bottom:2px solid #c4cad0;font-size:12px;color
 .cm td{text-align:right;min-width:44px;font-variant-numeric:tabular-nums}
 .cm td.d{background:rgba(46,125,50,calc(var(--a)*.4))}
 .cm td.x{background:rgba(198,40,40,calc(.15 + var(--a)*.5));font-weight:600}
-.cm th{font-weight:500}.s{color:#6b747c;font-size:11px}
+.cm th{font-weight:500}.cm tbody th{white-space:nowrap}.s{color:#6b747c;font-size:11px}
 .n{color:#434c55;font-variant-numeric:tabular-nums}.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));
 gap:14px}figure{margin:0;padding:6px;border:1px solid #e3e6ea;border-radius:4px;min-width:0}
 figcaption{font-size:12px;overflow-wrap:anywhere;margin-bottom:4px}figure.drift{border-color:#e7a3a3}
@@ -71,7 +71,8 @@ def _figure(column: ColumnResult, names: ClassNames) -> str:
         svg = distribution_svg(plot, low, high) if plot else ""
     verdict = '<span class="bad">drift</span>' if column.drift else '<span class="ok">ok</span>'
     name = column_name(column.name, column.kind, names)
-    return (f'<figure class="{"drift" if column.drift else "ok"}"><figcaption>{name} {verdict} '
+    marked = ' class="drift"' if column.drift else ""
+    return (f"<figure{marked}><figcaption>{name} {verdict} "
             f"{esc(column.reason)}</figcaption>{svg}</figure>")
 
 

@@ -44,9 +44,12 @@ def _span(info: dict[str, Any]) -> str:
     return f"{first} to {last} UTC"
 
 
-def window_fact(info: dict[str, Any]) -> str:
+def window_fact(info: dict[str, Any], values: int = 0) -> str:
     """One window in a line: records, time span, whose answers, where they came from (the last
-    part of the path only: a report travels, the machine's directories need not)."""
+    part of the path only: a report travels, the machine's directories need not); a window of
+    arrays, which has no records, by its ``values`` per column."""
+    if "records" not in info:
+        return f"<b>{values:,}</b> values per column"
     parts = [f"<b>{int(info.get('records') or 0):,}</b> records"]
     span = _span(info)
     if span:
@@ -101,7 +104,10 @@ def window_lead(report: WindowReport, names: ClassNames) -> str:
 def window_header(report: WindowReport, names: ClassNames) -> tuple[str, str]:
     """The verdict line and the facts under it."""
     model = report.current.get("model") or report.reference.get("model")
-    facts = [("reference", window_fact(report.reference)), ("current", window_fact(report.current)),
+    counts = [max((int(getattr(c, side).get("count") or 0) for c in report.columns), default=0)
+              for side in ("reference", "current")]
+    facts = [("reference", window_fact(report.reference, counts[0])),
+             ("current", window_fact(report.current, counts[1])),
              *([("model", f"<b>{esc(model)}</b>")] if model else []), ("thresholds", window_thresholds(report))]
     return esc(window_lead(report, names), 6 * SHOWN_CHARS), _facts(facts)
 
@@ -115,14 +121,17 @@ def compare_header(report: CompareReport, names: ClassNames) -> tuple[str, str]:
     lines.append(window_lead(drift, names).replace("Drift in", "Its distribution drifts in", 1)
                  .replace("No drift in", "Its distribution drifts in none of", 1))
     counts = report.counts
-    judged = report.judged.describe() if report.judged is not None else "\u2013"
-    facts = [("shadow", f"<b>{esc(report.shadow)}</b>"), ("judged", f"<b>{esc(judged)}</b>"),
-             ("window", window_fact({**report.distribution.current, "upstream": None})),
+    facts = [("shadow", f"<b>{esc(report.shadow)}</b>")]
+    if report.judged is not None:
+        facts.append(("judged", f"<b>{esc(report.judged.describe())}</b>"))
+    if "records" in report.distribution.current:  # a comparison of records, not of arrays
+        facts.append(("window", window_fact({**report.distribution.current, "upstream": None})))
+    facts += [
              ("pairs", f"<b>{counts.get('paired_predictions', 0):,}</b> paired predictions \u00b7 "
                        f"{counts.get('shadow_responses', 0):,} shadow answers, "
                        f"{counts.get('shadow_failed', 0):,} failed \u00b7 "
                        f"{counts.get('primary_failed', 0):,} primary failures"),
-             ("thresholds", compare_thresholds(report.settings))]
+              ("thresholds", compare_thresholds(report.settings))]
     return "<br>".join(esc(line, 4 * SHOWN_CHARS) for line in lines), _facts(facts)
 
 
@@ -174,9 +183,17 @@ def outputs_table(report: CompareReport) -> str:
             '<th>Spearman<th>McNemar p<th>verdict</thead><tbody>' + "".join(rows) + "</tbody></table>")
 
 
-def _class(output: str, label: str, names: ClassNames) -> str:
+def _class(output: str, label: str, names: ClassNames, limit: int = SHOWN_CHARS) -> str:
+    """A class by name (cut to ``limit``) with its label beside it, or by its label alone."""
     named = names.name(output, label)
-    return f'{esc(named)} <span class="s">{esc(label)}</span>' if named else esc(label)
+    return f'{esc(named, limit)} <span class="s">{esc(label, limit)}</span>' if named else esc(label, limit)
+
+
+def _head(output: str, label: str, names: ClassNames, limit: int) -> str:
+    """A matrix heading: the class cut to ``limit``, in full in its tooltip when cut."""
+    full = names.name(output, label) or label
+    tip = f' title="{esc(full)}"' if len(full) > limit else ""
+    return f"<th{tip}>{_class(output, label, names, limit)}"
 
 
 def confusion_table(output: OutputComparison, names: ClassNames) -> str:
@@ -185,17 +202,21 @@ def confusion_table(output: OutputComparison, names: ClassNames) -> str:
     if not confusion:
         return ""
     classes, matrix = list(confusion["classes"]), confusion["matrix"]
-    heads = [_class(output.name, c, names) for c in classes] + (["other"] if confusion["other"] else [])
+    other = ["<th>other"] if confusion["other"] else []
+    tops = [_head(output.name, c, names, 12) for c in classes] + other
+    sides = [_head(output.name, c, names, 28) for c in classes] + other
     rows = []
-    for i, (head, line) in enumerate(zip(heads, matrix, strict=True)):
+    for i, (head, line) in enumerate(zip(sides, matrix, strict=True)):
         total = sum(line) or 1
         cells = []
         for j, count in enumerate(line):
-            kind = "d" if i == j else ("x" if count else "")
-            shade = f' style="--a:{count / total:.2f}"' if count else ""
-            cells.append(f'<td class="{kind}"{shade}>{count:,}' if kind else "<td>0")
-        rows.append(f"<tr><th>{head}{''.join(cells)}<td>{sum(line):,}<td>{line[i] / total:.0%}</tr>")
-    top = "".join(f"<th>{h}" for h in heads)
+            # "other" against "other" may hold the same class or two: neither green nor red
+            kind = "" if max(i, j) >= len(classes) and i == j else ("d" if i == j else ("x" if count else ""))
+            shade = f' style="--a:{count / total:.2f}"' if count and kind else ""
+            cells.append(f'<td class="{kind}"{shade}>{count:,}' if kind else f"<td>{count:,}")
+        same = f"{line[i] / total:.0%}" if i < len(classes) else "\u2013"
+        rows.append(f"<tr>{head}{''.join(cells)}<td>{sum(line):,}<td>{same}</tr>")
+    top = "".join(tops)
     return ('<table class="cm"><thead><tr><th>primary \u2193 shadow \u2192' + top + "<th>total<th>same"
             "</thead><tbody>" + "".join(rows) + "</tbody></table>")
 
@@ -215,13 +236,16 @@ def disagreements_table(output: OutputComparison, names: ClassNames,
     if not entries:
         return ""
     traced = any(e.get("trace_id") for e in entries)
+    timed = any(e.get("time") for e in entries)  # pairs of arrays have no time
     rows = []
     for e in entries:
         trace = f"<td><code>{esc(e.get('trace_id') or '')}</code>" if traced else ""
-        rows.append(f"<tr><td><code>{esc(e.get('request_id') or '')}</code>{trace}<td>{esc(_when(e.get('time')))}"
+        when = f"<td>{esc(_when(e.get('time')))}" if timed else ""
+        rows.append(f"<tr><td><code>{esc(e.get('request_id') or '')}</code>{trace}{when}"
                     f"<td>{_answer(output.name, e.get('primary_class'), e.get('primary_score'), names)}"
                     f"<td>{_answer(output.name, e.get('shadow_class'), e.get('shadow_score'), names)}"
                     f"<td>{cell(e.get('difference'))}</tr>")
     return ('<table class="cols worst"><thead><tr><th>request id' + ("<th>trace id" if traced else "")
-            + "<th>time (UTC)<th>primary<th>shadow<th>largest difference</thead><tbody>" + "".join(rows)
+            + ("<th>time (UTC)" if timed else "") + "<th>primary<th>shadow<th>largest difference</thead><tbody>"
+            + "".join(rows)
             + "</tbody></table>")

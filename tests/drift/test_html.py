@@ -27,7 +27,7 @@ TAGS = {"html", "head", "meta", "title", "style", "body", "main", "header", "div
         "dl", "dt", "dd", "code", "b", "br", "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption",
         "svg", "path", "text", "polyline", "details", "summary"}
 ATTRIBUTES = {"class", "style", "viewbox", "width", "height", "role", "d", "x", "y", "points", "lang", "charset",
-              "name", "content"}
+              "name", "content", "title"}
 LIMIT = 200 * 1024
 
 
