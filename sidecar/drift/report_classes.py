@@ -40,8 +40,11 @@ def _read(path: Path, what: str) -> str:
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
-    """Names from a label file's text: one per line, index = line number, ends trimmed."""
-    lines = text.splitlines()
+    """Names from a label file's text: one per line (split at newlines only, as Triton reads
+    it; a final newline ends the last line), index = line number, ends trimmed."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     if len(lines) > MAX_NAMES:
         raise DriftError(f"a label file names at most {MAX_NAMES:,} classes, not {len(lines):,}")
     return tuple(line.strip()[:NAME_CHARS] for line in lines)
