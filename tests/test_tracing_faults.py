@@ -172,24 +172,31 @@ def _serve_until_sigterm(settings: Settings, then: Callable[[str], None]) -> tup
     time from SIGTERM to the end of the run."""
     address = f"127.0.0.1:{settings.http_port}"
     sent: list[float] = []
+    finished = threading.Event()  # the run is over: its signal handlers are gone, so no SIGTERM may follow
 
     def drive() -> None:
         deadline = time.monotonic() + 60
         with httpclient.InferenceServerClient(address) as client:
-            while time.monotonic() < deadline:  # serve installs its signal handlers before it listens
+            while not finished.is_set() and time.monotonic() < deadline:  # handlers come before listening
                 try:
                     if client.is_server_ready():
                         break
                 except Exception:  # noqa: BLE001  # not listening yet: ask again
                     pass
                 time.sleep(0.02)
+            else:
+                return
         then(address)
-        sent.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGTERM)
+        if not finished.is_set():
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGTERM)
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
-    status = asyncio.run(serve_until_signal(settings))
+    try:
+        status = asyncio.run(serve_until_signal(settings))
+    finally:
+        finished.set()
     driver.join(5)
     assert sent, "the server never became ready"
     return status, time.monotonic() - sent[0]
