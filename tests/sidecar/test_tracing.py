@@ -230,34 +230,34 @@ def test_a_shadow_that_hangs_or_is_down_never_delays_the_primary_or_its_span(
 
 def test_the_sidecar_command_traces_from_the_environment_and_a_stuck_collector_costs_its_stop_little(
         receiver: Receiver, traced_serve: ModelServer) -> None:
-    env = {**os.environ, **receiver.env("grpc"), "SIDECAR_PRIMARY": traced_serve.http_url}
-    process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
-                             "--drain-timeout-secs", "0", env=env)
-    try:
-        request = urllib.request.Request(f"http://{process.http}{INFER}", data=BODY, method="POST")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-        # no traceparent: the sidecar's span is the trace's root, and serve's is under its call
-        root = one(receiver.wait_for(lambda s: s.service == "sidecar" and s.parent_span_id == "", name=HTTP_SPAN))
-        call = child(receiver, root, "sidecar", "CLIENT", f"primary {HTTP_SPAN}")
-        assert child(receiver, call, "serve", "SERVER").trace_id == root.trace_id
-        assert any(entry["message"].startswith("tracing on") for entry in process.lines)
-        # now the collector hangs: the next spans' export never returns, and the stop does not wait on it
-        receiver.behaviour = "hang"
-        exports = receiver.exports
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-        deadline = time.monotonic() + 10
-        while receiver.exports == exports and time.monotonic() < deadline:
-            time.sleep(0.02)  # the receiver counts an export as it arrives; there is no event to wait on
-        assert receiver.exports > exports
-        began = time.monotonic()
-        process.process.send_signal(signal.SIGTERM)
-        assert process.finish(30) == 0
-        assert time.monotonic() - began < FLUSH_SECS + 2.0
-    finally:
-        receiver.behaviour = "accept"
-        process.kill()
+    with Receiver() as own:  # the sidecar's own collector (serve's stays the module's): it will get stuck
+        env = {**os.environ, **own.env("grpc"), "SIDECAR_PRIMARY": traced_serve.http_url}
+        process = SidecarProcess("--listen", "127.0.0.1:0", "--grpc-listen", "off", "--metrics-port", "0",
+                                 "--drain-timeout-secs", "0", env=env)
+        try:
+            request = urllib.request.Request(f"http://{process.http}{INFER}", data=BODY, method="POST")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+            # no traceparent: the sidecar's span is the trace's root, and serve's is under its call
+            root = one(own.wait_for(lambda s: s.service == "sidecar" and s.parent_span_id == "", name=HTTP_SPAN))
+            call = child(own, root, "sidecar", "CLIENT", f"primary {HTTP_SPAN}")
+            assert child(receiver, call, "serve", "SERVER").trace_id == root.trace_id
+            assert any(entry["message"].startswith("tracing on") for entry in process.lines)
+            # now the collector hangs: the next spans' export never returns, and the stop does not wait on it
+            own.behaviour = "hang"
+            exports = own.exports
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+            deadline = time.monotonic() + 10
+            while own.exports == exports and time.monotonic() < deadline:
+                time.sleep(0.02)  # the receiver counts an export as it arrives; there is no event to wait on
+            assert own.exports > exports
+            began = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            assert process.finish(30) == 0
+            assert time.monotonic() - began < FLUSH_SECS + 2.0
+        finally:
+            process.kill()
 
 
 PROBE = """
