@@ -159,7 +159,8 @@ def columns_table(report: WindowReport, names: ClassNames) -> str:
         value = None if c.test is None else (c.statistics[c.test].p_value if c.test in P_VALUE_TESTS
                                              else c.statistics[c.test].value)
         verdict = '<td class="bad">drift' if c.drift else '<td class="ok">ok'
-        rows.append(f"<tr><td>{column_name(c.name, c.kind, names)}<td>{c.kind[:3]}"
+        kind = "classes" if c.kind == "categorical" else "values"
+        rows.append(f"<tr><td>{column_name(c.name, c.kind, names)}<td>{kind}"
                     f"<td>{int(c.reference.get('count', 0)):,}<td>{int(c.current.get('count', 0)):,}"
                     f"<td>{_change(c, names)}<td>{esc(c.test or '')}<td>{cell(value)}<td>{cell(c.threshold)}"
                     f"{verdict}</tr>")
