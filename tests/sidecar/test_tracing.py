@@ -206,12 +206,12 @@ def test_a_shadow_that_hangs_or_is_down_never_delays_the_primary_or_its_span(
     sidecar = TracedSidecar(receiver, config)
     try:
         header, trace_id, _ = traceparent()
-        began = time.monotonic()
         status, _ = sidecar.post({"traceparent": header})
-        answered = time.monotonic() - began
-        assert status == 200 and answered < 1.0  # the blackholed copy's timeout is 1 s
+        answered = time.time_ns()
+        assert status == 200
         request = one(receiver.wait_for(lambda s: s.trace_id == trace_id, name=HTTP_SPAN))
         hangs = child(receiver, request, "sidecar", "CLIENT", f"shadow hangs {HTTP_SPAN}")
+        assert answered < hangs.end_unix_nano  # the client had its answer before the copy gave up
         down = child(receiver, request, "sidecar", "CLIENT", f"shadow down {HTTP_SPAN}")
         assert request.end_unix_nano < hangs.end_unix_nano - 500_000_000  # ended long before the copy gave up
         assert (hangs.status, hangs.attributes["error.type"]) == ("ERROR", "timeout")
