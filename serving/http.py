@@ -192,18 +192,10 @@ class HttpTransport:
         await self.dataplane.unload_model(model)
         return _json({})
 
-    async def infer(self, request: web.BaseRequest, model: str, version: str) -> web.Response:
-        traced = tracing.current()
-        if traced is None:  # all tracing costs a request when it is off
-            return await self._infer(request, model, version, None)
-        from . import spans
-
-        with spans.http_request(traced, request.headers, model, version) as span:
-            response = await self._infer(request, model, version, span)
-            spans.http_status(span, response.status)
-            return response
-
-    async def _infer(self, request: web.BaseRequest, model: str, version: str, span: Any) -> web.Response:
+    async def infer(self, request: web.BaseRequest, model: str, version: str, span: Any = None) -> web.Response:
+        """``POST .../infer``; ``span`` is the request's span, once `_traced` has started it."""
+        if span is None and (traced := tracing.current()) is not None:  # off: this test is all tracing costs
+            return await self._traced(traced, request, model, version)
         length = request.content_length
         if length is not None and length > self.max_request_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_request_bytes} "
@@ -238,6 +230,15 @@ class HttpTransport:
             return web.Response(body=payload, content_type=JSON)
         return web.Response(body=payload, content_type="application/octet-stream",
                             headers={HEADER_LENGTH: str(json_length)})
+
+    async def _traced(self, traced: tracing.Tracing, request: web.BaseRequest, model: str,
+                      version: str) -> web.Response:
+        from . import spans
+
+        with spans.http_request(traced, request.headers, model, version) as span:
+            response = await self.infer(request, model, version, span)
+            spans.http_status(span, response.status)
+            return response
 
 
 def metrics_app(metrics: Metrics) -> web.Application:
