@@ -160,6 +160,12 @@ class RequestSpan:
         attributes = {"shadowserve.upstream": name, "shadowserve.role": "shadow"}
         return CallSpan(self, f"shadow {name} {self.name}", attributes, started_ns)
 
+    def model(self, name: str, version: str | None) -> None:
+        """The model an inference request names, under serve's attribute names (Triton's)."""
+        self.span.set_attribute("triton.model_name", name[:MAX_NAME])
+        if version:
+            self.span.set_attribute("triton.model_version", version[:MAX_NAME])
+
     def skipped(self, shadow: str, reason: str) -> None:
         """A copy ``shadow`` did not get (``reason``: ``max_in_flight``, ``too_large``, ``unreachable``, ...)."""
         self.span.add_event("shadow.skipped", {"shadowserve.upstream": shadow, "shadowserve.reason": reason})

@@ -161,6 +161,8 @@ class HttpProxy(Proxy):
         headers = forward_headers(request.headers)
         held, body = await _body(request, headers, ups.buffer_limit)
         target = infer_target(request.path) if request.method == "POST" else None
+        if span is not None and target is not None:
+            span.model(*target)
         plan = Plan(PRIMARY)
         if target is not None and self.routes(ups):
             header_length = _header_length(request.headers.get(HEADER_LENGTH))

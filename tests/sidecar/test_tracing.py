@@ -122,6 +122,7 @@ def test_one_trace_from_the_client_through_the_sidecar_to_the_primary_and_the_sh
         assert request.kind == "SERVER" and request.parent_span_id == client_span
         assert request.attributes["http.response.status_code"] == 200
         assert request.attributes["http.route"] == "/v2/models/{model}/infer"
+        assert request.attributes["triton.model_name"] == "classifier"
         primary = child(receiver, request, "sidecar", "CLIENT", f"primary {HTTP_SPAN}")
         shadow = child(receiver, request, "sidecar", "CLIENT", f"shadow copy {HTTP_SPAN}")
         assert shadow.attributes["shadowserve.role"] == "shadow" and shadow.status != "ERROR"
