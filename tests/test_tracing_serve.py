@@ -231,3 +231,21 @@ def test_errors_say_whose_fault(server: RunningServer, receiver: Receiver, trace
     assert failed.status == "ERROR" and "negative input" in failed.status_message
     assert failed.attributes["rpc.grpc.status_code"] == 13 and failed.attributes["error.type"] == "ModelError"
     assert compute.status == "ERROR" and compute.attributes["serving.failed_requests"] == 1
+
+
+def test_a_versioned_path_and_an_unknown_model(server: RunningServer, receiver: Receiver,
+                                               traced: tracing.Tracing) -> None:
+    traceparent, trace_id, _ = caller()
+    tensor = httpclient.InferInput("X", [1, 1], "FP32")
+    tensor.set_data_from_numpy(x())
+    with httpclient.InferenceServerClient(server.url) as client:
+        client.infer("echo", [tensor], model_version="1", headers={"traceparent": traceparent})
+        with pytest.raises(Exception, match="unknown"):
+            client.infer("unknown", [tensor], headers={"traceparent": traceparent})
+    spans = of_trace(receiver, trace_id, 4)
+    [versioned] = spans["POST /v2/models/{model_name}/versions/{model_version}/infer"]
+    assert versioned.attributes["http.route"] == "/v2/models/{model_name}/versions/{model_version}/infer"
+    assert versioned.attributes["triton.model_version"] == 1
+    [unknown] = spans["POST /v2/models/{model_name}/infer"]
+    assert unknown.attributes["triton.model_name"] == "unknown" and unknown.attributes["error.type"] == "NotFound"
+    assert unknown.attributes["http.response.status_code"] == 404 and unknown.status == "UNSET"
