@@ -37,6 +37,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert summary["drift_in_control"] is False
     assert 0.5 < summary["shadow_agreement"] < 1.0  # version 2 answers differently on some inputs
     canary = summary["canary"]["canary"]  # the sidecar's status, read right after the traffic
+    live = [v for v in summary["canary"]["drift"]["values"] if v["output"].endswith(".top1")]
+    assert "primary" in {v["upstream"] for v in live}, "live drift compares the primary's top-1 to its profile"
     assert (canary["phase"], canary["weight"]) == ("rolled_back", 0.0)
     failed = [d for d in canary["decisions"] if d["source"] == "analysis" and d["verdict"] == "fail"]
     assert len(failed) >= 2 and [(d["action"], d["failures"]) for d in failed[-2:]] == [("hold", 1), ("rollback", 2)]

@@ -32,8 +32,11 @@ DEFAULT_DENY = frozenset({
     "x-amzn-oidc-accesstoken", "x-amzn-oidc-identity",
 })
 DENY_PREFIXES = ("x-amz-security-", "x-goog-iam-", "x-ms-token-", "x-amzn-oidc-", "x-auth-")
-# Kept in allow-list mode too: without them a copy is not the same v2 request.
-ALWAYS = frozenset({"host", "content-type", "content-encoding", "inference-header-content-length", "x-request-id"})
+# Kept in allow-list mode too: without them a copy is not the same v2 request, or (the W3C trace
+# context, which carries no credential) not in the client's trace. `baggage` stays under the
+# rules: it can carry user data.
+ALWAYS = frozenset({"host", "content-type", "content-encoding", "inference-header-content-length", "x-request-id",
+                    "traceparent", "tracestate"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ container that named those ports are rewritten to the port numbers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -104,6 +105,24 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "failureThreshold": failures}
 
 
+_REFERENCE = re.compile(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")  # $(NAME) in an env value; $$( escapes
+
+
+def tracing_env(pod: Pod, options: Options) -> list[dict[str, Any]]:
+    """The model container's ``OTEL_*`` variables for the sidecar, so that it traces to the same
+    collector as the model: all but ``OTEL_SERVICE_NAME`` (the sidecar keeps its own, ``sidecar``),
+    with the model's variables they refer to as ``$(NAME)`` (a downward-API ``POD_NAME``, say) first."""
+    env = [e for e in pod["spec"]["containers"][options.container].get("env") or [] if isinstance(e, dict)]
+    by_name = {e.get("name"): e for e in env}
+    tracing = [e for e in env if str(e.get("name", "")).startswith("OTEL_") and e.get("name") != "OTEL_SERVICE_NAME"]
+    referred: list[dict[str, Any]] = []
+    for entry in tracing:
+        for name in _REFERENCE.findall(str(entry.get("value", ""))):
+            if name in by_name and not name.startswith("OTEL_") and by_name[name] not in referred:
+                referred.append(by_name[name])
+    return referred + tracing
+
+
 def sidecar_container(pod: Pod, options: Options) -> dict[str, Any]:
     """The sidecar container for this pod."""
     routed = _routed(pod, options)
@@ -133,8 +152,12 @@ def sidecar_container(pod: Pod, options: Options) -> dict[str, Any]:
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
         "volumeMounts": mounts,
     }
+    env: list[dict[str, Any]] = []
     if options.record:  # the recording directory is per pod: --record-dir names it
-        container["env"] = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    env += [e for e in tracing_env(pod, options) if e.get("name") not in {x["name"] for x in env}]
+    if env:
+        container["env"] = env
     if options.native:
         container["restartPolicy"] = "Always"
     else:

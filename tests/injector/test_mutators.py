@@ -39,6 +39,7 @@ CASES = {
     "label-shadows-recording": Case(injected=True),
     "canary": Case(injected=True),
     "plain-container": Case(injected=True),
+    "tracing": Case(injected=True),
     "legacy-cluster": Case(injected=True, warning="no 'grpc' port", native=False),
     "init-containers": Case(injected=True),
     "model-by-annotation": Case(injected=True, warning="names no"),
@@ -179,3 +180,22 @@ def test_mutators_are_pure_and_compose() -> None:
                                               (("a~b", 0, "-"), "/a~0b/0/-")])
 def test_pointer(tokens: tuple[str, ...], path: str) -> None:
     assert pointer(*tokens) == path
+
+
+def test_the_sidecar_traces_where_the_model_does() -> None:
+    from sidecar.injector.annotations import Options
+    from sidecar.injector.mutators import sidecar_container
+
+    env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           {"name": "ZONE", "value": "eu-1"}, {"name": "UNUSED", "value": "x"},
+           {"name": "OTEL_SERVICE_NAME", "value": "classifier"},
+           {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
+           {"name": "OTEL_RESOURCE_ATTRIBUTES",
+            "value": "pod=$(POD_NAME),zone=$(ZONE),literal=$$(UNUSED),gone=$(NOPE)"}]
+    pod = {"spec": {"containers": [{"name": "model", "env": env, "ports": [{"name": "http", "containerPort": 8000}]}]}}
+    options = Options(image="sidecar:1", native=True, container=0, http_port=8000, grpc_port=8001, record=True)
+    names = [e["name"] for e in sidecar_container(pod, options)["env"]]
+    # the records' POD_NAME once, the variables the resource attributes refer to, no service name, no $$( escape
+    assert names == ["POD_NAME", "ZONE", "OTEL_TRACES_SAMPLER", "OTEL_RESOURCE_ATTRIBUTES"]
+    quiet = {"spec": {"containers": [{"name": "model", "env": env[:3]}]}}
+    assert "env" not in sidecar_container(quiet, dataclasses.replace(options, record=False))

@@ -95,6 +95,8 @@ def test_allow_list_mode_and_the_flags(tmp_path: Path) -> None:
     rules = load(settings(config_file=path)).shadows[0].headers
     assert rules.keeps("x-user-id") and rules.keeps("cookie") and rules.keeps("content-type")
     assert not rules.keeps("x-tenant") and not rules.keeps("authorization")
+    # the client's trace context goes with every copy; baggage, which may carry user data, does not
+    assert rules.keeps("traceparent") and rules.keeps("tracestate") and not rules.keeps("baggage")
     flagged = load(settings(shadows=(ShadowFlag("b", "http://b"),), shadow_headers_remove=("x-tenant", "x-corp-*")))
     rules = flagged.shadows[0].headers
     assert not rules.keeps("x-tenant") and not rules.keeps("x-corp-key") and not rules.keeps("cookie")
