@@ -44,6 +44,13 @@ SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 NOT_SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 
 
+@pytest.fixture(autouse=True)
+def tracing_off_afterwards() -> Iterator[None]:
+    """Whatever a test leaves on is switched off: the next test's server must not trace by accident."""
+    yield
+    tracing.shutdown(0.2)
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("faults")

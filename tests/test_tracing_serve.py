@@ -78,6 +78,13 @@ def grpc_infer(server: RunningServer, model: str, headers: dict[str, str], value
         return client.infer(model, [tensor], headers=headers, request_id=request_id)
 
 
+@pytest.fixture(autouse=True)
+def tracing_off_afterwards() -> Iterator[None]:
+    """Whatever a test leaves on is switched off: the next test's server must not trace by accident."""
+    yield
+    tracing.shutdown(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("traced")
