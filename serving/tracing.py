@@ -240,7 +240,9 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
     # a stop waits for the last export no longer than OTEL_BSP_EXPORT_TIMEOUT allows one, and 2 s at most
     _current = Tracing(provider, service, chosen_propagator, min(FLUSH_TIMEOUT_S, processing.export_timeout_ms / 1000))
     atexit.register(_current.shutdown)  # a process that never called `shutdown` still flushes, as briefly
-    logger.info("tracing on: %s spans exported by %s (%s)", attributes["service.name"], ", ".join(exporters), protocol)
+    where = _endpoint(environ, "" if protocol == "grpc" else "/v1/traces") or "the exporter's default endpoint"
+    logger.info("tracing on: %s spans exported by %s (%s, %s)", attributes["service.name"], ", ".join(exporters),
+                protocol, where)
     return _current
 
 
