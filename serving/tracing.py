@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from .tracing_env import ProcessorSettings, TracingError, check_endpoint, export_timeout_s, propagator, sampler
 
@@ -186,6 +186,14 @@ def _resource_attributes(environ: Mapping[str, str], service: str) -> dict[str, 
     return attributes
 
 
+def _shown(endpoint: str) -> str:
+    """An endpoint as the log shows it: scheme, host, port and path; never a user:password in it."""
+    if not endpoint:
+        return "the exporter's default endpoint"
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + parts.path
+
+
 def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing | None:
     """Switches tracing on when ``environ`` (``os.environ`` by default) asks for it; returns it, or
     None. Raises `TracingError` for a setting it cannot honour, before anything starts."""
@@ -240,7 +248,7 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
     # a stop waits for the last export no longer than OTEL_BSP_EXPORT_TIMEOUT allows one, and 2 s at most
     _current = Tracing(provider, service, chosen_propagator, min(FLUSH_TIMEOUT_S, processing.export_timeout_ms / 1000))
     atexit.register(_current.shutdown)  # a process that never called `shutdown` still flushes, as briefly
-    where = _endpoint(environ, "" if protocol == "grpc" else "/v1/traces") or "the exporter's default endpoint"
+    where = _shown(_endpoint(environ, "" if protocol == "grpc" else "/v1/traces"))
     logger.info("tracing on: %s spans exported by %s (%s, %s)", attributes["service.name"], ", ".join(exporters),
                 protocol, where)
     return _current
