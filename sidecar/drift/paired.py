@@ -122,6 +122,7 @@ class PairAccumulator:
         if out is None:
             out = self.outputs[name] = _Output(name, classes=not numeric or primary.shape[1] > 1)
         out.pairs += len(primary)
+        diff = None
         if numeric:
             diff = np.abs(primary - shadow)
             finite = np.isfinite(diff)
@@ -140,7 +141,7 @@ class PairAccumulator:
                 self._labels(out, p_class, s_class, labels, known)
         else:
             same = np.abs(primary[:, 0] - shadow[:, 0])
-        self._worst(out, numeric, primary, shadow, (p_class, s_class) if out.classes else None,
+        self._worst(out, primary, shadow, diff, (p_class, s_class) if out.classes else None,
                     times if self.timestamps else None, keys)
         if numeric:
             pick = top1(primary) if primary.shape[1] > 1 else np.zeros(len(primary), np.int64)
@@ -154,12 +155,15 @@ class PairAccumulator:
             add_columns(profile.columns, tensor_columns(name, datatype, matrix, max_elements=self.max_elements))
 
     @staticmethod
-    def _worst(out: _Output, numeric: bool, primary: np.ndarray, shadow: np.ndarray,
+    def _worst(out: _Output, primary: np.ndarray, shadow: np.ndarray, diff: np.ndarray | None,
                classes: tuple[np.ndarray, np.ndarray] | None, times: np.ndarray | None,
                keys: RowKeys | None) -> None:
+        """Offer this chunk's pairs to the list of those that disagree most (``diff``: the
+        absolute differences of a numeric output's elements, None for class tensors)."""
         differs = classes[0] != classes[1] if classes is not None else np.zeros(len(primary), bool)
-        if numeric:
-            difference, scores = pair_scores(primary, shadow, *(classes or (None, None)))
+        if diff is not None:
+            p_class, s_class = classes if classes is not None else (None, None)
+            difference, scores = pair_scores(primary, shadow, p_class, s_class, diff)
             out.worst.add(differs, difference, classes, scores, times, keys)
         else:
             out.worst.add(differs, np.full(len(primary), np.nan), classes, None, times, keys)
