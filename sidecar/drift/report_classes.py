@@ -28,14 +28,21 @@ _ELEMENT = re.compile(r"^(?P<output>.+)\[(?P<index>[0-9]{1,9})\]$")
 _INDEX = re.compile(r"[0-9]{1,9}")
 
 
+def _shown(path: Path) -> str:
+    """A path for a one-line message: quoted when it holds a newline or another control character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _read(path: Path, what: str) -> str:
     try:
         with path.open("rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
-        raise DriftError(f"cannot read {what} {path}: {error.strerror or error}") from error
+        raise DriftError(f"cannot read {what} {_shown(path)}: {error.strerror or error}") from error
     if len(data) > MAX_FILE_BYTES:
-        raise DriftError(f"{what} {path} is over {MAX_FILE_BYTES >> 20} MiB: give a file of one class name per line")
+        raise DriftError(f"{what} {_shown(path)} is over {MAX_FILE_BYTES >> 20} MiB: "
+                         "give a file of one class name per line")
     return data.decode("utf-8", "replace")
 
 
@@ -75,14 +82,15 @@ def model_dir_names(directory: Path) -> dict[str, tuple[str, ...]]:
     try:
         text_format.Parse(_read(config, "model configuration"), message, allow_unknown_field=True)
     except text_format.ParseError as error:
-        raise DriftError(f"{config} is not a Triton model configuration: {error}") from error
+        detail = " ".join(str(error).split())
+        raise DriftError(f"{_shown(config)} is not a Triton model configuration: {detail}") from error
     names: dict[str, tuple[str, ...]] = {}
     for output in message.output:
         label = output.label_filename
         if not label:
             continue
         if Path(label).name != label or label in (".", ".."):
-            raise DriftError(f"{config}: label_filename {label!r} of output {output.name!r} must be a file "
+            raise DriftError(f"{_shown(config)}: label_filename {label!r} of output {output.name!r} must be a file "
                              "name in the model directory, without a path")
         names[output.name] = read_label_file(config.parent / label)
     return names

@@ -102,3 +102,21 @@ def test_any_label_text_and_column_name_is_handled(text: str, column: str, index
     output, path = split_option(column)
     assert output is None or "=" not in output
     assert isinstance(path, Path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.builds(lambda label: CONFIG.replace('"labels.txt"', label),
+                                                   st.text(max_size=30))))
+def test_any_model_configuration_is_read_or_refused_in_one_line(text: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        (root / "config.pbtxt").write_text(text, encoding="utf-8", errors="surrogatepass")
+        (root / "labels.txt").write_text("cat\ndog\n")
+        try:
+            names = model_dir_names(root)
+        except DriftError as error:
+            assert "\n" not in str(error)  # one line
+        else:
+            assert all(isinstance(v, tuple) for v in names.values())

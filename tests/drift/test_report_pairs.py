@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sidecar.drift import Window, compare_arrays, compare_records
-from sidecar.drift.reader import read_chunks
+from sidecar.drift import Window, compare_arrays, compare_records, render_html
+from sidecar.drift.reader import ID_CHARS, read_chunks
 from sidecar.drift.report_pairs import MATRIX_CLASSES, MAX_CELLS, Confusion, WorstPairs
-from sidecar.drift.synthetic import write_records
+from sidecar.drift.synthetic import records_table, write_records
 
 from .conftest import softmax
 
@@ -121,3 +125,22 @@ def test_compare_records_names_requests_and_traces(tmp_path: Path) -> None:
         row = int(e["request_id"][4:])
         assert e["primary_class"] == str(p[row]) and e["time"].startswith("2025-01-01T")
         assert e["trace_id"] in (None, f"{row:032x}")
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=200)), min_size=30, max_size=30),
+       st.lists(st.text(max_size=300), min_size=30, max_size=30))
+def test_any_recorded_ids_reach_the_report_bounded(tmp_path_factory: pytest.TempPathFactory,
+                                                   traces: list[str | None], ids: list[str]) -> None:
+    directory = tmp_path_factory.mktemp("ids")
+    probs = softmax(np.random.default_rng(5).normal(size=(30, 3)))
+    table = records_table({"probs": probs}, shadows={"v2": {"probs": probs[:, ::-1].copy()}}, trace_ids=traces)
+    table = table.set_column(table.schema.get_field_index("request_id"), "request_id", pa.array(ids, pa.string()))
+    pq.write_table(table, directory / "segment-00000.parquet")
+    report = compare_records(Window(directory), "v2")
+    worst = report.outputs[0].disagreements
+    assert worst and all(len(e["request_id"] or "") <= ID_CHARS and len(e["trace_id"] or "") <= ID_CHARS
+                         for e in worst)
+    assert {e["request_id"] for e in worst} <= {i[:ID_CHARS] for i in ids}
+    json.dumps(report.to_json(), allow_nan=False)
+    render_html(report)
