@@ -63,39 +63,62 @@ def documented_jobs() -> list[dict[str, Any]]:
     return [job for block in blocks for job in yaml.safe_load(block)["scrape_configs"]]
 
 
-def service_monitor_job(targets: list[Target]) -> dict[str, Any]:
-    """The documented in-cluster job (what the operator makes of the ServiceMonitor), on static targets.
+def discovered(path: Path) -> list[dict[str, Any]]:
+    """File-based discovery of the targets `write_targets` puts in ``path``, re-read as it changes.
+
+    The processes' ports are known only once they listen, after Prometheus has started (its
+    discovery sends its first targets about 5 s after start, so it starts first, beside them).
+    """
+    return [{"files": [str(path)], "refresh_interval": "1s"}]
+
+
+def write_targets(path: Path, groups: list[dict[str, Any]]) -> None:
+    """Target groups for `discovered`, replaced whole (never read half-written)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(groups))
+    temporary.replace(path)
+
+
+def service_monitor_job(targets_file: Path) -> dict[str, Any]:
+    """The documented in-cluster job (what the operator makes of the ServiceMonitor), on `service_monitor_targets`.
 
     Kubernetes service discovery yields ``__meta_kubernetes_*`` labels and the job's rules
-    relabel them: here static targets carry the same meta labels as the endpoints of
+    relabel them: here discovered targets carry the meta labels the endpoints of
     k8s/base/servicemonitor.yaml's Services would, and go through the documented rules
     unchanged (Debian's Prometheus is built without Kubernetes discovery). Labels that start
     with ``__`` are dropped after relabelling.
     """
     job = copy.deepcopy(next(j for j in documented_jobs() if "kubernetes_sd_configs" in j))
     assert job.pop("kubernetes_sd_configs") == [{"role": "endpoints"}]
+    return {**job, "file_sd_configs": discovered(targets_file), "scrape_interval": "1s", "scrape_timeout": "1s"}
+
+
+def service_monitor_targets(targets: list[Target]) -> list[dict[str, Any]]:
+    """``targets`` as Kubernetes discovery would see them, and two that the job's keep rules must drop."""
     meta = "__meta_kubernetes_"
-    job["static_configs"] = [{"targets": [t.address], "labels": {
+    groups: list[dict[str, Any]] = [{"targets": [t.address], "labels": {
         f"{meta}namespace": NAMESPACE, f"{meta}service_name": t.service,
         f"{meta}service_label_app_kubernetes_io_name": "shadowserve",
         f"{meta}service_label_app_kubernetes_io_component": "model",
         f"{meta}pod_name": t.pod, f"{meta}pod_container_name": t.container, f"{meta}endpoint_port_name": t.port,
         f"{meta}pod_label_shadowserve_io_track": t.track}} for t in targets]
-    # what discovery also finds, and the job's keep rules must drop: another app's Service,
-    # and the model Service's traffic port
-    decoy = {**job["static_configs"][0]["labels"], f"{meta}service_name": "postgres",
+    # another app's Service, and the model Service's traffic port
+    decoy = {**groups[0]["labels"], f"{meta}service_name": "postgres",
              f"{meta}service_label_app_kubernetes_io_component": "database"}
-    port = {**job["static_configs"][0]["labels"], f"{meta}endpoint_port_name": "http"}
-    job["static_configs"] += [{"targets": [targets[0].address], "labels": labels} for labels in (decoy, port)]
-    return {**job, "scrape_interval": "1s", "scrape_timeout": "1s"}
+    port = {**groups[0]["labels"], f"{meta}endpoint_port_name": "http"}
+    return groups + [{"targets": [targets[0].address], "labels": labels} for labels in (decoy, port)]
 
 
-def static_job(targets: list[Target]) -> dict[str, Any]:
-    """The documented bare static config (job and instance only), on the test's targets."""
+def static_job(targets_file: Path) -> dict[str, Any]:
+    """The documented bare static config (job and instance only); its targets from `static_targets`."""
     job = copy.deepcopy(next(j for j in documented_jobs() if "static_configs" in j))
-    assert all(set(group) == {"targets"} for group in job["static_configs"]), "the bare form has no labels"
-    job["static_configs"] = [{"targets": [t.address for t in targets]}]
-    return {**job, "scrape_interval": "1s"}
+    assert all(set(group) == {"targets"} for group in job.pop("static_configs")), "the bare form has no labels"
+    return {**job, "file_sd_configs": discovered(targets_file), "scrape_interval": "1s"}
+
+
+def static_targets(targets: list[Target]) -> list[dict[str, Any]]:
+    """The bare form's one group: addresses, no labels."""
+    return [{"targets": [t.address for t in targets]}]
 
 
 class Prometheus:

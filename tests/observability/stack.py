@@ -21,12 +21,11 @@ from demo.reports import reference_profile
 from demo.run import endpoints
 from demo.traffic import Tally, Traffic
 from tests.conftest import EXAMPLES
-from tests.sidecar.support import free_port
 
 from .prometheus import Target
 
-SERVE_FLAGS = ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--log-format", "json",
-               "--cpu-threads", "1", "--exit-timeout-secs", "2"]
+SERVE_FLAGS = ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+               "--log-format", "json", "--cpu-threads", "1", "--exit-timeout-secs", "2"]
 SHADOW = "v2"
 CANARY_WEIGHT = 30
 PRIMARY_POD = "shadowserve-model-6d5f8b7c9-x2k4q"
@@ -45,18 +44,12 @@ def repository(root: Path, version: int) -> Path:
 
 
 class Stack:
-    """serve x3 and the sidecar, launched side by side; `wait_ready` waits for them, `stop` ends them all.
-
-    The metrics ports are chosen before the launch, so that Prometheus can start with its
-    targets while the processes import (its first scrapes come only after its service
-    discovery's first 5 s update).
-    """
+    """serve x3 and the sidecar, launched side by side; `wait_ready` waits for them, `stop` ends them all."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "logs").mkdir(parents=True)
         self.children = Children()
-        self.metrics_ports = {role: free_port() for role in ("primary", "sidecar", "shadow", "canary")}
         try:
             self._launch()
         except BaseException:
@@ -65,7 +58,7 @@ class Stack:
 
     def _serve(self, role: str, version: int) -> Child:
         argv = [sys.executable, "-m", "serving", "--model-repository", str(repository(self.root / role, version)),
-                *SERVE_FLAGS, "--metrics-port", str(self.metrics_ports[role])]
+                *SERVE_FLAGS]
         return self.children.start(f"serve {role}", argv, self.root / "logs" / f"serve-{role}.log")
 
     def _launch(self) -> None:
@@ -77,7 +70,7 @@ class Stack:
                                            "recording": self.recording}))
         self.sidecar_child = self.children.start("sidecar", [
             sys.executable, "-m", "sidecar", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-            "--metrics-port", str(self.metrics_ports["sidecar"]), "--admin-listen", "off",
+            "--metrics-port", "0", "--admin-listen", "off",
             "--record-dir", str(self.root / "records"), "--config", str(self.config), "--config-poll-secs", "0.1",
             "--log-format", "json", "--drain-timeout-secs", "1"], self.root / "logs" / "sidecar.log")
         self.serves = [self._serve("primary", 1), self._serve("shadow", 2), self._serve("canary", 2)]
@@ -89,7 +82,8 @@ class Stack:
             profile = reference_profile(self.root / "reference.json", self.primary["http"], points=256)
             ports = self.sidecar_child.wait_for("listening ")
             self.sidecar = {"http": f"http://127.0.0.1:{ports['http_port']}",
-                            "grpc": f"127.0.0.1:{ports['grpc_port']}"}
+                            "grpc": f"127.0.0.1:{ports['grpc_port']}",
+                            "metrics": f"http://127.0.0.1:{ports['metrics_port']}/metrics"}
             config = {
                 "primary": {"http": self.primary["http"], "grpc": self.primary["grpc"]},
                 "shadows": [{"name": SHADOW, "http": self.shadow["http"], "grpc": self.shadow["grpc"],
@@ -106,7 +100,8 @@ class Stack:
 
     def targets(self) -> list[Target]:
         """Every /metrics endpoint, with the Kubernetes objects it would belong to."""
-        port = {role: f"127.0.0.1:{p}" for role, p in self.metrics_ports.items()}
+        ends = {"primary": self.primary, "sidecar": self.sidecar, "shadow": self.shadow, "canary": self.canary}
+        port = {role: str(e["metrics"]).removeprefix("http://").removesuffix("/metrics") for role, e in ends.items()}
         return [
             Target(port["primary"], "shadowserve-model", PRIMARY_POD, "model", "metrics", "primary"),
             Target(port["sidecar"], "shadowserve-model", PRIMARY_POD, "shadowserve-sidecar", "sidecar-metrics",

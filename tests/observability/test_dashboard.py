@@ -27,7 +27,16 @@ from typing import Any
 import pytest
 import torch
 
-from .prometheus import NAMESPACE, Prometheus, rules_file, service_monitor_job, static_job
+from .prometheus import (
+    NAMESPACE,
+    Prometheus,
+    rules_file,
+    service_monitor_job,
+    service_monitor_targets,
+    static_job,
+    static_targets,
+    write_targets,
+)
 from .stack import CANARY_WEIGHT, PRIMARY_POD, SHADOW, Stack
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "k8s" / "observability" / "dashboards" / "shadowserve.json"
@@ -55,13 +64,18 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scra
     stack = Stack(root / "stack")
     servers: dict[str, Prometheus] = {}
     try:
-        targets = stack.targets()
         rules = rules_file(root)
-        servers = {"servicemonitor": Prometheus(root / "sm", [service_monitor_job(targets)], rules),
-                   "static": Prometheus(root / "static", [static_job(targets)], rules)}
+        found = {"servicemonitor": root / "sm-targets.json", "static": root / "static-targets.json"}
+        for path in found.values():
+            write_targets(path, [])
+        servers = {"servicemonitor": Prometheus(root / "sm", [service_monitor_job(found["servicemonitor"])], rules),
+                   "static": Prometheus(root / "static", [static_job(found["static"])], rules)}
         for server in servers.values():
             server.wait_ready()
         stack.wait_ready()
+        targets = stack.targets()
+        write_targets(found["servicemonitor"], service_monitor_targets(targets))
+        write_targets(found["static"], static_targets(targets))
         start = time.time()
         wait(lambda: all(s.scraped_since(start, len(targets)) for s in servers.values()), "a first scrape")
         tally = stack.traffic(TRAFFIC_SECS)
@@ -69,8 +83,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scra
         assert not tally.failures and sum(tally.ok.values()) > 50, (tally.failures[:3], tally.ok)
         # the last scrape after the traffic holds every counter; the live drift gauges refresh each second
         wait(lambda: all(s.scraped_since(end + 1.0, len(targets)) for s in servers.values()), "a scrape after it")
-        yield {"servicemonitor": Scraped(servers["servicemonitor"], start, end, [NAMESPACE]),
-               "static": Scraped(servers["static"], start, end, [])}
+        at = end + 0.5  # the rate windows ($__rate_interval: 4 s) still cover the traffic's last scrapes
+        yield {"servicemonitor": Scraped(servers["servicemonitor"], start, at, [NAMESPACE]),
+               "static": Scraped(servers["static"], start, at, [])}
     finally:
         threads = [threading.Thread(target=s.stop) for s in servers.values()]
         for thread in threads:

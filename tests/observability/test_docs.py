@@ -13,15 +13,26 @@ import yaml
 
 from tests.tools import debian_tool
 
-from .prometheus import Target, documented_jobs, service_monitor_job
+from .prometheus import (
+    Target,
+    documented_jobs,
+    service_monitor_job,
+    service_monitor_targets,
+    static_job,
+    static_targets,
+    write_targets,
+)
 
 
 def test_documented_scrape_configs_are_valid(tmp_path: Path) -> None:
     jobs = documented_jobs()
     assert [("kubernetes_sd_configs" in job, "static_configs" in job) for job in jobs] == [
         (True, False), (False, True), (False, True)]
-    target = Target("127.0.0.1:8002", "shadowserve-model", "pod-a", "model", "metrics", "primary")
-    for index, job in enumerate([service_monitor_job([target]), *jobs[1:]]):
+    target = [Target("127.0.0.1:8002", "shadowserve-model", "pod-a", "model", "metrics", "primary")]
+    write_targets(tmp_path / "sm.json", service_monitor_targets(target))
+    write_targets(tmp_path / "static.json", static_targets(target))
+    tested = [service_monitor_job(tmp_path / "sm.json"), static_job(tmp_path / "static.json")]
+    for index, job in enumerate([*tested, *jobs[1:]]):
         path = tmp_path / f"prometheus-{index}.yml"
         path.write_text(yaml.safe_dump({"scrape_configs": [job]}))
         done = subprocess.run([debian_tool("promtool", "prometheus"), "check", "config", str(path)],
