@@ -38,7 +38,8 @@ border-radius:4px;color:#fff;background:#2e7d32;letter-spacing:.04em}.badge.bad{
 .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:6px 24px;margin:8px 0 0}
 .facts div{min-width:0}.facts dt{font-size:11px;text-transform:uppercase;color:#5c6670;letter-spacing:.05em}
 .facts dd{margin:0;overflow-wrap:anywhere}code{font:12px ui-monospace,monospace;overflow-wrap:anywhere}
-table{border-collapse:collapse;margin:4px 0 8px}th,td{padding:3px 9px;text-align:left;border-bottom:1px solid #e3e6ea;
+table{border-collapse:collapse;margin:4px 0 8px}.cols,.cm{display:block;overflow-x:auto;max-width:100%}
+th,td{padding:3px 9px;text-align:left;border-bottom:1px solid #e3e6ea;
 vertical-align:top}thead th{border-bottom:2px solid #c4cad0;font-size:12px;color:#434c55}
 .cols td:nth-child(n+3){font-variant-numeric:tabular-nums}.bad{color:#c62828;font-weight:600}.ok{color:#2e7d32}
 .cm td{text-align:right;min-width:44px;font-variant-numeric:tabular-nums}
@@ -48,7 +49,7 @@ vertical-align:top}thead th{border-bottom:2px solid #c4cad0;font-size:12px;color
 .n{color:#434c55;font-variant-numeric:tabular-nums}.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));
 gap:14px}figure{margin:0;padding:6px;border:1px solid #e3e6ea;border-radius:4px;min-width:0}
 figcaption{font-size:12px;overflow-wrap:anywhere;margin-bottom:4px}figure.drift{border-color:#e7a3a3}
-figure svg{width:100%;height:auto}
+figure svg{width:100%;height:auto}svg.time{max-width:100%;height:auto}
 svg text{font-size:10px;fill:#434c55}.dist text{text-anchor:middle}text.k{text-anchor:end}
 .ref{fill:#8fb4dc;stroke:none}.cur{fill:none;stroke:#d9480f;stroke-width:1.6}.curfill{fill:#d9480f}
 .axis{stroke:#7d868f;fill:none}path.grid{stroke:#e3e6ea}.line{fill:none;stroke:#1f5fa8;stroke-width:2}

@@ -56,17 +56,19 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[
     assert main(["compare", "--records", str(root / "reference"), "--shadow", "v2",
                  "--html", str(root / "compare.html"), *common]) == 0
     with Chromium(program, root / "profile") as browser:
-        yield {name: (browser.open(root / f"{name}.html", root / f"{name}.png"), root / f"{name}.png")
-               for name in ("drift", "compare")}
+        opened = {name: (browser.open(root / f"{name}.html", root / f"{name}.png"), root / f"{name}.png")
+                  for name in ("drift", "compare")}
+        opened["narrow"] = (browser.open(root / "compare.html", root / "narrow.png", width=720), root / "narrow.png")
+        yield opened
 
 
-def _loaded_cleanly(page: Page, screenshot: Path) -> None:
+def _loaded_cleanly(page: Page, screenshot: Path, width: int = 1280) -> None:
     assert page.errors == []
     assert len(page.requests) == 1 and page.requests[0].startswith("file://")  # itself, nothing else
-    assert page.width <= 1280, f"the page is {page.width} px wide: something does not wrap"
+    assert page.width <= width, f"the page is {page.width} px wide: something does not wrap"
     png = screenshot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    assert int.from_bytes(png[16:20], "big") == 1280 and int.from_bytes(png[20:24], "big") > 900  # the whole page
+    assert int.from_bytes(png[16:20], "big") == width and int.from_bytes(png[20:24], "big") > 900  # the whole page
 
 
 def test_drift_report_in_chromium(pages: dict[str, tuple[Page, Path]]) -> None:
@@ -96,3 +98,9 @@ def test_compare_report_in_chromium(pages: dict[str, tuple[Page, Path]]) -> None
     assert worst.count("<tr>") == 11  # the head and the 10 pairs that disagree most
     assert "cat" in worst and "dog" in worst
     assert "00:10" in text and "time (UTC), from 2025-01-01 00:00:00" in text  # the agreement's clock axis
+
+
+def test_a_narrow_window_scrolls_the_wide_tables_not_the_page(pages: dict[str, tuple[Page, Path]]) -> None:
+    page, screenshot = pages["narrow"]
+    _loaded_cleanly(page, screenshot, width=720)
+    assert "primary \u2193 shadow \u2192" in page.text
