@@ -134,7 +134,7 @@ class StreamInfer:
                 span.set_attributes(spans.model_attributes(name, version))
             if self.dataplane.is_decoupled(name, version):
                 turn.set_result(None)  # its responses come as they come: later requests need not wait
-                await self._decoupled(request)
+                await self._decoupled(request, span)
                 return None
             async with self.dataplane.admission(name, version, self.admission_wait_secs):
                 infer_request = decode_model_infer_request(request)
@@ -156,12 +156,12 @@ class StreamInfer:
                 spans.grpc_error(span, exc)
             return _error(request, "internal server error; the server log has the details")
 
-    async def _decoupled(self, request: Any) -> None:
+    async def _decoupled(self, request: Any, span: Any) -> None:
         name, version = request.model_name, request.model_version
         async with self.dataplane.admission(name, version, self.admission_wait_secs):
             infer_request = decode_model_infer_request(request)
         # closed as soon as this task ends (a cancelled stream too), not when the collector finds it
-        async with contextlib.aclosing(self.dataplane.infer_stream(name, version, infer_request)) as responses:
+        async with contextlib.aclosing(self.dataplane.infer_stream(name, version, infer_request, span)) as responses:
             async for response in responses:
                 if isinstance(response, ServingError):
                     await self.out.put(_error(request, str(response)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,6 +96,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     write_model(repo, "blocking_caller", ECHO, {1: {"model.py": BLOCKING_CALLER_PY}})
     for name in ("pipeline", "preprocessor", "classifier"):
         shutil.copytree(ROOT / "fixtures" / "ensembles" / name, repo / name)
+    shutil.copytree(ROOT / "fixtures" / "triton" / "repeat_int32", repo / "repeat_int32",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     running = RunningServer(repo)
     yield running
     running.stop()
@@ -188,6 +191,31 @@ def test_each_request_of_a_stream_joins_the_streams_trace(server: RunningServer,
     assert sorted(s.attributes["triton.request_id"] for s in streamed) == ["s1", "s2"]
     assert all(s.parent_span_id == parent_id and s.kind == "SERVER" for s in streamed)
     assert all(s.attributes["triton.model_name"] == "echo" for s in streamed)
+
+
+def test_a_decoupled_requests_batch_links_to_it(server: RunningServer, receiver: Receiver,
+                                                traced: tracing.Tracing) -> None:
+    traceparent, trace_id, parent_id = caller()
+    answers: list[Any] = []
+    inputs = [grpcclient.InferInput("IN", [2], "INT32"), grpcclient.InferInput("DELAY", [2], "UINT32"),
+              grpcclient.InferInput("WAIT", [1], "UINT32")]
+    for tensor, values in zip(inputs, ([4, 5], [0, 0], [0]), strict=True):
+        tensor.set_data_from_numpy(np.array(values, dtype=np.int32 if tensor.name() == "IN" else np.uint32))
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.server.grpc_port}") as client:
+        client.start_stream(callback=lambda result, error: answers.append(error or result),
+                            headers={"traceparent": traceparent})
+        client.async_stream_infer("repeat_int32", inputs, request_id="d1")
+        deadline = time.monotonic() + 30
+        while len(answers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.stop_stream()
+    assert [int(a.as_numpy("OUT")[0]) for a in answers] == [4, 5]
+    spans = of_trace(receiver, trace_id, 3)
+    (request,) = spans["inference.GRPCInferenceService/ModelStreamInfer"]
+    assert request.parent_span_id == parent_id and request.attributes["triton.model_name"] == "repeat_int32"
+    (compute,) = spans["compute"]
+    assert (trace_id, request.span_id) in {(link.trace_id, link.span_id) for link in compute.links}
+
 
 
 def test_an_ensembles_steps_stay_in_the_callers_trace(server: RunningServer, receiver: Receiver,

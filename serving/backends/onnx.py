@@ -91,8 +91,12 @@ def open_session(file: Path, label: str, options: Any, chosen: list[tuple[str, d
 def session_tensors(session: Any) -> tuple[dict[str, OnnxTensor], dict[str, OnnxTensor], dict[str, OnnxTensor]]:
     """The session's inputs, its overridable initializers (inputs a request may give) and its outputs."""
     def infos(args: Any, kind: str) -> dict[str, OnnxTensor]:
-        return {a.name: OnnxTensor(a.name, onnx_datatype(a.type, f"the model's {kind} '{a.name}'"), onnx_dims(a.shape))
-                for a in args}
+        try:
+            return {a.name: OnnxTensor(a.name, onnx_datatype(a.type, f"the model's {kind} '{a.name}'"),
+                                       onnx_dims(a.shape)) for a in args}
+        except UnicodeDecodeError:  # a damaged file's names need not be text: ONNX Runtime fails decoding them
+            raise ConfigError(f"the model names an {kind} in bytes that are not UTF-8 (a damaged or truncated "
+                              "file?); export the model again or check it with onnx.checker.check_model") from None
     return (infos(session.get_inputs(), "input"), infos(session.get_overridable_initializers(), "input"),
             infos(session.get_outputs(), "output"))
 
