@@ -115,7 +115,9 @@ class _Handlers(grpc.GenericRpcHandler):
                     proxy.health_check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
                     response_serializer=health_pb2.HealthCheckResponse.SerializeToString)
             elif method in UNARY:
-                handler = grpc.unary_unary_rpc_method_handler(functools.partial(proxy.unary, method))
+                # tracing off: the call pays no frame for it (spans are set before the server starts)
+                call = proxy.unary if proxy.spans is None else proxy.traced_unary
+                handler = grpc.unary_unary_rpc_method_handler(functools.partial(call, method))
             else:
                 handler = grpc.stream_stream_rpc_method_handler(functools.partial(proxy.stream, method))
             self._cache[method] = handler
@@ -218,14 +220,15 @@ class GrpcProxy(Proxy):
             return f"upstream request timeout: the {served} at {target} did not answer within {limit:g}s"
         return details
 
-    async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def traced_unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """`unary` in a SERVER span."""
         spans = self.spans
         if spans is None:
-            return await self._unary(method, request, context, None)
+            return await self.unary(method, request, context)
         span = spans.grpc(method, context.invocation_metadata() or ())
         code = "CANCELLED"
         try:
-            response = await self._unary(method, request, context, span)
+            response = await self.unary(method, request, context, span)
             code = "OK"
             return response
         except BaseException:
@@ -234,8 +237,8 @@ class GrpcProxy(Proxy):
         finally:
             span.end_grpc(code)
 
-    async def _unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext,
-                     span: RequestSpan | None) -> bytes:
+    async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext,
+                    span: RequestSpan | None = None) -> bytes:
         received = time.perf_counter()
         ups = self._upstreams()
         primary = ups.primary_grpc

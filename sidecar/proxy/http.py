@@ -130,6 +130,8 @@ class HttpProxy(Proxy):
                 return _json({"ready": ready, "reason": reason}, 200 if ready else 503)
             self.in_flight += 1
             try:
+                if self.spans is None:  # tracing off: no frame more than before it existed
+                    return await self._forward(request, time.perf_counter(), None)
                 return await self.forward(request)
             finally:
                 self.in_flight -= 1
@@ -138,6 +140,7 @@ class HttpProxy(Proxy):
                 guard.request_done(request)
 
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Proxy one request (in a span when tracing is on)."""
         received = time.perf_counter()
         spans = self.spans
         if spans is None:
