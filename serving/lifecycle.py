@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import stat
+import weakref
 from pathlib import Path
 
 import torch
@@ -173,11 +174,48 @@ async def _unload_instances(model: ModelVersion) -> None:
             log.exception("model %s version %d: unload failed", model.spec.name, model.version)
 
 
-def _collect(loop: asyncio.AbstractEventLoop) -> None:
-    """Collect what a retired version held, even what start-up froze out of the collector's sight.
+class _Retiring:
+    """The versions retiring on one event loop at the same time, and the one collection they share.
 
-    serving.app freezes what start-up made, this version too when it loaded then, and
-    frozen objects are never collected: thaw them. Some of what the version held lets go a
+    A full collection walks the whole heap (all of it once thawed): a stop that retires
+    ten versions would walk it ten times, seconds in a large process. The last of them
+    to let go collects for all, and each returns once that collection ran.
+    """
+
+    def __init__(self) -> None:
+        self.letting_go = 0  # how many of them are still draining and unloading
+        self.collected = asyncio.Event()
+
+
+# The collector is the process's, as gc.freeze is; what waits on it is kept per event loop
+# (each server runs on one) and goes with its loop.
+_retiring: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Retiring] = weakref.WeakKeyDictionary()
+
+
+def _join(loop: asyncio.AbstractEventLoop) -> _Retiring:
+    retiring = _retiring.get(loop)
+    if retiring is None:
+        retiring = _retiring[loop] = _Retiring()
+    retiring.letting_go += 1
+    return retiring
+
+
+def _leave(loop: asyncio.AbstractEventLoop, retiring: _Retiring) -> None:
+    retiring.letting_go -= 1
+    if retiring.letting_go:
+        return
+    del _retiring[loop]  # who retires from now on waits for a collection of its own
+    try:
+        _collect(loop)
+    finally:
+        retiring.collected.set()
+
+
+def _collect(loop: asyncio.AbstractEventLoop) -> None:
+    """Collect what retired versions held, even what start-up froze out of the collector's sight.
+
+    serving.app freezes what start-up made, these versions too when they loaded then, and
+    frozen objects are never collected: thaw them. Some of what a version held lets go a
     moment later (its batcher task's callbacks, its instance threads exiting), so the
     survivors are frozen again only after a second collection, a second on.
     """
@@ -185,6 +223,8 @@ def _collect(loop: asyncio.AbstractEventLoop) -> None:
         gc.unfreeze()
         loop.call_later(REFREEZE_DELAY_SECS, _refreeze)
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _refreeze() -> None:
@@ -193,19 +233,25 @@ def _refreeze() -> None:
 
 
 async def retire_version(model: ModelVersion, metrics: Metrics) -> None:
-    """Drain a version that no longer receives requests, then unload it and free its memory."""
+    """Drain a version that no longer receives requests, then unload it and free its memory.
+
+    Versions retiring at the same time (a stop, a reload of several versions) share one
+    collection: each returns once the last of them has let go and the memory is freed.
+    """
     model.state = UNLOADING
     loop = asyncio.get_running_loop()
-    if model.batcher is not None:
-        await model.batcher.drain()
-        await model.batcher.stop()
-    await _unload_instances(model)  # in a frame of its own, which lets go of them when it returns
-    if model.stats is not None:
-        metrics.remove_model(model.stats)
-    forget_handler_module(model.spec.name, model.version)
-    model.instances, model.batcher, model.stats = [], None, None
-    model.state, model.reason = UNAVAILABLE, "unloaded"
-    _collect(loop)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    retiring = _join(loop)
+    try:
+        if model.batcher is not None:
+            await model.batcher.drain()
+            await model.batcher.stop()
+        await _unload_instances(model)  # in a frame of its own, which lets go of them when it returns
+        if model.stats is not None:
+            metrics.remove_model(model.stats)
+        forget_handler_module(model.spec.name, model.version)
+        model.instances, model.batcher, model.stats = [], None, None
+        model.state, model.reason = UNAVAILABLE, "unloaded"
+    finally:
+        _leave(loop, retiring)
+    await retiring.collected.wait()
     log.info("model %s version %d is unloaded", model.spec.name, model.version)
