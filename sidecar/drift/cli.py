@@ -16,6 +16,7 @@ from typing import Any
 from sidecar.drift.columns import MAX_ELEMENTS
 from sidecar.drift.errors import DriftError
 from sidecar.drift.html import write_html
+from sidecar.drift.html_tables import trace_link
 from sidecar.drift.jobs import compare_records, profile_records, report_records
 from sidecar.drift.profile import Profile
 from sidecar.drift.progress import ProgressBar
@@ -48,6 +49,13 @@ def _threshold(text: str) -> tuple[str, float]:
         return name.strip(), float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: write NAME=VALUE, e.g. wasserstein=0.2") from None
+
+
+def _trace_url(text: str) -> str:
+    try:
+        return trace_link(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # The decisions' flags: each sets the `DriftSettings` field of its name, whose default it shows.
@@ -90,6 +98,8 @@ def _common(parser: argparse.ArgumentParser, *, decisions: bool = True) -> None:
     parser.add_argument("--class-names", action="append", default=[], metavar="[OUTPUT=]FILE",
                         help="the HTML report names the classes of OUTPUT (default: every output) from a "
                              "label file, one name per line, as Triton's label_filename (repeatable)")
+    parser.add_argument("--trace-url", type=_trace_url, metavar="TEMPLATE",
+                        help="the HTML report links each trace id there: an http(s) address with {trace_id}")
     parser.add_argument("--model-dir", type=Path, metavar="DIR",
                         help="a Triton model directory: class names from its outputs' label_filename")
     parser.add_argument("--fail-on", action="append", choices=("drift", "disagreement"), default=[],
@@ -191,7 +201,7 @@ def _finish(report: Report, args: argparse.Namespace, names: ClassNames) -> int:
     if args.json:
         write_json(report, args.json)
     if args.html:
-        write_html(report, args.html, class_names=names)
+        write_html(report, args.html, class_names=names, trace_url=args.trace_url)
     found = {"drift": report.drift, "disagreement": getattr(report, "disagreement", False)}
     return FOUND if any(found[f] for f in args.fail_on) else PASS
 

@@ -37,7 +37,7 @@ border-radius:4px;color:#fff;background:#2e7d32;letter-spacing:.04em}.badge.bad{
 .lead{font-size:16px;margin:10px 0;overflow-wrap:anywhere;max-width:100%}
 .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:6px 24px;margin:8px 0 0}
 .facts div{min-width:0}.facts dt{font-size:11px;text-transform:uppercase;color:#5c6670;letter-spacing:.05em}
-.facts dd{margin:0;overflow-wrap:anywhere}code{font:12px ui-monospace,monospace;overflow-wrap:anywhere}
+.facts dd{margin:0;overflow-wrap:anywhere}code{font:12px ui-monospace,monospace;overflow-wrap:anywhere}a{color:#1f5fa8}
 table{border-collapse:collapse;margin:4px 0 8px}.cols,.cm{display:block;overflow-x:auto;max-width:100%}
 th,td{padding:3px 9px;text-align:left;border-bottom:1px solid #e3e6ea;
 vertical-align:top}thead th{border-bottom:2px solid #c4cad0;font-size:12px;color:#434c55}
@@ -92,7 +92,7 @@ def _window_body(report: WindowReport, names: ClassNames, ref: str, cur: str) ->
     return body
 
 
-def _output(output: OutputComparison, report: CompareReport, names: ClassNames) -> str:
+def _output(output: OutputComparison, report: CompareReport, names: ClassNames, trace_url: str | None) -> str:
     limit = 1 - report.settings.max_disagreement if output.timeline.get("metric") == "agreement" else None
     what = "top-1 agreement" if limit is not None else "mean absolute difference"
     side = []  # the matrix and the agreement over time side by side, where the page is wide enough
@@ -106,7 +106,7 @@ def _output(output: OutputComparison, report: CompareReport, names: ClassNames) 
         side.append(f'<div><p class="s">{what} over time{line}</p>{timeline}</div>')
     parts = [f"<h3>{esc(output.name)}</h3>", f'<div class="side">{"".join(side)}</div>' if side else ""]
     shown = output.disagreements[:SHOWN_PAIRS]
-    worst = disagreements_table(output, names, shown)
+    worst = disagreements_table(output, names, shown, trace_url)
     if worst:
         parts.append(f"<p class=\"s\">the {len(shown)} pairs that disagree most (the JSON report keeps "
                      f"{len(output.disagreements)}): top-1 disagreements first, then by the largest difference "
@@ -123,14 +123,20 @@ def _title(report: Report, title: str | None) -> str:
     return f"Drift of {model}" if model else "Drift report"
 
 
-def render_html(report: Report, title: str | None = None, class_names: ClassNames | None = None) -> str:
-    """The whole report as one HTML page; ``title`` defaults to the model or the shadow's name."""
+def render_html(report: Report, title: str | None = None, class_names: ClassNames | None = None,
+                trace_url: str | None = None) -> str:
+    """The whole report as one HTML page; ``title`` defaults to the model or the shadow's name.
+
+    ``trace_url`` (``https://traces.example/trace/{trace_id}``, see `trace_link`) links each
+    trace id to the tracing backend: a link, never a request the page makes.
+    """
     names = class_names or ClassNames()
     verdict = status(report)
     heading = _title(report, title)
     if isinstance(report, CompareReport):
         lead, facts = compare_header(report, names)
-        body = ("<h2>Outputs</h2>" + outputs_table(report) + "".join(_output(o, report, names) for o in report.outputs)
+        outputs = "".join(_output(o, report, names, trace_url) for o in report.outputs)
+        body = ("<h2>Outputs</h2>" + outputs_table(report) + outputs
                 + f"<h2>Distribution of {esc(report.shadow)} against the primary, same requests</h2>"
                 + _window_body(report.distribution, names, "primary", report.shadow))
     else:
@@ -144,5 +150,6 @@ def render_html(report: Report, title: str | None = None, class_names: ClassName
             f'<p class="lead">{lead}</p>{facts}</header>{body}</main></body></html>\n')
 
 
-def write_html(report: Report, path: Path, title: str | None = None, class_names: ClassNames | None = None) -> None:
-    path.write_text(render_html(report, title, class_names), encoding="utf-8")
+def write_html(report: Report, path: Path, title: str | None = None, class_names: ClassNames | None = None,
+               trace_url: str | None = None) -> None:
+    path.write_text(render_html(report, title, class_names, trace_url), encoding="utf-8")

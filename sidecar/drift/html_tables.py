@@ -4,6 +4,7 @@ the pairs that disagree most. Every string from the data goes through `esc`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePath
 from typing import Any
 
@@ -14,6 +15,7 @@ from sidecar.drift.thresholds import DriftSettings
 from sidecar.drift.window import P_VALUE_TESTS, ColumnResult, WindowReport
 
 LEAD_NAMES = 5  # drifted columns named in the verdict line; the table lists them all
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def cell(value: float | None) -> str:
@@ -229,10 +231,27 @@ def _answer(output: str, label: str | None, score: float | None, names: ClassNam
     return " ".join(parts) or "\u2013"
 
 
+def trace_link(template: str) -> str:
+    """Check a ``--trace-url`` template: http(s), with ``{trace_id}`` once, where the id goes."""
+    if not template.startswith(("https://", "http://")) or template.count("{trace_id}") != 1 \
+            or template.replace("{trace_id}", "").count("{") or any(c.isspace() for c in template):
+        raise ValueError(f"{template!r}: give an http(s) address with {{trace_id}} where the trace id goes, "
+                         "e.g. https://tempo.example/trace/{trace_id}")
+    return template
+
+
+def _trace(trace_id: str | None, template: str | None) -> str:
+    if not trace_id:
+        return "<td>"
+    if template is None or not _TRACE_ID.fullmatch(trace_id):  # only a real W3C trace id becomes a link
+        return f"<td><code>{esc(trace_id)}</code>"
+    return f'<td><a href="{esc(template.replace("{trace_id}", trace_id))}"><code>{esc(trace_id)}</code></a>'
+
+
 def disagreements_table(output: OutputComparison, names: ClassNames,
-                        entries: list[dict[str, Any]] | None = None) -> str:
+                        entries: list[dict[str, Any]] | None = None, trace_url: str | None = None) -> str:
     """The pairs that disagree most (``entries``, by default all kept), with the ids that lead
-    to the request and its trace."""
+    to the request and its trace (a link to it with ``trace_url``, checked by `trace_link`)."""
     entries = output.disagreements if entries is None else entries
     if not entries:
         return ""
@@ -240,7 +259,7 @@ def disagreements_table(output: OutputComparison, names: ClassNames,
     timed = any(e.get("time") for e in entries)  # pairs of arrays have no time
     rows = []
     for e in entries:
-        trace = f"<td><code>{esc(e.get('trace_id') or '')}</code>" if traced else ""
+        trace = _trace(e.get("trace_id"), trace_url) if traced else ""
         when = f"<td>{esc(_when(e.get('time')))}" if timed else ""
         rows.append(f"<tr><td><code>{esc(e.get('request_id') or '')}</code>{trace}{when}"
                     f"<td>{_answer(output.name, e.get('primary_class'), e.get('primary_score'), names)}"

@@ -17,6 +17,7 @@ from sidecar.drift import compare_arrays, render_html, window_drift
 from sidecar.drift.cli import main
 from sidecar.drift.html import STYLE
 from sidecar.drift.html_svg import nice_ticks, timeline_svg
+from sidecar.drift.html_tables import trace_link
 from sidecar.drift.report_classes import ClassNames
 from sidecar.drift.synthetic import records_table
 
@@ -25,9 +26,9 @@ from .conftest import softmax
 EVIL = "</title></style><script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp;\u202e"
 TAGS = {"html", "head", "meta", "title", "style", "body", "main", "header", "div", "span", "h1", "h2", "h3", "p",
         "dl", "dt", "dd", "code", "b", "br", "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption",
-        "svg", "path", "text", "polyline", "details", "summary"}
+        "svg", "path", "text", "polyline", "details", "summary", "a"}
 ATTRIBUTES = {"class", "style", "viewbox", "width", "height", "role", "d", "x", "y", "points", "lang", "charset",
-              "name", "content", "title"}
+              "name", "content", "title", "href"}
 LIMIT = 200 * 1024
 
 
@@ -46,6 +47,8 @@ class SafePage(HTMLParser):
         assert tag in TAGS, f"unexpected element <{tag}>"
         for name, value in attrs:
             assert name in ATTRIBUTES, f"unexpected attribute {name}={value!r} on <{tag}>"
+            if name == "href":  # a link to a trace, never fetched; only ever to http(s)
+                assert tag == "a" and value is not None and value.startswith(("https://", "http://")), value
             if name == "style":
                 assert value is not None and all(part.split(":")[0].strip() in ("--a", "background", "border-top")
                                                  for part in value.split(";") if part), value
@@ -95,8 +98,11 @@ def test_hostile_names_are_text_in_both_reports(tmp_path: Path) -> None:
     labels.write_text("\n".join(f"{EVIL}class{i}" for i in range(4)) + "\n")
     shadow = f"v2{EVIL}"
     assert main(["compare", "--records", str(records), "--shadow", shadow, "--model", EVIL,
-                 "--class-names", f"out{EVIL}={labels}", "--html", str(tmp_path / "c.html")]) == 0
-    text = check((tmp_path / "c.html").read_text())
+                 "--class-names", f"out{EVIL}={labels}", "--html", str(tmp_path / "c.html"),
+                 "--trace-url", "https://traces.example/trace/{trace_id}"]) == 0
+    page = (tmp_path / "c.html").read_text()
+    text = check(page)
+    assert "<a " not in page  # the recorded "trace ids" are no W3C trace ids: shown as text, never linked
     assert f"Primary vs {shadow}" in text and f"{EVIL}class0" in text and f"out{EVIL}" in text
     assert f"{EVIL}7" in text or any(f"{EVIL}{i}" in text for i in range(300))  # a request id, as text
     assert main(["report", "--reference", str(records), "--current", str(records), "--model", EVIL,
@@ -170,3 +176,25 @@ def test_a_name_of_100_kb_stays_a_line() -> None:
     page = render_html(report, title=huge, class_names=ClassNames(default=(huge,)))
     check(page)
     assert len(page) < 60_000
+
+
+@pytest.mark.parametrize("template", ["javascript:alert(1)//{trace_id}", "https://t.example/trace/", "ftp://x/{trace_id}",
+                                      "https://t.example/{trace_id}/{trace_id}", "https://t.example/{x}{trace_id}",
+                                      "https://t.example/ {trace_id}"])
+def test_a_trace_url_is_http_with_one_place_for_the_id(template: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="give an http"):
+        trace_link(template)
+    with pytest.raises(SystemExit) as usage:
+        main(["compare", "--records", "r", "--shadow", "v2", "--trace-url", template])
+    assert usage.value.code == 2 and "--trace-url" in capsys.readouterr().err
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=60))
+def test_any_trace_url_is_checked(template: str) -> None:
+    try:
+        checked = trace_link(template)
+    except ValueError:
+        return
+    assert checked.startswith(("https://", "http://")) and checked.count("{") == 1
+    assert trace_link("https://tempo.example/trace/{trace_id}?x=1") == "https://tempo.example/trace/{trace_id}?x=1"

@@ -54,7 +54,8 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[
     assert main(["report", "--reference", str(root / "reference"), "--current", str(root / "current"),
                  "--html", str(root / "drift.html"), *common]) == 0
     assert main(["compare", "--records", str(root / "reference"), "--shadow", "v2",
-                 "--html", str(root / "compare.html"), *common]) == 0
+                 "--html", str(root / "compare.html"), "--trace-url", "https://traces.example/trace/{trace_id}",
+                 *common]) == 0
     with Chromium(program, root / "profile") as browser:
         opened = {name: (browser.open(root / f"{name}.html", root / f"{name}.png"), root / f"{name}.png")
                   for name in ("drift", "compare")}
@@ -94,7 +95,8 @@ def test_compare_report_in_chromium(pages: dict[str, tuple[Page, Path]]) -> None
     matrix = page.html.split('<table class="cm">')[1].split("</table>")[0]
     assert "cat" in matrix and "dog" in matrix and 'class="x"' in matrix
     worst = page.html.split('<table class="cols worst">')[1].split("</table>")[0]
-    assert ("req-" in worst and "trace id" in worst and f"{1:032x}"[:20] in worst) or "0" * 31 in worst
+    assert "req-" in worst and "trace id" in worst
+    assert '<a href="https://traces.example/trace/0000000000000000000000000000' in worst  # linked, never fetched
     assert worst.count("<tr>") == 11  # the head and the 10 pairs that disagree most
     assert "cat" in worst and "dog" in worst
     assert "00:10" in text and "time (UTC), from 2025-01-01 00:00:00" in text  # the agreement's clock axis
