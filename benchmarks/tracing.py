@@ -17,6 +17,10 @@ Four serve processes on the example ``classifier`` (one row of 64 floats, JSON, 
   span started, made current and ended, the sampler asked) and nothing is recorded: what a
   request costs when a low sampling ratio upstream leaves it out.
 
+With ``--before REV`` a fifth row, **before**, serves from a git worktree of ``REV`` (a commit
+from before tracing, e.g. ``--before 843166e``) with no ``OTEL_*`` variable: off against before
+is what tracing's hooks cost a request when tracing is off.
+
 The rows are interleaved (off, on, always_off, unsampled caller, off, ...) so that the machine's
 noise hits them alike; the table shows the median req/s with its range and the medians of p50
 and p99, each against the off row, and the spans the receiver got per request of the on row
@@ -60,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="repetitions of each point (default 3; --quick 1)")
     parser.add_argument("--warmup", type=int, help="warm-up requests per server (default 2000; --quick 300)")
     parser.add_argument("--concurrency", help="comma-separated client concurrencies (default 1,16; --quick 16)")
+    parser.add_argument("--before", metavar="REV", help="add a row serving from a git worktree of REV (a commit "
+                        "without tracing): what the hooks cost when tracing is off")
     args = parser.parse_args()
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -80,14 +86,14 @@ def environment(row: str, receiver: Receiver) -> dict[str, str]:
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.http_endpoint, "OTEL_TRACES_SAMPLER": sampler}
 
 
-def start(row: str, receiver: Receiver, workdir: Path) -> tuple[ServerProcess, str]:
+def start(row: str, receiver: Receiver, workdir: Path, tree: Path = ROOT) -> tuple[ServerProcess, str]:
     argv = [sys.executable, "-m", "serving", "--model-repository", str(REPOSITORY), "--host", "127.0.0.1",
             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     # the parent's OTEL_* would leak into the off row: each row gets exactly its own
     clean = dict.fromkeys(("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER",
                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"), "")
     process = ServerProcess(f"serve ({row})", argv, workdir / f"serve-{row.replace(' ', '-')}.log",
-                            env={**clean, **environment(row, receiver)}, cwd=ROOT)
+                            env={**clean, **environment(row, receiver), "PYTHONPATH": str(tree)}, cwd=tree)
     try:
         match = process.wait_log(r"listening http=\S*:(\d+)", timeout=60)
         base = f"http://127.0.0.1:{match.group(1)}"
@@ -123,14 +129,25 @@ def check_cost_ns() -> float:
     return best / loops * 1e9
 
 
+def worktree(rev: str, workdir: Path) -> Path:
+    """A detached git worktree of ``rev`` under ``workdir``, for the before row."""
+    tree = workdir / "before"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
+                   capture_output=True, timeout=120)
+    return tree
+
+
 def run(args: argparse.Namespace, workdir: Path, receiver: Receiver) -> dict[tuple[str, int], list[Point]]:
     body = write_body(workdir)
+    if args.before:
+        ROWS["before"] = (None, "01")
     servers: dict[str, tuple[ServerProcess, str]] = {}
     points: dict[tuple[str, int], list[Point]] = {}
     windows: dict[int, list[tuple[int, int]]] = {}  # the on row's timed windows (epoch ns), by concurrency
     try:
         for row in ROWS:
-            servers[row] = start(row, receiver, workdir)
+            tree = worktree(args.before, workdir) if row == "before" else ROOT
+            servers[row] = start(row, receiver, workdir, tree)
             hey(servers[row][1], body, 16, ROWS[row][1], requests=args.warmup)
             say(f"{row}: started and warmed up")
         for repeat in range(args.repeats):
@@ -146,6 +163,9 @@ def run(args: argparse.Namespace, workdir: Path, receiver: Receiver) -> dict[tup
     finally:
         for process, _ in servers.values():
             process.stop()  # serve flushes its last spans at SIGTERM
+        if args.before:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(workdir / "before")],
+                           capture_output=True, timeout=120, check=False)
     spans = receiver.spans()
     for concurrency, timed in windows.items():  # spans that started inside a timed window, per request timed
         inside = sum(1 for span in spans if any(a <= span.start_unix_nano <= b for a, b in timed))
