@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pytest
 
 from .conftest import ROOT
 
@@ -24,6 +25,7 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.timeout(300)  # the subprocess's own 240 s bound comes first, with the demo's output
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "demo", "--duration", "14", "--concurrency", "6", "--out", str(out)],
