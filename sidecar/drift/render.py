@@ -87,6 +87,12 @@ def compare_table(report: CompareReport) -> str:
     return "\n".join(lines)
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal would act on (ESC and the other controls, bidi
+    overrides) written as its escape: tensor, model and shadow names come from the records."""
+    return "\n".join("".join(c if c.isprintable() else ascii(c)[1:-1] for c in line) for line in text.split("\n"))
+
+
 def table(report: Report) -> str:
-    """The terminal rendering of a report."""
-    return compare_table(report) if isinstance(report, CompareReport) else window_table(report)
+    """The terminal rendering of a report, safe to print whatever the records named."""
+    return terminal_safe(compare_table(report) if isinstance(report, CompareReport) else window_table(report))

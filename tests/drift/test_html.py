@@ -18,8 +18,9 @@ from sidecar.drift.cli import main
 from sidecar.drift.html import STYLE
 from sidecar.drift.html_svg import nice_ticks, timeline_svg
 from sidecar.drift.html_tables import trace_link
+from sidecar.drift.render import terminal_safe
 from sidecar.drift.report_classes import ClassNames
-from sidecar.drift.synthetic import records_table
+from sidecar.drift.synthetic import records_table, write_records
 
 from .conftest import softmax
 
@@ -198,3 +199,21 @@ def test_any_trace_url_is_checked(template: str) -> None:
         return
     assert checked.startswith(("https://", "http://")) and checked.count("{") == 1
     assert trace_link("https://tempo.example/trace/{trace_id}?x=1") == "https://tempo.example/trace/{trace_id}?x=1"
+
+
+def test_the_terminal_table_prints_no_control_character(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    n, rng = 200, np.random.default_rng(8)
+    probs = softmax(rng.normal(size=(n, 3)))
+    write_records(tmp_path / "records", {"out\x1b[2J\x1b]0;owned\x07": probs}, model="m\u202edelbat",
+                  shadows={"v2\r\x1b[1A": {"out\x1b[2J\x1b]0;owned\x07": probs[:, ::-1].copy()}})
+    assert main(["compare", "--records", str(tmp_path / "records"), "--shadow", "v2\r\x1b[1A"]) in (0, 1)
+    printed = capsys.readouterr().out
+    assert "out\\x1b[2J" in printed  # the name, escaped
+    assert not [c for c in printed if not c.isprintable() and c != "\n"]
+
+
+@given(st.text())
+def test_terminal_safe_leaves_only_printable_lines(text: str) -> None:
+    safe = terminal_safe(text)
+    assert all(c.isprintable() for line in safe.split("\n") for c in line)
+    assert safe.count("\n") == text.count("\n") and terminal_safe(safe) == safe
