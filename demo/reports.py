@@ -22,6 +22,8 @@ from .traffic import make_models
 # p-values are astronomically small, is found every time.
 TESTS = ["--small-sample", "1000000", "--alpha", "0.001"]
 SHADOW = "challenger"  # the shadow's name in the sidecar: the alias it is named by
+# the bundled model's directory: its label_filename names the classes in the HTML reports
+MODEL_DIR = Path(__file__).resolve().parent.parent / "examples" / "models" / "classifier"
 
 
 def reference_profile(path: Path, primary_http: str, points: int = 1024, seed: int = 11) -> Path:
@@ -52,7 +54,8 @@ def drift(out: Path, name: str, arguments: list[str]) -> dict[str, Any]:
     """Run shadowserve-drift as a user would; returns its JSON report (its table goes to the screen)."""
     report = out / "reports" / f"{name}.json"
     done = subprocess.run(command("sidecar.drift") + arguments + [
-        "--model", "classifier", "--no-progress", "--json", str(report), "--html", str(report.with_suffix(".html"))],
+        "--model", "classifier", "--model-dir", str(MODEL_DIR), "--no-progress", "--json", str(report),
+        "--html", str(report.with_suffix(".html"))],
         capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"shadowserve-drift {' '.join(arguments)} exited {done.returncode}:\n{done.stderr}")

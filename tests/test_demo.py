@@ -53,6 +53,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert set(summary["exit_statuses"].values()) == {0}
     assert not any(alive(pid) for pid in summary["pids"])
     assert (out / "reports" / "drift.html").stat().st_size > 1000
+    labels = (ROOT / "examples" / "models" / "classifier" / "labels.txt").read_text().split()
+    assert all(f">{name}<" in (out / "reports" / "compare.html").read_text() for name in labels), "class names"
     assert (out / "reports" / "compare.html").stat().st_size > 1000
     records = ds.dataset(str(out / "records"), format="parquet").to_table(
         columns=["request_id", "protocol", "timestamp", "primary"])
