@@ -183,6 +183,7 @@ class _Retiring:
     """
 
     def __init__(self) -> None:
+        self.versions: list[ModelVersion] = []  # every version of this collection
         self.letting_go = 0  # how many of them are still draining and unloading
         self.collected = asyncio.Event()
 
@@ -192,10 +193,11 @@ class _Retiring:
 _retiring: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Retiring] = weakref.WeakKeyDictionary()
 
 
-def _join(loop: asyncio.AbstractEventLoop) -> _Retiring:
+def _join(loop: asyncio.AbstractEventLoop, model: ModelVersion) -> _Retiring:
     retiring = _retiring.get(loop)
     if retiring is None:
         retiring = _retiring[loop] = _Retiring()
+    retiring.versions.append(model)
     retiring.letting_go += 1
     return retiring
 
@@ -206,20 +208,39 @@ def _leave(loop: asyncio.AbstractEventLoop, retiring: _Retiring) -> None:
         return
     del _retiring[loop]  # who retires from now on waits for a collection of its own
     try:
-        _collect(loop)
+        # a version made since the last freeze is in the collector's sight already
+        _collect(loop, thaw=_any_frozen(retiring.versions))
     finally:
         retiring.collected.set()
 
 
-def _collect(loop: asyncio.AbstractEventLoop) -> None:
+def _any_frozen(objects: list[ModelVersion]) -> bool:
+    """Whether gc.freeze moved any of ``objects`` out of the collector's sight: frozen objects are in no generation.
+
+    A version's own object is made before everything it holds, so it is frozen when any of that is.
+    """
+    if gc.get_freeze_count() == 0:
+        return False
+    unseen = {id(o) for o in objects if gc.is_tracked(o)}
+    if not unseen:
+        return False
+    for tracked in gc.get_objects():
+        unseen.discard(id(tracked))
+        if not unseen:
+            return False
+    return True
+
+
+def _collect(loop: asyncio.AbstractEventLoop, thaw: bool) -> None:
     """Collect what retired versions held, even what start-up froze out of the collector's sight.
 
-    serving.app freezes what start-up made, these versions too when they loaded then, and
-    frozen objects are never collected: thaw them. Some of what a version held lets go a
-    moment later (its batcher task's callbacks, its instance threads exiting), so the
-    survivors are frozen again only after a second collection, a second on.
+    serving.app freezes what start-up made, a version too when it loaded then, and frozen
+    objects are never collected: thaw them, but only then, since a collection after a thaw
+    walks the whole heap and one without walks only what was made since the freeze. Some of
+    what a version held lets go a moment later (its batcher task's callbacks, its instance
+    threads exiting), so the survivors are frozen again only after a second collection, a second on.
     """
-    if gc.get_freeze_count() > 0:
+    if thaw:
         gc.unfreeze()
         loop.call_later(REFREEZE_DELAY_SECS, _refreeze)
     gc.collect()
@@ -240,7 +261,7 @@ async def retire_version(model: ModelVersion, metrics: Metrics) -> None:
     """
     model.state = UNLOADING
     loop = asyncio.get_running_loop()
-    retiring = _join(loop)
+    retiring = _join(loop, model)
     try:
         if model.batcher is not None:
             await model.batcher.drain()
