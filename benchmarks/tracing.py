@@ -9,7 +9,9 @@ Four serve processes on the example ``classifier`` (one row of 64 floats, JSON, 
 - **off**: no ``OTEL_*`` variable (the default): the transports find `tracing.current()` None;
 - **on**: ``OTEL_TRACES_SAMPLER=always_on``, spans exported over OTLP/HTTP (protobuf) to a real
   receiver in this script's process (``tests/otlp.py``, which decodes every span as a collector
-  would), with the SDK's default batching (5 s delay, batches of 512, a queue of 2048);
+  would), with the SDK's default batching (5 s delay, batches of 512, a queue of 2048); after each of
+  its points the next row waits until the last of its spans has arrived, so that the export
+  and the receiver's decoding do not run into the next row's time;
 - **always_off**: the same with ``OTEL_TRACES_SAMPLER=always_off``, which can record nothing, so
   serve leaves tracing off: this row should read as the off row;
 - **unsampled caller**: the default sampler (``parentbased_always_on``) and a traceparent whose
@@ -137,6 +139,20 @@ def worktree(rev: str, workdir: Path) -> Path:
     return tree
 
 
+def settle(receiver: Receiver, quiet_s: float = 6.0, limit_s: float = 40.0) -> None:
+    """Waits until the on row's spans have all arrived (none for ``quiet_s``, longer than the SDK's 5 s
+    export delay): its exporter and this process's receiver would otherwise take CPU from the row
+    measured next."""
+    deadline, last, since = time.monotonic() + limit_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = len(receiver.spans())
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
 def run(args: argparse.Namespace, workdir: Path, receiver: Receiver) -> dict[tuple[str, int], list[Point]]:
     body = write_body(workdir)
     if args.before:
@@ -149,6 +165,8 @@ def run(args: argparse.Namespace, workdir: Path, receiver: Receiver) -> dict[tup
             tree = worktree(args.before, workdir) if row == "before" else ROOT
             servers[row] = start(row, receiver, workdir, tree)
             hey(servers[row][1], body, 16, ROWS[row][1], requests=args.warmup)
+            if row == "on":
+                settle(receiver)
             say(f"{row}: started and warmed up")
         for repeat in range(args.repeats):
             for concurrency in args.concurrency:
@@ -157,6 +175,7 @@ def run(args: argparse.Namespace, workdir: Path, receiver: Receiver) -> dict[tup
                     point = hey(servers[row][1], body, concurrency, ROWS[row][1], duration=args.duration)
                     if row == "on":
                         windows.setdefault(concurrency, []).append((began, time.time_ns()))
+                        settle(receiver)
                     points.setdefault((row, concurrency), []).append(point)
                     say(f"repeat {repeat + 1}/{args.repeats} c={concurrency} {row}: {point.rps:.0f} req/s, "
                         f"p50 {point.p50_ms:.2f} ms, p99 {point.p99_ms:.2f} ms, {point.failures} failed")
