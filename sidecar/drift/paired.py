@@ -144,7 +144,8 @@ class PairAccumulator:
         self._worst(out, primary, shadow, diff, (p_class, s_class) if out.classes else None,
                     times if self.timestamps else None, keys)
         if numeric:
-            pick = top1(primary) if primary.shape[1] > 1 else np.zeros(len(primary), np.int64)
+            # class scores' top-1 is p_class, found above; a single value is its own score
+            pick = p_class if out.classes else np.zeros(len(primary), np.int64)
             rows = np.arange(len(primary))
             p_score, s_score = primary[rows, np.maximum(pick, 0)], shadow[rows, np.maximum(pick, 0)]
             ok = np.isfinite(p_score) & np.isfinite(s_score)
