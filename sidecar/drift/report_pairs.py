@@ -10,21 +10,12 @@ from typing import Any
 import numpy as np
 
 from sidecar.drift.reader import RowKeys
+from sidecar.drift.summary import sort_labels
 
 MATRIX_CLASSES = 12  # classes a matrix shows (the most frequent); the others are one "other" row and column
 MAX_CELLS = 20_000  # distinct (primary, shadow) pairs counted; beyond: an id-like output, no matrix
 WORST = 20  # pairs listed per output
 LABEL_CHARS = 200  # of a class label (BYTES outputs hold any string): counted and reported cut to this
-
-
-def sort_labels(labels: list[str]) -> list[str]:
-    """Class labels in reading order: numbers by value, then the other labels alphabetically."""
-    def key(label: str) -> tuple[int, float, str]:
-        try:
-            return (0, float(int(label)), "")
-        except ValueError:
-            return (1, 0.0, label)
-    return sorted(labels, key=key)
 
 
 @dataclass

@@ -13,6 +13,7 @@ rounding in the moments), so a month of traffic is profiled in parallel and comb
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,3 +179,13 @@ def add_columns(target: dict[str, Column], columns: Columns,
             raise DriftError(f"column {name!r} is {column.kind} in one chunk and {kind} in another: "
                              "its datatype changed within the window")
         column.add(values)
+
+
+def sort_labels(labels: Iterable[str]) -> list[str]:
+    """Class labels in reading order: numbers by value, then the other labels alphabetically."""
+    def key(label: str) -> tuple[int, float, str]:
+        try:
+            return (0, float(int(label)), "")
+        except ValueError:
+            return (1, 0.0, label)
+    return sorted(labels, key=key)

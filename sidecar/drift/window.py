@@ -12,7 +12,7 @@ from sidecar.drift import stats
 from sidecar.drift.profile import Profile
 from sidecar.drift.sketch import quantile_edges
 from sidecar.drift.stats import Statistic
-from sidecar.drift.summary import CategoricalColumn, Column, NumericColumn
+from sidecar.drift.summary import CategoricalColumn, Column, NumericColumn, sort_labels
 from sidecar.drift.thresholds import DriftSettings
 
 P_VALUE_TESTS = ("ks", "chi2")
@@ -81,15 +81,6 @@ def _summary(column: Column | None) -> dict[str, Any]:
     return body
 
 
-def _sort_labels(labels: set[str]) -> list[str]:
-    def key(label: str) -> tuple[int, float, str]:
-        try:
-            return (0, float(int(label)), "")
-        except ValueError:
-            return (1, 0.0, label)
-    return sorted(labels, key=key)
-
-
 def _common_bins(ref: NumericColumn, cur: NumericColumn, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference's bins and both windows' exact counts in them.
 
@@ -131,7 +122,7 @@ def _numeric(name: str, ref: NumericColumn, cur: NumericColumn, ref_profile: Pro
 
 def _categorical(name: str, ref: CategoricalColumn, cur: CategoricalColumn,
                  settings: DriftSettings) -> ColumnResult:
-    labels = _sort_labels(set(ref.counts) | set(cur.counts))
+    labels = sort_labels(set(ref.counts) | set(cur.counts))
     ref_counts = np.array([ref.counts.get(k, 0) for k in labels], np.int64)
     cur_counts = np.array([cur.counts.get(k, 0) for k in labels], np.int64)
     statistics = {"chi2": stats.chi_square(ref_counts, cur_counts), "js": stats.jensen_shannon(ref_counts, cur_counts),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,23 @@ def no_nan(document: Any) -> None:
         assert math.isfinite(document)
 
 
+def class_windows(rng: np.random.Generator, n: int = 3000) -> Callable[[float], np.ndarray]:
+    """Draws windows of ``n`` 10-class softmax outputs, class 0's logit raised by the boost given."""
+    def window(boost: float) -> np.ndarray:
+        logits = rng.normal(0, 1, (n, 10))
+        logits[:, 0] += boost
+        return softmax(logits)
+    return window
+
+
+def says5_for_3(primary: np.ndarray) -> np.ndarray:
+    """A shadow that agrees with ``primary`` except that it says 5 where the primary says 3."""
+    shadow = primary.copy()
+    says3 = primary.argmax(axis=1) == 3
+    shadow[says3, 5] = primary[says3, 3] + 0.01
+    return shadow
+
+
 @pytest.fixture
 def records(tmp_path: Path) -> dict[str, Path]:
     """Reference and current windows (3,000 records each) with a 10-class output and a shadow.
@@ -33,17 +51,9 @@ def records(tmp_path: Path) -> dict[str, Path]:
     The shadow ``v2`` agrees with the primary except that it says 5 where the primary says 3.
     """
     rng = np.random.default_rng(7)
-    n = 3000
-
-    def window(boost: float) -> np.ndarray:
-        logits = rng.normal(0, 1, (n, 10))
-        logits[:, 0] += boost
-        return softmax(logits)
-
+    window = class_windows(rng)
     reference = window(0.0)
-    shadow = reference.copy()
-    says3 = reference.argmax(axis=1) == 3
-    shadow[says3, 5] = reference[says3, 3] + 0.01
+    shadow = says5_for_3(reference)
     write_records(tmp_path / "reference", {"probs": reference}, shadows={"v2": {"probs": shadow}},
                   segment_rows=1000)
     write_records(tmp_path / "same", {"probs": window(0.0)}, segment_rows=1000)

@@ -15,7 +15,7 @@ from sidecar.drift.synthetic import write_records
 from tests.tools import debian_tool
 
 from .chromium import Chromium, Page
-from .conftest import softmax
+from .conftest import class_windows, says5_for_3
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 LONG = "an_output_whose_name_is_far_longer_than_any_column_of_a_table_should_ever_be_" * 2
@@ -32,16 +32,9 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[
     root = tmp_path_factory.mktemp("browser")
     rng = np.random.default_rng(8)
     n = 3000
-
-    def window(boost: float) -> np.ndarray:
-        logits = rng.normal(0, 1, (n, 10))
-        logits[:, 0] += boost
-        return softmax(logits)
-
+    window = class_windows(rng, n)
     reference = window(0.0)
-    shadow = reference.copy()
-    says3 = reference.argmax(axis=1) == 3
-    shadow[says3, 5] = reference[says3, 3] + 0.01  # v2 says dog where the primary says cat
+    shadow = says5_for_3(reference)  # v2 says dog where the primary says cat
     traces = [f"{i:032x}" if i % 2 else None for i in range(n)]
     write_records(root / "reference", {"probs": reference, LONG: rng.normal(size=n)},
                   shadows={"v2": {"probs": shadow, LONG: rng.normal(size=n)}}, segment_rows=1000, trace_ids=traces)
