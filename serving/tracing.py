@@ -243,8 +243,7 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> Tracing
     for name in SDK_LOGGERS:
         if _QUIET not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(_QUIET)
-    if _current is not None:
-        _current.shutdown()
+    shutdown()  # a tracing configured before: flushed, stopped and no longer flushed again at exit
     # a stop waits for the last export no longer than OTEL_BSP_EXPORT_TIMEOUT allows one, and 2 s at most
     _current = Tracing(provider, service, chosen_propagator, min(FLUSH_TIMEOUT_S, processing.export_timeout_ms / 1000))
     atexit.register(_current.shutdown)  # a process that never called `shutdown` still flushes, as briefly

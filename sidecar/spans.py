@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
+
+from serving.tracing import FLUSH_TIMEOUT_S
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT, TRACESTATE, BAGGAGE = "traceparent", "tracestate", "baggage"
 TRACE_CONTEXT = (TRACEPARENT, TRACESTATE)  # replaced by the sidecar's own context upstream
-FLUSH_SECS = 2.0  # at stop, what a collector that hangs may cost the exit
+FLUSH_SECS = FLUSH_TIMEOUT_S  # at stop, what a collector that hangs may cost the exit
 MAX_NAME = 128  # an unknown gRPC method's name is the client's: spans' names stay short
 # As the W3C Trace Context specification (and OpenTelemetry's propagator, so that a trace id is
 # read the same with tracing on or off): version, trace id, parent id, flags, and for versions
@@ -268,21 +268,13 @@ class CallSpan:
 _EVENTS = frozenset({"timeout", "connection", "cancelled", "too_large", "memory_budget"})
 
 
-def flush(tracing: Tracing | None, timeout: float = FLUSH_SECS) -> bool:
-    """Exports the spans still queued and stops tracing, giving up after ``timeout`` seconds (a
-    collector that hangs); True when everything was flushed in time."""
+def flush(tracing: Tracing | None) -> bool:
+    """Exports the spans still queued and stops tracing, for at most `FLUSH_SECS` (serve's bound, or
+    ``OTEL_BSP_EXPORT_TIMEOUT`` when shorter: `serving.tracing.Tracing.shutdown`); True when
+    everything was flushed in time."""
     if tracing is None:
         return True
     from serving import tracing as process_tracing
 
     # the process's own (configured at start-up) is stopped through the module, which forgets it
-    stop = process_tracing.shutdown if process_tracing.current() is tracing else tracing.shutdown
-    started = time.monotonic()
-    worker = threading.Thread(target=stop, name="sidecar-tracing-flush", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        log.warning("tracing: the spans still queued were not exported within %gs; they are lost", timeout)
-        return False
-    log.debug("tracing flushed in %.3fs", time.monotonic() - started)
-    return True
+    return process_tracing.shutdown() if process_tracing.current() is tracing else tracing.shutdown()
