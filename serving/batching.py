@@ -13,6 +13,14 @@ instance) is idle and the queue is not empty, the batcher forms a batch:
   ``max_queue_size`` (no one more could join).
 
 While a batch computes, new requests queue up, so the next batch forms during compute.
+A worker that can hold a second batch (``depths``: a model instance with its own thread)
+is handed the next one as soon as it is complete (full, a preferred size, or no one more
+can join; the queue delay does not seal a batch for a busy worker, since it could not start
+earlier anyway). That batch is *staged*: its requests keep their timeouts and may still be
+cancelled, and the worker calls `begin` where it computes, which drops those that went away
+and marks the rest running. The worker starts it the moment the batch before ends, without
+waiting for the event loop. Until then its requests still count as pending, and hold their
+places under ``max_queue_size``.
 
 Admission: with ``max_queue_size`` set, a transport can `reserve` a place before it reads
 and decodes a request's body, so a full queue is answered before any of that work, and
@@ -38,7 +46,7 @@ from .errors import ModelError, ServingError, Unavailable, failure_text
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DROPPED = 0, 1, 2
+QUEUED, STAGED, RUNNING, DROPPED = 0, 1, 2, 3
 
 
 class Pending:
@@ -62,22 +70,49 @@ class Pending:
 Worker = Callable[[list[Pending]], Awaitable[Sequence[Any]]]
 
 
+def begin(batch: Sequence[Pending]) -> list[Pending]:
+    """The requests of a batch still wanted as it starts computing, marked running.
+
+    Called where the batch computes, on any thread: a staged request that was cancelled
+    or timed out since it was handed over is left out (its future is done already). A
+    request that goes away during the call is computed and its result discarded, as for
+    any request that goes away while its batch runs.
+    """
+    live = []
+    now = time.monotonic_ns()
+    for item in batch:
+        if item.state == STAGED:
+            item.state = RUNNING
+            item.dispatched_ns = now  # the time staged counts as queueing: it waited for the device
+        if item.state == RUNNING and not item.future.done():
+            live.append(item)
+    return live
+
+
 class Batcher:
     """One queue, several workers.
 
     ``groups`` names the device of each worker: a batch goes to an idle worker on the
     device with the fewest batches running, so instances on several GPUs share the load.
+    ``depths`` says how many batches each worker holds at once (1, the default, or 2 for a
+    worker that takes a staged batch while it computes one, and calls `begin`).
     """
 
     def __init__(self, policy: BatchPolicy, workers: Sequence[Worker], name: str = "",
-                 groups: Sequence[Hashable] | None = None) -> None:
+                 groups: Sequence[Hashable] | None = None, depths: Sequence[int] | None = None) -> None:
         if not workers:
             raise ValueError("a batcher needs at least one worker")
         self.policy = policy
         self.name = name
         self._workers = list(workers)
         self._groups = list(groups) if groups is not None else [0] * len(workers)
-        self._idle = list(range(len(workers)))
+        self._depths = list(depths) if depths is not None else [1] * len(workers)
+        if len(self._depths) != len(workers) or min(self._depths) < 1:
+            raise ValueError("depths needs one count of at least 1 per worker")
+        self._active = [0] * len(workers)  # batches each worker holds (running or staged)
+        # each worker's staged batch, until the batch before it ends; their requests count as queued
+        self._staged_on: list[list[Pending] | None] = [None] * len(workers)
+        self._staged = 0
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued = 0  # live (QUEUED) entries; dropped ones leave the deque lazily
         self._reserved = 0  # places held by `reserve` for requests not yet submitted
@@ -94,8 +129,8 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        """Requests waiting in the queue (Triton's pending request count)."""
-        return self._queued
+        """Requests waiting in the queue or staged (Triton's pending request count)."""
+        return self._queued + self._staged
 
     @property
     def reserved(self) -> int:
@@ -118,7 +153,7 @@ class Batcher:
 
     def _has_room(self) -> bool:
         limit = self.policy.max_queue_size
-        return not limit or self._queued + self._reserved < limit
+        return not limit or self._queued + self._staged + self._reserved < limit
 
     async def reserve(self, wait_s: float = 0.0) -> None:
         """Hold a place in the queue for a request that is about to be read and decoded.
@@ -225,11 +260,13 @@ class Batcher:
             self._queued -= 1
             self._settled.set()
             self._schedule_hand_off()
+        elif item.state == STAGED:
+            item.state = DROPPED  # it left the queue's count when it was staged
         if item.timer is not None:
             item.timer.cancel()
 
     def _expire(self, item: Pending, timeout_us: int) -> None:
-        if item.state == QUEUED and not item.future.done():
+        if item.state in (QUEUED, STAGED) and not item.future.done():
             item.future.set_exception(Unavailable(
                 f"request timed out after waiting {timeout_us} us in the queue of model '{self.name}'; "
                 "retry, raise the timeout, or add replicas"))
@@ -241,14 +278,22 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                while not self._idle or not self._queued:
+                while not self._queued or (worker := self._least_busy()) is None:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                batch = self._take_batch()
+                staging = self._active[worker] > 0
+                batch = self._take_batch(staging)
                 if batch is None:
-                    await self._wait_for_more(loop)
+                    if staging:  # a busy worker takes only a complete batch: wait for a request or an idle worker
+                        self._wakeup.clear()
+                        await self._wakeup.wait()
+                    else:
+                        await self._wait_for_more(loop)
                     continue
-                worker = self._least_busy()
+                self._active[worker] += 1
+                if staging:
+                    self._staged_on[worker] = batch
+                    self._staged += len(batch)
                 task = loop.create_task(self._run(worker, batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -257,15 +302,18 @@ class Batcher:
             except Exception:  # the loop must survive anything
                 log.exception("batcher %s: unexpected error while forming a batch; continuing", self.name)
 
-    def _least_busy(self) -> int:
-        """Take an idle worker whose device runs the fewest batches (the lowest index on a tie)."""
+    def _least_busy(self) -> int | None:
+        """The worker for the next batch: an idle one whose device runs the fewest batches (the lowest
+        index on a tie), else one with room for a staged batch; None when every worker is full."""
         busy: dict[Hashable, int] = {}
-        idle = set(self._idle)
+        free = []
         for index, group in enumerate(self._groups):
-            busy[group] = busy.get(group, 0) + (index not in idle)
-        worker = min(self._idle, key=lambda index: (busy[self._groups[index]], index))
-        self._idle.remove(worker)
-        return worker
+            busy[group] = busy.get(group, 0) + self._active[index]
+            if self._active[index] < self._depths[index]:
+                free.append(index)
+        if not free:
+            return None
+        return min(free, key=lambda index: (self._active[index], busy[self._groups[index]], index))
 
     def _candidates(self) -> tuple[list[Pending], bool]:
         """Live requests that could join the next batch, and whether the batch is complete."""
@@ -284,8 +332,12 @@ class Batcher:
                 return chosen, True
         return chosen, False
 
-    def _take_batch(self) -> list[Pending] | None:
-        """Pop the next batch off the queue, or None when it is worth waiting for more."""
+    def _take_batch(self, staging: bool = False) -> list[Pending] | None:
+        """Pop the next batch off the queue, or None when it is worth waiting for more.
+
+        ``staging``: the batch goes to a worker that is still busy, so only a complete batch
+        is taken (the queue delay is no reason to seal it), and its requests are staged.
+        """
         chosen, complete = self._candidates()
         if not chosen:
             return None
@@ -298,9 +350,11 @@ class Batcher:
                     best = index + 1
             if best:
                 chosen, complete = chosen[:best], True
-        if not complete and policy.max_queue_size and self._queued >= policy.max_queue_size:
+        if not complete and policy.max_queue_size and self._queued + self._staged >= policy.max_queue_size:
             complete = True  # a full queue takes no one more: waiting for company is waiting for nothing
         if not complete:
+            if staging:
+                return None
             waited_us = (time.monotonic_ns() - chosen[0].enqueued_ns) // 1000
             if waited_us < policy.max_queue_delay_us:
                 return None
@@ -310,10 +364,13 @@ class Batcher:
             item = self._queue.popleft()
             if item.state != QUEUED:
                 continue
-            item.state = RUNNING
-            item.dispatched_ns = now
-            if item.timer is not None:
-                item.timer.cancel()
+            if staging:
+                item.state = STAGED  # keeps its timer: it may still time out before it starts
+            else:
+                item.state = RUNNING
+                item.dispatched_ns = now
+                if item.timer is not None:
+                    item.timer.cancel()
             taken += 1
         self._queued -= taken
         self._schedule_hand_off()
@@ -353,8 +410,18 @@ class Batcher:
                 else:
                     item.future.set_result(result)
         finally:
+            for item in batch:
+                if item.state == STAGED:  # never started (the worker failed first): it is over now
+                    item.state = DROPPED
+                if item.timer is not None:  # a staged request's; it has started or is answered
+                    item.timer.cancel()
             self._running.discard(asyncio.current_task())
-            self._idle.append(worker)
+            self._active[worker] -= 1
+            staged = self._staged_on[worker]
+            if staged is not None:  # it starts now (or it was this batch, and is over): no longer queued
+                self._staged_on[worker] = None
+                self._staged -= len(staged)
+                self._schedule_hand_off()
             self._wakeup.set()
             self._settled.set()
 

@@ -2,9 +2,12 @@
 
 On a GPU every instance has its own CUDA stream. Inputs are concatenated straight into
 page-locked host buffers that the instance reuses, copied to the device with
-``non_blocking=True`` on the stream; outputs come back the same way into page-locked
-buffers, with one synchronisation per batch. Optional, each off by default (config.pbtxt
-``parameters``):
+``non_blocking=True``; outputs come back the same way into page-locked buffers, with one
+synchronisation per batch. A batch handed over while the one before computes is *staged*
+(`stage`, on the event loop): concatenated into one of two further sets of buffers, used in
+turn, and copied on a second stream, the copy stream, whose event the compute stream waits
+for (`ready`), so the copy overlaps the compute before it. Optional, each off by default
+(config.pbtxt ``parameters``):
 
 * ``precision`` ``fp16``/``bf16``: autocast; for models that keep their accuracy in half
   precision and want tensor-core speed (bf16 also runs on CPUs).
@@ -20,6 +23,7 @@ buffers, with one synchronisation per batch. Optional, each off by default (conf
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +42,17 @@ log = logging.getLogger(__name__)
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class Staged:
+    """A batch's inputs, staged on the loop: on the device (or being copied there), ready to compute."""
+
+    __slots__ = ("inputs", "event", "ns")
+
+    def __init__(self, inputs: dict[str, Any], event: torch.cuda.Event | None, ns: int) -> None:
+        self.inputs = inputs
+        self.event = event  # recorded on the copy stream after the copies; None on the CPU
+        self.ns = ns  # the time staging took, counted as compute input
+
+
 class BatchExecutor:
     def __init__(self, handler: Model, spec: ModelSpec) -> None:
         self.handler = handler
@@ -47,6 +62,12 @@ class BatchExecutor:
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.inputs = HostBuffers(pin=True) if self.cuda else None
         self.outputs = HostBuffers(pin=True) if self.cuda else None
+        # staging: two sets of host buffers used in turn (one batch running, one staged), each
+        # with the event of its last copy, and the copy stream
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.staging: list[tuple[HostBuffers, list[torch.cuda.Event | None]]] = [
+            (HostBuffers(pin=True), [None]) for _ in range(2)] if self.cuda else []
+        self._turn = 0
         options = spec.execution
         self.autocast = AUTOCAST.get(options.precision)
         self.predict: Callable[[dict[str, Any]], dict[str, Any]] = handler.predict
@@ -82,21 +103,49 @@ class BatchExecutor:
         if self.stream is not None:
             torch.cuda.set_stream(self.stream)
 
-    def to_device(self, arrays: dict[str, list[np.ndarray]], rows: int) -> dict[str, Any]:
-        """Concatenate each input's arrays (staged in reused host buffers on a GPU) onto the device."""
+    def to_device(self, arrays: dict[str, list[np.ndarray]], rows: int,
+                  buffers: HostBuffers | None = None) -> dict[str, Any]:
+        """Concatenate each input's arrays (in reused host buffers on a GPU) onto the device."""
+        buffers = buffers or self.inputs
         inputs: dict[str, Any] = {}
         for tensor in self.spec.inputs:
             parts = arrays.get(tensor.name)
             if not parts:
                 continue  # an optional input no request of this batch gave
-            if self.inputs is not None and tensor.datatype != "BYTES":
-                array = self.inputs.stage(tensor.name, parts)
+            if buffers is not None and tensor.datatype != "BYTES":
+                array = buffers.stage(tensor.name, parts)
             else:
                 array = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if tensor.reshape is not None:
                 array = array.reshape(((rows,) if self.spec.max_batch_size else ()) + tensor.reshape)
             inputs[tensor.name] = to_torch(array, tensor.datatype, self.device)
         return inputs
+
+    def stage(self, arrays: dict[str, list[np.ndarray]], rows: int) -> Staged:
+        """A batch's inputs staged ahead of its compute, on the event loop (see the module's docstring)."""
+        start = time.monotonic_ns()
+        if self.copy_stream is None:
+            return Staged(self.to_device(arrays, rows), None, time.monotonic_ns() - start)
+        assert self.stream is not None  # both streams exist on a GPU
+        buffers, last = self.staging[self._turn]
+        self._turn ^= 1
+        if last[0] is not None:
+            last[0].synchronize()  # done long ago, unless that batch never ran: its buffers are free
+        with torch.cuda.stream(self.copy_stream):
+            inputs = self.to_device(arrays, rows, buffers)
+            for value in inputs.values():
+                if isinstance(value, torch.Tensor):
+                    value.record_stream(self.stream)  # allocated on the copy stream, used on the compute stream
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        last[0] = event
+        return Staged(inputs, event, time.monotonic_ns() - start)
+
+    def ready(self, staged: Staged) -> dict[str, Any]:
+        """A staged batch's inputs, for compute on the instance thread (after their copy, on a GPU)."""
+        if staged.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(staged.event)
+        return staged.inputs
 
     def run(self, inputs: dict[str, Any], rows: int) -> Any:
         """Call predict (or replay its CUDA graph) on device inputs, on the instance thread."""

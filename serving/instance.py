@@ -1,9 +1,15 @@
 """A model instance: one handler object with its own worker thread, computing whole batches.
 
-An instance is the batcher's worker. On its thread it gathers the batch's inputs, runs
-them through its `BatchExecutor` (device transfers, autocast, CUDA graphs) and splits
-the outputs back per request. torch releases the GIL while it computes, so the event
-loop keeps serving meanwhile; an ``async def predict`` runs on the event loop instead.
+An instance is the batcher's worker. It takes a second batch while it computes one: as
+the batch is handed over, on the event loop, its inputs are gathered and staged by its
+`BatchExecutor` (concatenated into the instance's next set of host buffers and, on a GPU,
+copied on a second stream), and its thread starts that batch the moment the one before
+ends, without waiting for the loop. On the thread it runs them through the executor
+(autocast, CUDA graphs) and splits the outputs back per request; the loop sends those
+responses while the next batch computes. torch releases the GIL while it computes, so the
+event loop keeps serving meanwhile; an ``async def predict`` runs on the event loop
+instead, one batch at a time. Each instance counts its busy time (from the start of a
+batch to its split outputs) in ``serving_instance_busy_seconds_total``.
 
 Out of GPU memory, a batch is split in half and each half retried, down to single
 requests; only a request that fails alone gets the error.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import time
@@ -27,10 +34,10 @@ import numpy as np
 import torch
 
 from . import tracing
-from .batching import Pending
+from .batching import Pending, begin
 from .config import ModelSpec
 from .errors import ModelError, ServingError, Unavailable, failure_text
-from .execution import BatchExecutor
+from .execution import BatchExecutor, Staged
 from .metrics import ModelStats
 from .model import Model, RequestHandler
 
@@ -38,6 +45,9 @@ log = logging.getLogger(__name__)
 
 Timings = tuple[int, int, int]  # input, infer, output (ns)
 Execution = tuple[list[Pending], Timings]  # one executed (sub-)batch
+# The result of a request that went away while its batch was staged; never delivered, since
+# the batcher sets results only on futures that are not done.
+GONE = Unavailable("the request went away before its batch started")
 
 
 class ModelInstance:
@@ -53,6 +63,9 @@ class ModelInstance:
         self.executor = BatchExecutor(handler, spec)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{spec.name}-{index}",
                                          initializer=self.executor.enter_thread)
+        # Batches it holds at once: a thread of its own takes the next while it computes one.
+        self.depth = 1 if self.is_async else 2
+        self.busy = stats.busy_counter(index, str(self.device))
 
     async def __call__(self, batch: list[Pending]) -> list[Any]:
         traced = tracing.current()
@@ -79,49 +92,78 @@ class ModelInstance:
         if self.is_async:
             return await self._compute_async(batch)
         loop = asyncio.get_running_loop()
+        compute = functools.partial(self._compute, batch, self._stage(batch))
         if context is None:
-            return await loop.run_in_executor(self.thread, self._compute, batch)
-        return await loop.run_in_executor(self.thread, context.run, self._compute, batch)
+            return await loop.run_in_executor(self.thread, compute)
+        return await loop.run_in_executor(self.thread, context.run, compute)
+
+    def _stage(self, batch: list[Pending]) -> Staged | None:
+        """On the loop, as the batch is handed over: its inputs, ready for the thread to start it at once."""
+        try:
+            return self.executor.stage(self._gather(batch), sum(item.rows for item in batch))
+        except torch.OutOfMemoryError:  # the thread gathers it again, and splits it if memory stays short
+            self._release_memory()
+            return None
 
     async def _execute_requests(self, batch: list[Pending],
                                 context: contextvars.Context | None) -> tuple[list[Any], list[Execution]]:
         handler = self.handler
         assert isinstance(handler, RequestHandler)
-        payloads = [item.payload for item in batch]
         start = time.monotonic_ns()
         try:
             if self.is_async:
-                results = await handler.execute_requests(payloads)  # type: ignore[misc]  # an async override
+                live = batch  # one batch at a time, on this loop: nothing was staged
+                results = await handler.execute_requests([item.payload for item in batch])  # type: ignore[misc]
             else:
                 loop = asyncio.get_running_loop()
                 if context is None:
-                    results = await loop.run_in_executor(self.thread, handler.execute_requests, payloads)
+                    live, results = await loop.run_in_executor(self.thread, self._requests, batch)
                 else:
-                    results = await loop.run_in_executor(self.thread, context.run, handler.execute_requests,
-                                                         payloads)
+                    live, results = await loop.run_in_executor(self.thread, context.run, self._requests, batch)
         except ServingError:
             raise
         except Exception as exc:
             raise self._failure(exc, len(batch)) from exc
         computed = time.monotonic_ns()
+        if self.is_async:
+            self.busy[0] += computed - start
         for result in results:  # the prediction distribution, as for batches the instance splits itself
             if isinstance(result, dict):
                 self.stats.predictions.submit(result)
-        return results, [(batch, (0, computed - start, 0))]
+        executions: list[Execution] = [(live, (0, computed - start, 0))] if live else []
+        return _in_order(batch, live, results), executions
 
     # -- on the instance thread ----------------------------------------------------------
 
-    def _compute(self, batch: list[Pending]) -> tuple[list[Any], list[Execution]]:
-        executions: list[Execution] = []
+    def _requests(self, batch: list[Pending]) -> tuple[list[Pending], list[Any]]:
+        start = time.monotonic_ns()
         try:
-            results = self._compute_once(batch, executions)
-        except torch.OutOfMemoryError:
-            self.stats.out_of_memory["split"] += 1
-            log.warning("model %s ran out of GPU memory on a batch of %d requests (%d rows); splitting it",
-                        self.label, len(batch), sum(item.rows for item in batch))
-            self._release_memory()
-            results = self._split(batch, executions)
-        return results, executions
+            live = begin(batch)
+            results = self.handler.execute_requests([item.payload for item in live]) if live else []  # type: ignore[attr-defined]
+            return live, list(results)
+        finally:
+            self.busy[0] += time.monotonic_ns() - start
+
+    def _compute(self, batch: list[Pending], staged: Staged | None) -> tuple[list[Any], list[Execution]]:
+        start = time.monotonic_ns()
+        executions: list[Execution] = []
+        live = begin(batch)
+        try:
+            if not live:
+                return [GONE] * len(batch), executions
+            if len(live) != len(batch):
+                staged = None  # staged with requests that went away: gather the others again
+            try:
+                results = self._compute_once(live, executions, staged)
+            except torch.OutOfMemoryError:
+                self.stats.out_of_memory["split"] += 1
+                log.warning("model %s ran out of GPU memory on a batch of %d requests (%d rows); splitting it",
+                            self.label, len(live), sum(item.rows for item in live))
+                self._release_memory()
+                results = self._split(live, executions)
+            return _in_order(batch, live, results), executions
+        finally:
+            self.busy[0] += time.monotonic_ns() - start
 
     def _split(self, batch: list[Pending], executions: list[Execution]) -> list[Any]:
         if len(batch) == 1:
@@ -143,10 +185,15 @@ class ModelInstance:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _compute_once(self, batch: list[Pending], executions: list[Execution]) -> list[Any]:
+    def _compute_once(self, batch: list[Pending], executions: list[Execution],
+                      staged: Staged | None = None) -> list[Any]:
         start = time.monotonic_ns()
         rows = sum(item.rows for item in batch)
-        inputs = self.executor.to_device(self._gather(batch), rows)
+        if staged is None:
+            inputs = self.executor.to_device(self._gather(batch), rows)
+        else:
+            inputs = self.executor.ready(staged)
+            start -= staged.ns  # its input time includes the staging, done on the loop
         assembled = time.monotonic_ns()
         try:
             outputs = self.executor.run(inputs, rows)
@@ -172,7 +219,9 @@ class ModelInstance:
             raise self._failure(exc, len(batch)) from exc
         computed = time.monotonic_ns()
         results = self._split_outputs(self.executor.to_host(outputs, self._wanted(batch)), batch, rows)
-        return results, [(batch, (assembled - start, computed - assembled, time.monotonic_ns() - computed))]
+        end = time.monotonic_ns()
+        self.busy[0] += end - start
+        return results, [(batch, (assembled - start, computed - assembled, end - computed))]
 
     def _failure(self, exc: Exception, requests: int) -> ModelError:
         log.error("model %s failed on a batch of %d requests", self.label, requests, exc_info=exc)
@@ -233,3 +282,13 @@ class ModelInstance:
             self.handler.unload()
         finally:
             self.thread.shutdown(wait=False)
+
+
+def _in_order(batch: list[Pending], live: list[Pending], results: list[Any]) -> list[Any]:
+    """One result per request of ``batch``: those of ``live`` (a subsequence of it), GONE for the others."""
+    if len(live) == len(batch):
+        return results
+    if len(results) != len(live):
+        return results  # the batcher reports the mismatch
+    by_item = {id(item): result for item, result in zip(live, results, strict=True)}
+    return [by_item.get(id(item), GONE) for item in batch]

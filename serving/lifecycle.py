@@ -138,7 +138,8 @@ async def start_version(spec: ModelSpec, version: int, path: Path, placement: Pl
             handler.unload()
         raise
     model.stats, model.instances = stats, instances
-    model.batcher = batcher = Batcher(spec.batching, instances, name=spec.name, groups=[str(d) for d in devices])
+    model.batcher = batcher = Batcher(spec.batching, instances, name=spec.name, groups=[str(d) for d in devices],
+                                      depths=[i.depth for i in instances])
     stats.pending = lambda: batcher.pending
     batcher.start()
     model.state = READY

@@ -184,9 +184,6 @@ async def batch(tracing: Tracing, instance: ModelInstance, items: list[Pending],
         request_id = getattr(item.payload, "id", None)
         if request_id:
             span.set_attribute(REQUEST_ID, _short(str(request_id)))
-        queued = tracer.start_span("queue", context=trace.set_span_in_context(span), kind=SpanKind.INTERNAL,
-                                   start_time=item.enqueued_ns + offset)
-        queued.end(end_time=item.dispatched_ns + offset)
     spec = instance.spec
     compute = tracer.start_span(
         "compute", context=trace.set_span_in_context(traced[0][1]), kind=SpanKind.INTERNAL,
@@ -203,6 +200,7 @@ async def batch(tracing: Tracing, instance: ModelInstance, items: list[Pending],
         raise
     finally:
         otel_context.detach(token)
+        _queue_spans(tracer, traced, offset)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
         compute.set_attribute("serving.failed_requests", len(failures))
@@ -211,6 +209,16 @@ async def batch(tracing: Tracing, instance: ModelInstance, items: list[Pending],
     _timings(compute, executions)
     compute.end()
     return results, executions
+
+
+def _queue_spans(tracer: Any, traced: list[tuple[Pending, Span]], offset: int) -> None:
+    """Each traced request's wait, ended where its compute began: known only once it did, since a
+    staged batch starts on the instance's thread (one that never started ends now)."""
+    now = time.monotonic_ns()
+    for item, span in traced:
+        queued = tracer.start_span("queue", context=trace.set_span_in_context(span), kind=SpanKind.INTERNAL,
+                                   start_time=item.enqueued_ns + offset)
+        queued.end(end_time=(item.dispatched_ns or now) + offset)
 
 
 def _timings(span: Span, executions: list[Any]) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 
 from inference_protocol.datatypes import bf16_bits_from_float
 from serving.config import ModelSpec, parse_config
-from serving.metrics import MAX_CLASS_LABELS, MAX_PENDING_BATCHES, Metrics, PredictionStats, exposition
+from serving.metrics import Metrics, exposition
+from serving.predictions import MAX_CLASS_LABELS, MAX_PENDING_BATCHES, PredictionStats
 
 
 def spec(outputs: str, parameters: str = "") -> ModelSpec:
