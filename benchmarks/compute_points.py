@@ -9,7 +9,7 @@
   ``torch.inference_mode`` with a given number of torch threads (on a GPU with a
   synchronisation after each call, and optionally the copies from and to page-locked memory);
 - ``start_serve``: ``python -m serving`` from a source tree on free ports, read back from its
-  ``listening http=… grpc=… metrics=…`` line;
+  ``listening http=… grpc=… metrics=…`` line (a ``Serve``: its ``Endpoints`` and the process);
 - ``measure``: one load point (``hey`` over HTTP with a JSON body, or processes of
   programs/grpc_load.py over gRPC with raw tensors, sharing one timed window) with serve's
   busy fraction and mean batch from two scrapes of /metrics taken inside the load, so that
@@ -129,13 +129,19 @@ def in_process_limit(model_file: Path, *, device: str = "cpu", batch: int = 64, 
 
 
 @dataclass
-class Serve:
-    """A serve process and its three addresses."""
+class Endpoints:
+    """Where a serve answers: what a load point needs."""
+
+    http: str  # 127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+    metrics: str  # http://127.0.0.1:PORT/metrics
+
+
+@dataclass
+class Serve(Endpoints):
+    """A serve process that start_serve started, and the source tree it runs from."""
 
     process: ServerProcess
-    http: str  # 127.0.0.1:PORT
-    grpc: str
-    metrics: str  # http://127.0.0.1:PORT/metrics
     tree: Path
 
 
@@ -155,7 +161,7 @@ def start_serve(repository: Path, workdir: Path, *, name: str = "serve", tree: P
     except BaseException:
         process.stop()
         raise
-    return Serve(process, http, grpc, f"http://{metrics}/metrics", tree)
+    return Serve(http, grpc, f"http://{metrics}/metrics", process, tree)
 
 
 @dataclass
@@ -265,7 +271,7 @@ def write_body(workdir: Path, rows: int) -> Path:
     return path
 
 
-def measure(serve: Serve, transport: str, rows: int, concurrency: int, duration: float, workdir: Path, *,
+def measure(serve: Endpoints, transport: str, rows: int, concurrency: int, duration: float, workdir: Path, *,
             processes: int = 2, warmup_rounds: int = 2, margin: float | None = None, model: str = MODEL) -> Measured:
     """One point: ``concurrency`` requests of ``rows`` rows in flight for ``duration`` seconds."""
     margin = min(1.0, duration / 5) if margin is None else margin
@@ -287,7 +293,7 @@ def measure(serve: Serve, transport: str, rows: int, concurrency: int, duration:
                     out["window"], out["errors"])
 
 
-def drive_grpc(serve: Serve, model: str, rows: int, concurrency: int, processes: int, duration: float,
+def drive_grpc(serve: Endpoints, model: str, rows: int, concurrency: int, processes: int, duration: float,
                warmup_rounds: int, workdir: Path, margin: float) -> dict:
     """``processes`` copies of grpc_load.py that start timing at one moment, serve scraped meanwhile."""
     processes = max(1, min(processes, concurrency))
