@@ -8,15 +8,18 @@
 The model is the issue's MLP, 256→2048→2048→16 (ReLU between), scripted with TorchScript into a
 temporary model repository (``max_batch_size: 64``, ``max_queue_delay_microseconds: 2000``, one
 instance), served by ``python -m serving --cpu-threads 1``. The limit is the same TorchScript file
-called in-process at batch 64 with one torch thread under ``torch.inference_mode`` (measured
-before every repetition and once after, the median used). serve is driven at one concurrency
-(default 128) with 1-row and 8-row requests: over HTTP by ``hey`` (JSON bodies), over gRPC by
-``--grpc-processes`` processes of programs/grpc_load.py (tritonclient.grpc.aio, raw tensors)
-sharing the concurrency and one timed window. Per point: rows/s (the client's), its ratio to
-the limit, serve's busy fraction (Δ ``serving_instance_busy_seconds_total`` / Δwall, or where
-serve has no such counter Δ ``serving_compute_duration_seconds_sum``) and mean batch (Δsum /
-Δcount of ``serving_batch_size``), both from two scrapes of /metrics inside the load (a margin
-after its start and before its end), and the client's p50 and p99.
+called in-process at batch 64 with one torch thread under ``torch.inference_mode``, measured
+before every repetition and once after, the median used (with ``--device cuda``: a
+synchronisation after each call, and the copies from and to page-locked memory included).
+
+serve is driven at one concurrency (default 128) with 1-row and 8-row requests: over HTTP by
+``hey`` (JSON bodies), over gRPC by ``--grpc-processes`` processes of programs/grpc_load.py
+(tritonclient.grpc.aio, raw tensors) sharing the concurrency and one timed window. Per point:
+rows/s (the client's), its ratio to the limit, serve's busy fraction (Δ
+``serving_instance_busy_seconds_total`` / Δwall, or where serve has no such counter Δ
+``serving_compute_duration_seconds_sum``) and mean batch (Δsum / Δcount of
+``serving_batch_size``), both from two scrapes of /metrics inside the load (a margin after its
+start and before its end), and the client's p50 and p99.
 
 Last, the latency check: the example ``classifier`` (examples/models, copied into the same
 repository) at concurrency 1, one JSON row per request, timed per request by the benchmarks'
@@ -194,8 +197,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def limit(model_file: Path, args: argparse.Namespace) -> Limit:
+    # on a GPU the limit includes the copies from and to page-locked memory, which serve must also make
     result = in_process_limit(model_file, device=args.device, batch=64, threads=args.threads,
-                              seconds=args.limit_seconds)
+                              seconds=args.limit_seconds, copies=args.device.startswith("cuda"))
     say(f"  in-process, batch 64, {args.threads} thread(s): {result.rows_per_s:,.0f} rows/s, "
         f"{result.p50_ms:.2f} ms per call")
     return result
