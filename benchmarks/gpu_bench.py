@@ -1,6 +1,6 @@
-"""serve on a GPU: a ResNet-18-style TorchScript model in-process, then behind serve over gRPC.
+"""serve on a GPU: a ResNet-18-style model and the compute-bound MLP, in-process and behind serve.
 
-    python benchmarks/gpu_bench.py                        # on the first GPU (about 2 minutes)
+    python benchmarks/gpu_bench.py                        # on the first GPU (about 3 minutes)
     python benchmarks/gpu_bench.py --write                # and rewrite the GPU section of RESULTS.md
     python benchmarks/gpu_bench.py --device cpu --quick   # the whole flow on a CPU, tiny durations
 
@@ -17,7 +17,11 @@ KIND_GPU). Then:
    tensors, one image per request) that share one timed window; serve's mean batch size,
    queue time and compute time per batch come from its /metrics.
 
-It prints one Markdown table; benchmarks/gpu_check.sh runs it on a GPU host.
+3. the compute-bound table (gpu_compute.py): the issue's MLP on the GPU, serve with CUDA graphs
+   off and on against the model in-process, 1-row and 8-row requests over HTTP and gRPC, with
+   serve's busy fraction and mean batch (``--no-compute-bound`` leaves it out).
+
+It prints the two Markdown tables; benchmarks/gpu_check.sh runs it on a GPU host.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gpu_compute
 import numpy as np
 import torch
 from harness import PROGRAMS, ServerProcess, Unavailable, machine, scrape_histogram, write_section
@@ -280,12 +285,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batches 1,4, short points, concurrency 8 over 2 processes")
     parser.add_argument("--batches", help="in-process batch sizes (default 1,2,4,8,16,32,64)")
-    parser.add_argument("--seconds", type=float, help="seconds per in-process measurement (default 2)")
+    parser.add_argument("--seconds", type=float, help="seconds per in-process measurement (default 1)")
     parser.add_argument("--concurrency", type=int, help="gRPC requests in flight against serve (default 64)")
     parser.add_argument("--processes", type=int, help="load processes sharing the concurrency (default 4)")
-    parser.add_argument("--duration", type=float, help="seconds of load against serve (default 20)")
+    parser.add_argument("--duration", type=float, help="seconds of load against serve (default 10)")
     parser.add_argument("--delay-us", type=int, default=100, help="serve's max_queue_delay_microseconds (100)")
     parser.add_argument("--instances", type=int, default=1, help="model instances on the GPU (default 1)")
+    parser.add_argument("--no-compute-bound", dest="compute_bound", action="store_false",
+                        help="leave out the compute-bound MLP table (gpu_compute.py)")
     parser.add_argument("--write", action="store_true", help="rewrite the GPU section of benchmarks/RESULTS.md")
     parser.add_argument("--markdown", type=Path, help="also save the section to this file")
     args = parser.parse_args()
@@ -293,10 +300,10 @@ def parse_args() -> argparse.Namespace:
         parser.error("--write records full runs only; drop --quick")
     quick = args.quick
     args.batches = [int(b) for b in (args.batches or ("1,4" if quick else "1,2,4,8,16,32,64")).split(",")]
-    args.seconds = args.seconds or (0.3 if quick else 2.0)
+    args.seconds = args.seconds or (0.3 if quick else 1.0)
     args.concurrency = args.concurrency or (8 if quick else 64)
     args.processes = min(args.processes or (2 if quick else 4), args.concurrency)
-    args.duration = args.duration or (3.0 if quick else 20.0)
+    args.duration = args.duration or (3.0 if quick else 10.0)
     args.warmup = 5 if quick else 20  # in-process calls before timing each batch size
     args.warmup_rounds = 1 if quick else 10  # rounds of requests each load process sends before timing
     return args
@@ -341,7 +348,13 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
                   compute_ms=1000 * mean(after["serving_compute_duration_seconds"],
                                          before["serving_compute_duration_seconds"]))
     say(f"  serve: {served['rps']:.0f} images/s, p50 {served['p50_ms']:.2f} ms, mean batch {served['batch']:.1f}")
-    return header(args) + "\n\n" + render(args, limit, served)
+    section = header(args) + "\n\n" + render(args, limit, served)
+    if args.compute_bound:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        say("compute-bound MLP ...")
+        section += "\n\n" + gpu_compute.run(gpu_compute.settings(args.device, args.quick), workdir, say)
+    return section
 
 
 def main() -> int:
