@@ -41,6 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
+from .admission import Waiters
 from .config import BatchPolicy
 from .errors import ModelError, ServingError, Unavailable, failure_text
 
@@ -116,11 +117,7 @@ class Batcher:
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued = 0  # live (QUEUED) entries; dropped ones leave the deque lazily
         self._reserved = 0  # places held by `reserve` for requests not yet submitted
-        # requests waiting for a place, oldest first, with their deadlines; done ones leave lazily
-        self._waiters: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
-        self._waiting = 0  # waiters not yet done
-        self._expiry: asyncio.TimerHandle | None = None  # one timer, for the oldest waiter's deadline
-        self._handoff_scheduled = False
+        self._waiters = Waiters(self._grant, self.release, self._has_room, self._full)
         self._wakeup = asyncio.Event()
         self._settled = asyncio.Event()  # set whenever a batch ends or a queued request leaves
         self._running: set[asyncio.Task[None]] = set()
@@ -166,68 +163,20 @@ class Batcher:
         """
         if self._closed:
             raise Unavailable(f"model '{self.name}' is shutting down; retry on another replica")
-        if self._has_room() and not self._waiting:
+        if self._has_room() and not self._waiters.waiting:
             self._reserved += 1
             return
         if wait_s <= 0:
             raise self._full()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        deadline = loop.time() + wait_s
-        self._waiters.append((deadline, future))
-        self._waiting += 1
-        if self._expiry is None:
-            self._expiry = loop.call_at(deadline, self._give_up)
-        try:
-            await future  # resolved by `_hand_off`, which reserved the place for us
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self.release()  # a place was handed over, but the request went away
-            raise
-        finally:
-            self._waiting -= 1
-            if len(self._waiters) > 2 * self._waiting + 64:  # bound the waiters that went away
-                self._waiters = collections.deque(w for w in self._waiters if not w[1].done())
+        await self._waiters.wait(wait_s)
 
-    def _give_up(self) -> None:
-        """Reject the waiters whose deadline has passed, oldest first; re-arm for the next one.
-
-        One timer serves them all: deadlines grow in arrival order when every caller waits
-        as long (the transports pass one setting), so the oldest waiter expires first.
-        """
-        self._expiry = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._waiters:
-            deadline, future = self._waiters[0]
-            if future.done():
-                self._waiters.popleft()
-            elif deadline <= now:
-                self._waiters.popleft()
-                future.set_exception(self._full())
-            else:
-                self._expiry = loop.call_at(deadline, self._give_up)
-                break
+    def _grant(self) -> None:
+        self._reserved += 1
 
     def release(self) -> None:
         """Give back a place taken by `reserve`."""
         self._reserved -= 1
-        self._schedule_hand_off()
-
-    def _schedule_hand_off(self) -> None:
-        # Deferred to the next turn of the loop, so that a request that releases its place
-        # just before it submits takes that place itself.
-        if self._waiting and not self._handoff_scheduled:
-            self._handoff_scheduled = True
-            asyncio.get_running_loop().call_soon(self._hand_off)
-
-    def _hand_off(self) -> None:
-        self._handoff_scheduled = False
-        while self._waiters and self._has_room():
-            _, future = self._waiters.popleft()
-            if not future.done():
-                self._reserved += 1
-                future.set_result(None)
+        self._waiters.schedule_hand_off()
 
     async def submit(self, payload: Any, rows: int = 1, key: Hashable = None, timeout_us: int = 0) -> Any:
         """Queue one request and wait for its result.
@@ -259,7 +208,7 @@ class Batcher:
             item.state = DROPPED
             self._queued -= 1
             self._settled.set()
-            self._schedule_hand_off()
+            self._waiters.schedule_hand_off()
         elif item.state == STAGED:
             item.state = DROPPED  # it left the queue's count when it was staged
         if item.timer is not None:
@@ -373,7 +322,7 @@ class Batcher:
                     item.timer.cancel()
             taken += 1
         self._queued -= taken
-        self._schedule_hand_off()
+        self._waiters.schedule_hand_off()
         return chosen
 
     async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -421,7 +370,7 @@ class Batcher:
             if staged is not None:  # it starts now (or it was this batch, and is over): no longer queued
                 self._staged_on[worker] = None
                 self._staged -= len(staged)
-                self._schedule_hand_off()
+                self._waiters.schedule_hand_off()
             self._wakeup.set()
             self._settled.set()
 
@@ -434,12 +383,7 @@ class Batcher:
     async def stop(self) -> None:
         """Refuse new work, fail what is still queued, and wait for running batches."""
         self._closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-        while self._waiters:
-            _, future = self._waiters.popleft()
-            if not future.done():
-                future.set_exception(Unavailable(f"model '{self.name}' was unloaded before this request ran"))
+        self._waiters.fail(Unavailable(f"model '{self.name}' was unloaded before this request ran"))
         for item in self._queue:
             if item.state == QUEUED and not item.future.done():
                 item.future.set_exception(Unavailable(f"model '{self.name}' was unloaded before this request ran"))
