@@ -228,8 +228,8 @@ def render(args: argparse.Namespace, raw: dict) -> str:
              f"{', '.join(fmt(x.rows_per_s) for x in limits)}), batch 64, {args.threads} torch thread(s), "
              f"{fmt(median([x.p50_ms for x in limits]), 2)} ms per call.", "",
              "| serve | transport | rows/request | c | rows/s (range) | vs in-process | busy | mean batch | "
-             "p50 ms | p99 ms | failed |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    sources: set[str] = set()
+             "busy ms/batch | p50 ms | p99 ms | failed |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    sources: dict[str, set[str]] = defaultdict(set)
     detail: set[str] = set()
     for transport in args.transports:
         for rows in args.rows:
@@ -238,7 +238,7 @@ def render(args: argparse.Namespace, raw: dict) -> str:
                 if not points:
                     continue
                 windows = [p.window for p in points if p.window]
-                sources.update(w.busy_source for w in windows)
+                sources[label].update(w.busy_source for w in windows)
                 detail.update(f"{label} {transport} {rows} row(s): {d}" for p in points for d in p.detail)
                 rate = median([p.rows_per_s for p in points])
                 spread = f"{fmt(min(p.rows_per_s for p in points))}–{fmt(max(p.rows_per_s for p in points))}"
@@ -246,6 +246,7 @@ def render(args: argparse.Namespace, raw: dict) -> str:
                 lines.append(f"| {name} | {transport} | {rows} | {args.concurrency} | {fmt(rate)} ({spread}) | "
                              f"**{fmt(rate / ceiling, 2)}** | {fmt(median([w.busy_mean for w in windows]), 2)} | "
                              f"{fmt(median([w.batch for w in windows]), 1)} | "
+                             f"{fmt(median([w.ms_per_batch for w in windows]), 2)} | "
                              f"{fmt(median([p.p50_ms for p in points]), 2)} | "
                              f"{fmt(median([p.p99_ms for p in points]), 2)} | {sum(p.failures for p in points)} |")
     lines += ["", f"Latency check: {SMALL} (examples/models), one JSON row per request, c=1, "
@@ -262,11 +263,11 @@ def render(args: argparse.Namespace, raw: dict) -> str:
     lines.append("")
     if len(p50s) == 2:
         lines.append(f"- p50 now / before: **{p50s['now'] / p50s['before']:.3f}**")
-    names = {"serving_instance_busy_seconds_total": "Δ serving_instance_busy_seconds_total / Δwall",
-             "serving_compute_duration_seconds_sum": "Δ serving_compute_duration_seconds_sum / Δwall (no busy "
-             "counter in that serve)"}
-    lines.append("- busy: " + "; ".join(names.get(s, s) for s in sorted(sources)) + "; busy and mean batch from "
-                 "/metrics inside each point, rows/s and latencies from the clients")
+    used = "; ".join(f"{tree_name(args, label)}: Δ {' and '.join(sorted(names))} / Δwall"
+                     for label, names in sorted(sources.items()))
+    lines.append(f"- busy ({used}), mean batch and busy ms/batch (busy time per batch, beside the limit's "
+                 "ms per call: slower compute, not idle gaps) from /metrics inside each point; rows/s and "
+                 "latencies from the clients")
     lines.append(f"- load average (1, 5, 15 min) before {raw['load_before']}, after {raw['load_after']}")
     lines += [f"- {d}" for d in sorted(detail)]
     return "\n".join(lines)
@@ -280,7 +281,7 @@ def tree_name(args: argparse.Namespace, label: str) -> str:
 
 def header(args: argparse.Namespace, raw: dict) -> str:
     argv = [a for a in sys.argv[1:] if a != "--write"]
-    origins = "; ".join(f"{label}: `{path}`" for label, path in raw["origins"].items())
+    origins = "; ".join(f"{tree_name(args, label)}: `{path}`" for label, path in raw["origins"].items())
     device = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     return "\n".join([
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",

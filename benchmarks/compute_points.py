@@ -220,10 +220,18 @@ class Window:
     busy_source: str
     batch: float  # mean rows per batch
     rows_per_s: float  # rows computed per second, by serve's count
+    batches: float = float("nan")  # batches computed in the window, all instances together
 
     @property
     def busy_mean(self) -> float:
         return sum(self.busy.values()) / len(self.busy) if self.busy else float("nan")
+
+    @property
+    def ms_per_batch(self) -> float:
+        """Busy time per batch: beside the limit's time per call, it tells slower compute from idle gaps."""
+        if not self.busy or not self.batches:
+            return float("nan")
+        return sum(self.busy.values()) * self.seconds / self.batches * 1000
 
 
 def window(metrics_url: str, model: str, start: float, duration: float, margin: float) -> Window:
@@ -243,7 +251,7 @@ def between(first: Snapshot, last: Snapshot) -> Window:
     count = last.batch_count - first.batch_count
     rows = last.batch_sum - first.batch_sum
     return Window(seconds, busy, source, rows / count if count else float("nan"),
-                  rows / seconds if seconds > 0 else float("nan"))
+                  rows / seconds if seconds > 0 else float("nan"), count)
 
 
 @dataclass
