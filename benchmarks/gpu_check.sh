@@ -8,7 +8,7 @@
 #    host lacks; benchmarks/README.md says how to prepare DIR) into a temporary directory, not
 #    into the system: pip install --no-index --no-deps --target, then PYTHONPATH;
 # 2. prints the GPUs (nvidia-smi -L) and the torch / CUDA versions;
-# 3. runs the GPU tests: python -m pytest -m gpu tests/test_gpu.py -q (time-boxed);
+# 3. runs the GPU tests: python -m pytest -m gpu tests/test_gpu.py tests/test_gpu_staging.py -q (time-boxed);
 # 4. runs benchmarks/gpu_bench.py (time-boxed), which prints two Markdown tables (ResNet, the compute-bound MLP).
 #
 # The project runs from source (PYTHONPATH=repository root); nothing is installed for good.
@@ -124,9 +124,9 @@ if [ -z "$SMOKE" ] && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda
     exit 1
 fi
 
-step "GPU tests: pytest -m gpu tests/test_gpu.py (at most ${PYTEST_LIMIT}s)"
-timeout -k 15 "$PYTEST_LIMIT" "$PYTHON" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
-record "pytest -m gpu tests/test_gpu.py" $?
+step "GPU tests: pytest -m gpu tests/test_gpu.py tests/test_gpu_staging.py (at most ${PYTEST_LIMIT}s)"
+timeout -k 15 "$PYTEST_LIMIT" "$PYTHON" -m pytest -m gpu tests/test_gpu.py tests/test_gpu_staging.py -q -p no:cacheprovider
+record "pytest -m gpu tests/test_gpu.py tests/test_gpu_staging.py" $?
 
 step "benchmark: gpu_bench.py (at most ${BENCH_LIMIT}s)"
 bench=("$PYTHON" benchmarks/gpu_bench.py --markdown "$RESULT_MD")

@@ -1,9 +1,8 @@
 """The device path on a real GPU (marked `gpu`; skipped where torch sees no CUDA device).
 
 benchmarks/gpu_check.sh runs these on a GPU host. Each test checks what its name says
-directly: the test's handler records, per predict call, what it saw on the device (rows,
-the stream it ran on, the dtype autocast gave its product, CUDA events around its work),
-and the tests read those records, serve's /metrics and torch's memory counters.
+directly: the handlers of tests/gpu_handlers.py record, per predict call, what they saw on
+the device, and the tests read those records, serve's /metrics and torch's memory counters.
 """
 
 from __future__ import annotations
@@ -21,152 +20,10 @@ import torch
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.device import HostBuffers
-
-from .conftest import EXAMPLES, RunningServer, write_model
+from .conftest import EXAMPLES, RunningServer
+from .gpu_handlers import NO_WARMUP, MiB, calls, host_buffers, infer, parameter, reference, scrape, square, weight
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-MiB = 2**20
-
-SQUARE = '''
-import time
-
-import torch
-import serving
-
-
-class Square(serving.Model):
-    """Y = X @ W with a weight matrix on the device; records what each call saw, for the tests."""
-
-    def load(self):
-        size = int(self.parameters.get("size", "256"))
-        generator = torch.Generator().manual_seed(0)
-        self.weight = torch.randn(size, size, generator=generator).to(self.device)
-        self.sleep_cycles = int(self.parameters.get("sleep_cycles", "0"))
-        self.grab = float(self.parameters.get("grab_fraction_per_row", "0"))
-        self.timed = self.parameters.get("timed", "false") == "true"
-        self.oom_above = int(self.parameters.get("oom_above_rows", "0"))  # the same split without a GPU
-        self.cuda = self.device.type == "cuda"
-        self.calls = []  # one dict per predict call, appended on the instance thread
-
-    def predict(self, inputs):
-        x = inputs["X"]
-        assert x.device == self.device
-        call = {"rows": x.shape[0], "stream": torch.cuda.current_stream(self.device) if self.cuda else None}
-        self.calls.append(call)  # before anything can fail: an out-of-memory call is recorded too
-        if self.timed:
-            call["start"] = torch.cuda.Event(enable_timing=True)
-            call["start"].record()
-        if self.grab and self.cuda:  # a real allocation: 4 rows at 0.3 ask for 120% of the GPU
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            held = torch.empty(int(total * self.grab * x.shape[0]), dtype=torch.uint8, device=self.device)
-            del held
-        if self.oom_above and x.shape[0] > self.oom_above:
-            raise torch.OutOfMemoryError(f"{x.shape[0]} rows are more than {self.oom_above}")
-        if self.sleep_cycles:
-            torch.cuda._sleep(self.sleep_cycles) if self.cuda else time.sleep(self.sleep_cycles / 2e9)
-        y = x @ self.weight
-        call["dtype"] = y.dtype  # float16 only when autocast ran around predict
-        if self.timed:
-            call["end"] = torch.cuda.Event(enable_timing=True)
-            call["end"].record()
-        return {"Y": y}
-'''
-
-MEAN = '''
-import torch
-import serving
-
-
-class Mean(serving.Model):
-    """Y = the mean of X's 1024 blocks of 256: a large input, a tiny compute, so a copy that compute
-    does not wait for (or a staging buffer overwritten too early) shows as a wrong answer."""
-
-    def predict(self, inputs):
-        x = inputs["X"]
-        return {"Y": x.view(x.shape[0], 1024, 256).mean(dim=1)}
-'''
-
-
-def square(repo: Path, name: str, extra: str = "", size: int = 256, output: str = "TYPE_FP32",
-           batching: str = "") -> None:
-    write_model(repo, name, f"""
-        backend: "python"
-        max_batch_size: 16
-        input [ {{ name: "X" data_type: TYPE_FP32 dims: [ {size} ] }} ]
-        output [ {{ name: "Y" data_type: {output} dims: [ {size} ] }} ]
-        dynamic_batching {{ {batching} }}
-        parameters {{ key: "size" value {{ string_value: "{size}" }} }}
-        {extra}
-        """, {1: {"model.py": SQUARE}})
-
-
-def parameter(key: str, value: object) -> str:
-    return f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}'
-
-
-NO_WARMUP = parameter("warmup", "false")
-
-
-def infer(server: RunningServer, name: str, x: np.ndarray) -> np.ndarray:
-    client = httpclient.InferenceServerClient(server.url)
-    inp = httpclient.InferInput("X", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return client.infer(name, [inp]).as_numpy("Y")
-
-
-def weight(size: int = 256) -> torch.Tensor:
-    return torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-
-
-def reference(x: np.ndarray, size: int = 256) -> np.ndarray:
-    return (torch.from_numpy(x).double() @ weight(size).double()).float().numpy()
-
-
-def calls(server: RunningServer, name: str, instance: int = 0) -> list[dict[str, Any]]:
-    """What the handler of one instance recorded, one entry per predict call."""
-    assert server.server.repository is not None  # a started server has its repository
-    handler = server.server.repository.get(name).instances[instance].handler
-    recorded: list[dict[str, Any]] = handler.calls  # type: ignore[attr-defined]  # the test handler's own record
-    return recorded
-
-
-def scrape(server: RunningServer, name: str, **labels: str) -> float:
-    """The sum of the samples ``name`` in serve's /metrics whose labels include ``labels``."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read(16 * MiB).decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def host_buffers(root: object, depth: int = 3) -> list[HostBuffers]:
-    """Every HostBuffers an executor holds, directly or in the serving objects it holds (its staging slots)."""
-    found: list[HostBuffers] = []
-    seen: set[int] = set()
-
-    def walk(value: object, depth: int) -> None:
-        if id(value) in seen or depth < 0:
-            return
-        seen.add(id(value))
-        if isinstance(value, HostBuffers):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item, depth - 1)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item, depth - 1)
-        elif type(value).__module__.startswith("serving") and hasattr(value, "__dict__"):
-            for item in vars(value).values():
-                walk(item, depth - 1)
-
-    walk(root, depth)
-    return found
 
 
 def test_classifier_on_the_gpu_matches_the_cpu_through_pinned_buffers() -> None:
@@ -320,51 +177,6 @@ def test_real_out_of_memory_splits_the_shared_batch(tmp_path: Path) -> None:
     finally:
         server.stop()
         torch.cuda.empty_cache()  # leave no 40 GB blocks cached for the tests after this one
-
-
-def test_staged_batches_are_copied_before_they_compute(tmp_path: Path) -> None:
-    write_model(tmp_path, "mean", """
-        backend: "python"
-        max_batch_size: 8
-        input [ { name: "X" data_type: TYPE_FP32 dims: [ 262144 ] } ]
-        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 256 ] } ]
-        dynamic_batching { max_queue_delay_microseconds: 2000 }
-        """, {1: {"model.py": MEAN}})  # 1 MiB per row: a batch's copy outlasts its compute many times
-    server = RunningServer(tmp_path, device="cuda")
-    rng = np.random.default_rng(7)
-    requests = [rng.standard_normal((int(rng.integers(1, 5)), 262144), dtype=np.float32) for _ in range(64)]
-    try:
-        import tritonclient.http.aio as aioclient
-
-        async def scenario() -> list[np.ndarray]:
-            client = aioclient.InferenceServerClient(server.url, conn_limit=16)
-            gate = asyncio.Semaphore(16)
-
-            async def one(x: np.ndarray) -> np.ndarray:
-                inp = aioclient.InferInput("X", list(x.shape), "FP32")
-                inp.set_data_from_numpy(x, binary_data=True)
-                async with gate:
-                    result = await client.infer("mean", [inp],
-                                                outputs=[aioclient.InferRequestedOutput("Y", binary_data=True)])
-                return result.as_numpy("Y")
-            try:
-                return await asyncio.gather(*(one(x) for x in requests))
-            finally:
-                await client.close()
-        batches = scrape(server, "serving_batch_size_count", model="mean")
-        answers = asyncio.run(scenario())
-        for x, served in zip(requests, answers, strict=True):
-            np.testing.assert_allclose(served, x.reshape(-1, 1024, 256).mean(axis=1, dtype=np.float64),
-                                       rtol=1e-4, atol=1e-5)
-        rows = sum(x.shape[0] for x in requests)
-        executed = scrape(server, "serving_batch_size_count", model="mean") - batches
-        assert executed < len(requests), executed  # requests shared batches: they queued behind running ones
-        assert scrape(server, "serving_batch_size_sum", model="mean") >= rows
-        assert server.server.repository is not None  # a started server has its repository
-        device = str(server.server.repository.get("mean").instances[0].device)
-        assert scrape(server, "serving_instance_busy_seconds_total", model="mean", instance="0", device=device) > 0
-    finally:
-        server.stop()
 
 
 def test_gpu_metrics_are_exported(tmp_path: Path) -> None:
