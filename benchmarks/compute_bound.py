@@ -1,8 +1,8 @@
 """serve on a compute-bound model against the same model called in-process: how busy serve keeps the device.
 
-    python benchmarks/compute_bound.py                   # 3 repetitions of 10 s points (about 6 minutes)
+    python benchmarks/compute_bound.py                   # 3 repetitions of 10 s points (about 4 minutes)
     python benchmarks/compute_bound.py --quick           # a smoke run: 2 s points, once (about a minute)
-    python benchmarks/compute_bound.py --before REV      # and serve from REV beside the working tree, interleaved
+    python benchmarks/compute_bound.py --before REV      # and serve from REV, interleaved (about 7 minutes)
     python benchmarks/compute_bound.py --write           # also rewrite its section of benchmarks/RESULTS.md
 
 The model is the issue's MLP, 256→2048→2048→16 (ReLU between), scripted with TorchScript into a

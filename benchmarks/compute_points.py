@@ -173,6 +173,7 @@ class Snapshot:
     busy_source: str  # BUSY, or COMPUTE_SUM where serve has no busy counter yet
     batch_sum: float
     batch_count: float
+    compute: float = 0.0  # COMPUTE_SUM, for a window whose first scrape came before the busy counter
 
 
 def snapshot(metrics_url: str, model: str) -> Snapshot:
@@ -207,8 +208,8 @@ def parse_snapshot(text: str, model: str, at: float = 0.0) -> Snapshot:
     except ValueError as exc:  # the parser's one complaint for text that is no exposition
         raise Unavailable(f"serve's /metrics did not parse: {' '.join(str(exc).split())[:200]}") from None
     if busy:
-        return Snapshot(at, busy, BUSY, batch_sum, batch_count)
-    return Snapshot(at, {"0": compute}, COMPUTE_SUM, batch_sum, batch_count)
+        return Snapshot(at, busy, BUSY, batch_sum, batch_count, compute)
+    return Snapshot(at, {"0": compute}, COMPUTE_SUM, batch_sum, batch_count, compute)
 
 
 @dataclass
@@ -246,8 +247,11 @@ def window(metrics_url: str, model: str, start: float, duration: float, margin: 
 def between(first: Snapshot, last: Snapshot) -> Window:
     seconds = last.at - first.at
     source = last.busy_source
-    instances = last.busy.keys() if source == first.busy_source else ()
-    busy = {i: (last.busy[i] - first.busy.get(i, 0.0)) / seconds for i in instances} if seconds > 0 else {}
+    if source == first.busy_source:
+        delta = {i: last.busy[i] - first.busy.get(i, 0.0) for i in last.busy}
+    else:  # the busy counter appeared between the scrapes: both have the compute sum
+        source, delta = COMPUTE_SUM, {"0": last.compute - first.compute}
+    busy = {i: d / seconds for i, d in delta.items()} if seconds > 0 else {}
     count = last.batch_count - first.batch_count
     rows = last.batch_sum - first.batch_sum
     return Window(seconds, busy, source, rows / count if count else float("nan"),

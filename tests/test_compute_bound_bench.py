@@ -28,6 +28,7 @@ from compute_points import (
     DIMS,
     MODEL,
     Endpoints,
+    between,
     build_repository,
     in_process_limit,
     measure,
@@ -121,3 +122,15 @@ def test_busy_seconds_are_read_per_instance(busy: dict[str, float]) -> None:
                    f'{BUSY}{{model="other",version="1",instance="{i}",device="cpu"}} 7.0\n' for i, v in busy.items())
     snap = parse_snapshot(text + f'{COMPUTE_SUM}{{model="mlp",version="1"}} 99.0\n', MODEL)
     assert snap.busy_source == BUSY and snap.busy == busy
+
+
+def test_a_window_over_the_busy_counter_appearing_falls_back_to_the_compute_sum() -> None:
+    compute = f'{COMPUTE_SUM}{{model="mlp",version="1"}}'
+    batches = ('serving_batch_size_sum{{model="mlp",version="1"}} {}\n'
+               'serving_batch_size_count{{model="mlp",version="1"}} {}\n')
+    first = parse_snapshot(f"{compute} 1.0\n" + batches.format(64, 1), MODEL, at=10.0)
+    last = parse_snapshot(f'{compute} 3.0\n{BUSY}{{model="mlp",instance="0"}} 2.5\n' + batches.format(320, 5),
+                          MODEL, at=14.0)
+    window = between(first, last)
+    assert window.busy_source == COMPUTE_SUM and window.busy == {"0": 0.5}
+    assert window.batch == 64 and window.batches == 4 and window.rows_per_s == 64 and window.ms_per_batch == 500
