@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from compute_points import BUSY, DIMS, Limit, Measured, build_repository, in_process_limit, measure, start_serve
 
 
@@ -67,7 +68,6 @@ def run(config: Settings, workdir: Path, say: Callable[[str], None]) -> str:
                     model_file, device=config.device, batch=64, threads=config.threads,
                     seconds=config.limit_seconds, copies=copies)))
             if on_gpu:
-                import torch
                 torch.cuda.empty_cache()  # leave the GPU's memory to serve
         say(f"  starting serve on the MLP, CUDA graphs {'on' if graphs else 'off'} ...")
         serve = start_serve(root / "models", root, device=config.device, threads=config.threads)
