@@ -9,7 +9,8 @@ The model is the issue's MLP, 256→2048→2048→16 (ReLU between), scripted wi
 temporary model repository (``max_batch_size: 64``, ``max_queue_delay_microseconds: 2000``, one
 instance), served by ``python -m serving --cpu-threads 1``. The limit is the same TorchScript file
 called in-process at batch 64 with one torch thread under ``torch.inference_mode``, measured
-before every repetition and once after, the median used (with ``--device cuda``: a
+before every repetition and once after, the fastest used, since a busy machine only ever slows
+a measurement down, never speeds it up (with ``--device cuda``: a
 synchronisation after each call, and the copies from and to page-locked memory included).
 
 serve is driven at one concurrency (default 128) with 1-row and 8-row requests: over HTTP by
@@ -223,10 +224,11 @@ def median(values: list[float]) -> float:
 
 def render(args: argparse.Namespace, raw: dict) -> str:
     limits: list[Limit] = raw["limits"]
-    ceiling = median([x.rows_per_s for x in limits])
-    lines = [f"In-process limit: {fmt(ceiling)} rows/s (median of {len(limits)}: "
+    best = max(limits, key=lambda x: x.rows_per_s)  # other work only ever slows a measurement down
+    ceiling = best.rows_per_s
+    lines = [f"In-process limit: {fmt(ceiling)} rows/s (the fastest of {len(limits)}: "
              f"{', '.join(fmt(x.rows_per_s) for x in limits)}), batch 64, {args.threads} torch thread(s), "
-             f"{fmt(median([x.p50_ms for x in limits]), 2)} ms per call.", "",
+             f"p50 {fmt(best.p50_ms, 2)} ms per call.", "",
              "| serve | transport | rows/request | c | rows/s (range) | vs in-process | busy | mean batch | "
              "busy ms/batch | p50 ms | p99 ms | failed |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     sources: dict[str, set[str]] = defaultdict(set)
