@@ -24,7 +24,7 @@ def test_integer_and_bool_scores_have_no_nan() -> None:
 
 
 def test_the_sidecar_the_drift_job_and_the_runtime_use_it() -> None:
-    from serving import metrics
+    from serving import predictions
     from sidecar.drift import columns
     from sidecar.records import compare
-    assert metrics.top1 is columns.top1 is compare.top1 is top1
+    assert predictions.top1 is columns.top1 is compare.top1 is top1
