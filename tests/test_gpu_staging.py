@@ -69,7 +69,7 @@ def test_staged_batches_are_copied_before_they_compute(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_a_staged_request_that_times_out_is_left_out_of_its_batch(tmp_path: Path) -> None:
+def test_a_staged_request_that_times_out_is_left_out_and_the_next_batch_stages_behind(tmp_path: Path) -> None:
     square(tmp_path, "slow", f"{parameter('sleep_cycles', 600_000_000)} {NO_WARMUP}",  # about 0.3 s a batch
            batching="default_queue_policy { allow_timeout_override: true }")
     server = RunningServer(tmp_path, device="cuda")
@@ -77,7 +77,7 @@ def test_a_staged_request_that_times_out_is_left_out_of_its_batch(tmp_path: Path
     batcher = server.server.repository.get("slow").batcher
     assert batcher is not None
     data = {name: np.random.default_rng(i).normal(size=(rows, 256)).astype(np.float32)
-            for i, (name, rows) in enumerate((("running", 16), ("kept", 8), ("late", 8)))}
+            for i, (name, rows) in enumerate((("running", 16), ("kept", 8), ("late", 8), ("next", 16)))}
     try:
         async def scenario() -> dict[str, tuple[int, Any]]:
             async with aiohttp.ClientSession() as session:
@@ -99,15 +99,20 @@ def test_a_staged_request_that_times_out_is_left_out_of_its_batch(tmp_path: Path
                 await until(lambda: batcher.pending == 1)
                 # the other half completes the batch, which is staged behind the running one; this
                 # request's 50 ms run out while it is staged, long before the running batch ends
-                late = asyncio.create_task(one("late", timeout=50_000))
-                return dict(zip(("running", "kept", "late"), await asyncio.gather(running, kept, late), strict=True))
+                late = await one("late", timeout=50_000)
+                assert not running.done(), "the running batch ended before the staged request timed out"
+                # a full batch: it waits for room (one running, one staged), then is staged and copied
+                # while "kept" computes, and computes from its staged inputs once that ends
+                following = asyncio.create_task(one("next"))
+                answers = await asyncio.gather(running, kept, following)
+                return {"late": late, **dict(zip(("running", "kept", "next"), answers, strict=True))}
         answers = asyncio.run(scenario())
         assert answers["late"][0] == 503 and "timed out" in answers["late"][1]["error"], answers["late"]
-        for name in ("running", "kept"):
+        for name in ("running", "kept", "next"):
             status, body = answers[name]
             assert status == 200, body
             served = np.asarray(body["outputs"][0]["data"], dtype=np.float32).reshape(data[name].shape)
             np.testing.assert_allclose(served, reference(data[name]), rtol=1e-3, atol=1e-3)
-        assert [c["rows"] for c in calls(server, "slow")] == [16, 8]  # the staged batch ran without it
+        assert [c["rows"] for c in calls(server, "slow")] == [16, 8, 16]  # the staged batch ran without it
     finally:
         server.stop()
