@@ -42,6 +42,8 @@ class Square(serving.Model):
         self.grab = float(self.parameters.get("grab_fraction_per_row", "0"))
         self.timed = self.parameters.get("timed", "false") == "true"
         self.oom_above = int(self.parameters.get("oom_above_rows", "0"))  # the same split without a GPU
+        marker = self.parameters.get("fail_marker")  # X[0, 0] that makes predict fail
+        self.fail_marker = None if marker is None else float(marker)
         self.cuda = self.device.type == "cuda"
         self.calls = []  # one dict per predict call, appended on the instance thread
 
@@ -61,6 +63,8 @@ class Square(serving.Model):
             raise torch.OutOfMemoryError(f"{x.shape[0]} rows are more than {self.oom_above}")
         if self.sleep_cycles:
             torch.cuda._sleep(self.sleep_cycles) if self.cuda else time.sleep(self.sleep_cycles / 2e9)
+        if self.fail_marker is not None and float(x[0, 0]) == self.fail_marker:  # a sync: after the sleep ran
+            raise RuntimeError("the batch holds the test's marker row")
         y = x @ self.weight
         call["dtype"] = y.dtype  # float16 only when autocast ran around predict
         if self.timed:

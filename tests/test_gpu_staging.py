@@ -116,3 +116,35 @@ def test_a_staged_request_that_times_out_is_left_out_and_the_next_batch_stages_b
         assert [c["rows"] for c in calls(server, "slow")] == [16, 8, 16]  # the staged batch ran without it
     finally:
         server.stop()
+
+
+def test_a_batch_that_fails_leaves_the_one_staged_behind_it_whole(tmp_path: Path) -> None:
+    square(tmp_path, "fragile", f"{parameter('sleep_cycles', 600_000_000)} {parameter('fail_marker', 12345)} "
+                                f"{NO_WARMUP}")  # about 0.3 s a batch, then the marked one fails
+    server = RunningServer(tmp_path, device="cuda")
+    failing = np.random.default_rng(1).normal(size=(16, 256)).astype(np.float32)
+    failing[0, 0] = 12345
+    staged = np.random.default_rng(2).normal(size=(16, 256)).astype(np.float32)
+    try:
+        async def scenario() -> list[tuple[int, Any]]:
+            async with aiohttp.ClientSession() as session:
+                async def one(x: np.ndarray) -> tuple[int, Any]:
+                    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(x.shape),
+                                        "data": x.reshape(-1).tolist()}]}
+                    async with session.post(f"http://{server.url}/v2/models/fragile/infer", json=body) as response:
+                        return response.status, await response.json()
+                first = asyncio.create_task(one(failing))
+                deadline = time.monotonic() + 10
+                while not calls(server, "fragile"):  # the failing batch is computing
+                    assert time.monotonic() < deadline, "the first batch never started"
+                    await asyncio.sleep(0.002)
+                second = asyncio.create_task(one(staged))  # staged while the first one computes
+                return list(await asyncio.gather(first, second))
+        (status, body), (staged_status, staged_body) = asyncio.run(scenario())
+        assert status == 500 and "marker row" in body["error"], body
+        assert staged_status == 200, staged_body
+        served = np.asarray(staged_body["outputs"][0]["data"], dtype=np.float32).reshape(staged.shape)
+        np.testing.assert_allclose(served, reference(staged), rtol=1e-3, atol=1e-3)
+        assert [c["rows"] for c in calls(server, "fragile")] == [16, 16]
+    finally:
+        server.stop()
