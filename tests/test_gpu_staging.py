@@ -30,7 +30,7 @@ def test_staged_batches_are_copied_before_they_compute(tmp_path: Path) -> None:
         max_batch_size: 8
         input [ { name: "X" data_type: TYPE_FP32 dims: [ 524288 ] } ]
         output [ { name: "Y" data_type: TYPE_FP32 dims: [ 256 ] } ]
-        dynamic_batching { max_queue_delay_microseconds: 2000 }
+        dynamic_batching { max_queue_delay_microseconds: 20000 }
         """, {1: {"model.py": MEAN}})  # 2 MiB per row: a batch's copy outlasts its compute many times
     server = RunningServer(tmp_path, device="cuda")
     rng = np.random.default_rng(7)
