@@ -169,6 +169,8 @@ class BatchExecutor:
                     raise ModelError(f"model '{self.spec.name}': predict returned no output '{tensor.name}' "
                                      f"(it returned {', '.join(map(str, outputs)) or 'nothing'})")
                 continue
+            if self.autocast is not None and isinstance(value, torch.Tensor) and value.dtype == self.autocast:
+                value = _declared(value, tensor.datatype)  # autocast's precision inside, the declared type out
             if self.outputs is not None and isinstance(value, torch.Tensor) and value.device.type == "cuda":
                 pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True) if value.numel() == 0 else \
                     torch.from_numpy(self.outputs.buffer(tensor.name, tuple(value.shape), _np_dtype(value)))
@@ -192,6 +194,12 @@ class BatchExecutor:
         if bucket not in self.graphs:
             self.graphs[bucket] = _Graph(self, bucket)
         return self.graphs[bucket]
+
+
+def _declared(value: torch.Tensor, datatype: str) -> torch.Tensor:
+    """An output that autocast left in half precision, as the wider float type config.pbtxt declares."""
+    wider = {"FP32": torch.float32, "FP64": torch.float64}.get(datatype)
+    return value.to(wider) if wider is not None else value
 
 
 def _np_dtype(tensor: torch.Tensor) -> np.dtype:

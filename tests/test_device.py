@@ -168,7 +168,7 @@ class Recorder(serving.Model):
 '''
 
 
-def recorder(repo: Path, name: str, log: Path, extra: str) -> None:
+def recorder(repo: Path, name: str, log: Path, extra: str, source: str = RECORDER) -> None:
     write_model(repo, name, f"""
         backend: "python"
         max_batch_size: 8
@@ -176,7 +176,7 @@ def recorder(repo: Path, name: str, log: Path, extra: str) -> None:
         output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
         parameters {{ key: "log" value {{ string_value: "{log}" }} }}
         {extra}
-        """, {1: {"model.py": RECORDER}})
+        """, {1: {"model.py": source}})
 
 
 def test_warm_up_runs_before_readiness(tmp_path: Path) -> None:
@@ -236,6 +236,10 @@ def test_bf16_autocast_torch_compile_and_cuda_graphs_options_on_cpu(tmp_path: Pa
     off = 'parameters { key: "warmup" value { string_value: "false" } }'
     recorder(tmp_path / "repo", "bf16", logs / "bf16.log",
              off + ' parameters { key: "precision" value { string_value: "bf16" } }')
+    # its predict returns autocast's bfloat16 as it is: served as the FP32 the config declares
+    recorder(tmp_path / "repo", "bf16_raw", logs / "bf16_raw.log",
+             off + ' parameters { key: "precision" value { string_value: "bf16" } }',
+             RECORDER.replace("(x @ torch.ones(x.shape[1], 1)).float()", "x @ torch.ones(x.shape[1], 1)"))
     recorder(tmp_path / "repo", "compiled", logs / "compiled.log", off + """
         parameters { key: "torch_compile" value { string_value: "default" } }
         parameters { key: "torch_compile_backend" value { string_value: "eager" } }""")
@@ -246,11 +250,13 @@ def test_bf16_autocast_torch_compile_and_cuda_graphs_options_on_cpu(tmp_path: Pa
     try:
         client = httpclient.InferenceServerClient(server.url)
         x = np.array([[1.0, 2.0]], np.float32)
-        for name in ("bf16", "compiled", "graphs"):
+        for name in ("bf16", "bf16_raw", "compiled", "graphs"):
             inp = httpclient.InferInput("X", [1, 2], "FP32")
             inp.set_data_from_numpy(x)
-            assert client.infer(name, [inp]).as_numpy("Y").tolist() == [[3.0]]
+            y = client.infer(name, [inp]).as_numpy("Y")
+            assert y.dtype == np.float32 and y.tolist() == [[3.0]], name
         assert (logs / "bf16.log").read_text().strip().endswith("bf16=True")
+        assert (logs / "bf16_raw.log").read_text().strip().endswith("bf16=True")
         assert (logs / "graphs.log").read_text().strip().endswith("bf16=False")
         assert server.server.repository is not None  # a started server has its repository
         compiled = server.server.repository.get("compiled").instances[0]
