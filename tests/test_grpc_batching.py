@@ -37,8 +37,8 @@ class Short(serving.Model):
         return {"Y": inputs["X"] * 2}
 '''
 
-CONCURRENCY = 32  # calls in flight, over as many HTTP connections and CONNECTIONS gRPC ones
-CONNECTIONS = 16
+CONCURRENCY = 32  # calls in flight, over as many HTTP connections and as many gRPC ones
+CONNECTIONS = 32
 SECONDS = 1.0
 
 
