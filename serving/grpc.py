@@ -20,8 +20,10 @@ large batches over gRPC open several connections, as HTTP clients do.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -279,6 +281,8 @@ class GrpcTransport:
         return server
 
     async def start(self, host: str, port: int) -> int:
+        if port:
+            _check_free(host, port)
         bound = self.servers[0].add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
@@ -316,3 +320,29 @@ def _split_cap(options: tuple[tuple[str, Any], ...], servers: int) -> list[int |
     cap = max(1, caps[-1])
     servers = min(servers, cap)
     return [cap // servers + (1 if index < cap % servers else 0) for index in range(servers)]
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise OSError when something listens on ``host:port`` already.
+
+    The servers bind with SO_REUSEPORT, with which they would also share the port with another
+    process that holds it so (an older serve): the connections would be split between the two,
+    silently. A plain bind is refused while anything listens there.
+    """
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # grpcio's own bind then says what is wrong with the address
+    for family, kind, proto, _, address in addresses:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this host does not have (IPv6 switched off): nothing can listen there
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections in TIME_WAIT are no owner
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot listen for gRPC on {host}:{port}: another program listens on it; "
+                                  "stop it or choose another --grpc-port") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from serving.grpc import ACCEPT_LOOPS, CONNECTION_CAP, _split_cap
+from serving.grpc import ACCEPT_LOOPS, CONNECTION_CAP, GrpcTransport, _split_cap
 
 from .conftest import RunningServer, write_model
 
@@ -147,3 +148,37 @@ def test_the_connection_cap_is_split_among_the_servers(cap: int, servers: int) -
     assert sum(share for share in shares if share is not None) == max(1, cap)
     assert max(s for s in shares if s is not None) - min(s for s in shares if s is not None) <= 1
     assert _split_cap((("grpc.other", 7),), servers) == [None] * servers
+
+
+def test_a_grpc_port_another_program_listens_on_is_refused() -> None:
+    # the servers bind with SO_REUSEPORT: without a check they would share the port with
+    # another program that holds it so, and the connections would be split between the two
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+
+    async def scenario() -> None:
+        transport = GrpcTransport(Ready(), 1 << 20, accept_loops=2)  # type: ignore[arg-type]  # ready() is all it asks
+        try:
+            with pytest.raises(OSError, match="another program listens on it"):
+                await transport.start("127.0.0.1", port)
+        finally:
+            await transport.stop(0)
+        holder.close()
+        free = GrpcTransport(Ready(), 1 << 20, accept_loops=2)  # type: ignore[arg-type]
+        assert await free.start("127.0.0.1", port) == port  # the same port, once nothing holds it
+        await free.stop(0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.close()
+
+
+class Ready:
+    """All that the transport asks of a dataplane before a call comes: its readiness."""
+
+    def ready(self) -> bool:
+        return True
