@@ -121,7 +121,7 @@ def mean_batch(server: RunningServer, drive: Callable[[RunningServer], Coroutine
 
 
 def test_grpc_requests_reach_the_batcher_in_batches_comparable_to_http(server: RunningServer) -> None:
-    # one accept loop gave 2-3 rows a batch here where HTTP gave ~16: calls entered one or two per
+    # one accept loop gave 2-4 rows a batch here where HTTP gave 10-15: calls entered one or two per
     # turn of the event loop, each batch left with the one or two that had come in meanwhile
     http = mean_batch(server, over_http)
     grpc_mean = mean_batch(server, over_grpc)
