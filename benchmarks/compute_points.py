@@ -11,9 +11,9 @@
 - ``start_serve``: ``python -m serving`` from a source tree on free ports, read back from its
   ``listening http=… grpc=… metrics=…`` line (a ``Serve``: its ``Endpoints`` and the process);
 - ``measure``: one load point (``hey`` over HTTP with a JSON body, or processes of
-  programs/grpc_load.py over gRPC with raw tensors, sharing one timed window) with serve's
-  busy fraction and mean batch from two scrapes of /metrics taken inside the load, so that
-  the ramp-up and the tail stay out of them.
+  programs/grpc_load.py over gRPC with raw tensors and one connection per call, sharing one
+  timed window) with serve's busy fraction and mean batch from two scrapes of /metrics taken
+  inside the load, so that the ramp-up and the tail stay out of them.
 """
 
 from __future__ import annotations
@@ -315,6 +315,7 @@ def drive_grpc(serve: Endpoints, model: str, rows: int, concurrency: int, proces
         for i, share in enumerate(shares):
             argv = [sys.executable, str(PROGRAMS / "grpc_load.py"), "--url", serve.grpc, "--model", model,
                     "--shape", f"{rows},{DIMS[0]}", "--concurrency", str(share), "--duration", str(duration),
+                    "--connections", str(share),  # one per call, as hey: serve takes each connection's calls in turn
                     "--warmup", str(share * warmup_rounds), "--start-at", "stdin",
                     "--latencies", str(workdir / f"latencies-{i}.npy")]
             procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -174,6 +174,7 @@ def drive(grpc_url: str, concurrency: int, processes: int, duration: float, warm
         for i, share in enumerate(shares):
             argv = [sys.executable, str(PROGRAMS / "grpc_load.py"), "--url", grpc_url, "--model", MODEL,
                     "--shape", ",".join(map(str, (1, *IMAGE))), "--concurrency", str(share),
+                    "--connections", str(share),  # one per call, as hey: serve takes each connection's calls in turn
                     "--duration", str(duration), "--warmup", str(share * warmup_rounds), "--start-at", "stdin",
                     "--latencies", str(workdir / f"latencies-{i}.npy")]
             procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -1,6 +1,7 @@
 """An asyncio load generator speaking KServe v2 over gRPC through tritonclient.grpc.aio.
 
-N workers share one client (one channel, one HTTP/2 connection); each sends one request
+N workers share ``--connections`` clients (default 1: one channel, one HTTP/2 connection;
+worker i uses client i % K, each client on a connection of its own); each sends one request
 with a raw FP32 tensor (``raw_input_contents``), waits for the answer (raw output),
 records the latency and sends the next. Prints one JSON object, with the same keys as
 binary_load.py.
@@ -34,9 +35,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     outputs = [grpcclient.InferRequestedOutput(args.output)]
     latencies: list[float] = []
     errors: Counter[str] = Counter()
-    client = grpcclient.InferenceServerClient(url=args.url)
+    # grpcio shares one connection among the channels of a process unless each has its own subchannel pool
+    clients = [grpcclient.InferenceServerClient(url=args.url, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+               for _ in range(max(1, args.connections))]
 
-    async def one() -> bool:
+    async def one(client: grpcclient.InferenceServerClient) -> bool:
         try:
             result = await client.infer(args.model, inputs, outputs=outputs)
             answer = result.as_numpy(args.output)
@@ -48,16 +51,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             errors[f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"] += 1
             return False
 
-    async def worker(deadline: float) -> None:
+    async def worker(index: int, deadline: float) -> None:
+        client = clients[index % len(clients)]
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            ok = await one()
+            ok = await one(client)
             if ok:
                 latencies.append(time.perf_counter() - start)
 
     try:
         for _ in range(max(1, args.warmup // args.concurrency)):  # warm-up: open the channel, fill caches
-            await asyncio.gather(*(one() for _ in range(args.concurrency)))
+            await asyncio.gather(*(one(clients[i % len(clients)]) for i in range(args.concurrency)))
         warmup_errors = sum(errors.values())
         errors.clear()
         late = 0.0
@@ -71,10 +75,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             late = max(0.0, -wait)
             await asyncio.sleep(max(0.0, wait))
         start = time.perf_counter()
-        await asyncio.gather(*(worker(start + args.duration) for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker(i, start + args.duration) for i in range(args.concurrency)))
         elapsed = time.perf_counter() - start
     finally:
-        await client.close()
+        for client in clients:
+            await client.close()
     if args.latencies:
         np.save(args.latencies, np.asarray(latencies, dtype=np.float64))
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
@@ -93,6 +98,8 @@ def main() -> None:
     parser.add_argument("--output", default="OUTPUT__0", help="output tensor name")
     parser.add_argument("--shape", default="1,64", help="shape of the FP32 input, batch first (default 1,64)")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=1, help="clients (HTTP/2 connections) the workers "
+                        "share; serve's gRPC port accepts the calls of each connection through one of its servers")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=int, default=200, help="requests before timing starts")
     parser.add_argument("--start-at", help="wall-clock time (time.time()) to start timing, or stdin: say 'warm' "
