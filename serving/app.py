@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,7 @@ class Server:
         placement = Placement(settings.device)
         device = placement.default()  # fails early on --device cuda without a GPU
         threads = configure_threads(settings.cpu_threads)
+        sys.setswitchinterval(settings.switch_interval_us / 1e6)  # process-wide, like torch's threads
         register_gpu_metrics(self.metrics.registry)
         self.repository = Repository(root, placement, self.metrics)
         self.control = ModelControl(self.repository, settings.model_control_mode, settings.load_model,

@@ -57,6 +57,7 @@ class Settings:
     metrics_port: int = 8002
     device: str = "auto"
     cpu_threads: int = 0  # 0: one per CPU core, less one for the event loop
+    switch_interval_us: int = 200  # the interpreter's thread switch interval (Python's own: 5000)
     max_request_bytes: int = 64 * MiB
     exit_timeout_secs: float = 30.0
     log_format: str = DEFAULT_LOG_FORMAT
@@ -148,6 +149,10 @@ def _flags() -> Flags:
             Flag("--device", "auto (a GPU when present), cpu, cuda or cuda:N (default {default})", _device),
             Flag("--cpu-threads", "torch's intra-op threads for CPU compute; {default} (default) uses the cores less "
                  "one, which the event loop keeps", non_negative_int),
+            Flag("--switch-interval-us", "how long, in microseconds, a thread may keep the Python interpreter "
+                 "while another waits for it (sys.setswitchinterval). A model instance waits for it after every "
+                 "batch; Python's 5000 lets a busy event loop hold the device idle for up to that long "
+                 "(default {default})", positive_int, metavar="US"),
             Flag("--max-request-bytes", "largest request body accepted; larger ones get 413 (default {default})",
                  positive_int, show=lambda size: f"{size}, {size_text(size)}"),
             Flag("--exit-timeout-secs", "on SIGTERM, how long in-flight and queued requests may take to finish "

@@ -10,6 +10,8 @@ import pytest
 
 from serving.settings import Settings, parse
 
+from .conftest import RunningServer
+
 
 def test_defaults_follow_triton() -> None:
     settings = parse(["--model-repository", "repo"], {})
@@ -113,3 +115,18 @@ def test_bad_client_limits_exit_with_a_usage_message(argv: list[str], capsys: py
         parse(["--model-repository", "r", *argv], {})
     assert exited.value.code == 2
     assert argv[0] in capsys.readouterr().err
+
+
+def test_the_switch_interval_is_a_setting_that_start_applies(tmp_path: Path) -> None:
+    assert parse(["--model-repository", "r"], {}).switch_interval_us == 200
+    assert parse(["--model-repository", "r"], {"SERVING_SWITCH_INTERVAL_US": "1000"}).switch_interval_us == 1000
+    for bad in ("0", "-5", "fast"):
+        with pytest.raises(SystemExit):
+            parse(["--model-repository", "r", "--switch-interval-us", bad], {})
+    before = sys.getswitchinterval()
+    server = RunningServer(tmp_path, switch_interval_us=750)
+    try:
+        assert sys.getswitchinterval() == pytest.approx(750e-6)
+    finally:
+        server.stop()
+        sys.setswitchinterval(before)
