@@ -22,6 +22,10 @@ rows/s (the client's), its ratio to the limit, serve's busy fraction (Δ
 ``serving_batch_size``), both from two scrapes of /metrics inside the load (a margin after its
 start and before its end), and the client's p50 and p99.
 
+Beside them, the HTTP front end's floor: programs/noop_server.py (aiohttp on uvloop, reads the
+body, answers a fixed JSON) under the same hey load and bodies, in rows/s: no HTTP server on
+aiohttp can take more requests than that on the machine, model or not.
+
 Last, the latency check: the example ``classifier`` (examples/models, copied into the same
 repository) at concurrency 1, one JSON row per request, timed per request by the benchmarks'
 closed-loop client (sidecar_bench.py's ``load``, µs resolution); with ``--before REV`` serve is
@@ -59,7 +63,7 @@ from compute_points import (
     start_serve,
     write_body,
 )
-from harness import Unavailable, hey, machine, write_section
+from harness import PROGRAMS, ServerProcess, Unavailable, free_port, hey, machine, write_section
 from sidecar_bench import measure as closed_loop
 
 HERE = Path(__file__).resolve().parent
@@ -153,7 +157,7 @@ def warm_up(serve: Serve, args: argparse.Namespace, workdir: Path) -> None:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     raw: dict = {"load_before": loadavg(), "limits": [], "points": defaultdict(list), "latency": defaultdict(list),
-                 "origins": {}}
+                 "origins": {}, "floor": defaultdict(list)}
     say(f"building {MODEL} {'→'.join(map(str, DIMS))} ...")
     repository = workdir / "models"
     model_file = build_repository(repository, device=args.device, delay_us=args.delay_us)
@@ -179,6 +183,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                                         processes=args.grpc_processes, warmup_rounds=1 if args.quick else 5)
                         raw["points"][(label, transport, rows)].append(point)
                         say(f"  [{rep + 1}/{args.repeats}] {label} {transport} {rows} row(s): " + point_line(point))
+            if "http" in args.transports:
+                floor(raw, args, workdir, rep)
         raw["limits"].append(limit(model_file, args))
         body = small_body(workdir)
         for rep in range(args.repeats):
@@ -195,6 +201,22 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                 say(f"{serve.process.name} exited with status {status} on SIGTERM: see {serve.process.log}")
     raw["load_after"] = loadavg()
     return raw
+
+
+def floor(raw: dict, args: argparse.Namespace, workdir: Path, rep: int) -> None:
+    """The no-op aiohttp server under the same hey load and bodies: the most any aiohttp front end takes."""
+    port = free_port()
+    process = ServerProcess("no-op", [sys.executable, str(PROGRAMS / "noop_server.py"), "--port", str(port)],
+                            workdir / "noop.log")
+    try:
+        process.wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60)
+        for rows in args.rows:
+            point = hey(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", write_body(workdir, rows), args.concurrency,
+                        duration=args.duration)
+            raw["floor"][rows].append(point.rps * rows)
+            say(f"  [{rep + 1}/{args.repeats}] no-op aiohttp, {rows} row(s) a body: {point.rps * rows:,.0f} rows/s")
+    finally:
+        process.stop()
 
 
 def limit(model_file: Path, args: argparse.Namespace) -> Limit:
@@ -251,6 +273,9 @@ def render(args: argparse.Namespace, raw: dict) -> str:
                              f"{fmt(median([w.ms_per_batch for w in windows]), 2)} | "
                              f"{fmt(median([p.p50_ms for p in points]), 2)} | "
                              f"{fmt(median([p.p99_ms for p in points]), 2)} | {sum(p.failures for p in points)} |")
+    for rows, rates in sorted(raw["floor"].items()):
+        lines.append(f"| no-op aiohttp (the HTTP floor) | http | {rows} | {args.concurrency} | {fmt(median(rates))} "
+                     f"({fmt(min(rates))}–{fmt(max(rates))}) | **{fmt(median(rates) / ceiling, 2)}** | | | | | | |")
     lines += ["", f"Latency check: {SMALL} (examples/models), one JSON row per request, c=1, "
               f"{args.latency_duration:g} s per run.", "",
               "| serve | p50 ms (runs) | p99 ms | failed |", "|---|--:|--:|--:|"]
