@@ -24,7 +24,11 @@ start and before its end), and the client's p50 and p99.
 
 Beside them, the HTTP front end's floor: programs/noop_server.py (aiohttp on uvloop, reads the
 body, answers a fixed JSON) under the same hey load and bodies, in rows/s: no HTTP server on
-aiohttp can take more requests than that on the machine, model or not.
+aiohttp can take more requests than that on the machine, model or not. And the limit beside the
+front end: the in-process limit measured again while hey drives that no-op server at the request
+rate serve reached (``hey -q``, same bodies), which is what the model computes when the work every
+HTTP server must do shares the machine with it (on two cores, a sibling busy with HTTP slows the
+compute itself).
 
 Last, the latency check: the example ``classifier`` (examples/models, copied into the same
 repository) at concurrency 1, one JSON row per request, timed per request by the benchmarks'
@@ -46,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -157,7 +162,7 @@ def warm_up(serve: Serve, args: argparse.Namespace, workdir: Path) -> None:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     raw: dict = {"load_before": loadavg(), "limits": [], "points": defaultdict(list), "latency": defaultdict(list),
-                 "origins": {}, "floor": defaultdict(list)}
+                 "origins": {}, "floor": defaultdict(list), "beside": defaultdict(list)}
     say(f"building {MODEL} {'→'.join(map(str, DIMS))} ...")
     repository = workdir / "models"
     model_file = build_repository(repository, device=args.device, delay_us=args.delay_us)
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                         raw["points"][(label, transport, rows)].append(point)
                         say(f"  [{rep + 1}/{args.repeats}] {label} {transport} {rows} row(s): " + point_line(point))
             if "http" in args.transports:
-                floor(raw, args, workdir, rep)
+                floor(raw, args, workdir, rep, model_file)
         raw["limits"].append(limit(model_file, args))
         body = small_body(workdir)
         for rep in range(args.repeats):
@@ -203,27 +208,45 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     return raw
 
 
-def floor(raw: dict, args: argparse.Namespace, workdir: Path, rep: int) -> None:
-    """The no-op aiohttp server under the same hey load and bodies: the most any aiohttp front end takes."""
+def floor(raw: dict, args: argparse.Namespace, workdir: Path, rep: int, model_file: Path) -> None:
+    """The no-op aiohttp server under the same hey load and bodies (the most an aiohttp front end takes),
+    and the in-process limit while hey drives it at the rate serve reached (the model beside a front end)."""
     port = free_port()
     process = ServerProcess("no-op", [sys.executable, str(PROGRAMS / "noop_server.py"), "--port", str(port)],
                             workdir / "noop.log")
+    url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
     try:
         process.wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60)
         for rows in args.rows:
-            point = hey(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", write_body(workdir, rows), args.concurrency,
-                        duration=args.duration)
+            body = write_body(workdir, rows)
+            point = hey(url, body, args.concurrency, duration=args.duration)
             raw["floor"][rows].append(point.rps * rows)
             say(f"  [{rep + 1}/{args.repeats}] no-op aiohttp, {rows} row(s) a body: {point.rps * rows:,.0f} rows/s")
+            served = [p.rows_per_s / rows for (label, transport, r), ps in raw["points"].items()
+                      if label == "now" and transport == "http" and r == rows for p in ps[-1:]]
+            if not served or served[0] != served[0]:
+                continue
+            per_worker = served[0] / args.concurrency
+            seconds = args.limit_seconds + 1.0
+            pacer = subprocess.Popen(["hey", "-z", f"{seconds + 1:g}s", "-q", f"{per_worker:.3f}", "-c",
+                                      str(args.concurrency), "-m", "POST", "-T", "application/json", "-D", str(body),
+                                      url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(0.5)  # its connections open and its pace settles
+                beside = limit(model_file, args, note=f"beside the no-op server at {served[0]:,.0f} req/s")
+            finally:
+                pacer.wait(timeout=seconds + 60)
+            raw["beside"][rows].append(beside.rows_per_s)
     finally:
         process.stop()
 
 
-def limit(model_file: Path, args: argparse.Namespace) -> Limit:
+def limit(model_file: Path, args: argparse.Namespace, note: str = "") -> Limit:
     # on a GPU the limit includes the copies from and to page-locked memory, which serve must also make
     result = in_process_limit(model_file, device=args.device, batch=64, threads=args.threads,
                               seconds=args.limit_seconds, copies=args.device.startswith("cuda"))
-    say(f"  in-process, batch 64, {args.threads} thread(s): {result.rows_per_s:,.0f} rows/s, "
+    where = f", {note}" if note else ""
+    say(f"  in-process, batch 64, {args.threads} thread(s){where}: {result.rows_per_s:,.0f} rows/s, "
         f"{result.p50_ms:.2f} ms per call")
     return result
 
@@ -276,6 +299,15 @@ def render(args: argparse.Namespace, raw: dict) -> str:
     for rows, rates in sorted(raw["floor"].items()):
         lines.append(f"| no-op aiohttp (the HTTP floor) | http | {rows} | {args.concurrency} | {fmt(median(rates))} "
                      f"({fmt(min(rates))}–{fmt(max(rates))}) | **{fmt(median(rates) / ceiling, 2)}** | | | | | | |")
+    beside_notes = []
+    for rows, rates in sorted(raw["beside"].items()):
+        served = median([p.rows_per_s for p in raw["points"].get(("now", "http", rows), [])])
+        lines.append(f"| in-process beside the no-op server at serve's request rate | http | {rows} | "
+                     f"{args.concurrency} | {fmt(median(rates))} ({fmt(min(rates))}–{fmt(max(rates))}) | "
+                     f"**{fmt(median(rates) / ceiling, 2)}** | | | | | | |")
+        beside_notes.append(f"- {rows} row(s) over HTTP: serve / the limit beside the front end: "
+                            f"**{fmt(served / median(rates), 2)}**")
+    lines += ["", *beside_notes] if beside_notes else []
     lines += ["", f"Latency check: {SMALL} (examples/models), one JSON row per request, c=1, "
               f"{args.latency_duration:g} s per run.", "",
               "| serve | p50 ms (runs) | p99 ms | failed |", "|---|--:|--:|--:|"]
