@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,39 +63,87 @@ class Backend:
         return Registry.open(self.uri)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    executable = mlflow_executable()
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = (root / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(executable), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"},
-        start_new_session=True)  # its uvicorn and job workers are children: stopped together, by group
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+class MlflowProcess:
+    """``mlflow server`` on a free port in its own process group (its uvicorn and job workers are
+    children: stopped together, by group), with a SQLite backend and a local artifact root."""
+
+    def __init__(self, executable: Path, root: Path) -> None:
+        self.root = root
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = (root / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(executable), "server", "--host", "127.0.0.1", "--port", self.url.rpartition(":")[2], "--workers",
+             "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+             str(root / "artifacts")],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"},
+            start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> Backend:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if urllib.request.urlopen(f"{self.url}/health", timeout=2).read().strip() == b"OK":
+                    return Backend(self.url, self.root / "artifacts")
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).read().strip() == b"OK":
-                break
-        except OSError:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
             pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.3)
-    yield Backend(url, root / "artifacts")
-    os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the group is left
+        self.log.close()
+
+
+def launch(root: Path) -> MlflowProcess:
+    """Install MLflow's server once, then start it (without waiting for it to answer)."""
+    return MlflowProcess(mlflow_executable(), root)
+
+
+# The server launched as soon as the run is known to need it (see pytest_collection_finish).
+EARLY = pytest.StashKey[Future[MlflowProcess]]()
+
+
+def _needs_server(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    callspec = getattr(item, "callspec", None)
+    return "mlflow_server" in names or (
+        "backend" in names and callspec is not None and callspec.params.get("backend") == "server")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Launch the mlflow server (and install it, on a clean checkout) while the tests before
+    tests/registry run: its install and start take seconds to a minute, on the other core."""
+    if not session.config.option.collectonly and any(_needs_server(item) for item in session.items):
+        root = session.config._tmp_path_factory.mktemp("mlflow-server")  # type: ignore[attr-defined]  # pytest's own, as tmp_path_factory
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-launch")
+        session.config.stash[EARLY] = pool.submit(launch, root)
+        pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop a server launched early whose fixture never ran (a run stopped early, `-x`)."""
+    early = session.config.stash.get(EARLY, None)
+    if early is not None and early.exception() is None and early.result().process.returncode is None:
+        early.result().stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    early = request.config.stash.get(EARLY, None)
+    server = early.result() if early is not None else launch(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
-    log.close()
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
