@@ -8,6 +8,7 @@ session (the tests compare counts as deltas, and leave no shared-memory region r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,27 @@ import pytest
 from .servers import Pair, start_pair
 from .triton import REPOSITORY, Distribution, Triton, install, missing_libraries, start_server, unsupported
 
+# The wheel's install, begun as soon as the run is known to need it (see pytest_collection_finish).
+EARLY = pytest.StashKey[Future[Distribution]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install the wheel (on a clean checkout: minutes of pip) on a thread while the tests
+    before tests/compat run, rather than when the first of them asks for it."""
+    if session.config.option.collectonly or unsupported():
+        return
+    if any("triton_distribution" in getattr(item, "fixturenames", ()) for item in session.items):
+        pool = ThreadPoolExecutor(1, thread_name_prefix="pytriton-install")
+        session.config.stash[EARLY] = pool.submit(install)
+        pool.shutdown(wait=False)
+
 
 @pytest.fixture(scope="session")
-def triton_distribution() -> Distribution:
+def triton_distribution(request: pytest.FixtureRequest) -> Distribution:
     if reason := unsupported():
         pytest.skip(reason)
-    distribution = install()
+    early = request.config.stash.get(EARLY, None)
+    distribution = early.result() if early is not None else install()
     if reason := missing_libraries(distribution):
         pytest.skip(reason)
     return distribution
