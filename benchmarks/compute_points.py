@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,13 +309,25 @@ def measure(serve: Endpoints, transport: str, rows: int, concurrency: int, durat
 def drive_grpc(serve: Endpoints, model: str, rows: int, concurrency: int, processes: int, duration: float,
                warmup_rounds: int, workdir: Path, margin: float) -> dict:
     """``processes`` copies of grpc_load.py that start timing at one moment, serve scraped meanwhile."""
+    scraped: list[Window | None] = []
+    out = grpc_loads(serve.grpc, model, (rows, DIMS[0]), concurrency, processes, duration, warmup_rounds, workdir,
+                     during=lambda start_at: scraped.append(window(serve.metrics, model, start_at, duration, margin)))
+    if out["late_s"] > 0.05:
+        out["errors"].append(f"a load process started timing {out['late_s']:.2f} s late")
+    return {**out, "window": scraped[0] if scraped else None}
+
+
+def grpc_loads(url: str, model: str, shape: tuple[int, ...], concurrency: int, processes: int, duration: float,
+               warmup_rounds: int, workdir: Path, during: Callable[[float], object] | None = None) -> dict:
+    """``processes`` copies of grpc_load.py (one connection per call) that start timing at one moment, their
+    figures merged; ``during(start_at)`` runs while they load (a scrape of serve, say)."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     procs: list[subprocess.Popen[str]] = []
     try:
         for i, share in enumerate(shares):
-            argv = [sys.executable, str(PROGRAMS / "grpc_load.py"), "--url", serve.grpc, "--model", model,
-                    "--shape", f"{rows},{DIMS[0]}", "--concurrency", str(share), "--duration", str(duration),
+            argv = [sys.executable, str(PROGRAMS / "grpc_load.py"), "--url", url, "--model", model,
+                    "--shape", ",".join(map(str, shape)), "--concurrency", str(share), "--duration", str(duration),
                     "--connections", str(share),  # one per call, as hey: serve takes each connection's calls in turn
                     "--warmup", str(share * warmup_rounds), "--start-at", "stdin",
                     "--latencies", str(workdir / f"latencies-{i}.npy")]
@@ -333,7 +346,8 @@ def drive_grpc(serve: Endpoints, model: str, rows: int, concurrency: int, proces
             assert proc.stdin is not None
             proc.stdin.write(f"{start_at}\n")
             proc.stdin.flush()
-        served = window(serve.metrics, model, start_at, duration, margin)
+        if during is not None:
+            during(start_at)
         outs = []
         for proc in procs:
             stdout, stderr = proc.communicate(timeout=duration + 120)
@@ -349,10 +363,7 @@ def drive_grpc(serve: Endpoints, model: str, rows: int, concurrency: int, proces
     latencies = np.concatenate([np.load(workdir / f"latencies-{i}.npy") for i in range(len(shares))]) * 1000
     if latencies.size == 0:
         latencies = np.asarray([float("nan")])
-    errors = sorted({e for o in outs for e in o["errors"]})
-    late = max(o["late_s"] for o in outs)
-    if late > 0.05:
-        errors.append(f"a load process started timing {late:.2f} s late")
     return {"rps": sum(o["rps"] for o in outs), "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99)), "failures": sum(o["failures"] for o in outs),
-            "errors": errors, "window": served, "shares": shares}
+            "errors": sorted({e for o in outs for e in o["errors"]}), "late_s": max(o["late_s"] for o in outs),
+            "shares": shares}

@@ -29,14 +29,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import math
 import os
 import platform
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +43,8 @@ from pathlib import Path
 import gpu_compute
 import numpy as np
 import torch
-from harness import PROGRAMS, ServerProcess, Unavailable, machine, scrape_histogram, write_section
+from compute_points import grpc_loads
+from harness import ServerProcess, Unavailable, machine, scrape_histogram, write_section
 from resnet import CLASSES, ResNet18
 from torch import nn
 
@@ -168,51 +166,7 @@ def check_answer(grpc_url: str, model_file: Path, device: torch.device) -> float
 def drive(grpc_url: str, concurrency: int, processes: int, duration: float, warmup_rounds: int,
           workdir: Path) -> dict:
     """Run ``processes`` copies of grpc_load.py that start timing at one moment; merge their figures."""
-    shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for i, share in enumerate(shares):
-            argv = [sys.executable, str(PROGRAMS / "grpc_load.py"), "--url", grpc_url, "--model", MODEL,
-                    "--shape", ",".join(map(str, (1, *IMAGE))), "--concurrency", str(share),
-                    "--connections", str(share),  # one per call, as hey: serve takes each connection's calls in turn
-                    "--duration", str(duration), "--warmup", str(share * warmup_rounds), "--start-at", "stdin",
-                    "--latencies", str(workdir / f"latencies-{i}.npy")]
-            procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
-        deadline = time.monotonic() + 120
-        for proc in procs:  # each says "warm" once its warm-up is done
-            assert proc.stdout is not None and proc.stderr is not None
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = proc.stdout.readline() if ready else ""
-            if line.strip() != "warm":
-                if ready:
-                    proc.wait(timeout=10)
-                why = proc.stderr.read() if proc.poll() is not None else "no word after 120 s"
-                raise Unavailable(f"a load process did not warm up: {line.strip()} {' '.join(why.split())[-300:]}")
-        start_at = time.time() + 0.5
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{start_at}\n")
-            proc.stdin.flush()
-        outs = []
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=duration + 120)
-            try:
-                outs.append(json.loads(stdout.strip().splitlines()[-1]))
-            except (IndexError, json.JSONDecodeError):
-                raise Unavailable(f"a load process failed: {' '.join(stderr.split())[-300:]}") from None
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    latencies = np.concatenate([np.load(workdir / f"latencies-{i}.npy") for i in range(processes)]) * 1000
-    if latencies.size == 0:
-        latencies = np.asarray([float("nan")])
-    return {"rps": sum(o["rps"] for o in outs), "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)), "failures": sum(o["failures"] for o in outs),
-            "errors": sorted({e for o in outs for e in o["errors"]}), "late_s": max(o["late_s"] for o in outs),
-            "shares": shares}
+    return grpc_loads(grpc_url, MODEL, (1, *IMAGE), concurrency, processes, duration, warmup_rounds, workdir)
 
 
 def mean(after: tuple[float, float], before: tuple[float, float]) -> float:
