@@ -14,7 +14,6 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,30 +62,17 @@ def _repository(root: Path, version: int) -> Path:
 
 
 @pytest.fixture(scope="session")
-def classifier_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelServer, ModelServer]]:
-    """Versions 1 and 2, started side by side: a start is mostly imports, which two cores do at once,
-    and a session that needs one of them needs the other too (the primary and its shadow or canary)."""
-    roots = [_repository(tmp_path_factory.mktemp("models"), version) for version in (1, 2)]
-    with ThreadPoolExecutor(2, thread_name_prefix="serve-start") as pool:
-        starts = [pool.submit(ModelServer, root) for root in roots]
-    started = [start.result() for start in starts if start.exception() is None]
-    if len(started) < len(starts):
-        for server in started:
-            server.stop()
-        raise next(error for error in (start.exception() for start in starts) if error is not None)
-    yield started[0], started[1]
-    for server in started:
-        server.stop()
+def serve_v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    server = ModelServer(_repository(tmp_path_factory.mktemp("models"), 1))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
-def serve_v1(classifier_servers: tuple[ModelServer, ModelServer]) -> ModelServer:
-    return classifier_servers[0]
-
-
-@pytest.fixture(scope="session")
-def serve_v2(classifier_servers: tuple[ModelServer, ModelServer]) -> ModelServer:
-    return classifier_servers[1]
+def serve_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    server = ModelServer(_repository(tmp_path_factory.mktemp("models"), 2))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
