@@ -43,8 +43,8 @@ from pathlib import Path
 import gpu_compute
 import numpy as np
 import torch
-from compute_points import grpc_loads
-from harness import ServerProcess, Unavailable, machine, scrape_histogram, write_section
+from compute_points import grpc_loads, start_serve
+from harness import Unavailable, machine, scrape_histogram, write_section
 from resnet import CLASSES, ResNet18
 from torch import nn
 
@@ -130,20 +130,6 @@ def round_trip(module: torch.jit.ScriptModule, host_in: torch.Tensor, host_out: 
                device: torch.device) -> None:
     """Page-locked input to the device, the model, the output back to page-locked memory."""
     host_out.copy_(module(host_in.to(device, non_blocking=True)), non_blocking=True)
-
-
-def start_serve(repository: Path, device: str, workdir: Path) -> tuple[ServerProcess, str, str, str]:
-    argv = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--device", device,
-            "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
-    process = ServerProcess("serve", argv, workdir / "serve.log", cwd=ROOT)
-    try:
-        match = process.wait_log(r"listening http=\S*:(\d+) grpc=\S*:(\d+) metrics=\S*:(\d+)", timeout=120)
-        http, grpc, metrics = (f"127.0.0.1:{match.group(i)}" for i in (1, 2, 3))
-        process.wait_ready(f"http://{http}/v2/health/ready", timeout=240)
-    except BaseException:
-        process.stop()
-        raise
-    return process, http, grpc, f"http://{metrics}/metrics"
 
 
 def check_answer(grpc_url: str, model_file: Path, device: torch.device) -> float:
@@ -284,7 +270,8 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
     if device.type == "cuda":
         torch.cuda.empty_cache()  # leave the GPU's memory to serve
     say("starting serve ...")
-    process, _, grpc_url, metrics = start_serve(workdir / "models", args.device, workdir)
+    serve = start_serve(workdir / "models", workdir, device=args.device, threads=0)  # 0: serve's default
+    process, grpc_url, metrics = serve.process, serve.grpc, serve.metrics
     try:
         max_diff = check_answer(grpc_url, model_file, device)
         before = {name: scrape_histogram(metrics, name, MODEL) for name in
