@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,6 +72,16 @@ def staged_batcher(worker: Threaded, **policy: Any) -> Batcher:
     return batcher
 
 
+async def running(worker: Threaded, payloads: Sequence[Any], **policy: Any) -> tuple[
+        threading.Event, Batcher, list[asyncio.Task[Any]]]:
+    """A staged batcher whose first batch, of ``payloads`` (submitted now), has started and is held at the gate."""
+    gate, = worker.hold()
+    batcher = staged_batcher(worker, **policy)
+    first = [asyncio.ensure_future(batcher.submit(payload)) for payload in payloads]
+    assert await worker.started.get() == list(payloads)
+    return gate, batcher, first
+
+
 def run(scenario: Any) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(scenario(), 10)
@@ -87,10 +98,7 @@ async def until(condition: Any, timeout: float = 2.0) -> None:
 def test_the_next_complete_batch_is_handed_over_and_starts_without_the_event_loop() -> None:
     async def scenario() -> None:
         worker = Threaded()
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=2, max_queue_delay_us=5_000_000)
-        first = [asyncio.ensure_future(batcher.submit(i)) for i in (0, 1)]
-        assert await worker.started.get() == [0, 1]
+        gate, batcher, first = await running(worker, (0, 1), max_batch_size=2, max_queue_delay_us=5_000_000)
         second = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
         await until(lambda: len(worker.handed) == 2)  # handed over while the first computes
         assert worker.computed == [[0, 1]] and batcher.pending == 2
@@ -108,10 +116,7 @@ def test_the_next_complete_batch_is_handed_over_and_starts_without_the_event_loo
 def test_a_busy_worker_gets_no_incomplete_batch_at_the_queue_delay_and_the_batch_grows_meanwhile() -> None:
     async def scenario() -> None:
         worker = Threaded()
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=4, max_queue_delay_us=10_000)
-        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
-        await worker.started.get()
+        gate, batcher, tasks = await running(worker, range(4), max_batch_size=4, max_queue_delay_us=10_000)
         tasks.append(asyncio.ensure_future(batcher.submit(4)))
         await asyncio.sleep(0.06)  # six times the queue delay: still not sealed for a busy worker
         tasks += [asyncio.ensure_future(batcher.submit(i)) for i in (5, 6)]
@@ -128,10 +133,7 @@ def test_a_busy_worker_gets_no_incomplete_batch_at_the_queue_delay_and_the_batch
 def test_a_request_cancelled_while_staged_is_dropped_before_compute() -> None:
     async def scenario() -> None:
         worker = Threaded()
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=2, max_queue_delay_us=5_000_000)
-        first = [asyncio.ensure_future(batcher.submit(i)) for i in (0, 1)]
-        await worker.started.get()
+        gate, batcher, first = await running(worker, (0, 1), max_batch_size=2, max_queue_delay_us=5_000_000)
         cancelled, kept = asyncio.ensure_future(batcher.submit(2)), asyncio.ensure_future(batcher.submit(3))
         await until(lambda: len(worker.handed) == 2)
         cancelled.cancel()
@@ -149,10 +151,7 @@ def test_a_request_cancelled_while_staged_is_dropped_before_compute() -> None:
 def test_a_request_that_times_out_while_staged_fails_and_one_that_started_in_time_does_not() -> None:
     async def scenario() -> None:
         worker = Threaded()
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=2, max_queue_delay_us=5_000_000)
-        first = [asyncio.ensure_future(batcher.submit(i)) for i in (0, 1)]
-        await worker.started.get()
+        gate, batcher, first = await running(worker, (0, 1), max_batch_size=2, max_queue_delay_us=5_000_000)
         late = asyncio.ensure_future(batcher.submit(2, timeout_us=50_000))
         patient = asyncio.ensure_future(batcher.submit(3))
         await until(lambda: len(worker.handed) == 2)
@@ -163,15 +162,15 @@ def test_a_request_that_times_out_while_staged_fails_and_one_that_started_in_tim
         assert await asyncio.gather(*first) == [("done", 0), ("done", 1)]
         assert worker.computed[1] == [3] and await worker.started.get() == [3]
         # a request whose timeout passes after its staged batch began is answered, not timed out
-        running, staged = worker.hold(2)
+        ahead, behind = worker.hold(2)
         held = [asyncio.ensure_future(batcher.submit(i)) for i in (4, 5)]
         await worker.started.get()
         quick = [asyncio.ensure_future(batcher.submit(6, timeout_us=150_000)), asyncio.ensure_future(batcher.submit(7))]
         await until(lambda: len(worker.handed) == 4)
-        running.set()  # the staged batch begins well inside 6's 150 ms ...
+        ahead.set()  # the staged batch begins well inside 6's 150 ms ...
         assert await worker.started.get() == [6, 7]
         await asyncio.sleep(0.25)  # ... and computes past them
-        staged.set()
+        behind.set()
         assert await asyncio.gather(*held, *quick) == [("done", i) for i in (4, 5, 6, 7)]
         await batcher.stop()
         worker.close()
@@ -181,10 +180,8 @@ def test_a_request_that_times_out_while_staged_fails_and_one_that_started_in_tim
 def test_a_failing_batch_fails_only_its_own_requests_and_the_staged_batch_still_runs() -> None:
     async def scenario() -> None:
         worker = Threaded(fail_on={0, 4})
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=2, max_queue_delay_us=5_000_000)
-        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
-        await worker.started.get()
+        gate, batcher, tasks = await running(worker, (0, 1), max_batch_size=2, max_queue_delay_us=5_000_000)
+        tasks += [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 6)]
         await until(lambda: len(worker.handed) == 2)
         gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -232,17 +229,15 @@ def test_a_worker_failing_as_a_batch_is_handed_over_releases_the_staged_places()
 def test_staged_requests_are_pending_and_hold_their_places_under_max_queue_size() -> None:
     async def scenario() -> None:
         worker = Threaded()
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=1, max_queue_size=1, max_queue_delay_us=5_000_000)
-        running = asyncio.ensure_future(batcher.submit(0))
-        await worker.started.get()
+        gate, batcher, (first,) = await running(worker, (0,), max_batch_size=1, max_queue_size=1,
+                                                max_queue_delay_us=5_000_000)
         staged = asyncio.ensure_future(batcher.submit(1))
         await until(lambda: len(worker.handed) == 2)
         assert batcher.pending == 1
         with pytest.raises(Unavailable, match="max_queue_size"):
             await batcher.submit(2)
         gate.set()
-        assert list(await asyncio.gather(running, staged)) == [("done", 0), ("done", 1)]
+        assert list(await asyncio.gather(first, staged)) == [("done", 0), ("done", 1)]
         assert batcher.pending == 0
         assert await batcher.submit(3) == ("done", 3)
         await batcher.stop()
@@ -253,10 +248,8 @@ def test_staged_requests_are_pending_and_hold_their_places_under_max_queue_size(
 def test_stop_lets_running_and_staged_batches_finish() -> None:
     async def scenario() -> None:
         worker = Threaded()
-        gate, = worker.hold()
-        batcher = staged_batcher(worker, max_batch_size=1, max_queue_delay_us=5_000_000)
-        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
-        await worker.started.get()
+        gate, batcher, tasks = await running(worker, (0,), max_batch_size=1, max_queue_delay_us=5_000_000)
+        tasks += [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
         await until(lambda: len(worker.handed) == 2)
         stopping = asyncio.ensure_future(batcher.stop())
         await asyncio.sleep(0.01)
