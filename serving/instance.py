@@ -136,11 +136,12 @@ class ModelInstance:
     # -- on the instance thread ----------------------------------------------------------
 
     def _requests(self, batch: list[Pending]) -> tuple[list[Pending], list[Any]]:
+        handler = self.handler
+        assert isinstance(handler, RequestHandler)
         start = time.monotonic_ns()
         try:
             live = begin(batch)
-            results = self.handler.execute_requests([item.payload for item in live]) if live else []  # type: ignore[attr-defined]
-            return live, list(results)
+            return live, list(handler.execute_requests([item.payload for item in live])) if live else []
         finally:
             self.busy[0] += time.monotonic_ns() - start
 
