@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,22 @@ def assert_rolled_back(sidecar: RunningSidecar, load: Load, check: str) -> None:
     assert sidecar.metric("sidecar_canary_weight") == 0
 
 
+def settled_agreement(sidecar: RunningSidecar) -> tuple[float, float]:
+    """The canary's compared and agreeing rows, read once the comparisons of the last answers are counted
+    (the load has stopped, but the comparisons run beside the responses): two reads 0.2 s apart alike."""
+    def read() -> tuple[float, float]:
+        return (sidecar.metric("sidecar_canary_compared_rows_total", model="classifier", output="OUTPUT__0"),
+                sidecar.metric("sidecar_canary_top1_agree_rows_total", model="classifier", output="OUTPUT__0"))
+    deadline = time.monotonic() + 10
+    last = read()
+    while True:
+        time.sleep(0.2)
+        now = read()
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 def test_a_good_canary_ramps_to_max_and_is_ready_to_promote(serve_v1: ModelServer, candidate: Candidate,
                                                             points: np.ndarray) -> None:
     sidecar, load = run(serve_v1, candidate, points, ("ready", "rolled_back"))
@@ -142,8 +159,7 @@ def test_a_good_canary_ramps_to_max_and_is_ready_to_promote(serve_v1: ModelServe
         assert sidecar.metric("sidecar_canary_weight") == 60
         assert sidecar.metric("sidecar_canary_phase", phase="ready") == 1
         assert sidecar.metric("sidecar_canary_analysis_intervals_total", verdict="pass") == 3
-        compared = sidecar.metric("sidecar_canary_compared_rows_total", model="classifier", output="OUTPUT__0")
-        agreed = sidecar.metric("sidecar_canary_top1_agree_rows_total", model="classifier", output="OUTPUT__0")
+        compared, agreed = settled_agreement(sidecar)
         assert compared > 0 and agreed == compared
     finally:
         sidecar.stop()
