@@ -143,7 +143,12 @@ def origin(tree: Path) -> str:
     """Which serving package a process started from ``tree`` imports (as start_serve starts it)."""
     done = subprocess.run([sys.executable, "-c", "import serving; print(serving.__file__)"], cwd=tree,
                           env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, timeout=120)
-    return done.stdout.strip() or done.stderr.strip()[-200:]
+    found = done.stdout.strip()
+    if not found:
+        return done.stderr.strip()[-200:]
+    path = Path(found).resolve()
+    # inside the tree: said relative to it (no paths of this machine in the results); outside, in full
+    return f"{path.relative_to(tree.resolve())} of that tree" if path.is_relative_to(tree.resolve()) else str(path)
 
 
 def small_body(workdir: Path) -> Path:
