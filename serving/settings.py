@@ -58,6 +58,8 @@ class Settings:
     device: str = "auto"
     cpu_threads: int = 0  # 0: one per CPU core, less one for the event loop
     switch_interval_us: int = 200  # the interpreter's thread switch interval (Python's own: 5000)
+    # processes beside this one that take the HTTP and gRPC connections (serving.frontend); 0: none
+    frontend_workers: int = 0
     max_request_bytes: int = 64 * MiB
     exit_timeout_secs: float = 30.0
     log_format: str = DEFAULT_LOG_FORMAT
@@ -153,6 +155,9 @@ def _flags() -> Flags:
                  "while another waits for it (sys.setswitchinterval). A model instance waits for it after every "
                  "batch; Python's 5000 lets a busy event loop hold the device idle for up to that long "
                  "(default {default})", positive_int, metavar="US"),
+            Flag("--frontend-workers", "processes that share the HTTP and gRPC ports with this one, decode and "
+                 "check requests and hand their tensors to this process through shared memory; 0 serves every "
+                 "connection here (default {default})", non_negative_int, metavar="N"),
             Flag("--max-request-bytes", "largest request body accepted; larger ones get 413 (default {default})",
                  positive_int, show=lambda size: f"{size}, {size_text(size)}"),
             Flag("--exit-timeout-secs", "on SIGTERM, how long in-flight and queued requests may take to finish "
