@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ import torch
 from inference_protocol.datatypes import NUMPY_DTYPES
 
 from .config import ModelSpec
+from .cpus import available_cpus
 from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ def configure_threads(cpu_threads: int) -> int:
     requests.
     """
     if cpu_threads <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cpu_threads = max(1, cores - 1)
+        cpu_threads = max(1, available_cpus() - 1)
     torch.set_num_threads(cpu_threads)
     return cpu_threads
 
