@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,12 +23,32 @@ from serving.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "models"
 T = TypeVar("T")
+# `SHADOWSERVE_TEST_FRONTEND_WORKERS=2 pytest tests/` runs the suite with front-end workers on
+WORKERS_VARIABLE = "SHADOWSERVE_TEST_FRONTEND_WORKERS"
+
+
+def frontend_workers() -> int:
+    """The front-end workers of the servers the tests start: $SHADOWSERVE_TEST_FRONTEND_WORKERS, default 0."""
+    text = os.environ.get(WORKERS_VARIABLE, "").strip() or "0"
+    if not text.isdigit():
+        raise pytest.UsageError(f"{WORKERS_VARIABLE}={text!r} is not a count of workers: give 0, 1, 2, ...")
+    return int(text)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `serve` subprocesses read SERVING_FRONTEND_WORKERS themselves (an explicit flag still wins)
+    if frontend_workers():
+        os.environ.setdefault("SERVING_FRONTEND_WORKERS", str(frontend_workers()))
 
 
 class RunningServer:
-    """A server on its own event loop in a background thread, for synchronous clients."""
+    """A server on its own event loop in a background thread, for synchronous clients.
+
+    It has `frontend_workers` front-end worker processes unless the test gives ``frontend_workers``.
+    """
 
     def __init__(self, repository: Path, **overrides: object) -> None:
+        overrides.setdefault("frontend_workers", frontend_workers())
         settings = Settings(model_repository=repository, host="127.0.0.1", http_port=0, grpc_port=0,
                             metrics_port=0, cpu_threads=1, **overrides)  # type: ignore[arg-type]  # fields of each type
         self.loop = asyncio.new_event_loop()

@@ -28,13 +28,14 @@ from serving.errors import ConfigError
 from serving.settings import Settings
 from serving.sources import RETRY_FIRST_SECS, ModelSources
 
-from .conftest import EXAMPLES, RunningServer
+from .conftest import EXAMPLES, RunningServer, frontend_workers
 
 CLASSIFIER = EXAMPLES / "classifier"
 
 
 def local(**overrides: object) -> Settings:
     """Settings of a server on free localhost ports, as `RunningServer` makes them."""
+    overrides.setdefault("frontend_workers", frontend_workers())
     return Settings(host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=0, cpu_threads=1,
                     **overrides)  # type: ignore[arg-type]  # fields of each type
 
