@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -23,11 +23,13 @@ from inference_protocol.headers import HEADER_LENGTH
 from . import tracing
 from .access import AccessPolicy, http_group
 from .connections import ClientLimits, TimedRequest
-from .dataplane import DataPlane
 from .errors import InvalidInput, PayloadTooLarge, ServingError, Unavailable
 from .http_shm import SharedMemoryEndpoints
 from .metrics import Metrics
 from .streaming import DecoupledOnly
+
+if TYPE_CHECKING:  # the front-end workers import this module without torch, which the dataplane brings
+    from .dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
