@@ -37,6 +37,7 @@ from .shutdown import stop_on_signals
 from .storage_urls import StoreUrl
 
 if TYPE_CHECKING:
+    from .frontend.owner import Frontend
     from .sources import ModelSources
     from .storage import RemoteRepository
 
@@ -62,6 +63,11 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self.connection_limits: dict[str, ConnectionLimit] = {}  # by port name: open and refused connections
         self._force = asyncio.Event()
+        self.frontend: Frontend | None = None  # with --frontend-workers: the worker processes
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the front-end workers running now (none without --frontend-workers)."""
+        return self.frontend.worker_pids() if self.frontend is not None else []
 
     async def start(self) -> None:
         """Listen, then load the models; readiness turns true once every model has been tried."""
@@ -81,11 +87,20 @@ class Server:
         limits = ClientLimits(settings.http_header_timeout_secs, settings.http_body_timeout_secs,
                               settings.max_connections, settings.admission_wait_secs)
         http = HttpTransport(self.dataplane, settings.max_request_bytes, settings.http_restricted_api, limits)
-        self.http_port = await self._listen(web.ServerRunner(http.server(), access_log=None,
-                                                             shutdown_timeout=2.0), settings.http_port, limits, "http")
-        self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol,
-                                  limits.grpc_options(), limits.admission_wait_secs)
-        self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
+        if settings.frontend_workers:  # the workers take the public ports; this process serves them privately
+            from .frontend.owner import Frontend
+
+            self.frontend = Frontend(settings, self.dataplane, self.metrics.registry)
+            self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol,
+                                      limits.grpc_options(), limits.admission_wait_secs, accept_loops=1)
+            self.http_port, self.grpc_port = await self.frontend.start(http, self.grpc)
+            self.connection_limits["http"] = self.frontend.connection_counts()  # type: ignore[assignment]
+        else:
+            self.http_port = await self._listen(web.ServerRunner(http.server(), access_log=None, shutdown_timeout=2.0),
+                                                settings.http_port, limits, "http")
+            self.grpc = GrpcTransport(self.dataplane, settings.max_request_bytes, settings.grpc_restricted_protocol,
+                                      limits.grpc_options(), limits.admission_wait_secs)
+            self.grpc_port = await self.grpc.start(settings.host, settings.grpc_port)
         self.metrics_port = await self._listen(web.AppRunner(metrics_app(self.metrics), access_log=None,
                                                              shutdown_timeout=2.0, **limits.handler_options()),
                                                settings.metrics_port, limits, "metrics")
@@ -102,6 +117,8 @@ class Server:
         gc.freeze()
         self.dataplane.started = True
         await self.grpc.update_health()
+        if self.frontend is not None:
+            self.frontend.push_state()
         ready = self.dataplane.ready()
         remote = settings.model_repository if isinstance(settings.model_repository, StoreUrl) else None
         log.info("ready=%s: %d model(s) in %s on %s (%d CPU thread(s) for torch)", str(ready).lower(),
@@ -159,6 +176,8 @@ class Server:
             self.dataplane.start_drain()
             if self.grpc is not None:
                 await self.grpc.update_health()
+            if self.frontend is not None:
+                self.frontend.push_state()
             if self.dataplane.in_flight:
                 log.info("draining %d in-flight request(s), up to %gs", self.dataplane.in_flight,
                          self.settings.exit_timeout_secs)
@@ -173,6 +192,8 @@ class Server:
         if self.abandoned:
             log.info("stopped, leaving %d request(s) behind", self.abandoned)
             return  # work still runs on model threads: the caller exits the process
+        if self.frontend is not None:
+            await self.frontend.stop()  # after the drain: the workers' requests are the dataplane's in-flight ones
         if self.control is not None:
             await self.control.stop()
         if self.repository is not None:
