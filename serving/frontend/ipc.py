@@ -149,7 +149,7 @@ def _descriptor(raw: Any) -> tuple[str, str, list[int], int, int, int]:
     name, datatype, shape, where, offset, nbytes = raw
     if type(name) is not str or len(name) > MAX_NAME:
         raise ChannelError("front-end channel: a tensor name is not a string of at most 4096 characters")
-    if datatype not in NUMPY_DTYPES:
+    if type(datatype) is not str or datatype not in NUMPY_DTYPES:
         raise ChannelError(f"front-end channel: tensor '{name[:64]}' has an unknown datatype")
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(type(d) is int and 0 <= d < 2**63 for d in shape)):
