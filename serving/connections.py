@@ -90,6 +90,8 @@ class TimedRequest(web.BaseRequest):
         self._body_timeout = body_timeout
 
     async def read(self) -> bytes:
+        if self._payload.is_eof():  # the whole body has arrived (a small one, in its header's packet): no wait
+            return await super().read()
         try:
             async with timeout(self._body_timeout):
                 return await super().read()
