@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -206,7 +207,7 @@ def render(args: argparse.Namespace, systems: list[System], raw: dict, unavailab
         if serve and floor:
             lines.append(f"- {PROTOCOLS[protocol]}, one process: serve / no-op floor: **{ratio(serve, floor)}**")
     for label, reason in unavailable.items():
-        lines.append(f"- {label}: unavailable: {reason}")
+        lines.append(f"- {label}: unavailable: {reason[-400:]}")  # the tail of a log says most
     invalid = sorted({f"- {s.label} ({PROTOCOLS[p]}): {d}" for s in systems for p in args.protocols
                       if (s.key, p) in medians for d in medians[(s.key, p)].detail})
     if invalid:
@@ -218,7 +219,7 @@ def header(args: argparse.Namespace, context: dict) -> str:
     h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True, check=False).stdout.split()
     lines = [f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- Machine: {machine()}",
-             f"- Command: `python benchmarks/frontend.py {' '.join(sys.argv[1:])}`",
+             f"- Command: `{shlex.join(['python', 'benchmarks/frontend.py', *sys.argv[1:]])}`",
              f"- Load generator: {' '.join(h2[-1:]) or 'h2load'} ({args.h2load_threads} thread), on the same machine",
              f"- Load average (1, 5, 15 min): before {context['load_before']}, after {context['load_after']}",
              f"- CPU steal: {context['steal']:.1f} s over {context['wall']:.0f} s of wall time (all CPUs)"]
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM unwinds like Ctrl-C, so the finally block stops every server.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    workdir = Path(tempfile.mkdtemp(prefix="shadowserve-frontend-"))
+    workdir = Path(tempfile.mkdtemp(prefix="shadowserve-frontend-bench-"))
     unavailable: dict[str, str] = {}
     systems: list[System] = []
     try:
