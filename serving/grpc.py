@@ -41,7 +41,7 @@ from . import tracing
 from .access import AccessPolicy
 from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError, Unsupported
-from .grpc_access import RestrictedProtocols
+from .grpc_access import interceptors
 from .grpc_stream import StreamInfer
 from .shm import NO_CUDA
 
@@ -269,7 +269,7 @@ class GrpcTransport:
         limits = [(key, value) for key, value in options if key != CONNECTION_CAP]
         if cap is not None:
             limits.append((CONNECTION_CAP, cap))
-        server = grpc.aio.server(interceptors=[RestrictedProtocols(access)], options=[
+        server = grpc.aio.server(interceptors=interceptors(access), options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", SEND_LIMIT),
             ("grpc.so_reuseport", 1),  # grpcio's default on Linux, stated: the servers share the port

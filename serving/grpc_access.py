@@ -16,6 +16,16 @@ import grpc
 from .access import GRPC_HEADER_PREFIX, GRPC_METHOD_GROUPS, AccessPolicy
 
 
+def interceptors(policy: AccessPolicy) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors a server needs for ``policy``: none when nothing is restricted.
+
+    grpcio runs an interceptor as coroutines on every call, before the handler: about 15%
+    of the event loop's time per ModelInfer on the `simple` model, for a check that has
+    nothing to refuse when no restriction is configured.
+    """
+    return [RestrictedProtocols(policy)] if policy.restrictions else []
+
+
 class RestrictedProtocols(grpc.aio.ServerInterceptor):
     def __init__(self, policy: AccessPolicy) -> None:
         self.policy = policy
@@ -24,6 +34,8 @@ class RestrictedProtocols(grpc.aio.ServerInterceptor):
                                                              Awaitable[grpc.RpcMethodHandler | None]],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         group = GRPC_METHOD_GROUPS.get(details.method, "")
+        if self.policy.restricted(group) is None:  # an open group: no metadata to look at
+            return await continuation(details)
         metadata = {key: value for key, value in details.invocation_metadata or ()
                     if isinstance(value, str)}  # binary (-bin) metadata is never a credential here
         message = self.policy.denial(group, metadata, GRPC_HEADER_PREFIX)
