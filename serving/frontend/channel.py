@@ -31,8 +31,7 @@ class Channel(asyncio.Protocol):
         self._scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's are no subclass)
         # a burst of frames may queue up while the peer is busy: pause only well past it
         transport.set_write_buffer_limits(high=64 * 1024 * 1024)
 

@@ -108,8 +108,9 @@ class Frontend:
         self._stopping = asyncio.Event()
         self._progress = asyncio.Event()  # a worker listens, or one exited while starting
         self._failed_start: tuple[int, int] | None = None  # (index, exit code) of a worker that never listened
-        arena = min(max(ARENA_MIN, 2 * settings.max_request_bytes), ARENA_MAX)
-        self.arena_bytes = arena
+        # modest by default (a container's /dev/shm is 64 MiB); larger only when --max-request-bytes asks
+        self.arena_bytes = ARENA_MIN if settings.max_request_bytes <= 64 * 1024 * 1024 else \
+            min(settings.max_request_bytes, ARENA_MAX)
         self.max_frame = MAX_FRAME
         self._config: dict[int, bytes] = {}
 
