@@ -30,9 +30,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import h2load
-from frontend_model import GRPC_PATH, HTTP_PATH, write_repository, write_requests
+from frontend_model import GRPC_PATH, HTTP_PATH, MODEL, write_repository, write_requests
 from frontend_systems import (
     System,
     failures_between,
@@ -50,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 START, END = "<!-- frontend:start -->", "<!-- frontend:end -->"
 PROTOCOLS = {"grpc": "gRPC", "http": "HTTP JSON"}
+T = TypeVar("T")
 SYSTEMS = ("serve", "workers", "serve-python", "triton", "floor")
 
 
@@ -122,7 +124,32 @@ def start_systems(args: argparse.Namespace, workdir: Path, unavailable: dict[str
     return systems
 
 
+def measure_point(args: argparse.Namespace, system: System, load: h2load.Load
+                  ) -> tuple[Point, tuple[float, float] | None]:
+    """Warm up, then one timed h2load run; the point, and serve's (rows, batches) during it."""
+    base = system.bases[load.protocol]
+    answer = system.answer_bytes.get(load.protocol) if load.protocol == "grpc" else None
+    h2load.run(load, base, requests=args.warmup, answer_bytes=answer, threads=args.h2load_threads)
+    counts = scrape(inference_counts, system)
+    batch = scrape(batch_sizes, system) if system.kind == "serve" else None
+    point = h2load.run(load, base, seconds=args.duration, answer_bytes=answer, threads=args.h2load_threads)
+    after = scrape(inference_counts, system)
+    if counts is not None and after is not None:  # the server's own count: what the byte check misses
+        failed, what = failures_between(counts, after, load.in_flight)
+        if failed:
+            point.failures += failed
+            point.detail.append(f"the server counted {failed} failed inference request(s): {what}")
+    elif system.metrics:
+        point.failures += 1
+        point.detail.append(f"{system.label}'s metrics did not answer around the point")
+    after_batch = scrape(batch_sizes, system) if batch is not None else None
+    if batch is None or after_batch is None:
+        return point, None
+    return point, (after_batch[0] - batch[0], after_batch[1] - batch[1])
+
+
 def measure(args: argparse.Namespace, systems: list[System], bodies: dict[str, Path]) -> dict:
+    """Every point, ``--repeats`` times; within each repetition the systems take turns, the order rotating."""
     loads = {"grpc": h2load.Load("grpc", GRPC_PATH, bodies["grpc"], args.grpc_connections, args.grpc_streams),
              "http": h2load.Load("http", HTTP_PATH, bodies["http"], args.http_connections)}
     points: dict[tuple[str, str], list[Point]] = defaultdict(list)
@@ -132,29 +159,29 @@ def measure(args: argparse.Namespace, systems: list[System], bodies: dict[str, P
             chosen = [s for s in systems if protocol in s.bases]
             shift = rep % max(1, len(chosen))
             for system in chosen[shift:] + chosen[:shift]:
-                base, answer = system.bases[protocol], system.answer_bytes.get(protocol)
-                answer = answer if protocol == "grpc" else None
-                h2load.run(loads[protocol], base, requests=args.warmup, answer_bytes=answer,
-                           threads=args.h2load_threads)
-                counts = inference_counts(system.metrics) if system.metrics else None
-                batch = scrape_batch_size(system.metrics, "simple") if system.kind == "serve" and system.metrics \
-                    else None
-                point = h2load.run(loads[protocol], base, seconds=args.duration, answer_bytes=answer,
-                                   threads=args.h2load_threads)
-                if counts is not None and system.metrics:  # the server's own count: what the byte check misses
-                    failed, what = failures_between(counts, inference_counts(system.metrics),
-                                                    loads[protocol].in_flight)
-                    if failed:
-                        point.failures += failed
-                        point.detail.append(f"the server counted {failed} failed inference request(s): {what}")
-                if batch is not None and system.metrics:
-                    after = scrape_batch_size(system.metrics, "simple")
-                    batches[(system.key, protocol)].append((after[0] - batch[0], after[1] - batch[1]))
+                point, batch = measure_point(args, system, loads[protocol])
                 points[(system.key, protocol)].append(point)
+                if batch is not None:
+                    batches[(system.key, protocol)].append(batch)
                 say(f"  [{rep + 1}/{args.repeats}] {PROTOCOLS[protocol]:<9} {system.label:<30} {point.rps:8.0f} req/s"
                     f"  p50 {point.p50_ms:6.2f} ms  p99 {point.p99_ms:7.2f} ms"
                     + (f"  INVALID: {point.failures} failed ({'; '.join(point.detail)})" if point.failures else ""))
     return {"points": points, "batches": batches}
+
+
+def scrape(read: Callable[[str], T], system: System) -> T | None:
+    """One read of the system's /metrics (bounded in time by the reader), or None when it has none or is gone."""
+    if not system.metrics:
+        return None
+    try:
+        return read(system.metrics)
+    except (OSError, ValueError):
+        return None
+
+
+def batch_sizes(metrics: str) -> tuple[float, float]:
+    """(sum, count) of serve's batch sizes for the model."""
+    return scrape_batch_size(metrics, MODEL)
 
 
 def fmt(value: float, digits: int = 0) -> str:

@@ -110,3 +110,6 @@ def start_kserve(model_file: Path, workdir: Path, threads: int) -> tuple[ServerP
 
 
 STARTERS = {"mlserver": start_mlserver, "kserve": start_kserve}
+
+# Triton 2.51 is a peer too, for the front-end benchmark (frontend.py): it needs no torch and starts
+# from its own wheel's tree, so it has its own install and start, in triton_peer.py.

@@ -145,11 +145,26 @@ class TritonServer:
 
 
 def start_triton(distribution: Distribution, repository: Path, workdir: Path, model: str,
-                 timeout: float = 240) -> TritonServer:
-    """tritonserver on free localhost ports, ready with ``model`` loaded; stopped on any failure."""
+                 timeout: float = 240, attempts: int = 3) -> TritonServer:
+    """tritonserver on free localhost ports, ready with ``model`` loaded; stopped on any failure.
+
+    A port free when chosen may be taken before tritonserver binds it, and it then exits: such a
+    start is tried again on new ports, ``attempts`` times in all.
+    """
     home = workdir / "triton"
     home.mkdir(parents=True, exist_ok=True)
     backends = lay_out_backends(distribution, home)
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start(distribution, repository, backends, home / f"tritonserver-{attempt}.log", model, timeout)
+        except Unavailable as exc:
+            if attempt == attempts or "exited" not in str(exc):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _start(distribution: Distribution, repository: Path, backends: Path, log: Path, model: str,
+           timeout: float) -> TritonServer:
     http, grpc, metrics = free_port(), free_port(), free_port()
     # the stubs' shared-memory regions are named by this prefix: unique per server, removed at stop
     prefix = f"shadowbench{os.getpid()}x{http}_"
@@ -161,7 +176,7 @@ def start_triton(distribution: Distribution, repository: Path, workdir: Path, mo
             f"--backend-config=python,shm-region-prefix-name={prefix}", "--exit-timeout-secs=10"]
     # cwd outside this checkout: the stub puts its working directory on sys.path, where the project's
     # own triton_python_backend_utils would shadow Triton's
-    process = ServerProcess(LABEL, argv, home / "tritonserver.log", env=distribution.environ(), cwd=home)
+    process = ServerProcess(LABEL, argv, log, env=distribution.environ(), cwd=log.parent)
     server = TritonServer(process, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}",
                           f"http://127.0.0.1:{metrics}/metrics", "?", prefix)
     try:

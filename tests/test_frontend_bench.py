@@ -23,7 +23,8 @@ from tritonclient.grpc import service_pb2 as pb
 from .conftest import ROOT, RunningServer
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their neighbours by bare names
-import h2load  # benchmarks/h2load.py, through the sys.path entry above
+import frontend  # benchmarks/frontend.py, through the sys.path entry above
+import h2load  # benchmarks/h2load.py
 from frontend_model import (
     GRPC_PATH,
     HTTP_PATH,
@@ -91,6 +92,15 @@ def test_the_grpc_body_is_one_length_prefixed_model_infer_request(tmp_path: Path
     body = json.loads(json_file.read_bytes())
     assert [(i["name"], i["shape"], len(i["data"])) for i in body["inputs"]] == [
         ("INPUT0", [1, 16], 16), ("INPUT1", [1, 16], 16)]
+
+
+def test_the_command_line_writes_the_repositories_and_the_bodies(tmp_path: Path) -> None:
+    assert frontend.main(["--write-repository", str(tmp_path / "repo"), "--write-requests", str(tmp_path / "req")]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["repo/serve/simple/1/model.pt", "repo/serve/simple/config.pbtxt",
+                       "repo/triton/simple/1/model.py", "repo/triton/simple/config.pbtxt",
+                       "req/infer.grpc", "req/infer.json"]
+    assert 'backend: "python"' in (tmp_path / "repo/triton/simple/config.pbtxt").read_text()
 
 
 def test_serve_answers_both_bodies_right(serve: RunningServer) -> None:
