@@ -201,8 +201,9 @@ def render(args: argparse.Namespace, systems: list[System], raw: dict, unavailab
         medians[key], low, high = median_point(values)
         ranges[key] = (low, high)
     triton = next((s for s in systems if s.kind == "triton"), None)
-    lines = [f"h2load, 64 in flight (gRPC: {args.grpc_connections} connections x {args.grpc_streams} streams, "
-             f"a prebuilt length-prefixed ModelInferRequest; HTTP JSON: --h1, {args.http_connections} connections); "
+    lines = [f"h2load; gRPC: {args.grpc_connections * args.grpc_streams} in flight ({args.grpc_connections} "
+             f"connections x {args.grpc_streams} streams, a prebuilt length-prefixed ModelInferRequest); HTTP JSON: "
+             f"{args.http_connections} in flight (--h1, {args.http_connections} connections); "
              f"median of {args.repeats} x {args.duration:g} s per point, each after {args.warmup} warm-up requests.",
              "", "| protocol | system | req/s | req/s range | p50 ms | p99 ms | failed | vs Triton | vs no-op floor "
              "| mean batch |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]

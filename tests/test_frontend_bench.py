@@ -35,7 +35,8 @@ from frontend_model import (
     write_repository,
     write_requests,
 )
-from frontend_systems import failures_between, probe_grpc, probe_http
+from frontend_systems import System, failures_between, probe_grpc, probe_http
+from harness import Point
 
 NO_H2LOAD = shutil.which("h2load") is None
 NEEDS_H2LOAD = pytest.mark.skipif(NO_H2LOAD, reason="h2load is not installed (apt-get install nghttp2-client); "
@@ -202,3 +203,26 @@ def test_grpc_errors_that_h2load_counts_as_succeeded_are_caught(serve: RunningSe
     point = h2load.run(h2load.Load("grpc", GRPC_PATH, body, connections=1, streams=4), base, requests=40,
                        answer_bytes=good)
     assert point.failures == 40 and "gRPC errors" in point.detail[-1]
+
+
+def test_the_table_sets_serve_against_triton_and_the_floor_and_marks_failures() -> None:
+    args = frontend.parse_args(["--repeats", "2", "--workers", ""])
+    systems = [System("serve", "serve, one process", "serve", {"grpc": "g", "http": "h"}, lambda: None),
+               System("triton", "Triton 2.51.0", "triton", {"grpc": "g", "http": "h"}, lambda: None),
+               System("floor-grpc", "no-op grpc.aio", "floor", {"grpc": "g"}, lambda: None),
+               System("floor-http", "no-op aiohttp", "floor", {"http": "h"}, lambda: None)]
+    rps = {("serve", "grpc"): [900.0, 1100.0], ("triton", "grpc"): [2000.0, 2000.0],
+           ("floor-grpc", "grpc"): [1000.0, 1000.0], ("serve", "http"): [3000.0, 3000.0],
+           ("triton", "http"): [2000.0, 2000.0], ("floor-http", "http"): [4000.0, 4000.0]}
+    points = {key: [Point(rps=r, p50_ms=1.0, p99_ms=2.0, requests=100) for r in values] for key, values in rps.items()}
+    points[("serve", "http")][1] = Point(rps=3000.0, p50_ms=1.0, p99_ms=2.0, requests=100, failures=3,
+                                         detail=["HTTP 5xx: 3"])
+    raw = {"points": points, "batches": {("serve", "http"): [(300.0, 10.0)]}}
+    text = frontend.render(args, systems, raw, {"serve --frontend-workers 2": "exited"})
+    assert "- gRPC: serve, one process / Triton: **0.50**" in text
+    assert "- HTTP JSON: serve, one process / Triton: **1.50**" in text
+    assert "- gRPC, one process: serve / no-op floor: **1.00**" in text
+    assert "- HTTP JSON, one process: serve / no-op floor: **0.75**" in text
+    row = "| HTTP JSON | serve, one process | 3,000 | 3,000–3,000 | 1.00 | 2.00 | **3 (invalid)** | 1.50 | 0.75 | 30.0 |"
+    assert row in text and "- serve, one process (HTTP JSON): HTTP 5xx: 3" in text
+    assert "- serve --frontend-workers 2: unavailable: exited" in text
