@@ -33,7 +33,7 @@ class Channel(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's are no subclass)
         # a burst of frames may queue up while the peer is busy: pause only well past it
-        transport.set_write_buffer_limits(high=64 * 1024 * 1024)
+        self.transport.set_write_buffer_limits(high=64 * 1024 * 1024)  # type: ignore[union-attr]  # set just above
 
     def data_received(self, data: bytes) -> None:
         try:
