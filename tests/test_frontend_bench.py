@@ -223,6 +223,7 @@ def test_the_table_sets_serve_against_triton_and_the_floor_and_marks_failures() 
     assert "- HTTP JSON: serve, one process / Triton: **1.50**" in text
     assert "- gRPC, one process: serve / no-op floor: **1.00**" in text
     assert "- HTTP JSON, one process: serve / no-op floor: **0.75**" in text
-    row = "| HTTP JSON | serve, one process | 3,000 | 3,000–3,000 | 1.00 | 2.00 | **3 (invalid)** | 1.50 | 0.75 | 30.0 |"
+    row = ("| HTTP JSON | serve, one process | 3,000 | 3,000–3,000 | 1.00 | 2.00 | **3 (invalid)** | 1.50 | 0.75 "
+           "| 30.0 |")
     assert row in text and "- serve, one process (HTTP JSON): HTTP 5xx: 3" in text
     assert "- serve --frontend-workers 2: unavailable: exited" in text
