@@ -55,7 +55,9 @@ class ChannelError(ServingError):
 def encode_frame(header: dict[str, Any], inline: Sequence[bytes | memoryview] = ()) -> list[bytes | memoryview]:
     """The pieces of one frame, for ``transport.writelines``."""
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
-    size = len(head) + sum(len(part) for part in inline)
+    size = len(head)
+    for part in inline:
+        size += len(part)
     return [PREFIX.pack(size, len(head)), head, *inline]
 
 

@@ -171,12 +171,25 @@ async def _main() -> int:
     return await Worker(config).run()
 
 
+def _run_loop() -> int:
+    """On uvloop when it is installed, as serve itself (`serving.serve` imports the whole server)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_main())
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_main())
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.run(_main())
+
+
 def main() -> int:
     # Ctrl-C at a terminal reaches the whole process group: the owner drains and then stops the
     # workers, so a worker must not die of it first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return asyncio.run(_main())
+        return _run_loop()
     except Exception:
         logging.getLogger("serving.frontend").exception("front-end worker failed")
         return 1
