@@ -63,25 +63,36 @@ def decode_tensors(tensors: Sequence[Any], raw: Sequence[bytes], role: Role = "i
     if raw and len(raw) != len(tensors):
         raise InvalidInput(f"raw_{role}_contents has {len(raw)} entries for {len(tensors)} {role}s; "
                            f"give one per {role}, in order")
-    out = []
-    for index, tensor in enumerate(tensors):
-        shape = list(tensor.shape)  # int64 on the wire: negative dims are refused with the JSON ones
-        if raw:
-            out.append(decode_tensor({"name": tensor.name, "datatype": tensor.datatype, "shape": shape},
-                                     memoryview(raw[index]), role))
-        else:
-            out.append(_typed_tensor(tensor, shape, role))
-    return out
+    if raw:
+        return [_raw_tensor(tensor, contents, role) for tensor, contents in zip(tensors, raw, strict=True)]
+    return [_typed_tensor(tensor, tensor.shape[:], role) for tensor in tensors]
+
+
+def _raw_tensor(tensor: Any, contents: bytes, role: Role) -> Tensor:
+    """A tensor whose values are ``contents`` (its entry of ``raw_*_contents``).
+
+    Every upb field access costs a wrapper object, so each field is read once. A fixed-size
+    datatype whose bytes match its shape is taken here; anything else (BYTES, an unknown
+    datatype, a size that does not match) goes through `decode_tensor`, which has the one
+    copy of the checks and their messages.
+    """
+    name, datatype = tensor.name, tensor.datatype
+    shape = tensor.shape[:]  # a list of ints (int64 on the wire: negative dims are refused with the JSON ones)
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is not None and datatype != "BYTES" and len(contents) == element_count(name, shape, role) * dtype.itemsize:
+        return Tensor(name, datatype, np.frombuffer(contents, dtype=dtype).reshape(shape))
+    return decode_tensor({"name": name, "datatype": datatype, "shape": shape}, memoryview(contents), role)
 
 
 def decode_model_infer_request(message: Any) -> InferRequest:
     """A ``ModelInferRequest`` as an `InferRequest` (raw or typed contents)."""
-    if not message.inputs:
+    tensors = message.inputs
+    if not tensors:
         raise InvalidInput("the request needs at least one input")
     shared: dict[str, SharedInput] = {}
     in_message = []  # raw_input_contents holds the values of these alone, in order (as tritonclient sends them)
-    for tensor in message.inputs:
-        found = _shared_input(tensor)
+    for tensor in tensors:
+        found = _shared_input(tensor) if tensor.parameters else None
         if found is None:
             in_message.append(tensor)
         elif found.name in shared:
@@ -94,17 +105,22 @@ def decode_model_infer_request(message: Any) -> InferRequest:
             raise InvalidInput(f"input '{decoded.name}' is given twice")
         inputs[decoded.name] = decoded
     outputs = None
-    if message.outputs:
+    requested = message.outputs
+    if requested:
         outputs = []
-        for output in message.outputs:
-            if "classification" in output.parameters:
+        for output in requested:
+            parameters = output.parameters
+            if not parameters:
+                outputs.append(RequestedOutput(output.name, True, None))
+                continue
+            if "classification" in parameters:
                 raise InvalidInput(f"output '{output.name}': the classification extension is not supported; "
                                    "request the scores and take the top-k on the client")
-            where = shared_memory_ref(output.name, _parameters(output.parameters), "output")
+            where = shared_memory_ref(output.name, _parameters(parameters), "output")
             outputs.append(RequestedOutput(output.name, True, where))
-    parameters = _parameters(message.parameters)
-    return InferRequest(inputs=inputs, id=message.id or None, parameters=parameters, outputs=outputs,
-                        shared_inputs=shared)
+    parameters = message.parameters
+    return InferRequest(inputs=inputs, id=message.id or None, parameters=_parameters(parameters) if parameters else {},
+                        outputs=outputs, shared_inputs=shared)
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:

@@ -53,6 +53,7 @@ SEND_LIMIT = 2**31 - 1  # what tritonclient sets on its side
 # why); elsewhere SO_REUSEPORT does not spread connections over sockets, so one server there
 ACCEPT_LOOPS = 8 if sys.platform.startswith("linux") else 1
 CONNECTION_CAP = "grpc.max_allowed_incoming_connections"
+INTERNAL = "internal server error; the server log has the details"
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         except Exception:  # never a traceback to the client
             log.exception("unhandled error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
         raise AssertionError("unreachable")  # context.abort raises
     return wrapper
 
@@ -105,6 +106,9 @@ def _method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHan
         serialize = getattr(pb, method.output_type.name).SerializeToString
         if method.client_streaming:  # ModelStreamInfer parses each message itself
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, response_serializer=serialize)
+        elif method.name == "ModelInfer":  # the hot path: parsing and error mapping in one coroutine
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.model_infer,
+                                                                        response_serializer=serialize)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _parsing(behaviour, getattr(pb, method.input_type.name)), response_serializer=serialize)
@@ -158,11 +162,43 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         stats = self.dataplane.model_stats(request.name or None, request.version or None)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
+    async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        """ModelInfer on the request's bytes: the handler `_method_handlers` gives grpcio.
+
+        What `_parsing` and `_rpc` do around the other methods, in this one coroutine: on the
+        hot path each wrapper costs a coroutine and an exception frame per call. It answers a
+        ``ModelInferResponse`` message (the handler's ``response_serializer`` makes the bytes).
+        Over another dataplane object (one with `admission`, `infer`), build an
+        `InferenceServicer` on it and take ``_method_handlers(servicer)["ModelInfer"]``.
+        """
+        try:
+            request = pb.ModelInferRequest.FromString(data)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the request is not a valid ModelInferRequest message (corrupt protobuf bytes)")
+        try:
+            traced = tracing.current()
+            if traced is None:  # all tracing costs a request when it is off
+                return await self._infer(request, None)
+            return await self._traced_infer(traced, request, context)
+        except ServingError as exc:
+            await context.abort(_status(exc), str(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:  # never a traceback to the client
+            log.exception("unhandled error in %s", "ModelInfer")
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
+        raise AssertionError("unreachable")  # context.abort raises
+
     @_rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """ModelInfer on a parsed request (the generated servicer's form; grpcio is given `model_infer`)."""
         traced = tracing.current()
-        if traced is None:  # all tracing costs a request when it is off
+        if traced is None:
             return await self._infer(request, None)
+        return await self._traced_infer(traced, request, context)
+
+    async def _traced_infer(self, traced: tracing.Tracing, request: Any, context: Any) -> Any:
         from . import spans
 
         parent = spans.grpc_parent(traced, context.invocation_metadata())
