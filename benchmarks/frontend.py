@@ -22,6 +22,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,14 @@ def ratio(a: Point | None, b: Point | None) -> str:
     return f"{a.rps / b.rps:.2f}"
 
 
+def paired(points: dict[tuple[str, str], list[Point]], a: tuple[str, str], b: tuple[str, str]) -> str:
+    """The median of the per-repetition ratios a / b: the two were measured minutes apart at most, so
+    the machine's drift between repetitions moves both alike."""
+    ratios = [x.rps / y.rps for x, y in zip(points.get(a, []), points.get(b, []), strict=False)
+              if x.rps == x.rps and y.rps == y.rps and y.rps > 0]
+    return f" (per repetition: median {statistics.median(ratios):.2f} of {len(ratios)})" if len(ratios) > 1 else ""
+
+
 def render(args: argparse.Namespace, systems: list[System], raw: dict, unavailable: dict[str, str]) -> str:
     medians: dict[tuple[str, str], Point] = {}
     ranges: dict[tuple[str, str], tuple[float, float]] = {}
@@ -227,13 +236,15 @@ def render(args: argparse.Namespace, systems: list[System], raw: dict, unavailab
         top = medians.get((triton.key, protocol)) if triton else None
         for system in (s for s in systems if s.kind == "serve" and protocol in s.bases):
             point = medians[(system.key, protocol)]
-            if top is not None:
+            if top is not None and triton is not None:
                 p99 = "no worse than" if point.p99_ms <= top.p99_ms else "worse than"
-                lines.append(f"- {PROTOCOLS[protocol]}: {system.label} / Triton: **{ratio(point, top)}**, "
+                lines.append(f"- {PROTOCOLS[protocol]}: {system.label} / Triton: **{ratio(point, top)}**"
+                             f"{paired(raw['points'], (system.key, protocol), (triton.key, protocol))}, "
                              f"p99 {fmt(point.p99_ms, 2)} ms, {p99} Triton's {fmt(top.p99_ms, 2)} ms")
         serve, floor = medians.get(("serve", protocol)), medians.get((f"floor-{protocol}", protocol))
         if serve and floor:
-            lines.append(f"- {PROTOCOLS[protocol]}, one process: serve / no-op floor: **{ratio(serve, floor)}**")
+            lines.append(f"- {PROTOCOLS[protocol]}, one process: serve / no-op floor: **{ratio(serve, floor)}**"
+                         f"{paired(raw['points'], ('serve', protocol), (f'floor-{protocol}', protocol))}")
     for label, reason in unavailable.items():
         lines.append(f"- {label}: unavailable: {reason[-400:]}")  # the tail of a log says most
     invalid = sorted({f"- {s.label} ({PROTOCOLS[p]}): {d}" for s in systems for p in args.protocols

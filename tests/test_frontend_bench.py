@@ -219,7 +219,7 @@ def test_the_table_sets_serve_against_triton_and_the_floor_and_marks_failures() 
                                          detail=["HTTP 5xx: 3"])
     raw = {"points": points, "batches": {("serve", "http"): [(300.0, 10.0)]}}
     text = frontend.render(args, systems, raw, {"serve --frontend-workers 2": "exited"})
-    assert "- gRPC: serve, one process / Triton: **0.50**" in text
+    assert "- gRPC: serve, one process / Triton: **0.50** (per repetition: median 0.50 of 2)" in text
     assert "- HTTP JSON: serve, one process / Triton: **1.50**" in text
     assert "- gRPC, one process: serve / no-op floor: **1.00**" in text
     assert "- HTTP JSON, one process: serve / no-op floor: **0.75**" in text
