@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,7 @@ from .. import tracing
 from ..settings import Settings
 from .arena import remove_stale
 from .link import WorkerLink
+from .process import WorkerProcess
 from .worker import WorkerConfig, access_rows
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Frontend:
         self.restarts = Counter("serving_frontend_worker_restarts", "Front-end workers started again after "
                                 "exiting without being told", registry=registry)
         self.links: dict[int, WorkerLink] = {}  # by worker index: the live ones
-        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.processes: dict[int, WorkerProcess] = {}
         self.refused_gone = 0  # refusals counted by workers that exited
         self.dir = tempfile.mkdtemp(prefix="shadowserve-frontend-")  # 0700: only this user reaches the sockets
         self._reserved: list[socket.socket] = []
@@ -197,12 +197,8 @@ class Frontend:
         backoff = BACKOFF_S[0]
         while not self._stopping.is_set():
             started = loop.time()
-            process = await asyncio.create_subprocess_exec(sys.executable, "-m", "serving.frontend.worker",
-                                                           stdin=asyncio.subprocess.PIPE)
+            process = WorkerProcess(self._config[index])
             self.processes[index] = process
-            assert process.stdin is not None
-            process.stdin.write(self._config[index])
-            process.stdin.close()
             code = await process.wait()
             link = self.links.pop(index, None)
             if link is not None:
