@@ -32,8 +32,9 @@ SERVICE = "inference.GRPCInferenceService"
 FORWARD_TIMEOUT_S = 600.0  # a model load may take minutes; the owner bounds each of its own operations
 MAX_ANSWER_BYTES = 2**31 - 1  # an HTTP answer passed back: what gRPC allows a message
 # hop-by-hop headers, and those the receiving server writes itself
+# (and Expect: the worker has answered 100-continue already, and the body is read whole)
 SKIPPED_REQUEST = frozenset(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                             "upgrade", "content-length"])
+                             "upgrade", "content-length", "expect"])
 SKIPPED_ANSWER = SKIPPED_REQUEST | {"date", "server"}
 SKIPPED_METADATA = frozenset(["user-agent", "te", "content-type"])
 UNAVAILABLE = "the model server did not answer; retry"
@@ -71,7 +72,7 @@ class HttpForwarder:
                 if answer.content_length is not None and answer.content_length > MAX_ANSWER_BYTES:
                     raise Unavailable(f"the model server's answer of {answer.content_length} bytes is larger than "
                                       f"{MAX_ANSWER_BYTES} bytes")
-                payload = await answer.content.read(MAX_ANSWER_BYTES)
+                payload = await answer.read()  # the owner's answers always say their length
                 kept = CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in SKIPPED_ANSWER)
                 return web.Response(status=answer.status, body=payload, headers=kept)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -111,7 +112,10 @@ class GrpcForwarder:
         return grpc.unary_unary_rpc_method_handler(handler)
 
     def stream_handler(self, method: str) -> grpc.RpcMethodHandler:
-        return grpc.stream_stream_rpc_method_handler(lambda requests, context: self.stream(method, requests, context))
+        async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            async for answer in self.stream(method, requests, context):  # grpcio asks for an async generator function
+                yield answer
+        return grpc.stream_stream_rpc_method_handler(handler)
 
     async def call(self, method: str, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """The owner's answer to one unary call; its error (code, details) is this call's."""
