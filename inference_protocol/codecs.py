@@ -18,8 +18,9 @@ from .datatypes import NUMPY_DTYPES, bf16_bits_from_float, float_from_bf16_bits
 from .errors import InvalidInput, NotJSON, brief
 from .headers import HEADER_LENGTH
 from .shm import SharedInput, shared_memory_ref
-from .tensors import MAX_DIMS, InferRequest, InferResponse, RequestedOutput, Role, Tensor, element_count
+from .tensors import MAX_DIMS, MAX_ELEMENTS, InferRequest, InferResponse, RequestedOutput, Role, Tensor, element_count
 
+_NO_BINARY = memoryview(b"")
 _JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", dict: "an object",
                type(None): "null"}
 
@@ -59,7 +60,7 @@ def json_object(body: bytes) -> dict[str, Any]:
 def split_body(body: bytes, header_length: int | None, role: Role = "input") -> tuple[Any, memoryview]:
     """A body's JSON header, parsed (any JSON value), and its binary section (empty without a header length)."""
     if header_length is None:
-        header, binary = body, memoryview(b"")
+        header, binary = body, _NO_BINARY
     elif 0 <= header_length <= len(body):
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
@@ -74,6 +75,15 @@ def _shape(name: str, value: Any, role: Role) -> tuple[tuple[int, ...], int]:
     """A JSON shape and its element count."""
     if type(value) is not list:
         raise InvalidInput(f"{role} '{name}': 'shape' must be a list of non-negative integers, got {brief(value)}")
+    if len(value) <= MAX_DIMS:  # the common shape, counted here; `element_count` refuses the others, with the reason
+        count = 1
+        for dim in value:
+            if type(dim) is not int or dim < 0:
+                break
+            count *= dim
+        else:
+            if 0 < count <= MAX_ELEMENTS:  # so no dimension is above it either
+                return tuple(value), count
     return tuple(value), element_count(name, value, role)
 
 
@@ -122,7 +132,7 @@ def decode_tensor(obj: Any, binary: memoryview | None, role: Role = "input") -> 
         raise InvalidInput(f"{role} '{name}': shape {list(shape)} needs {count} values, 'data' has {array.size}")
     if datatype == "BF16":
         array = bf16_bits_from_float(array)
-    return Tensor(name, datatype, array.reshape(shape))
+    return Tensor(name, datatype, array if array.shape == shape else array.reshape(shape))
 
 
 def decode_tensors(entries: list[Any], binary: memoryview, role: Role = "input") -> list[Tensor]:
@@ -224,7 +234,7 @@ def json_data(tensor: Tensor) -> Any:
                                "data (parameters: {\"binary_data\": true})") from None
     if tensor.datatype == "BF16":
         array = float_from_bf16_bits(array)
-    return np.ascontiguousarray(array).reshape(-1)
+    return array.ravel()  # a view where the array is C-contiguous, as orjson needs, else a copy in C order
 
 
 def encode_infer_response(response: InferResponse, binary: Iterable[bool]) -> tuple[bytes, int | None]:
