@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -19,7 +20,7 @@ from .config import ModelSpec
 from .control import ModelControl
 from .errors import ServingError, Unavailable, Unsupported
 from .repository import Repository
-from .requests import Counted, check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
+from .requests import check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
 from .shm import OutputRegions, SharedMemory
 from .streaming import DecoupledOnly, is_decoupled, respond
 from .types import Work
@@ -149,27 +150,40 @@ class DataPlane:
         if self.draining:
             raise Unavailable("the server is shutting down; retry on another replica")
         model = self.repository.get(name, version)
-        spec = model.spec
-        assert model.batcher is not None and model.stats is not None
+        spec, batcher, stats = model.spec, model.batcher, model.stats
+        assert batcher is not None and stats is not None
         if is_decoupled(spec):  # Triton's text; HTTP says its own first
             raise DecoupledOnly("ModelInfer RPC doesn't support models with decoupled transaction policy; "
                               "use ModelStreamInfer (tritonclient.grpc's start_stream)")
         self._in_flight += 1
         self._idle.clear()
         regions: OutputRegions | None = None
+        requested = request.outputs
+        # counted as `Counted` counts a request, written out: this runs for every request
+        start, reason = time.monotonic_ns(), None
         try:
-            with Counted(model.stats):
-                if request.shared_inputs:
-                    self.shared_memory.read_inputs(request, name)
-                arrays, rows, key = check_inputs(spec, request)
-                selected = selected_outputs(spec, request)
-                regions = self.shared_memory.hold_outputs(request.outputs)  # unknown regions fail before compute
-                work = Work(arrays, None if request.outputs is None else frozenset(t.name for t in selected),
-                            request.id, model_parameters(request.parameters), span)
-                outputs = await model.batcher.submit(work, rows, key, timeout_us(spec, request))
-                tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
-                in_shared_memory = regions.write(tensors)
+            if request.shared_inputs:
+                self.shared_memory.read_inputs(request, name)
+            arrays, rows, key = check_inputs(spec, request)
+            selected = selected_outputs(spec, request)
+            if requested is not None:
+                regions = self.shared_memory.hold_outputs(requested)  # unknown regions fail before compute
+            work = Work(arrays, None if requested is None else frozenset(t.name for t in selected),
+                        request.id, model_parameters(request.parameters), span)
+            outputs = await batcher.submit(work, rows, key, timeout_us(spec, request))
+            tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
+            in_shared_memory = regions.write(tensors) if regions is not None else frozenset()
+        except ServingError as exc:
+            reason = exc.reason
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            reason = "CANCELED"
+            raise
+        except BaseException:
+            reason = "OTHER"
+            raise
         finally:
+            stats.record_request(time.monotonic_ns() - start, reason)
             if regions is not None:
                 regions.release()
             self._in_flight -= 1

@@ -39,7 +39,8 @@ def check_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, np.n
         unknown = [name for name in given if name not in known]
         raise InvalidInput(f"model '{spec.name}' has no input {', '.join(repr(n) for n in unknown)}; "
                            f"its inputs are {', '.join(sorted(known))}")
-    batched = spec.max_batch_size > 0
+    max_batch_size = spec.max_batch_size
+    batched = max_batch_size > 0
     arrays: dict[str, np.ndarray] = {}
     key: list[Any] = []
     rows = -1
@@ -51,8 +52,12 @@ def check_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, np.n
                 continue
             raise InvalidInput(f"model '{spec.name}' needs input '{expected.name}' "
                                f"({expected.datatype}, shape {full_dims(spec, expected)})")
-        _check_tensor(spec, expected, tensor)
-        shape = tensor.shape
+        shape = tensor.array.shape
+        # the common case at a glance (its dims exactly, so no reshape to check); anything else in full
+        if tensor.datatype != expected.datatype or not (
+                (shape[1:] == expected.dims and 1 <= shape[0] <= max_batch_size) if batched and shape
+                else not batched and shape == expected.dims):
+            _check_tensor(spec, expected, tensor)
         if batched:
             if rows not in (-1, shape[0]):
                 raise InvalidInput(f"input '{expected.name}' has batch size {shape[0]} but other inputs have {rows}; "
@@ -104,7 +109,7 @@ def selected_outputs(spec: ModelSpec, request: InferRequest) -> list[TensorSpec]
 def timeout_us(spec: ModelSpec, request: InferRequest) -> int:
     """The request's queue timeout: its ``timeout`` parameter where the config allows an override."""
     policy = spec.batching
-    override = request.parameters.get("timeout")
+    override = request.parameters.get("timeout") if request.parameters else None
     if override is None or not policy.allow_timeout_override:
         return policy.default_timeout_us
     if not isinstance(override, int) or isinstance(override, bool) or override < 0:
@@ -121,6 +126,8 @@ RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"
 
 def model_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters of a request that its model sees: all but the reserved ones and ``triton_*``."""
+    if not parameters:
+        return {}
     return {key: value for key, value in parameters.items()
             if key not in RESERVED_PARAMETERS and not key.startswith("triton_")}
 
