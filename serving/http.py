@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 RETRY_AFTER_SECS = "1"  # on a 503 from admission: a full queue drains within about a second
+ROUTES_KEPT = 256  # paths whose route is remembered
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -78,6 +79,7 @@ class HttpTransport:
             "infer": (post, self.infer), "": (get, self.model_metadata), "ready": (get, self.model_ready),
             "config": (get, self.model_config), "stats": (get, self.stats),
         }
+        self._routes: dict[tuple[str, str], tuple[Endpoint, tuple[str, ...]]] = {}
         self._repository_actions: dict[str, Endpoint] = {"load": self.load_model, "unload": self.unload_model}
         shared_memory = SharedMemoryEndpoints(dataplane.shared_memory)
         self._fixed.update(shared_memory.fixed())
@@ -100,6 +102,17 @@ class HttpTransport:
 
     def route(self, method: str, path: str) -> tuple[Endpoint, tuple[str, ...]] | web.Response:
         """The endpoint and its arguments (model, version), or the 404/405 to answer."""
+        routed = self._routes.get((method, path))  # a client sends the same few paths again and again
+        if routed is None:
+            found = self._route(method, path)
+            if not isinstance(found, tuple):
+                return found  # a fresh response each time: one is sent once
+            if len(self._routes) >= ROUTES_KEPT:  # any path may route (a model's name is free): bounded
+                self._routes.clear()
+            routed = self._routes[(method, path)] = found
+        return routed
+
+    def _route(self, method: str, path: str) -> tuple[Endpoint, tuple[str, ...]] | web.Response:
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
             return _error(404, f"no endpoint at {path}; the KServe v2 endpoints are under /v2")
@@ -131,12 +144,13 @@ class HttpTransport:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route, call the endpoint, and map errors to v2 error responses (never a traceback)."""
         routed = self.route(request.method, request.path)
-        if isinstance(routed, web.Response):
+        if not isinstance(routed, tuple):  # the 404 or 405 (isinstance on a Response costs an ABC check)
             return routed
         endpoint, args = routed
-        denied = self.access.denial(http_group(request.path), request.headers)  # before the body is read
-        if denied is not None:
-            return _error(403, denied)
+        if self.access.restrictions:  # before the body is read
+            denied = self.access.denial(http_group(request.path), request.headers)
+            if denied is not None:
+                return _error(403, denied)
         try:
             return await endpoint(request, *args)
         except ServingError as exc:
