@@ -11,9 +11,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, Serve
@@ -22,6 +24,7 @@ from .frontend_procs import (
     Http,
     alive,
     children,
+    grpc_channel,
     grpc_client,
     grpc_spread,
     http_spread,
@@ -58,6 +61,15 @@ def _refused_or(call: object) -> object:
         return "refused"
 
 
+def _serving(channel: grpc.Channel) -> object:
+    """The gRPC health service's overall status, or the error's code once the worker has gone."""
+    check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]  # the stubs omit HealthStub's methods
+    try:
+        return check(health_pb2.HealthCheckRequest(), timeout=10).status
+    except grpc.RpcError as error:
+        return error.code()
+
+
 def _ready(connection: Http | None, port: int = 0) -> object:
     """/v2/health/ready's status on ``connection`` (or a new one to ``port``), or "refused"."""
     return _refused_or(lambda: (connection or Http(port)).request("GET", "/v2/health/ready")[0])
@@ -78,6 +90,7 @@ def test_sigterm_drains_the_requests_of_every_worker_then_exits_zero_leaving_no_
         wait_for(lambda: _ready(None, http_port) == 200, "serve was ready")
         flights = [c for held in http_spread(http_port, pids, 4).values() for c in held]
         probes = [c for [c] in http_spread(http_port, pids, 1).values()]
+        health = [c for [c] in grpc_spread(grpc_port, pids, 1, grpc_channel).values()]
         with ThreadPoolExecutor(len(flights)) as pool:
             sent = [pool.submit(c.infer, "slow", float(i)) for i, c in enumerate(flights)]
             # one batch of 4 computing and 4 queued: all 8 requests are the owner's now
@@ -88,6 +101,10 @@ def test_sigterm_drains_the_requests_of_every_worker_then_exits_zero_leaving_no_
             for probe in probes:
                 wait_for(lambda p=probe: _ready(p) in (503, "refused"), "readiness had turned false", timeout=10)
                 assert _refused_or(lambda p=probe: p.infer("slow", 100.0)[0]) in (503, "refused")
+            for channel in health:  # each worker's health service follows the owner's drain
+                wait_for(lambda c=channel: _serving(c) != health_pb2.HealthCheckResponse.SERVING,
+                         "gRPC health had turned NOT_SERVING", timeout=10)
+                channel.close()
             late = grpc_client(grpc_port)
             with pytest.raises(InferenceServerException) as refused:
                 tensor = grpcclient.InferInput("X", [1, 1], "FP32")
