@@ -127,7 +127,11 @@ def start_systems(args: argparse.Namespace, workdir: Path, unavailable: dict[str
 
 def measure_point(args: argparse.Namespace, system: System, load: h2load.Load
                   ) -> tuple[Point, tuple[float, float] | None]:
-    """Warm up, then one timed h2load run; the point, and serve's (rows, batches) during it."""
+    """Warm up, then one timed h2load run; the point, and serve's (rows, batches) during it.
+
+    The warm-up is a run of its own: h2load 1.52's ``--warm-up-time`` sends no request at all over
+    HTTP/2 (it works with ``--h1`` only), so it cannot warm the gRPC points.
+    """
     base = system.bases[load.protocol]
     answer = system.answer_bytes.get(load.protocol) if load.protocol == "grpc" else None
     h2load.run(load, base, requests=args.warmup, answer_bytes=answer, threads=args.h2load_threads)
