@@ -10,6 +10,7 @@ worker's response arena, or inline when they are small or the arena is full.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -67,15 +68,22 @@ class WorkerLink:
         self.response_arena: Arena | None = None
         self.listening = asyncio.Event()
         self.connections = [0, 0]  # open, refused (HTTP), as the worker last said
-        self.in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # the running infer requests, by the worker's key
 
     def _on_frame(self, header: dict[str, Any], inline: memoryview) -> None:
         kind = header.get("t")
         if kind == "infer":
-            task = asyncio.ensure_future(self._infer(header, inline))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            key = header.get("k")
+            if type(key) is not int or key in self._tasks:
+                log.warning("front-end worker %s sent an infer frame without a key of its own; dropped", self.index)
+                return
+            task = self._tasks[key] = asyncio.ensure_future(self._infer(key, header, inline))
+            task.add_done_callback(functools.partial(self._done, key))
+        elif kind == "cancel":  # the client went away (or the worker stopped waiting): as a cancelled handler
+            key = header.get("k")
+            running = self._tasks.get(key) if type(key) is int else None
+            if running is not None:
+                running.cancel()
         elif kind == "free":
             blocks = header.get("b")
             if self.response_arena is not None and isinstance(blocks, list):
@@ -92,6 +100,9 @@ class WorkerLink:
         elif kind == "listening" and self.index is not None:
             self.listening.set()
             self.on_listening(self)
+
+    def _done(self, key: int, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(key, None)
 
     def _hello(self, header: dict[str, Any]) -> None:
         index, pid = header.get("n"), header.get("pid")
@@ -118,28 +129,26 @@ class WorkerLink:
     def push_state(self) -> None:
         self.channel.send({"t": "state", "ready": self.dataplane.ready(), "drain": self.dataplane.draining})
 
-    async def _infer(self, header: dict[str, Any], inline: memoryview) -> None:
-        key = header.get("k")
-        self.in_flight += 1
+    async def _infer(self, key: int, header: dict[str, Any], inline: memoryview) -> None:
         try:
-            answer, blobs, block = await self._answer(header, inline)
+            answer, blobs, block = await self._answer(key, header, inline)
         except ServingError as exc:
-            answer, blobs, block = error_header(key, exc), [], None  # type: ignore[arg-type]  # echoed as given
-        finally:
-            self.in_flight -= 1
+            answer, blobs, block = error_header(key, exc), [], None
+        except asyncio.CancelledError:  # cancelled for the worker: it waits only to free the request's block
+            answer, blobs, block = {"t": "x", "k": key}, [], None
         if not self.channel.send(answer, blobs) and block is not None and self.response_arena is not None:
             self.response_arena.free(block)  # the worker is gone: the block is nobody's
 
-    async def _answer(self, header: dict[str, Any], inline: memoryview) -> tuple[dict[str, Any], list[Any],
-                                                                                   int | None]:
-        key, dataplane = header.get("k"), self.dataplane
+    async def _answer(self, key: int, header: dict[str, Any],
+                      inline: memoryview) -> tuple[dict[str, Any], list[Any], int | None]:
+        dataplane = self.dataplane
         try:
             name, version = _text(header.get("m"), "model"), _text(header.get("v"), "version")
             try:
                 async with dataplane.admission(name, version, self.admission_wait_s):
                     request = self._request(header, inline)
             except Unavailable as exc:
-                return error_header(key, exc, admission=True), [], None  # type: ignore[arg-type]
+                return error_header(key, exc, admission=True), [], None
             response = await dataplane.infer(name, version, request, None)
             descriptors, blobs, block = pack_tensors(response.outputs, self.response_arena, self.inline_max)
             if sum(len(blob) for blob in blobs) > self.channel.reader.max_frame - MAX_HEADER:
@@ -174,7 +183,7 @@ class WorkerLink:
         if not self._tasks:
             self._unmap()
         else:
-            waiting = list(self._tasks)
+            waiting = list(self._tasks.values())
             asyncio.ensure_future(asyncio.wait(waiting)).add_done_callback(lambda _: self._unmap())
 
     def _unmap(self) -> None:

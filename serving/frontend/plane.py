@@ -121,10 +121,14 @@ class WorkerPlane:
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP_SECS, self._sweep)
         SENT.set(True)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client went away: the owner cancels its part as one process would
+            self.channel.send({"t": "cancel", "k": key})
+            raise
 
     def on_response(self, header: dict[str, Any], inline: memoryview) -> None:
-        """A ``r`` (response) or ``e`` (error) frame: free the request's block, settle its future."""
+        """A ``r`` (response), ``e`` (error) or ``x`` (cancelled) frame: free the request's block, settle its future."""
         key = header.get("k")
         pending = self._pending.pop(key, None) if type(key) is int else None
         block = header.get("b")
@@ -136,6 +140,9 @@ class WorkerPlane:
             self.request_arena.free(pending.block)
         if pending.future.done():
             return  # timed out here already
+        if header.get("t") == "x":
+            pending.future.set_exception(Unavailable("the model server cancelled the request; retry"))
+            return
         if header.get("t") == "e":
             error = remote_error(header)
             if header.get("a"):
@@ -173,12 +180,13 @@ class WorkerPlane:
         """Fail requests the owner has not answered in time (their blocks wait for the late answer)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for pending in self._pending.values():
+        for key, pending in self._pending.items():
             if pending.deadline > now:
                 break  # in order of sending, so of deadline
             if not pending.future.done():
                 pending.future.set_exception(Unavailable(
                     f"the model server did not answer within {self.timeout_s:g} s; retry"))
+                self.channel.send({"t": "cancel", "k": key})
         self._sweeper = loop.call_later(SWEEP_SECS, self._sweep) if self._pending else None
 
     def fail_all(self, message: str) -> None:
