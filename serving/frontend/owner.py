@@ -140,7 +140,8 @@ class Frontend:
         self._config = {index: self._worker_config(index, ports, fast) for index in range(self.workers)}
         self._supervisors = [asyncio.ensure_future(self._supervise(index)) for index in range(self.workers)]
         await self._wait_listening()
-        log.info("%d front-end worker(s) listening (pids %s)", self.workers,
+        # debug: the first line at start stays serve's "listening http=..." (probes and people grep for it)
+        log.debug("%d front-end worker(s) listening (pids %s)", self.workers,
                  ", ".join(str(pid) for pid in self.worker_pids()))
         return ports
 
