@@ -90,7 +90,14 @@ class TimedRequest(web.BaseRequest):
         self._body_timeout = body_timeout
 
     async def read(self) -> bytes:
-        if self._payload.is_eof():  # the whole body has arrived (a small one, in its header's packet): no wait
+        payload = self._payload
+        if payload.is_eof():  # the whole body has arrived (a small one, in its header's packet): nothing to wait for
+            if self._read_bytes is None and payload.exception() is None:  # taken at once, as super().read() would
+                body = payload.read_nowait(-1)
+                if self._client_max_size and len(body) > self._client_max_size:
+                    raise web.HTTPRequestEntityTooLarge(self._client_max_size)
+                self._read_bytes = body = body if type(body) is bytes else bytes(body)
+                return body
             return await super().read()
         try:
             async with timeout(self._body_timeout):
