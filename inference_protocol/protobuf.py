@@ -147,9 +147,15 @@ def encode_model_infer_response(response: InferResponse) -> Any:
     """An `InferResponse` as a ``ModelInferResponse`` with ``raw_output_contents``."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                     id=response.id or "")
+    outputs, contents = message.outputs, message.raw_output_contents  # each upb access builds a wrapper
+    shared = response.in_shared_memory
     for tensor in response.outputs:
-        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        # an output in shared memory keeps its (empty) place, so each output's contents stay at its index
-        shared = tensor.name in response.in_shared_memory
-        message.raw_output_contents.append(b"" if shared else bytes(binary_data(tensor)))
+        array = tensor.array
+        outputs.add(name=tensor.name, datatype=tensor.datatype, shape=array.shape)
+        if shared and tensor.name in shared:  # it keeps its (empty) place: each output's contents stay at its index
+            contents.append(b"")
+        elif tensor.datatype == "BYTES":
+            contents.append(bytes(binary_data(tensor)))
+        else:  # the binary form of a fixed-size datatype is its values' bytes in C order, as tobytes gives them
+            contents.append(array.tobytes())
     return message
