@@ -21,13 +21,11 @@ handler gives it (outputs, its own error, or None when its stream answers it).
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -38,6 +36,7 @@ from .batching import Pending, begin
 from .config import ModelSpec
 from .errors import ModelError, ServingError, Unavailable, failure_text
 from .execution import BatchExecutor, Staged
+from .instance_thread import InstanceThread
 from .metrics import ModelStats
 from .model import Model, RequestHandler
 
@@ -61,8 +60,7 @@ class ModelInstance:
         compute = handler.execute_requests if isinstance(handler, RequestHandler) else handler.predict
         self.is_async = inspect.iscoroutinefunction(compute)
         self.executor = BatchExecutor(handler, spec)
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{spec.name}-{index}",
-                                         initializer=self.executor.enter_thread)
+        self.thread = InstanceThread(f"model-{spec.name}-{index}", self.executor.enter_thread)
         # Batches it holds at once: a thread of its own takes the next while it computes one.
         self.depth = 1 if self.is_async else 2
         self.busy = stats.busy_counter(index, str(self.device))
@@ -91,11 +89,10 @@ class ModelInstance:
             return await self._execute_requests(batch, context)
         if self.is_async:
             return await self._compute_async(batch)
-        loop = asyncio.get_running_loop()
         compute = functools.partial(self._compute, batch, self._stage(batch))
         if context is None:
-            return await loop.run_in_executor(self.thread, compute)
-        return await loop.run_in_executor(self.thread, context.run, compute)
+            return await self.thread.run(compute)
+        return await self.thread.run(context.run, compute)
 
     def _stage(self, batch: list[Pending]) -> Staged | None:
         """On the loop, as the batch is handed over: its inputs, ready for the thread to start it at once."""
@@ -115,11 +112,10 @@ class ModelInstance:
                 live = batch  # one batch at a time, on this loop: nothing was staged
                 results = await handler.execute_requests([item.payload for item in batch])  # type: ignore[misc]
             else:
-                loop = asyncio.get_running_loop()
                 if context is None:
-                    live, results = await loop.run_in_executor(self.thread, self._requests, batch)
+                    live, results = await self.thread.run(self._requests, batch)
                 else:
-                    live, results = await loop.run_in_executor(self.thread, context.run, self._requests, batch)
+                    live, results = await self.thread.run(context.run, self._requests, batch)
         except ServingError:
             raise
         except Exception as exc:
