@@ -80,7 +80,7 @@ def _raw_tensor(tensor: Any, contents: bytes, role: Role) -> Tensor:
     shape = tensor.shape[:]  # a list of ints (int64 on the wire: negative dims are refused with the JSON ones)
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is not None and datatype != "BYTES" and len(contents) == element_count(name, shape, role) * dtype.itemsize:
-        return Tensor(name, datatype, np.frombuffer(contents, dtype=dtype).reshape(shape))
+        return Tensor(name, datatype, np.ndarray(shape, dtype, contents))  # a read-only view, as frombuffer's
     return decode_tensor({"name": name, "datatype": datatype, "shape": shape}, memoryview(contents), role)
 
 
