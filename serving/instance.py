@@ -76,10 +76,6 @@ class ModelInstance:
         for items, timings in executions:
             queue_ns = [item.dispatched_ns - item.enqueued_ns for item in items]
             self.stats.record_batch(queue_ns, sum(item.rows for item in items), *timings)
-            for item, queued in zip(items, queue_ns, strict=True):
-                trace = getattr(item.payload, "trace", None)
-                if trace is not None:  # an ensemble step: its timings count on the ensemble too
-                    trace.append((queued, *timings))
         return results
 
     async def _execute(self, batch: list[Pending], context: contextvars.Context | None) -> tuple[list[Any],

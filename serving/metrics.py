@@ -50,6 +50,15 @@ class Buckets:
         self.counts[bisect.bisect_left(self.edges, value)] += 1
         self.sum += value
 
+    def observe_ns(self, values_ns: list[int]) -> None:
+        """Each of ``values_ns`` (nanoseconds) in seconds, as `observe` would one by one: a batch's at once."""
+        counts, edges, total, bisect_left = self.counts, self.edges, self.sum, bisect.bisect_left
+        for ns in values_ns:
+            value = ns / 1e9
+            counts[bisect_left(edges, value)] += 1
+            total += value
+        self.sum = total
+
 
 class ModelStats:
     """Counters of one model version, in Triton's terms (durations in nanoseconds)."""
@@ -98,8 +107,7 @@ class ModelStats:
         entry[1] += input_ns
         entry[2] += infer_ns
         entry[3] += output_ns
-        for ns in queue_ns:
-            self.queue_seconds.observe(ns / 1e9)
+        self.queue_seconds.observe_ns(queue_ns)
         self.compute_seconds.observe((input_ns + infer_ns + output_ns) / 1e9)
         self.batch_size.observe(rows)
 
