@@ -245,3 +245,13 @@ def test_cuda_shared_memory_trace_and_log_rpcs_are_unimplemented(server: Running
     # none registered, so none to list or unregister (Triton's examples clear both kinds first)
     assert not client.get_cuda_shared_memory_status().regions
     client.unregister_cuda_shared_memory()
+
+
+def test_the_access_interceptor_runs_only_when_something_is_restricted() -> None:
+    # grpcio runs an interceptor's coroutines on every call; with nothing restricted there is none
+    from serving.access import AccessPolicy, parse_restrictions
+    from serving.grpc_access import RestrictedProtocols, interceptors
+
+    assert interceptors(AccessPolicy()) == []
+    restricted = interceptors(AccessPolicy.of(parse_restrictions("model-repository:admin=s")))
+    assert [type(interceptor) for interceptor in restricted] == [RestrictedProtocols]
