@@ -8,7 +8,7 @@ exports at scrape time.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class PredictionStats:
     ``serving_prediction_stats_dropped_total``.
     """
 
-    def __init__(self, spec: ModelSpec, worker: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, spec: ModelSpec, worker: Executor | None = None) -> None:
         self._lock = threading.Lock()
         self._worker = worker
         self._pending = 0
