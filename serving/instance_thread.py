@@ -15,6 +15,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,10 +29,12 @@ class InstanceThread(concurrent.futures.Executor):
     """One worker thread; ``initializer`` runs on it first (if it raises, every call fails with its error)."""
 
     def __init__(self, name: str, initializer: Callable[[], object] | None = None) -> None:
-        self._calls: queue.SimpleQueue[tuple[Any, Any, Callable[[], Any]] | None] = queue.SimpleQueue()
-        self._initializer = initializer
+        calls: queue.SimpleQueue[tuple[Any, Any, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._calls = calls
         self._stopped = False
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        # the thread holds the queue, not this object: one dropped without shutdown ends its thread too
+        self._ended = weakref.ref(self, lambda _: calls.put(_STOP))
+        self._thread = threading.Thread(target=_work, args=(calls, initializer, name), name=name, daemon=True)
         self._thread.start()
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -67,39 +70,41 @@ class InstanceThread(concurrent.futures.Executor):
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
-    def _work(self) -> None:
-        failure: BaseException | None = None
-        if self._initializer is not None:
-            try:
-                self._initializer()
-            except BaseException as exc:  # every call reports it instead of hanging
-                log.exception("instance thread %s failed to start", self._thread.name)
-                failure = exc
-        while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            loop, future, call = item
-            if loop is None and not future.set_running_or_notify_cancel():
-                continue  # a concurrent future cancelled while it waited
-            ok = False
-            try:
-                if failure is not None:
-                    raise failure
-                result, ok = call(), True
-            except BaseException as exc:  # noqa: BLE001  # handed to the caller, as an executor does
-                result = exc
-            del call, item
-            if loop is None:
-                if ok:
-                    future.set_result(result)
-                else:
-                    future.set_exception(result)
-                continue
-            try:
-                loop.call_soon_threadsafe(_settle, future, ok, result)
-            except RuntimeError:  # the loop closed meanwhile: nobody waits for it
-                pass
+
+def _work(calls: queue.SimpleQueue[tuple[Any, Any, Callable[[], Any]] | None],
+          initializer: Callable[[], object] | None, name: str) -> None:
+    failure: BaseException | None = None
+    if initializer is not None:
+        try:
+            initializer()
+        except BaseException as exc:  # every call reports it instead of hanging
+            log.exception("instance thread %s failed to start", name)
+            failure = exc
+    while True:
+        item = calls.get()
+        if item is None:
+            return
+        loop, future, call = item
+        if loop is None and not future.set_running_or_notify_cancel():
+            continue  # a concurrent future cancelled while it waited
+        ok = False
+        try:
+            if failure is not None:
+                raise failure
+            result, ok = call(), True
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller, as an executor does
+            result = exc
+        del call, item
+        if loop is None:
+            if ok:
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+            continue
+        try:
+            loop.call_soon_threadsafe(_settle, future, ok, result)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits for it
+            pass
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, result: Any) -> None:

@@ -126,14 +126,17 @@ async def start_version(spec: ModelSpec, version: int, path: Path, placement: Pl
     devices = placement.devices(spec)
     handlers = await loop.run_in_executor(None, _create_handlers, spec, version, path, devices, models)
     stats = metrics.add_model(spec, version)
+    instances: list[ModelInstance] = []
     try:
-        instances = [ModelInstance(h, spec, stats, i) for i, h in enumerate(handlers)]
+        instances += (ModelInstance(h, spec, stats, i) for i, h in enumerate(handlers))
         batches, explicit = warmup_batches(spec, path.parent)
         if batches:
             await asyncio.gather(*(loop.run_in_executor(i.thread, _warm_up, i, batches, explicit)
                                    for i in instances if not i.is_async))
     except BaseException:
         metrics.remove_model(stats)
+        for instance in instances:
+            instance.thread.shutdown(wait=False)
         for handler in handlers:
             handler.unload()
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Coroutine
 from typing import Any
@@ -115,3 +116,13 @@ def test_shutdown_runs_what_was_queued_and_refuses_more() -> None:
     dropped_gate.set()
     dropped_thread.shutdown(wait=True)
     assert dropped.cancelled()
+
+
+def test_a_thread_dropped_without_shutdown_ends() -> None:
+    thread = InstanceThread("test-instance-dropped")
+    assert thread.submit(int, "4").result(10) == 4
+    worker = thread._thread
+    del thread
+    gc.collect()
+    worker.join(10)
+    assert not worker.is_alive()
