@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from inference_protocol.tensors import InferRequest, RequestedOutput
 
+from .. import tracing
 from ..errors import ServingError, Unavailable
 from .arena import Arena
 from .channel import Channel
@@ -142,6 +143,8 @@ class WorkerLink:
     async def _answer(self, key: int, header: dict[str, Any],
                       inline: memoryview) -> tuple[dict[str, Any], list[Any], int | None]:
         dataplane = self.dataplane
+        if tracing.current() is not None:  # switched on after start: traced requests take the owner's own path
+            return {"t": "f", "k": key}, [], None
         try:
             name, version = _text(header.get("m"), "model"), _text(header.get("v"), "version")
             try:

@@ -140,6 +140,9 @@ class WorkerPlane:
             self.request_arena.free(pending.block)
         if pending.future.done():
             return  # timed out here already
+        if header.get("t") == "f":  # the owner wants the request whole (tracing is on there)
+            pending.future.set_exception(ForwardRaw())
+            return
         if header.get("t") == "x":
             pending.future.set_exception(Unavailable("the model server cancelled the request; retry"))
             return
