@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from .. import grpc as grpc_transport
 from .. import tracing
 from ..settings import Settings
 from .arena import remove_stale
@@ -160,7 +161,8 @@ class Frontend:
             grpc_access=access_rows(settings.grpc_restricted_protocol), fast=fast, arena_bytes=self.arena_bytes,
             inline_max=INLINE_MAX, max_frame=self.max_frame, timeout_s=settings.exit_timeout_secs + 600.0,
             log_format=settings.log_format, log_level=settings.log_level,
-            switch_interval_us=settings.switch_interval_us)
+            switch_interval_us=settings.switch_interval_us,
+            grpc_loops=max(1, getattr(grpc_transport, "ACCEPT_LOOPS", 1) // n))
         return orjson.dumps(config.__dict__)
 
     def _link(self) -> asyncio.Protocol:

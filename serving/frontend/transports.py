@@ -28,6 +28,7 @@ from .forward import SERVICE, GrpcForwarder, HttpForwarder
 from .plane import SENT, ForwardRaw, WorkerPlane
 
 SEND_LIMIT = 2**31 - 1
+CONNECTION_CAP = "grpc.max_allowed_incoming_connections"
 
 
 class WorkerHttp(HttpTransport):
@@ -84,7 +85,8 @@ class WorkerGrpc:
     """A grpcio server on the public port (SO_REUSEPORT): ModelInfer here, the rest forwarded."""
 
     def __init__(self, plane: WorkerPlane, forwarder: GrpcForwarder, fast: bool, max_request_bytes: int,
-                 access: AccessPolicy, options: tuple[tuple[str, Any], ...], admission_wait_secs: float) -> None:
+                 access: AccessPolicy, options: tuple[tuple[str, Any], ...], admission_wait_secs: float,
+                 loops: int = 1) -> None:
         self.health = health.aio.HealthServicer()
         servicer = InferenceServicer(plane, admission_wait_secs)  # type: ignore[arg-type]  # the infer path's subset
         infer = _method_handlers(servicer)["ModelInfer"]
@@ -108,20 +110,34 @@ class WorkerGrpc:
             else:
                 handlers[method.name] = forwarder.unary_handler(method.name)
         interceptors = [RestrictedProtocols(access)] if access.restrictions else []
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", SEND_LIMIT),
-            ("grpc.so_reuseport", 1),
-            *options,
-        ])
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.server.add_registered_method_handlers(SERVICE, handlers)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # several grpcio servers on the port, as `serving.grpc.GrpcTransport` runs (its docstring says why:
+        # each accepts one call at a time); the connection cap is shared out among them
+        caps = [int(value) for key, value in options if key == CONNECTION_CAP]
+        others = [(key, value) for key, value in options if key != CONNECTION_CAP]
+        cap = caps[-1] if caps else None
+        loops = max(1, min(loops, cap)) if cap else max(1, loops)
+        self.servers = []
+        for index in range(loops):
+            limits = list(others)
+            if cap is not None:
+                limits.append((CONNECTION_CAP, cap // loops + (1 if index < cap % loops else 0)))
+            server = grpc.aio.server(interceptors=interceptors, options=[
+                ("grpc.max_receive_message_length", max_request_bytes),
+                ("grpc.max_send_message_length", SEND_LIMIT),
+                ("grpc.so_reuseport", 1),
+                *limits,
+            ])
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+            server.add_registered_method_handlers(SERVICE, handlers)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            self.servers.append(server)
 
     async def start(self, host: str, port: int) -> None:
-        if self.server.add_insecure_port(f"{host}:{port}") != port:
-            raise OSError(f"cannot listen for gRPC on {host}:{port} beside the other workers (SO_REUSEPORT)")
-        await self.server.start()
+        for server in self.servers:
+            if server.add_insecure_port(f"{host}:{port}") != port:
+                raise OSError(f"cannot listen for gRPC on {host}:{port} beside the other workers (SO_REUSEPORT)")
+        for server in self.servers:
+            await server.start()
 
     async def set_ready(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -130,4 +146,4 @@ class WorkerGrpc:
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await asyncio.gather(*(server.stop(grace) for server in self.servers))

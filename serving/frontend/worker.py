@@ -63,6 +63,7 @@ class WorkerConfig:
     log_format: str
     log_level: str
     switch_interval_us: int
+    grpc_loops: int
 
 
 def access_policy(rows: list[list[Any]]) -> AccessPolicy:
@@ -119,7 +120,8 @@ class Worker:
                           access_policy(config.http_access), limits)
         runner, listener, http_limit = await listen_http(http, config.host, config.http_port, config.http_cap)
         self.grpc = WorkerGrpc(self.plane, grpc_forwarder, config.fast, config.max_request_bytes,
-                               access_policy(config.grpc_access), limits.grpc_options(), config.admission_wait_secs)
+                               access_policy(config.grpc_access), limits.grpc_options(), config.admission_wait_secs,
+                               config.grpc_loops)
         await self.grpc.set_ready(self.plane.ready())
         await self.grpc.start(config.host, config.grpc_port)
         self.limits = [http_limit]
