@@ -24,11 +24,13 @@ from .channel import Channel
 from .ipc import MAX_HEADER, ChannelError, error_header, pack_tensors, unpack_tensors
 
 if TYPE_CHECKING:
+    from ..admission import Place
     from ..dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
 INTERNAL = "internal server error; the server log has the details"  # the transports' words
+MAX_WAIT_S = 600.0
 
 
 class Internal(ServingError):
@@ -70,6 +72,9 @@ class WorkerLink:
         self.listening = asyncio.Event()
         self.connections = [0, 0]  # open, refused (HTTP), as the worker last said
         self._tasks: dict[int, asyncio.Task[None]] = {}  # the running infer requests, by the worker's key
+        self._reserving: dict[int, asyncio.Task[None]] = {}  # places being waited for, by key
+        self._places: dict[int, Place] = {}  # places held for requests whose bodies are still arriving
+        self._releasing: set[asyncio.Future[None]] = set()
 
     def _on_frame(self, header: dict[str, Any], inline: memoryview) -> None:
         kind = header.get("t")
@@ -80,6 +85,14 @@ class WorkerLink:
                 return
             task = self._tasks[key] = asyncio.ensure_future(self._infer(key, header, inline))
             task.add_done_callback(functools.partial(self._done, key))
+        elif kind == "reserve":
+            key = header.get("k")
+            if type(key) is int and key not in self._reserving and key not in self._places:
+                self._reserving[key] = asyncio.ensure_future(self._reserve(key, header))
+        elif kind == "release":
+            key = header.get("k")
+            if type(key) is int:
+                self._release(key)
         elif kind == "cancel":  # the client went away (or the worker stopped waiting): as a cancelled handler
             key = header.get("k")
             running = self._tasks.get(key) if type(key) is int else None
@@ -101,6 +114,34 @@ class WorkerLink:
         elif kind == "listening" and self.index is not None:
             self.listening.set()
             self.on_listening(self)
+
+    async def _reserve(self, key: int, header: dict[str, Any]) -> None:
+        """A place in the queue before the body has come, as the HTTP transport takes one."""
+        try:
+            wait_s = header.get("w")
+            if not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= MAX_WAIT_S:
+                raise ChannelError("front-end channel: a reserve frame's wait is not 0 to 600 seconds")
+            place = self.dataplane.admission(_text(header.get("m"), "model"), _text(header.get("v"), "version"),
+                                             float(wait_s))
+            await place.__aenter__()
+        except ServingError as exc:
+            self.channel.send(error_header(key, exc, admission=isinstance(exc, Unavailable)))
+            return
+        finally:
+            self._reserving.pop(key, None)
+        self._places[key] = place
+        if not self.channel.send({"t": "g", "k": key}):
+            self._release(key)
+
+    def _release(self, key: int) -> None:
+        waiting = self._reserving.pop(key, None)
+        if waiting is not None:
+            waiting.cancel()
+        place = self._places.pop(key, None)
+        if place is not None:
+            task = asyncio.ensure_future(place.__aexit__(None, None, None))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     def _done(self, key: int, task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
@@ -147,11 +188,19 @@ class WorkerLink:
             return {"t": "f", "k": key}, [], None
         try:
             name, version = _text(header.get("m"), "model"), _text(header.get("v"), "version")
-            try:
-                async with dataplane.admission(name, version, self.admission_wait_s):
+            held = header.get("r")
+            place = self._places.pop(held, None) if type(held) is int else None
+            if place is not None:  # reserved while the body came: the place passes to this request now
+                try:
                     request = self._request(header, inline)
-            except Unavailable as exc:
-                return error_header(key, exc, admission=True), [], None
+                finally:
+                    await place.__aexit__(None, None, None)  # it does not wait: nothing runs before infer
+            else:
+                try:
+                    async with dataplane.admission(name, version, self.admission_wait_s):
+                        request = self._request(header, inline)
+                except Unavailable as exc:
+                    return error_header(key, exc, admission=True), [], None
             response = await dataplane.infer(name, version, request, None)
             descriptors, blobs, block = pack_tensors(response.outputs, self.response_arena, self.inline_max)
             if sum(len(blob) for blob in blobs) > self.channel.reader.max_frame - MAX_HEADER:
@@ -179,7 +228,9 @@ class WorkerLink:
         return InferRequest(inputs=inputs, id=request_id, parameters=parameters, outputs=_outputs(header.get("o")))
 
     def close_arenas(self) -> None:
-        """Unlink both arenas now; unmap them once no request of this worker runs any more."""
+        """Give back the worker's places; unlink both arenas now, unmap them once none of its requests runs."""
+        for key in list(self._reserving) + list(self._places):
+            self._release(key)
         for arena in (self.request_arena, self.response_arena):
             if arena is not None:
                 arena.unlink()

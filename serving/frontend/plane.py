@@ -43,13 +43,25 @@ class ForwardRaw(BaseException):
     """
 
 
-class _Admission:
-    """No place is taken here (the owner takes it); a decoding error in the block forwards the request."""
+# set by the HTTP transport for a request whose body is still arriving: its place is reserved in the
+# owner's queue first, as one process does before it reads a body (a full queue answers 503 at once,
+# and a slow body holds its place); a body that came with its header needs no round trip for that
+RESERVE: contextvars.ContextVar[bool] = contextvars.ContextVar("reserve", default=False)
+HELD: contextvars.ContextVar[int | None] = contextvars.ContextVar("held", default=None)  # that place's key
 
-    __slots__ = ()
+
+class _Admission:
+    """A place reserved in the owner's queue when `RESERVE` says so (else the owner takes one with the
+    infer frame); a decoding error in the block forwards the request."""
+
+    __slots__ = ("plane", "name", "version", "wait_s")
+
+    def __init__(self, plane: WorkerPlane, name: str, version: str | None, wait_s: float) -> None:
+        self.plane, self.name, self.version, self.wait_s = plane, name, version, wait_s
 
     async def __aenter__(self) -> None:
-        return None
+        if RESERVE.get():
+            HELD.set(await self.plane.reserve(self.name, self.version, self.wait_s))
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         # gRPC decodes in the block: the owner answers a request it cannot decode in its own order
@@ -82,6 +94,7 @@ class WorkerPlane:
         self._ready = False
         self._keys = itertools.count(1)
         self._pending: dict[int, Pending] = {}
+        self._reserves: dict[int, asyncio.Future[None]] = {}
         self._frees: list[int] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -100,7 +113,27 @@ class WorkerPlane:
     def admission(self, name: str, version: str | None, wait_s: float = 0.0) -> _Admission:
         if self.draining:
             raise Unavailable(DRAINING)
-        return _Admission()
+        return _Admission(self, name, version, wait_s)
+
+    async def reserve(self, name: str, version: str | None, wait_s: float) -> int:
+        """A place in the owner's queue for the request (its key); the owner's refusal raises as there."""
+        key = next(self._keys)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reserves[key] = future
+        if not self.channel.send({"t": "reserve", "k": key, "m": name, "v": version or "", "w": wait_s}):
+            del self._reserves[key]
+            raise Unavailable("the model server went away; retry")
+        try:
+            await asyncio.wait_for(future, wait_s + self.timeout_s)
+        except BaseException:
+            self._reserves.pop(key, None)
+            self.release(key)  # granted meanwhile, or still waiting there: either way given back
+            raise
+        return key
+
+    def release(self, key: int) -> None:
+        """Give back a reserved place the request will not use (it failed before its infer frame)."""
+        self.channel.send({"t": "release", "k": key})
 
     async def infer(self, name: str, version: str | None, request: InferRequest, span: Any = None) -> InferResponse:
         if request.shared_inputs or (request.outputs and any(o.shared_memory for o in request.outputs)):
@@ -110,7 +143,7 @@ class WorkerPlane:
         key = next(self._keys)
         outputs = None if request.outputs is None else [[o.name, o.binary] for o in request.outputs]
         header = {"t": "infer", "k": key, "m": name, "v": version or "", "id": request.id,
-                  "p": request.parameters, "o": outputs, "i": descriptors}
+                  "p": request.parameters, "o": outputs, "i": descriptors, "r": HELD.get()}
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InferResponse] = loop.create_future()
         if not self.channel.send(header, inline):
@@ -118,6 +151,7 @@ class WorkerPlane:
                 self.request_arena.free(block)
             raise Unavailable("the model server went away; retry")
         self._pending[key] = Pending(future, block, loop.time() + self.timeout_s)
+        HELD.set(None)  # the infer frame carries the place
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP_SECS, self._sweep)
         SENT.set(True)
@@ -130,6 +164,17 @@ class WorkerPlane:
     def on_response(self, header: dict[str, Any], inline: memoryview) -> None:
         """A ``r`` (response), ``e`` (error) or ``x`` (cancelled) frame: free the request's block, settle its future."""
         key = header.get("k")
+        if type(key) is int and key in self._reserves:
+            reserved = self._reserves.pop(key)
+            if not reserved.done():
+                if header.get("t") == "g":
+                    reserved.set_result(None)
+                else:
+                    error = remote_error(header) if header.get("t") == "e" else Unavailable("no place; retry")
+                    reserved.set_exception(error)
+            elif header.get("t") == "g":
+                self.release(key)  # the request stopped waiting: the place goes back
+            return
         pending = self._pending.pop(key, None) if type(key) is int else None
         block = header.get("b")
         if header.get("t") == "r" and type(block) is int and block >= 0:
@@ -197,3 +242,7 @@ class WorkerPlane:
             if not pending.future.done():
                 pending.future.set_exception(Unavailable(message))
         self._pending.clear()
+        for reserved in self._reserves.values():
+            if not reserved.done():
+                reserved.set_exception(Unavailable(message))
+        self._reserves.clear()

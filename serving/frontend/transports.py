@@ -25,7 +25,7 @@ from ..grpc import InferenceServicer, _method_handlers
 from ..grpc_access import RestrictedProtocols
 from ..http import JSON, RETRY_AFTER_SECS, HttpTransport
 from .forward import SERVICE, GrpcForwarder, HttpForwarder
-from .plane import SENT, ForwardRaw, WorkerPlane
+from .plane import HELD, RESERVE, SENT, ForwardRaw, WorkerPlane
 
 SEND_LIMIT = 2**31 - 1
 CONNECTION_CAP = "grpc.max_allowed_incoming_connections"
@@ -39,6 +39,7 @@ class WorkerHttp(HttpTransport):
         super().__init__(plane, max_request_bytes, access, limits)  # type: ignore[arg-type]  # the infer path's subset
         self.forwarder = forwarder
         self.fast = fast
+        self.plane = plane
 
     def route(self, method: str, path: str) -> Any:
         routed = super().route(method, path)
@@ -48,6 +49,7 @@ class WorkerHttp(HttpTransport):
 
     async def infer(self, request: web.BaseRequest, model: str, version: str, span: Any = None) -> web.Response:
         SENT.set(False)
+        RESERVE.set(not request.content.is_eof())
         try:
             return await super().infer(request, model, version, span)
         except ForwardRaw:
@@ -67,6 +69,11 @@ class WorkerHttp(HttpTransport):
                 # is a 404 before the body is looked at)
                 return await self.forwarder.forward(request)
             raise
+        finally:
+            held = HELD.get()
+            if held is not None:  # reserved, but no infer frame took the place: give it back
+                HELD.set(None)
+                self.plane.release(held)
 
 
 async def listen_http(transport: WorkerHttp, host: str, port: int,

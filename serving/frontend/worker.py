@@ -90,7 +90,7 @@ class Worker:
 
     def _on_frame(self, header: dict[str, Any], inline: memoryview) -> None:
         kind = header.get("t")
-        if kind in ("r", "e", "x", "f"):
+        if kind in ("r", "e", "x", "f", "g"):
             self.plane.on_response(header, inline)
         elif kind == "state":
             self.plane.set_state(bool(header.get("ready")), bool(header.get("drain")))
