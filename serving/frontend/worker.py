@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ MAX_CONFIG = 1024 * 1024
 HELLO_TIMEOUT_S = 30.0
 CONNECTIONS_SECS = 0.25  # how often the connection counts go to the owner, when they changed
 STOP_GRACE_S = 2.0
+GC_THRESHOLD = (7000, 10, 10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,10 @@ class Worker:
         await self.grpc.start(config.host, config.grpc_port)
         self.limits = [http_limit]
         self.channel.send({"t": "listening"})
+        # as serve does after its start (serving.app.GC_THRESHOLD): what start-up made lives as long as the
+        # process, and each request makes ~100 tracked objects, so young collections every few requests
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
         counts = asyncio.ensure_future(self._report_connections())
         closed = asyncio.ensure_future(self.channel.closed.wait())
         stopping = asyncio.ensure_future(self.stopping.wait())
