@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from inference_protocol.errors import InvalidInput, NotFound, ServingError, Unavailable
 from inference_protocol.tensors import Tensor
-from serving.frontend.arena import ALIGN, Allocator, Arena
+from serving.frontend.arena import ALIGN, ROOT, Allocator, Arena, remove_stale
 from serving.frontend.ipc import (
     ARENA,
     INLINE,
@@ -229,3 +229,16 @@ def test_the_worker_imports_no_torch() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnxruntime', 'scipy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", f"the front-end worker imports {out.stdout.strip()}"
+
+
+def test_arenas_of_processes_that_are_gone_are_removed(arena: Arena) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True, timeout=60)
+    pid = int(gone.stdout)
+    left = ROOT / f"shadowserve-frontend-{pid}-0123456789ab"
+    left.write_bytes(b"x")
+    try:
+        assert remove_stale() >= 1 and not left.exists()
+        assert (ROOT / arena.name).exists()  # this process's own stays
+    finally:
+        left.unlink(missing_ok=True)

@@ -152,10 +152,29 @@ class Arena:
         return True
 
 
-def remove_stale(pid: int) -> None:
-    """Unlink the arenas a process created (a worker that died without cleaning up)."""
-    for path in ROOT.glob(f"{PREFIX}{pid}-*"):
+def remove_stale(pid: int | None = None) -> int:
+    """Unlink the arenas ``pid`` created (a worker that died without cleaning up), or, with no pid, those
+    of this user whose creator is no longer running (a server killed with its workers); how many."""
+    removed = 0
+    for path in ROOT.glob(f"{PREFIX}{pid if pid is not None else ''}*"):
+        creator = path.name[len(PREFIX):].split("-", 1)[0]
+        if not creator.isdigit():
+            continue
+        if pid is None:
+            try:
+                if path.lstat().st_uid != os.getuid():
+                    continue
+                os.kill(int(creator), 0)
+                continue  # still running (or the number was reused): not ours to judge
+            except ProcessLookupError:
+                pass
+            except (PermissionError, FileNotFoundError):
+                continue
+        elif creator != str(pid):
+            continue
         try:
             path.unlink()
+            removed += 1
         except FileNotFoundError:
             pass
+    return removed

@@ -121,6 +121,10 @@ class Frontend:
     async def start(self, http: HttpTransport, grpc: GrpcTransport) -> tuple[int, int]:
         """Serve the owner's transports privately, start the workers; the public HTTP and gRPC ports."""
         settings, loop = self.settings, asyncio.get_running_loop()
+        stale = remove_stale()
+        if stale:
+            log.warning("removed %d shared-memory arena(s) left in /dev/shm by front-end processes that are gone",
+                        stale)
         http_socket = reserve_port(settings.host, settings.http_port, "HTTP")
         self._reserved.append(http_socket)
         grpc_socket = reserve_port(settings.host, settings.grpc_port, "gRPC")

@@ -137,10 +137,11 @@ class Worker:
         stopping = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
         counts.cancel()
-        if closed.done():  # the owner is gone: nothing here can be answered any more
+        if closed.done():  # the owner is gone: nothing here can be answered any more, so leave at once
             log.warning("%s: the model server's socket closed; exiting", self.name)
-            self.close_arena()
-            return 0
+            self.close_arena(owner_gone=True)
+            logging.shutdown()
+            os._exit(0)  # not a teardown of the listeners and grpcio's threads: the process is done
         listener.close()
         await asyncio.gather(self.grpc.stop(STOP_GRACE_S), runner.cleanup(), return_exceptions=True)
         await asyncio.gather(http_forwarder.close(), grpc_forwarder.close(), return_exceptions=True)
@@ -157,10 +158,11 @@ class Worker:
                 self.channel.send({"t": "conns", "http": counts[:2]})
             await asyncio.sleep(CONNECTIONS_SECS)
 
-    def close_arena(self) -> None:
+    def close_arena(self, owner_gone: bool = False) -> None:
+        """Unmap the arenas; unlink this worker's, and the owner's too when the owner is gone (nobody else will)."""
         for arena in (self.arena, self.plane.response_arena):
             if arena is not None:
-                if arena.created:
+                if arena.created or owner_gone:
                     arena.unlink()
                 arena.close()
 
