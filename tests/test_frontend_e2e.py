@@ -7,14 +7,20 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
+from serving.errors import ServingError
+from serving.frontend.ipc import error_header
+from serving.frontend.link import WorkerLink
 from tests.conftest import RunningServer, write_model
 
 SIMPLE = """
@@ -146,3 +152,35 @@ def test_a_killed_worker_is_started_again(repository: Path) -> None:
     finally:
         server.stop()
     assert not server.server.worker_pids()
+
+
+_field = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**64), st.text(max_size=6), st.just("simple"),
+                   st.just("INT32"), st.lists(st.integers(-1, 20), max_size=3))
+_descriptor = st.one_of(st.lists(_field, max_size=7),
+                        st.tuples(st.sampled_from(["INPUT0", "INPUT1", "X"]), st.sampled_from(["INT32", "FP32"]),
+                                  st.lists(st.integers(0, 17), max_size=2), st.integers(0, 2), st.integers(-1, 70),
+                                  st.integers(-1, 70)).map(list))
+_header = st.fixed_dictionaries({}, optional={"m": _field, "v": _field, "id": _field, "p": st.one_of(
+    _field, st.dictionaries(st.text(max_size=4), _field, max_size=2)), "o": st.one_of(_field, st.lists(
+        st.lists(_field, max_size=3), max_size=3)), "i": st.one_of(_field, st.lists(_descriptor, max_size=3)),
+    "r": _field})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_header, st.binary(max_size=160))
+def test_fuzz_infer_frames_get_an_answer_or_a_servingerror(servers: tuple[RunningServer, RunningServer],
+                                                             header: dict[str, object], inline: bytes) -> None:
+    """Whatever an infer frame holds, the owner's real dataplane answers it: a response or an error frame."""
+    alone = servers[1]
+    link = WorkerLink(alone.server.dataplane, 0.1, 4096, 0, 1 << 20, lambda _: True, lambda _: None)  # type: ignore[arg-type]
+
+    async def frame() -> dict[str, Any]:  # as WorkerLink._infer turns it into a frame
+        try:
+            return (await link._answer(1, {"t": "infer", "k": 1, **header}, memoryview(inline)))[0]
+        except ServingError as exc:
+            return error_header(1, exc)
+
+    answer = alone.call(frame())
+    assert answer["t"] in ("r", "e", "f") and answer["k"] == 1
+    if answer["t"] == "e":
+        assert isinstance(answer["s"], str) and 400 <= answer["h"] <= 599
