@@ -132,7 +132,8 @@ def test_grpc_requests_reach_the_batcher_in_batches_comparable_to_http(server: R
 def test_the_grpc_port_is_served_by_several_servers(server: RunningServer) -> None:
     transport = server.server.grpc
     assert transport is not None
-    assert len(transport.servers) == ACCEPT_LOOPS
+    if not server.server.worker_pids():  # with front-end workers this is the owner's private transport, one server
+        assert len(transport.servers) == ACCEPT_LOOPS
     target = f"127.0.0.1:{server.server.grpc_port}"
     for _ in range(2 * ACCEPT_LOOPS):  # every connection is answered, whichever server the kernel gave it to
         with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
