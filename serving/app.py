@@ -10,6 +10,7 @@ Production (`serve`) and the tests start servers the same way::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from . import __version__, tracing
 from .connections import ClientLimits, ConnectionLimit, listen
 from .control import ModelControl
+from .cpus import available_cpus, default_frontend_workers
 from .dataplane import DataPlane
 from .device import Placement, configure_threads
 from .errors import ConfigError
@@ -72,11 +74,15 @@ class Server:
 
     async def start(self) -> None:
         """Listen, then load the models; readiness turns true once every model has been tried."""
+        cores = available_cpus()
+        if self.settings.frontend_workers is None:  # auto: from the cores this process may use
+            self.settings = dataclasses.replace(self.settings, frontend_workers=default_frontend_workers(cores))
         settings = self.settings
         root = self._repository_root()
         placement = Placement(settings.device)
         device = placement.default()  # fails early on --device cuda without a GPU
-        threads = configure_threads(settings.cpu_threads)
+        # torch's threads by default leave a core to this loop and one to each front-end worker
+        threads = configure_threads(settings.cpu_threads or max(1, cores - 1 - (settings.frontend_workers or 0)))
         sys.setswitchinterval(settings.switch_interval_us / 1e6)  # process-wide, like torch's threads
         register_gpu_metrics(self.metrics.registry)
         self.repository = Repository(root, placement, self.metrics)

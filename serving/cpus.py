@@ -24,6 +24,17 @@ def available_cpus(cgroup: Path = CGROUP) -> int:
     return max(1, cores)
 
 
+def default_frontend_workers(cores: int) -> int:
+    """``--frontend-workers auto``: none below 4 cores, then one per 4 cores, at most 8.
+
+    A worker pays where the owner's event loop is the bottleneck and cores sit idle beside it.
+    On 2 cores the load generator, the loop and the model's thread keep both busy, and
+    workers measured slower than one process (benchmarks/RESULTS.md); the rest of a larger
+    machine's cores stay with the owner's loop, the model's threads and the kernel's network work.
+    """
+    return 0 if cores < 4 else min(8, cores // 4)
+
+
 def cgroup_quota(cgroup: Path = CGROUP) -> float | None:
     """The CPU quota in cores (1.5 for 150000/100000), or None where none is set or readable."""
     v2 = _read(cgroup / "cpu.max")

@@ -58,8 +58,9 @@ class Settings:
     device: str = "auto"
     cpu_threads: int = 0  # 0: one per CPU core, less one for the event loop
     switch_interval_us: int = 200  # the interpreter's thread switch interval (Python's own: 5000)
-    # processes beside this one that take the HTTP and gRPC connections (serving.frontend); 0: none
-    frontend_workers: int = 0
+    # processes beside this one that take the HTTP and gRPC connections (serving.frontend); 0: none,
+    # None: as many as the cores suggest (serving.cpus.default_frontend_workers)
+    frontend_workers: int | None = None
     max_request_bytes: int = 64 * MiB
     exit_timeout_secs: float = 30.0
     log_format: str = DEFAULT_LOG_FORMAT
@@ -101,6 +102,10 @@ def _server_name(value: str) -> str:
     if not value or len(value) > 64 or not value.isprintable():
         raise ValueError(f"{value[:64]!r} is not a server name: use 1 to 64 printable characters, e.g. triton")
     return value
+
+
+def _workers(value: str) -> int | None:
+    return None if value == "auto" else non_negative_int(value)
 
 
 def _device(value: str) -> str:
@@ -157,7 +162,8 @@ def _flags() -> Flags:
                  "(default {default})", positive_int, metavar="US"),
             Flag("--frontend-workers", "processes that share the HTTP and gRPC ports with this one, decode and "
                  "check requests and hand their tensors to this process through shared memory; 0 serves every "
-                 "connection here (default {default})", non_negative_int, metavar="N"),
+                 "connection here; auto (the default): none below 4 cores, then one per 4 cores, at most 8",
+                 _workers, metavar="N"),
             Flag("--max-request-bytes", "largest request body accepted; larger ones get 413 (default {default})",
                  positive_int, show=lambda size: f"{size}, {size_text(size)}"),
             Flag("--exit-timeout-secs", "on SIGTERM, how long in-flight and queued requests may take to finish "

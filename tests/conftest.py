@@ -36,9 +36,9 @@ def frontend_workers() -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # `serve` subprocesses read SERVING_FRONTEND_WORKERS themselves (an explicit flag still wins)
-    if frontend_workers():
-        os.environ.setdefault("SERVING_FRONTEND_WORKERS", str(frontend_workers()))
+    # `serve` subprocesses read SERVING_FRONTEND_WORKERS themselves (an explicit flag still wins);
+    # always set, so that the default (auto, from the cores) does not make a large machine's run differ
+    os.environ.setdefault("SERVING_FRONTEND_WORKERS", str(frontend_workers()))
 
 
 class RunningServer:

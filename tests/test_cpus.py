@@ -43,3 +43,22 @@ def test_garbage_and_absence_mean_no_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("-5 100000\n")
     assert cgroup_quota(tmp_path) is None
     assert available_cpus(tmp_path) == AFFINITY
+
+
+def test_frontend_workers_auto_follows_the_cores() -> None:
+    from serving.cpus import default_frontend_workers
+
+    assert [default_frontend_workers(n) for n in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 0, 1, 2, 4, 8]
+
+
+def test_the_flag_takes_auto_or_a_count() -> None:
+    import pytest
+
+    from serving.settings import parse as parse_settings
+
+    assert parse_settings(["--model-repository", "/m"], {}).frontend_workers is None
+    assert parse_settings(["--model-repository", "/m", "--frontend-workers", "2"], {}).frontend_workers == 2
+    assert parse_settings(["--model-repository", "/m"], {"SERVING_FRONTEND_WORKERS": "0"}).frontend_workers == 0
+    assert parse_settings(["--model-repository", "/m"], {"SERVING_FRONTEND_WORKERS": "auto"}).frontend_workers is None
+    with pytest.raises(SystemExit):
+        parse_settings(["--model-repository", "/m", "--frontend-workers", "-1"], {})

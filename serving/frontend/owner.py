@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from .. import grpc as grpc_transport
 from .. import tracing
+from ..errors import ConfigError
 from ..settings import Settings
 from .arena import remove_stale
 from .link import WorkerLink
@@ -93,9 +95,12 @@ class Frontend:
     """N worker processes in front of this process's dataplane."""
 
     def __init__(self, settings: Settings, dataplane: DataPlane, registry: CollectorRegistry) -> None:
+        if not sys.platform.startswith("linux"):
+            raise ConfigError("--frontend-workers needs Linux (the kernel spreads connections over the workers' "
+                              "SO_REUSEPORT sockets only there); use 0")
         self.settings = settings
         self.dataplane = dataplane
-        self.workers = settings.frontend_workers
+        self.workers = settings.frontend_workers or 0  # the app has resolved auto (None) by now
         self.restarts = Counter("serving_frontend_worker_restarts", "Front-end workers started again after "
                                 "exiting without being told", registry=registry)
         self.links: dict[int, WorkerLink] = {}  # by worker index: the live ones
