@@ -105,14 +105,19 @@ class Arena:
         """A new arena of ``size`` bytes, halved while ``/dev/shm`` lacks the room; None below `MIN_SIZE`."""
         while size >= MIN_SIZE:
             name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-            fd = os.open(ROOT / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                fd = os.open(ROOT / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except OSError as exc:  # no /dev/shm here, or not writable: correct without one, a copy slower
+                log.warning("%s: no shared-memory arena (%s): tensors travel inline", what, exc)
+                return None
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 os.close(fd)
                 os.unlink(ROOT / name)
                 if exc.errno not in (errno.ENOSPC, errno.EFBIG):
-                    raise
+                    log.warning("%s: no shared-memory arena (%s): tensors travel inline", what, exc)
+                    return None
                 log.warning("%s: /dev/shm has no room for %d MiB; trying half (mount a larger /dev/shm, in a "
                             "pod an emptyDir with medium Memory)", what, size >> 20)
                 size //= 2
