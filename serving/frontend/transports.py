@@ -76,13 +76,13 @@ class WorkerHttp(HttpTransport):
                 self.plane.release(held)
 
 
-async def listen_http(transport: WorkerHttp, host: str, port: int,
-                      cap: int) -> tuple[web.ServerRunner, asyncio.Server, ConnectionLimit]:
+async def listen_http(transport: WorkerHttp, host: str, port: int, cap: int,
+                      name: str = "http") -> tuple[web.ServerRunner, asyncio.Server, ConnectionLimit]:
     """Serve ``transport`` on ``host:port`` beside the other workers (SO_REUSEPORT), with the connection cap."""
     runner = web.ServerRunner(transport.server(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     assert runner.server is not None
-    limit = ConnectionLimit(runner.server, cap, "http")
+    limit = ConnectionLimit(runner.server, cap, name)
     server = await asyncio.get_running_loop().create_server(limit, host, port, backlog=1024, reuse_address=True,
                                                             reuse_port=True)
     return runner, server, limit

@@ -120,7 +120,8 @@ class Worker:
         await http_forwarder.start()
         http = WorkerHttp(self.plane, http_forwarder, config.fast, config.max_request_bytes,
                           access_policy(config.http_access), limits)
-        runner, listener, http_limit = await listen_http(http, config.host, config.http_port, config.http_cap)
+        runner, listener, http_limit = await listen_http(http, config.host, config.http_port, config.http_cap,
+                                                         f"http ({self.name}, its share of the cap)")
         self.grpc = WorkerGrpc(self.plane, grpc_forwarder, config.fast, config.max_request_bytes,
                                access_policy(config.grpc_access), limits.grpc_options(), config.admission_wait_secs,
                                config.grpc_loops)
