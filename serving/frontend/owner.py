@@ -24,6 +24,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
@@ -54,6 +55,23 @@ INLINE_MAX = 4096  # a request's (a response's) tensors up to this many bytes tr
 ARENA_MIN = 32 * 1024 * 1024
 ARENA_MAX = 256 * 1024 * 1024
 MAX_FRAME = 2**31 - 1  # what one gRPC message may be; a larger response fails alone (`link`)
+
+
+SOCKETS_PREFIX = "shadowserve-frontend-"
+
+
+def remove_stale_sockets() -> None:
+    """Remove the socket directories of owners that are gone (killed before they could)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{SOCKETS_PREFIX}*-*"):
+        creator = path.name[len(SOCKETS_PREFIX):].split("-", 1)[0]
+        try:
+            if not creator.isdigit() or path.lstat().st_uid != os.getuid() or not path.is_dir():
+                continue
+            os.kill(int(creator), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def reserve_port(host: str, port: int, what: str) -> socket.socket:
@@ -106,7 +124,8 @@ class Frontend:
         self.links: dict[int, WorkerLink] = {}  # by worker index: the live ones
         self.processes: dict[int, WorkerProcess] = {}
         self.refused_gone = 0  # refusals counted by workers that exited
-        self.dir = tempfile.mkdtemp(prefix="shadowserve-frontend-")  # 0700: only this user reaches the sockets
+        # 0700: only this user reaches the sockets; the pid in the name lets a later start remove it if we die
+        self.dir = tempfile.mkdtemp(prefix=f"{SOCKETS_PREFIX}{os.getpid()}-")
         self._reserved: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._runner: web.ServerRunner | None = None
@@ -127,6 +146,7 @@ class Frontend:
         """Serve the owner's transports privately, start the workers; the public HTTP and gRPC ports."""
         settings, loop = self.settings, asyncio.get_running_loop()
         stale = remove_stale()
+        remove_stale_sockets()
         if stale:
             log.warning("removed %d shared-memory arena(s) left in /dev/shm by front-end processes that are gone",
                         stale)

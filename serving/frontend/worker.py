@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
 from typing import Any
@@ -141,6 +142,7 @@ class Worker:
         if closed.done():  # the owner is gone: nothing here can be answered any more, so leave at once
             log.warning("%s: the model server's socket closed; exiting", self.name)
             self.close_arena(owner_gone=True)
+            shutil.rmtree(os.path.dirname(config.handoff), ignore_errors=True)  # the owner's sockets: nobody's now
             logging.shutdown()
             os._exit(0)  # not a teardown of the listeners and grpcio's threads: the process is done
         listener.close()
