@@ -26,7 +26,7 @@ import logging
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -39,11 +39,13 @@ from inference_protocol.protobuf import decode_model_infer_request, encode_model
 
 from . import tracing
 from .access import AccessPolicy
-from .dataplane import DataPlane
 from .errors import InvalidInput, NotFound, ServingError, Unsupported
 from .grpc_access import interceptors
 from .grpc_stream import StreamInfer
 from .shm import NO_CUDA
+
+if TYPE_CHECKING:  # annotations only: the front-end workers import this module without torch
+    from .dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 

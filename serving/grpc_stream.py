@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
@@ -28,9 +28,11 @@ from inference_protocol.protobuf import decode_model_infer_request, encode_model
 from inference_protocol.tensors import InferResponse
 
 from . import tracing
-from .dataplane import DataPlane
 from .errors import InvalidInput, ServingError
 from .streaming import EMPTY_FINAL, FINAL_FLAG
+
+if TYPE_CHECKING:  # annotations only: the front-end workers import this module without torch
+    from .dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
