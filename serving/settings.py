@@ -185,7 +185,8 @@ def _flags() -> Flags:
             Flag("--http-body-timeout-secs", "a request body must arrive whole within this many seconds, else 408 "
                  "(default {default})", positive_seconds),
             Flag("--max-connections", "open connections per port (HTTP, gRPC, metrics); past it new connections are "
-                 "closed at once (default {default}; 0: no cap)", non_negative_int),
+                 "closed at once; with front-end workers each takes its share of the HTTP and gRPC caps "
+                 "(default {default}; 0: no cap)", non_negative_int),
             Flag("--admission-wait-secs", "how long a request that finds its model's queue full (max_queue_size) "
                  "waits for a place, before its body is read, until it gets 503 (default {default}; 0: 503 at once, "
                  "as Triton does)", seconds),
