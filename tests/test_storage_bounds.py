@@ -27,7 +27,7 @@ from serving.storage import Limits, RemoteRepository
 from serving.storage_fs import Store, StoreError, storage_options
 from serving.storage_urls import parse_store_url
 
-from .conftest import ROOT, RunningServer
+from .conftest import ROOT, RunningServer, frontend_workers
 from .storage_server import KEY_ID, SECRET, BadStore, MotoS3, aws_env, moto_s3
 
 __all__ = ["aws_env", "moto_s3"]  # fixtures, used by name
@@ -57,7 +57,7 @@ def bucket(moto_s3: MotoS3, request: pytest.FixtureRequest) -> Iterator[str]:
 def settings_for(url: str, cache: Path, timeout_s: float = 5.0, **overrides: object) -> Settings:
     return Settings(model_repository=parse_store_url(url), model_cache_dir=cache, host="127.0.0.1", http_port=0,
                     grpc_port=0, metrics_port=0, cpu_threads=1, model_repository_timeout_secs=timeout_s,
-                    **overrides)  # type: ignore[arg-type]  # fields of each type
+                    **{"frontend_workers": frontend_workers(), **overrides})  # type: ignore[arg-type]  # fields of each type
 
 
 def start_fails(settings: Settings) -> tuple[str, float]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from serving import tracing
 from serving.app import serve_until_signal
 from serving.settings import Settings
-from tests.conftest import RunningServer, write_model
+from tests.conftest import RunningServer, frontend_workers, write_model
 from tests.otlp import Receiver, free_port
 
 ECHO = """
@@ -219,7 +219,7 @@ def test_serve_flushes_at_sigterm_and_a_stuck_collector_does_not_hold_it(
                                         OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test").items():
             monkeypatch.setenv(name, value)
         settings = Settings(model_repository=repository, host="127.0.0.1", http_port=free_port(), grpc_port=0,
-                            metrics_port=0, cpu_threads=1)
+                            metrics_port=0, cpu_threads=1, frontend_workers=frontend_workers())
 
         def request(url: str) -> None:
             with httpclient.InferenceServerClient(url) as client:
