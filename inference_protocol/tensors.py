@@ -73,12 +73,13 @@ def element_count(name: str, shape: list[int], role: Role = "input") -> int:
     """The number of elements of ``shape`` (non-negative ints), refusing overflowing products."""
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"{role} '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
-    count = 1
+    count = span = 1  # span: the product of the dims other than 0, which numpy also refuses to overflow
     for dim in shape:
         if type(dim) is not int or dim < 0:
             raise InvalidInput(f"{role} '{name}': 'shape' must be a list of non-negative integers, got {brief(shape)}")
         count *= dim
-    if count > MAX_ELEMENTS or any(dim > MAX_ELEMENTS for dim in shape):
+        span *= dim or 1
+    if span > MAX_ELEMENTS:
         raise InvalidInput(f"{role} '{name}': shape {brief(shape)} declares more than {MAX_ELEMENTS} elements; "
                            "split the request")
     return count

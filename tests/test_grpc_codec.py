@@ -95,3 +95,13 @@ def test_a_request_without_and_with_parameters(parameters: dict[str, int]) -> No
     assert decoded.parameters == parameters and decoded.id == "7"
     assert [(o.name, o.binary, o.shared_memory) for o in decoded.outputs or []] == [("Y", True, None)]
     assert decoded.inputs["X"].array.tolist() == [[1, 2]]
+
+
+def test_an_empty_raw_input_with_huge_other_dims_is_refused_as_too_large() -> None:
+    # numpy refuses np.ndarray((0, 3, 2**31-1, 2**31-1)) outright (its other dims overflow): a 500 until a fuzz
+    # run found it; it is a shape declaring too much, as one without the 0
+    message = pb.ModelInferRequest(model_name="m", inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="x", datatype="BOOL", shape=[0, 3, 2**31 - 1, 2**31 - 1])])
+    message.raw_input_contents.append(b"")
+    with pytest.raises(InvalidInput, match="declares more than"):
+        decode_model_infer_request(message)
