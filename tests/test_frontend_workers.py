@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from .frontend_procs import (
     maps_torch,
     model,
     scrape,
+    server_side,
     wait_for,
     x_body,
 )
@@ -323,3 +325,33 @@ def test_a_new_version_loads_under_load_without_a_failed_request(server: Running
     assert index == {"1": "UNAVAILABLE", "2": "READY"}
     for client in clients:
         client.close()
+
+
+def test_each_worker_refuses_connections_past_its_share_of_the_cap(repo: Path) -> None:
+    # --max-connections 4 over 2 workers: each takes 2 (README, "Front-end workers"); which worker a
+    # connection lands on is the kernel's choice, so the cap holds per worker, not exactly across them
+    capped = RunningServer(repo, frontend_workers=2, max_connections=4, model_control_mode="explicit",
+                           load_model=("inc",))
+    opened: list[socket.socket] = []
+    try:
+        port, pids = capped.server.http_port, workers(capped)
+        served: dict[int, int] = dict.fromkeys(pids, 0)
+        for _ in range(10):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            opened.append(connection)
+            connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answered = connection.recv(64).startswith(b"HTTP/1.1 200")
+            except (ConnectionResetError, TimeoutError):
+                answered = False
+            if answered:
+                served[server_side(port, connection.getsockname()[1], pids)] += 1
+        assert all(count <= 2 for count in served.values()), served
+        assert sum(served.values()) >= 2, served  # the first connection of either worker is always served
+        refused = 10 - sum(served.values())  # the workers report their counts to the owner every 0.25 s
+        wait_for(lambda: capped.server.connection_limits["http"].refused >= refused,
+                 f"the owner counts the workers' {refused} refusals", timeout=10)
+    finally:
+        for connection in opened:
+            connection.close()
+        capped.stop()

@@ -56,7 +56,8 @@ def short(repo: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def capped(repo: Path) -> Iterator[RunningServer]:
-    server = RunningServer(repo, http_header_timeout_secs=20.0, max_connections=4)
+    # one process: the cap is exact (front-end workers share it out, tests/test_frontend_workers.py)
+    server = RunningServer(repo, http_header_timeout_secs=20.0, max_connections=4, frontend_workers=0)
     yield server
     server.stop()
 
