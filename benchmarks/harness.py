@@ -44,6 +44,20 @@ def log_tail(path: Path, lines: int = 6) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+def run_install(label: str, steps: list[list[str]], log: Path) -> None:
+    """Run a peer's install commands in turn, each logged and bounded to 30 minutes; `Unavailable` if one fails."""
+    with open(log, "w") as out:
+        for argv in steps:
+            out.write("$ " + " ".join(argv) + "\n")
+            out.flush()
+            try:
+                done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=1800, check=False)
+            except subprocess.TimeoutExpired:
+                raise Unavailable(f"{label}: '{' '.join(argv[-3:])}' took over 30 minutes") from None
+            if done.returncode != 0:
+                raise Unavailable(f"{label} did not install ({' '.join(argv[3:])}): {log_tail(log, 3)}")
+
+
 class ServerProcess:
     """One server process in its own process group, logging to a file."""
 

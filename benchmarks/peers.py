@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import PROGRAMS, ServerProcess, Unavailable, free_port, log_tail
+from harness import PROGRAMS, ServerProcess, Unavailable, free_port, run_install
 
 PEERS_DIR = Path(__file__).resolve().parent / ".peers"
 TORCH = "torch==2.13.0"
@@ -59,16 +59,7 @@ def ensure_installed(peer: Peer) -> str:
         steps = [[sys.executable, "-m", "venv", str(venv)],
                  [str(venv_python(peer)), "-m", "pip", "install", "--quiet", TORCH],
                  [str(venv_python(peer)), "-m", "pip", "install", "--quiet", *peer.requirements]]
-        with open(log, "w") as out:
-            for argv in steps:
-                out.write("$ " + " ".join(argv) + "\n")
-                out.flush()
-                try:
-                    done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=1800, check=False)
-                except subprocess.TimeoutExpired:
-                    raise Unavailable(f"{peer.label}: '{' '.join(argv[-3:])}' took over 30 minutes") from None
-                if done.returncode != 0:
-                    raise Unavailable(f"{peer.label} did not install ({' '.join(argv[3:])}): {log_tail(log, 3)}")
+        run_install(peer.label, steps, log)
         marker.write_text(wanted)
     try:
         return subprocess.run([str(venv_python(peer)), "-c", "import importlib.metadata as m, sys; "

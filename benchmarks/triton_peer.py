@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ServerProcess, Unavailable, free_port, log_tail
+from harness import ServerProcess, Unavailable, free_port, run_install
 
 PEERS_DIR = Path(__file__).resolve().parent / ".peers"
 VENV = PEERS_DIR / "triton"
@@ -86,16 +86,7 @@ def ensure_installed() -> Distribution:
         shutil.rmtree(VENV, ignore_errors=True)
         steps = [[sys.executable, "-m", "venv", str(VENV)],
                  [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", PYTRITON]]
-        with open(log, "w") as out:
-            for argv in steps:
-                out.write("$ " + " ".join(argv) + "\n")
-                out.flush()
-                try:
-                    done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=1800, check=False)
-                except subprocess.TimeoutExpired:
-                    raise Unavailable(f"{LABEL}: '{' '.join(argv[-3:])}' took over 30 minutes") from None
-                if done.returncode != 0:
-                    raise Unavailable(f"{LABEL} did not install ({' '.join(argv[3:])}): {log_tail(log, 3)}")
+        run_install(LABEL, steps, log)
         marker.write_text(PYTRITON)
     try:
         packages = subprocess.run([str(VENV / "bin" / "python"), "-c",

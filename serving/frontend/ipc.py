@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inference_protocol.binary import deserialize_bytes, serialize_bytes
+from inference_protocol.binary import binary_data, deserialize_bytes
 from inference_protocol.datatypes import NUMPY_DTYPES
 from inference_protocol.errors import GRPC_TO_HTTP, InvalidInput, ServingError
 from inference_protocol.tensors import Tensor
@@ -109,14 +109,6 @@ class FrameReader:
         return frames
 
 
-def tensor_bytes(tensor: Tensor) -> bytes | memoryview:
-    """A tensor's values as the bytes that travel: raw little-endian values, BYTES in the binary form."""
-    if tensor.datatype == "BYTES":
-        return serialize_bytes(tensor.array)
-    array = np.ascontiguousarray(tensor.array)
-    return array.data.cast("B") if array.size else b""
-
-
 def pack_tensors(tensors: Sequence[Tensor], arena: Arena | None,
                  inline_max: int) -> tuple[list[Descriptor], list[bytes | memoryview], int | None]:
     """Descriptors, inline bytes and the arena block (None: none) for ``tensors``.
@@ -124,7 +116,7 @@ def pack_tensors(tensors: Sequence[Tensor], arena: Arena | None,
     They go into one block of ``arena`` when their total exceeds ``inline_max`` bytes and
     the arena has room; else inline in the frame (correct, a copy more).
     """
-    datas = [tensor_bytes(tensor) for tensor in tensors]
+    datas = [binary_data(tensor) for tensor in tensors]  # the binary extension's form travels
     total = sum(-(-len(data) // ALIGN) * ALIGN for data in datas)
     block = arena.allocate(total) if arena is not None and total > inline_max else None
     descriptors: list[Descriptor] = []
