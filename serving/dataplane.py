@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -20,7 +19,7 @@ from .config import ModelSpec
 from .control import ModelControl
 from .errors import ServingError, Unavailable, Unsupported
 from .repository import Repository
-from .requests import check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
+from .requests import Counted, check_inputs, full_dims, model_parameters, selected_outputs, timeout_us
 from .shm import OutputRegions, SharedMemory
 from .streaming import DecoupledOnly, is_decoupled, respond
 from .types import Work
@@ -159,31 +158,20 @@ class DataPlane:
         self._idle.clear()
         regions: OutputRegions | None = None
         requested = request.outputs
-        # counted as `Counted` counts a request, written out: this runs for every request
-        start, reason = time.monotonic_ns(), None
         try:
-            if request.shared_inputs:
-                self.shared_memory.read_inputs(request, name)
-            arrays, rows, key = check_inputs(spec, request)
-            selected = selected_outputs(spec, request)
-            if requested is not None:
-                regions = self.shared_memory.hold_outputs(requested)  # unknown regions fail before compute
-            work = Work(arrays, None if requested is None else frozenset(t.name for t in selected),
-                        request.id, model_parameters(request.parameters), span)
-            outputs = await batcher.submit(work, rows, key, timeout_us(spec, request))
-            tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
-            in_shared_memory = regions.write(tensors) if regions is not None else frozenset()
-        except ServingError as exc:
-            reason = exc.reason
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            reason = "CANCELED"
-            raise
-        except BaseException:
-            reason = "OTHER"
-            raise
+            with Counted(stats):
+                if request.shared_inputs:
+                    self.shared_memory.read_inputs(request, name)
+                arrays, rows, key = check_inputs(spec, request)
+                selected = selected_outputs(spec, request)
+                if requested is not None:
+                    regions = self.shared_memory.hold_outputs(requested)  # unknown regions fail before compute
+                work = Work(arrays, None if requested is None else frozenset(t.name for t in selected),
+                            request.id, model_parameters(request.parameters), span)
+                outputs = await batcher.submit(work, rows, key, timeout_us(spec, request))
+                tensors = [Tensor(out.name, out.datatype, outputs[out.name]) for out in selected]
+                in_shared_memory = regions.write(tensors) if regions is not None else frozenset()
         finally:
-            stats.record_request(time.monotonic_ns() - start, reason)
             if regions is not None:
                 regions.release()
             self._in_flight -= 1

@@ -104,13 +104,14 @@ def _method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHan
     """
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-        behaviour = getattr(servicer, method.name)
         serialize = getattr(pb, method.output_type.name).SerializeToString
-        if method.client_streaming:  # ModelStreamInfer parses each message itself
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, response_serializer=serialize)
-        elif method.name == "ModelInfer":  # the hot path: parsing and error mapping in one coroutine
+        if method.name == "ModelInfer":  # the hot path: parsing and error mapping in one coroutine
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.model_infer,
                                                                         response_serializer=serialize)
+            continue
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming:  # ModelStreamInfer parses each message itself
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour, response_serializer=serialize)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _parsing(behaviour, getattr(pb, method.input_type.name)), response_serializer=serialize)
@@ -191,14 +192,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("unhandled error in %s", "ModelInfer")
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
         raise AssertionError("unreachable")  # context.abort raises
-
-    @_rpc
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        """ModelInfer on a parsed request (the generated servicer's form; grpcio is given `model_infer`)."""
-        traced = tracing.current()
-        if traced is None:
-            return await self._infer(request, None)
-        return await self._traced_infer(traced, request, context)
 
     async def _traced_infer(self, traced: tracing.Tracing, request: Any, context: Any) -> Any:
         from . import spans
