@@ -44,23 +44,9 @@ _TENSORS = """\
 SERVE_CONFIG = f'name: "{MODEL}"\nplatform: "pytorch_libtorch"\n' + textwrap.dedent(_TENSORS)
 TRITON_CONFIG = f'name: "{MODEL}"\nbackend: "python"\n' + textwrap.dedent(_TENSORS)
 
-# Triton's Python backend API: one response per request, numpy in and out.
-TRITON_MODEL_PY = '''\
-"""The add/sub simple model on Triton's Python backend: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
-
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("OUTPUT0", a + b), pb_utils.Tensor("OUTPUT1", a - b)]))
-        return responses
-'''
+# Triton's Python backend API, one response per request: the test suite's copy of Triton's simple model.py
+TRITON_MODEL_PY = (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "triton" / "simple" / "1"
+                   / "model.py").read_text()
 
 
 def torchscript_add_sub() -> bytes:
